@@ -1,0 +1,199 @@
+"""The relay and node engines wired together in memory: join, directory, relayed
+end-to-end traffic, restarts, refusals. No sockets, no kernel; time is simulated."""
+
+import pytest
+
+from tunneld.proto import wire
+from tests.sim.simnet import SimNet, ipv4_packet
+
+
+@pytest.fixture
+def net():
+    n = SimNet()
+    for name in ("alpha", "bravo", "charlie"):
+        n.add_node(name)
+    n.advance(2)
+    return n
+
+
+def test_nodes_join_with_distinct_addresses(net):
+    addrs = {name: node.assignment.address for name, node in net.nodes.items()}
+    assert sorted(addrs.values()) == ["100.64.0.1", "100.64.0.2", "100.64.0.3"]
+    for name, io in net.ios.items():
+        assert [a.address for a in io.assignments] == [addrs[name]]
+        assert io.assignments[0].network == "100.64.0.0/10"
+    assert all(node.relay.up for node in net.nodes.values())
+
+
+def test_every_node_learns_every_other(net):
+    net.advance(1)
+    for name, node in net.nodes.items():
+        assert sorted(p.name for p in node.peers.values()) == sorted(set(net.nodes) - {name})
+        assert all(p.online for p in node.peers.values())
+
+
+def test_packets_flow_between_every_ordered_pair(net):
+    for src in net.nodes:
+        for dst in net.nodes:
+            if src == dst:
+                continue
+            packet = net.send_ip(src, dst, f"{src}->{dst}".encode())
+            net.advance(0.5)
+            assert packet in net.ios[dst].tun, f"{src} -> {dst}"
+
+
+def test_relay_sees_only_ciphertext(net):
+    secret = b"the quick brown fox tells no one" * 4
+    net.send_ip("alpha", "bravo", secret)
+    net.advance(1)
+    assert any(secret in p for p in net.ios["bravo"].tun)
+    assert not any(secret in d for d in net.delivered_to_relay)
+
+
+def test_replayed_data_is_dropped_and_counted(net):
+    captured = []
+    net.tap = lambda dst, data, src: (captured.append((dst, data, src)), data)[1]
+    net.send_ip("alpha", "bravo", b"once")
+    net.advance(0.5)
+    net.tap = None
+    to_bravo = [c for c in captured if c[2] == "relay" and net.by_endpoint.get(c[0]) == "bravo"
+                and c[1][0] == wire.RELAYED and c[1][8] == wire.DATA]
+    assert to_bravo
+    delivered = len(net.ios["bravo"].tun)
+    for dst, data, src in to_bravo:
+        net.queue.append((dst, data, src))
+    net.deliver()
+    assert len(net.ios["bravo"].tun) == delivered
+    assert net.nodes["bravo"].drops["replay"] >= 1
+
+
+def test_spoofed_inner_source_is_dropped(net):
+    alpha, bravo, charlie = (net.nodes[n] for n in ("alpha", "bravo", "charlie"))
+    net.send_ip("alpha", "bravo")  # establish a session
+    net.advance(0.5)
+    before = len(net.ios["bravo"].tun)
+    forged = ipv4_packet(charlie.assignment.address, bravo.assignment.address, b"not from alpha")
+    alpha.from_tun(forged, net.now)  # alpha's kernel would never, but a hostile alpha could
+    net.deliver()
+    assert len(net.ios["bravo"].tun) == before
+    assert bravo.drops["spoofed_source"] == 1
+
+
+def test_relay_restart_keeps_addresses_and_sessions(net):
+    net.send_ip("alpha", "bravo")
+    net.advance(0.5)
+    addrs = {n: node.assignment.address for n, node in net.nodes.items()}
+    sessions = {n: net.nodes[n].peers for n in net.nodes}
+    net.restart_relay()  # same store and key, all in-memory state gone
+    net.advance(8)
+    assert all(node.relay.up for node in net.nodes.values())
+    assert {n: node.assignment.address for n, node in net.nodes.items()} == addrs
+    assert all(len(io.assignments) == 1 for io in net.ios.values())  # never re-addressed
+    packet = net.send_ip("alpha", "bravo", b"after restart")
+    net.advance(0.5)
+    assert packet in net.ios["bravo"].tun
+    assert net.nodes["alpha"].peers is sessions["alpha"]
+
+
+def test_relay_down_for_a_while_then_back(net):
+    net.relay_up = False
+    net.queue.clear()
+    net.advance(60)
+    assert not any(node.relay.up for node in net.nodes.values())
+    net.relay_up = True
+    net.restart_relay()
+    net.advance(10)  # backoff is capped at 8 s
+    assert all(node.relay.up for node in net.nodes.values())
+
+
+def test_bad_token_is_refused():
+    net = SimNet()
+    good = net.token()
+    from tunneld.proto.token import JoinToken
+    bad = JoinToken(good.relay_public, good.token_id, bytes(16))
+    net.add_node("mallory", token=bad)
+    net.advance(2)
+    assert net.ios["mallory"].refusals and net.ios["mallory"].refusals[0][0] == "bad_token"
+    assert net.nodes["mallory"].assignment is None
+
+
+def test_expired_token_is_refused_but_registered_nodes_return():
+    net = SimNet()
+    token = net.token(ttl=60)
+    node = net.add_node("alpha", token=token)
+    net.advance(2)
+    assert node.relay.up
+    net.wall += 3600
+    late = net.add_node("bravo", token=token)
+    net.advance(2)
+    assert net.ios["bravo"].refusals[0][0] == "token_expired"
+    assert late.assignment is None
+    # alpha's key is registered: its token expiring does not matter on reconnect
+    net.restart_relay()
+    net.advance(8)
+    assert node.relay.up and net.ios["alpha"].refusals == []
+
+
+def test_taken_name_is_refused():
+    net = SimNet()
+    net.add_node("alpha")
+    net.advance(2)
+    net.add_node("alpha-two").name = "alpha"
+    net.advance(2)
+    assert net.ios["alpha-two"].refusals[0][0] == "name_taken"
+
+
+def test_same_key_gets_same_address_on_rejoin():
+    net = SimNet()
+    node = net.add_node("alpha")
+    net.add_node("bravo")
+    net.advance(2)
+    identity = node.identity
+    address = node.assignment.address
+    del net.nodes["alpha"]
+    again = net.add_node("alpha", identity=identity)
+    net.advance(2)
+    assert again.assignment.address == address
+
+
+def test_wrong_relay_key_makes_first_join_fail():
+    net = SimNet()
+    from tunneld.proto.handshake import Identity
+    from tunneld.proto.token import JoinToken
+    token = net.token()
+    wrong = JoinToken(Identity.generate().public, token.token_id, token.secret)
+    net.add_node("alpha", token=wrong)
+    net.advance(10)
+    assert net.ios["alpha"].refusals[0][0] == "wrong_relay_key"
+
+
+def test_garbage_to_the_relay_is_counted_not_raised(net):
+    import random
+    rng = random.Random(7)
+    for i in range(3000):
+        size = rng.randrange(0, 300)
+        data = bytes(rng.randrange(256) for _ in range(size))
+        if data and i % 3 == 0:
+            data = bytes([rng.choice((1, 2, 3, 4, 5))]) + data[1:]
+        net.relay.receive(data, ("198.51.100.66", 4000 + i % 50), net.now)
+    assert sum(net.relay.drops.values()) >= 3000
+    net.queue.clear()
+    packet = net.send_ip("alpha", "charlie", b"still working")
+    net.advance(0.5)
+    assert packet in net.ios["charlie"].tun
+
+
+def test_garbage_to_a_node_is_counted_not_raised(net):
+    import random
+    from tunneld.engine.node import RELAY
+    rng = random.Random(8)
+    node = net.nodes["alpha"]
+    for i in range(3000):
+        data = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 200)))
+        if data and i % 2 == 0:
+            data = bytes([rng.choice((2, 3, 4, 5))]) + data[1:]
+        node.receive(data, RELAY, net.now)
+    assert sum(node.drops.values()) >= 2900
+    packet = net.send_ip("bravo", "alpha", b"still working")
+    net.advance(0.5)
+    assert packet in net.ios["alpha"].tun

@@ -1,0 +1,259 @@
+"""tunneld's command line: parse, validate, call the library, exit with DESIGN.md's codes.
+
+  0 ok, 1 unexpected failure, 2 usage or configuration error, 3 refused by the relay.
+Every error is one line on stderr that says what to do; no traceback for an
+operator's mistake.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import socket
+import sys
+import time
+
+import click
+
+from . import __version__
+from .config import (DEFAULT_INTERFACE, DEFAULT_NETWORK, DEFAULT_STATE_DIR, JoinSettings, ServeSettings,
+                     check_log_level, merged, parse_duration, parse_hostport, parse_network, resolve_ipv4)
+from .errors import EXIT_USAGE, ConfigError, TunneldError
+from .state import DB_FILE, SOCKET_FILE, load_identity, prepare_dir
+
+_CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+def _open_store(state_dir: str):
+    from .store.base import StoreError
+    from .store.sqlite import SqliteStore
+    try:
+        return SqliteStore(os.path.join(state_dir, DB_FILE))
+    except StoreError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _finish(result: tuple[int, str]) -> int:
+    code, message = result
+    if message:
+        click.echo(f"tunneld: {message}", err=True)
+    return code
+
+
+@click.group(context_settings=_CONTEXT)
+@click.version_option(__version__, prog_name="tunneld")
+def cli():
+    """An encrypted overlay for Kubernetes nodes that cannot reach each other.
+
+    Run `tunneld serve` on a host with a public address, `tunneld token` there
+    to print a join token, and `tunneld join` on every node.
+    """
+
+
+@cli.command()
+@click.option("--listen", metavar="HOST:PORT", help="UDP and TCP address to serve on, e.g. 0.0.0.0:7000.")
+@click.option("--network", metavar="CIDR", help=f"Overlay addresses to hand out [{DEFAULT_NETWORK}].")
+@click.option("--state-dir", metavar="DIR", help=f"Key, node database, control socket [{DEFAULT_STATE_DIR}].")
+@click.option("--config", metavar="FILE", help="TOML file with the same settings.")
+@click.option("--log-level", metavar="LEVEL", help="debug, info, warning or error [info].")
+def serve(listen, network, state_dir, config, log_level):
+    """Run the relay (rendezvous and forwarder) in the foreground."""
+    s = merged(dict(listen=listen, network=network, state_dir=state_dir, log_level=log_level), config,
+               {"listen": None, "network": DEFAULT_NETWORK, "state_dir": DEFAULT_STATE_DIR, "log_level": "info"})
+    if not s["listen"]:
+        raise ConfigError("serve needs --listen HOST:PORT, e.g. --listen 0.0.0.0:7000")
+    host, port = parse_hostport(s["listen"], "--listen")
+    host = resolve_ipv4(host, "--listen")
+    settings = ServeSettings(host, port, parse_network(s["network"]), s["state_dir"],
+                             check_log_level(s["log_level"]))
+    _logging(settings.log_level)
+    from .net.base import run
+    from .net.relayd import RelayDaemon
+    return _finish(run(RelayDaemon(settings).run()))
+
+
+@cli.command()
+@click.option("--state-dir", metavar="DIR", default=DEFAULT_STATE_DIR, show_default=True,
+              help="The relay's state dir.")
+@click.option("--ttl", metavar="DURATION", default="24h", show_default=True,
+              help="Lifetime, e.g. 30m, 24h, 7d; 0 for a token that never expires.")
+@click.option("--list", "list_", is_flag=True, help="List the tokens instead of making one.")
+@click.option("--revoke", metavar="ID", help="Revoke the token with this ID (from --list).")
+def token(state_dir, ttl, list_, revoke):
+    """Print a new join token, alone on stdout (run on the relay)."""
+    if list_ and revoke:
+        raise ConfigError("use --list or --revoke, not both")
+    seconds = parse_duration(ttl)
+    state_dir = prepare_dir(state_dir)
+    store = _open_store(state_dir)
+    try:
+        if list_:
+            now = time.time()
+            click.echo(f"{'ID':<17} {'CREATED':<20} {'EXPIRES':<20} {'USES':>4}  STATE")
+            for t in store.tokens():
+                expires = "never" if t.expires is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t.expires))
+                state = "revoked" if t.revoked else ("expired" if t.expires is not None and t.expires <= now else "valid")
+                click.echo(f"{t.token_id.hex():<17} {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(t.created)):<20} "
+                           f"{expires:<20} {t.uses:>4}  {state}")
+            return 0
+        if revoke:
+            try:
+                token_id = bytes.fromhex(revoke)
+            except ValueError:
+                raise ConfigError(f"--revoke {revoke!r} is not a token ID; see 'tunneld token --list'") from None
+            if not store.revoke_token(token_id):
+                raise ConfigError(f"no valid token with ID {revoke}; see 'tunneld token --list'")
+            click.echo(f"revoked token {revoke}", err=True)
+            return 0
+        from .control.registry import Registry
+        identity = load_identity(state_dir)
+        registry = Registry(store, ipaddress.IPv4Network(store.get_meta("network") or DEFAULT_NETWORK))
+        click.echo(registry.issue_token(identity.public, seconds, time.time()).encode())
+        return 0
+    finally:
+        store.close()
+
+
+@cli.command()
+@click.option("--relay", metavar="HOST:PORT", help="The relay's public address.")
+@click.option("--token", "token_", metavar="TOKEN", help="A join token from 'tunneld token'.")
+@click.option("--token-file", metavar="FILE", help="A file holding the join token.")
+@click.option("--name", metavar="NAME", help="This node's name [the host name].")
+@click.option("--interface", metavar="NAME", help=f"The TUN interface [{DEFAULT_INTERFACE}].")
+@click.option("--state-dir", metavar="DIR", help=f"Key, last address, control socket [{DEFAULT_STATE_DIR}].")
+@click.option("--config", metavar="FILE", help="TOML file with the same settings.")
+@click.option("--port", metavar="PORT", type=int, help="Local UDP port [0: any].")
+@click.option("--log-level", metavar="LEVEL", help="debug, info, warning or error [info].")
+def join(relay, token_, token_file, name, interface, state_dir, config, port, log_level):
+    """Join the overlay and keep the node on it, in the foreground (systemd runs it)."""
+    s = merged(dict(relay=relay, token=token_, token_file=token_file, name=name, interface=interface,
+                    state_dir=state_dir, port=port, log_level=log_level), config,
+               {"relay": None, "token": None, "token_file": None, "name": None, "interface": DEFAULT_INTERFACE,
+                "state_dir": DEFAULT_STATE_DIR, "port": 0, "log_level": "info"})
+    if not s["relay"]:
+        raise ConfigError("join needs --relay HOST:PORT, the relay's public address")
+    host, rport = parse_hostport(s["relay"], "--relay")
+    if bool(s["token"]) == bool(s["token_file"]):
+        raise ConfigError("join needs exactly one of --token TOKEN or --token-file FILE")
+    text = s["token"]
+    if s["token_file"]:
+        try:
+            with open(s["token_file"]) as f:
+                text = f.read().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read --token-file {s['token_file']}: {exc.strerror}") from None
+    node_name = (s["name"] or socket.gethostname()).strip().lower()
+    from .control.registry import valid_name
+    if not valid_name(node_name):
+        raise ConfigError(f"node name {node_name!r} is not a lower-case DNS name; set one with --name")
+    from .host.tun import check_interface_name
+    lport = s["port"]
+    if not isinstance(lport, int) or not 0 <= lport < 65536:
+        raise ConfigError(f"--port {lport!r} must be 0-65535")
+    settings = JoinSettings(host, resolve_ipv4(host, "--relay"), rport, text, node_name,
+                            check_interface_name(s["interface"]), s["state_dir"], lport,
+                            check_log_level(s["log_level"]))
+    _logging(settings.log_level)
+    from .net.base import run
+    from .net.noded import NodeDaemon
+    return _finish(run(NodeDaemon(settings).run()))
+
+
+@cli.command()
+@click.option("--state-dir", metavar="DIR", default=DEFAULT_STATE_DIR, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
+def status(state_dir, as_json):
+    """Ask the running daemon (node or relay) how it is."""
+    from .net.ctlsock import request
+    st = request(os.path.join(os.path.abspath(state_dir), SOCKET_FILE), {"cmd": "status"})
+    if "error" in st:
+        raise TunneldError(f"the daemon answered: {st['error']}")
+    if as_json:
+        click.echo(json.dumps(st, indent=1))
+    else:
+        click.echo(format_status(st))
+    return 0
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--state-dir", metavar="DIR", default=DEFAULT_STATE_DIR, show_default=True,
+              help="The relay's state dir.")
+def revoke(name, state_dir):
+    """Revoke a node's key (run on the relay): it is disconnected and refused from now on."""
+    from .net.ctlsock import request
+    path = os.path.join(os.path.abspath(state_dir), SOCKET_FILE)
+    if os.path.exists(path):
+        answer = request(path, {"cmd": "revoke", "name": name})
+        if "error" in answer:
+            raise ConfigError(answer["error"])
+    else:
+        store = _open_store(prepare_dir(state_dir))
+        try:
+            if not store.revoke_node(name, time.time()):
+                raise ConfigError(f"no node named {name!r} with a key on this relay; see 'tunneld status'")
+        finally:
+            store.close()
+    click.echo(f"revoked {name}; its name and address are free for a new key", err=True)
+    return 0
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _ms(v) -> str:
+    return "-" if v is None else f"{v:.2f} ms"
+
+
+def format_status(st: dict) -> str:
+    lines = []
+    if st.get("role") == "relay":
+        lines.append(f"relay on {st['listen']}, network {st['network']}")
+        lines.append(f"{'NODE':<20} {'ADDRESS':<15} {'CONNECTED':<9}  ENDPOINT")
+        for n in st["nodes"]:
+            lines.append(f"{n['name']:<20} {n['address']:<15} {'yes' if n['connected'] else 'no':<9}  "
+                         f"{n['endpoint'] or '-'}")
+    else:
+        r = st["relay"]
+        lines.append(f"node {st['name']} {st['address'] or '(no address yet)'} on {st['interface']}, "
+                     f"MTU {st['mtu']}")
+        lines.append(f"relay {r['endpoint']} {'connected' if r['connected'] else 'NOT connected'} "
+                     f"over {r['transport'].upper()}, rtt {_ms(r['rtt_ms'])}")
+        lines.append(f"{'PEER':<20} {'ADDRESS':<15} {'PATH':<6} {'ENDPOINT':<21} {'RTT':>9} {'RX':>9} {'TX':>9}")
+        for p in st["peers"]:
+            lines.append(f"{p['name']:<20} {p['address']:<15} {p['path']:<6} {p['endpoint']:<21} "
+                         f"{_ms(p['rtt_ms']):>9} {_size(p['rx_bytes']):>9} {_size(p['tx_bytes']):>9}")
+    drops = st.get("drops") or {}
+    if drops:
+        lines.append("dropped: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    try:
+        code = cli.main(args=argv, prog_name="tunneld", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.UsageError as exc:
+        where = f"tunneld {exc.ctx.info_name}" if exc.ctx and exc.ctx.parent else "tunneld"
+        where = where.replace("tunneld tunneld", "tunneld")
+        click.echo(f"tunneld: {exc.format_message()} (see '{where} --help')", err=True)
+        code = EXIT_USAGE
+    except click.Abort:
+        code = 1
+    except TunneldError as exc:
+        click.echo(f"tunneld: {exc}", err=True)
+        code = exc.exit_code
+    sys.exit(code if isinstance(code, int) else 0)

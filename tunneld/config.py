@@ -1,0 +1,133 @@
+"""Command-line and config-file settings, validated into plain values.
+
+A --config FILE is TOML with the same keys as the long options (dashes or
+underscores); options on the command line win. Every bad value is a ConfigError
+that names the fix.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+import tomllib
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+DEFAULT_NETWORK = "100.64.0.0/10"
+DEFAULT_STATE_DIR = "/var/lib/tunneld"
+DEFAULT_INTERFACE = "tunneld0"
+DEFAULT_PORT = 7000
+
+
+def load_file(path: str | None, allowed: set[str]) -> dict:
+    if not path:
+        return {}
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read --config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config {path} is not valid TOML: {exc}") from None
+    out = {}
+    for key, value in data.items():
+        norm = key.replace("-", "_")
+        if norm not in allowed:
+            raise ConfigError(f"--config {path}: unknown setting {key!r} "
+                              f"(known: {', '.join(sorted(k.replace('_', '-') for k in allowed))})")
+        out[norm] = value
+    return out
+
+
+def merged(cli: dict, path: str | None, defaults: dict) -> dict:
+    """defaults < config file < command line (None on the command line means 'not given')."""
+    settings = dict(defaults)
+    settings.update(load_file(path, set(defaults)))
+    settings.update({k: v for k, v in cli.items() if v is not None})
+    return settings
+
+
+def parse_hostport(text, option: str, default_port: int | None = None) -> tuple[str, int]:
+    if not isinstance(text, str) or not text:
+        raise ConfigError(f"{option} needs HOST:PORT")
+    m = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([^:\s]+):(\d+)|([^:\s]+)", text)
+    if not m:
+        raise ConfigError(f"{option} {text!r} is not HOST:PORT (e.g. 192.0.2.1:{DEFAULT_PORT})")
+    host = m.group(1) or m.group(3) or m.group(5)
+    port_text = m.group(2) or m.group(4)
+    if port_text is None:
+        if default_port is None:
+            raise ConfigError(f"{option} {text!r} has no port; write HOST:PORT")
+        port = default_port
+    else:
+        port = int(port_text)
+    if not 0 < port < 65536:
+        raise ConfigError(f"{option} {text!r}: port must be 1-65535")
+    return host, port
+
+
+def resolve_ipv4(host: str, option: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(host))
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_DGRAM)
+    except socket.gaierror as exc:
+        raise ConfigError(f"{option}: cannot resolve {host!r} ({exc.strerror}); "
+                          "give an IPv4 address or fix DNS") from None
+    return infos[0][4][0]
+
+
+def parse_network(text) -> ipaddress.IPv4Network:
+    try:
+        net = ipaddress.IPv4Network(str(text), strict=True)
+    except ValueError as exc:
+        raise ConfigError(f"--network {text!r} is not an IPv4 CIDR ({exc}); e.g. {DEFAULT_NETWORK}") from None
+    if net.prefixlen > 30:
+        raise ConfigError(f"--network {text} is too small; use a prefix of /30 or larger")
+    return net
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text) -> float | None:
+    """'90', '90s', '30m', '24h', '7d'; '0' means never."""
+    m = _DURATION.match(str(text).strip())
+    if not m:
+        raise ConfigError(f"--ttl {text!r} is not a duration like 30m, 24h or 7d (0 = never expires)")
+    seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    return None if seconds == 0 else seconds
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    listen_host: str
+    port: int
+    network: ipaddress.IPv4Network
+    state_dir: str
+    log_level: str
+
+
+@dataclass(frozen=True)
+class JoinSettings:
+    relay_host: str
+    relay_ip: str
+    relay_port: int
+    token_text: str
+    name: str
+    interface: str
+    state_dir: str
+    port: int
+    log_level: str
+
+
+def check_log_level(level) -> str:
+    level = str(level).lower()
+    if level not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"--log-level {level!r}: use debug, info, warning or error")
+    return level

@@ -1,0 +1,108 @@
+"""The overlay's member list, as the relay publishes it and as each node mirrors it.
+
+The relay holds a versioned Directory. It publishes changes as a delta from the
+previous version; a node whose version is not that delta's base gets a full
+snapshot in chunks instead. Nodes report their version in every ping, so a lost
+message is repaired by the next ping. Versions are compared for equality only;
+a restarted relay starts from a new one, so every node resynchronises.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..proto.messages import MAX_NODES_PER_CHUNK
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    addr: bytes  # overlay IPv4 address, 4 bytes
+    key: bytes  # static public key, 32 bytes
+    online: bool
+    endpoint: str  # as the relay observes it, "" when unknown
+
+    def wire(self) -> list:
+        return [self.name, self.addr, self.key, self.online, self.endpoint]
+
+
+class Directory:
+    def __init__(self, version: int):
+        self.version = version
+        self.entries: dict[bytes, Entry] = {}
+        self._changed: dict[bytes, Entry | None] = {}
+        self.last_delta: tuple[int, int, list[Entry], list[bytes]] | None = None
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self._changed)
+
+    def set(self, entry: Entry) -> None:
+        if self.entries.get(entry.addr) != entry:
+            self.entries[entry.addr] = entry
+            self._changed[entry.addr] = entry
+
+    def remove(self, addr: bytes) -> None:
+        if self.entries.pop(addr, None) is not None:
+            self._changed[addr] = None
+
+    def publish(self) -> None:
+        """Close the pending changes into one delta and a new version."""
+        if not self._changed:
+            return
+        base = self.version
+        self.version += 1
+        nodes = [e for e in self._changed.values() if e is not None]
+        gone = [a for a, e in self._changed.items() if e is None]
+        self.last_delta = (base, self.version, nodes, gone)
+        self._changed = {}
+
+    def messages_for(self, held_version: int | None) -> list[dict]:
+        """What brings a node holding held_version up to date (nothing if it is)."""
+        if held_version == self.version:
+            return []
+        d = self.last_delta
+        if d is not None and d[0] == held_version and len(d[2]) <= MAX_NODES_PER_CHUNK:
+            return [{"t": "dir", "v": d[1], "base": d[0], "i": 0, "c": 1,
+                     "nodes": [e.wire() for e in d[2]], "gone": d[3]}]
+        return self.snapshot()
+
+    def snapshot(self) -> list[dict]:
+        entries = list(self.entries.values())
+        chunks = [entries[i : i + MAX_NODES_PER_CHUNK] for i in range(0, len(entries), MAX_NODES_PER_CHUNK)]
+        chunks = chunks or [[]]
+        return [{"t": "dir", "v": self.version, "base": None, "i": i, "c": len(chunks),
+                 "nodes": [e.wire() for e in chunk], "gone": []} for i, chunk in enumerate(chunks)]
+
+
+class DirectoryMirror:
+    """A node's copy. apply() returns True when the entries changed."""
+
+    def __init__(self):
+        self.version: int | None = None
+        self.entries: dict[bytes, Entry] = {}
+        self._partial_version: int | None = None
+        self._partial: dict[int, list] = {}
+
+    def apply(self, msg: dict) -> bool:
+        nodes = [Entry(*n) for n in msg["nodes"]]
+        if msg["base"] is not None:
+            if msg["base"] != self.version:
+                return False  # our next ping reports our version; the relay sends a snapshot
+            for e in nodes:
+                self.entries[e.addr] = e
+            for a in msg["gone"]:
+                self.entries.pop(a, None)
+            self.version = msg["v"]
+            return True
+        if msg["v"] != self._partial_version:
+            self._partial_version = msg["v"]
+            self._partial = {}
+        self._partial[msg["i"]] = nodes
+        if len(self._partial) < msg["c"] or any(i not in self._partial for i in range(msg["c"])):
+            return False
+        self.entries = {e.addr: e for chunk in self._partial.values() for e in chunk}
+        self.version = msg["v"]
+        self._partial_version = None
+        self._partial = {}
+        return True

@@ -1,0 +1,577 @@
+"""A node, without I/O: packets and a time go in, packets go out through NodeIO.
+
+The send pipeline (from_tun), per packet read from the TUN device:
+  1. route: the destination address names the peer (a dict lookup);
+  2. session: the peer's current transport session, or queue the packet and
+     start a handshake with the peer;
+  3. seal: next counter, AEAD (session.py);
+  4. transmit: wrapped in a RELAYED header, to the relay.
+
+The receive pipeline (receive), per message from the relay:
+  RELAYED -> the inner message of a peer: DATA is opened, checked (replay
+             window, inner source address must be the peer's) and written to
+             the TUN device; INIT/RESP advance a handshake with that peer.
+  DATA    -> a control message from the relay (pong, directory).
+  RESP    -> the relay's answer to our join handshake.
+  HINT    -> the relay lost our session: handshake again (rate-limited).
+Every drop is counted by reason in `drops`; nothing here raises on bad input.
+
+The relay link reconnects forever, with backoff and jitter, over UDP first and
+over TCP after UDP has failed twice. Peer sessions do not depend on it: while
+the relay is away they keep their keys, and traffic resumes when it returns.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import secrets
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from ..control.backoff import Backoff
+from ..control.directory import DirectoryMirror, Entry
+from ..proto import messages, wire
+from ..proto.errors import ProtocolError
+from ..proto.handshake import Identity, Initiation, read_initiation, tai64n, TIMESTAMP_LEN
+from ..proto.session import Session
+
+log = logging.getLogger("tunneld.node")
+
+
+class _RelayEndpoint:
+    """The sentinel endpoint 'the relay, over whichever transport is up'."""
+
+    def __repr__(self):
+        return "RELAY"
+
+
+RELAY = _RelayEndpoint()
+
+PING_INTERVAL = 5.0  # also keeps the NAT mapping to the relay open
+RELAY_DEAD_AFTER = 16.0  # no word from the relay for this long: handshake again
+HANDSHAKE_RETRY = 1.0  # peer handshake retransmission
+HANDSHAKE_ATTEMPTS = 15  # then drop the queued packets; the next packet starts again
+PENDING_TIMEOUT = 10.0
+KEEPALIVE = 10.0  # answer received traffic with an empty packet if we sent nothing
+PROBE_INTERVAL = 5.0
+QUEUE_LIMIT = 128  # packets held per peer while its handshake runs
+HINT_INTERVAL = 1.0
+TCP_AFTER_FAILURES = 2
+
+
+class NodeIO(Protocol):
+    def send(self, ep, data: bytes) -> None: ...
+    def write_tun(self, packet: bytes) -> None: ...
+    def joined(self, assignment: "Assignment") -> None: ...
+    def refused(self, code: str, message: str) -> None: ...
+    def relay_transport(self, tcp: bool) -> None: ...
+
+
+@dataclass(frozen=True)
+class Assignment:
+    name: str
+    address: str
+    network: str
+
+    @property
+    def interface_address(self) -> ipaddress.IPv4Interface:
+        return ipaddress.IPv4Interface(f"{self.address}/{ipaddress.IPv4Network(self.network).prefixlen}")
+
+
+class Peer:
+    __slots__ = ("name", "addr", "address", "key", "online", "endpoint", "tx", "previous", "pending",
+                 "initiation", "hs_attempts", "hs_next", "last_ts", "queue", "tx_bytes", "rx_bytes",
+                 "last_rx", "last_tx", "rtt", "probe_seq", "probe_sent", "prefix")
+
+    def __init__(self, entry: Entry):
+        self.name = entry.name
+        self.addr = entry.addr
+        self.address = str(ipaddress.IPv4Address(entry.addr))
+        self.key = entry.key
+        self.online = entry.online
+        self.endpoint = entry.endpoint
+        self.tx: Session | None = None  # current: we send with it
+        self.previous: Session | None = None  # still accepted while in-flight packets drain
+        self.pending: Session | None = None  # we answered its handshake; unconfirmed
+        self.initiation: Initiation | None = None
+        self.hs_attempts = 0
+        self.hs_next = 0.0
+        self.last_ts = b""
+        self.queue: deque = deque(maxlen=QUEUE_LIMIT)
+        self.tx_bytes = 0
+        self.rx_bytes = 0
+        self.last_rx = 0.0
+        self.last_tx = 0.0
+        self.rtt: float | None = None
+        self.probe_seq = 0
+        self.probe_sent = 0.0
+        self.prefix = wire.relayed_header(entry.addr)
+
+
+class RelayLink:
+    __slots__ = ("key", "session", "previous", "initiation", "next_attempt", "backoff", "failures",
+                 "up", "last_rx", "ping_seq", "ping_sent", "rtt", "hint_at", "seen_as", "tcp",
+                 "wrong_key_hints", "ever_joined")
+
+    def __init__(self, key: bytes, backoff: Backoff):
+        self.key = key
+        self.session: Session | None = None
+        self.previous: Session | None = None
+        self.initiation: Initiation | None = None
+        self.next_attempt = 0.0
+        self.backoff = backoff
+        self.failures = 0
+        self.up = False
+        self.last_rx = 0.0
+        self.ping_seq = 0
+        self.ping_sent = 0.0
+        self.rtt: float | None = None
+        self.hint_at = -HINT_INTERVAL
+        self.seen_as = ""
+        self.tcp = False
+        self.wrong_key_hints = 0
+        self.ever_joined = False
+
+
+class Node:
+    def __init__(self, identity: Identity, relay_public: bytes, name: str, credential: bytes | None,
+                 io: NodeIO, now: float, *, suite: int = wire.SUITE_AESGCM, underlay_mtu: int = 1500,
+                 wall_ns: Callable[[], int] = time.time_ns, backoff: Backoff | None = None,
+                 assignment: Assignment | None = None, relay_label: str = ""):
+        self.identity = identity
+        self.name = name
+        self.credential = credential
+        self.io = io
+        self.suite = suite
+        self.underlay_mtu = underlay_mtu
+        self.wall_ns = wall_ns
+        self.assignment = assignment
+        self.relay_label = relay_label
+        self.relay = RelayLink(relay_public, backoff or Backoff())
+        self.sessions: dict[bytes, Session] = {}
+        self.peers: dict[bytes, Peer] = {}
+        self.mirror = DirectoryMirror()
+        self.drops: Counter = Counter()
+        self.counts: Counter = Counter()
+        self.stopped = False
+        self._last_ts = b""
+
+    # -- the hot path: TUN -> wire -----------------------------------------------------
+
+    def from_tun(self, packet: bytes, now: float) -> None:
+        if len(packet) < 20 or packet[0] >> 4 != 4:
+            self.drops["tun_not_ipv4"] += 1
+            return
+        peer = self.peers.get(packet[16:20])
+        if peer is None:
+            self.drops["tun_no_peer"] += 1
+            return
+        s = peer.tx
+        if s is None:
+            peer.queue.append(packet)
+            if peer.initiation is None:
+                self._initiate(peer, now)
+            return
+        sealed = s.seal(packet, peer.prefix)
+        if sealed is None:
+            self.drops["session_exhausted"] += 1
+            return
+        peer.tx_bytes += len(packet)
+        peer.last_tx = now
+        self.io.send(RELAY, sealed)
+
+    # -- the hot path: wire -> TUN -----------------------------------------------------
+
+    def receive(self, data: bytes, ep, now: float) -> None:
+        if ep is not RELAY:
+            self.drops["unknown_source"] += 1
+            return
+        t = data[0] if data else 0
+        if t == wire.RELAYED:
+            peer = self.peers.get(data[4:8])
+            if peer is None or len(data) <= wire.RELAYED_HEADER_LEN:
+                self.drops["relayed_unknown_peer"] += 1
+                return
+            self._from_peer(peer, data[8:], now)
+        elif t == wire.DATA:
+            self._relay_data(data, now)
+        elif t == wire.RESP:
+            self._relay_resp(data, now)
+        elif t == wire.HINT:
+            self._relay_hint(data, now)
+        else:
+            self.drops["bad_type"] += 1
+
+    def _from_peer(self, peer: Peer, msg: bytes, now: float) -> None:
+        t = msg[0]
+        if t == wire.DATA:
+            s = self.sessions.get(msg[4:8])
+            if s is None or s.owner is not peer:
+                self.drops["unknown_session"] += 1
+                return
+            plaintext = s.open(msg)
+            if plaintext is None:
+                self.drops[s.last_drop] += 1
+                return
+            peer.last_rx = now
+            if not s.confirmed:
+                self._confirm(peer, s, now)
+            if not plaintext:
+                return  # keepalive
+            first = plaintext[0]
+            if first >> 4 == 4:
+                if len(plaintext) >= 20 and plaintext[12:16] == peer.addr:
+                    peer.rx_bytes += len(plaintext)
+                    self.io.write_tun(plaintext)
+                else:
+                    self.drops["spoofed_source"] += 1
+            elif first == wire.PROBE_REQUEST and len(plaintext) == wire.PROBE_LEN:
+                self._send_peer(peer, bytes((wire.PROBE_REPLY,)) + plaintext[1:], now)
+            elif first == wire.PROBE_REPLY and len(plaintext) == wire.PROBE_LEN:
+                if int.from_bytes(plaintext[1:], "big") == peer.probe_seq:
+                    peer.rtt = now - peer.probe_sent
+            else:
+                self.drops["bad_inner_packet"] += 1
+        elif t == wire.INIT:
+            self._peer_init(peer, msg, now)
+        elif t == wire.RESP:
+            self._peer_resp(peer, msg, now)
+        else:
+            self.drops["bad_type"] += 1
+
+    # -- peer sessions -----------------------------------------------------------------
+
+    def _send_peer(self, peer: Peer, plaintext: bytes, now: float) -> None:
+        s = peer.tx
+        if s is None:
+            return
+        sealed = s.seal(plaintext, peer.prefix)
+        if sealed is not None:
+            peer.last_tx = now
+            self.io.send(RELAY, sealed)
+
+    def _new_index(self) -> bytes:
+        while True:
+            index = secrets.token_bytes(4)
+            if index not in self.sessions:
+                return index
+
+    def _timestamp(self) -> bytes:
+        # Strictly increasing, so that peers never take a fresh handshake for a replay.
+        ts = tai64n(self.wall_ns())
+        if ts <= self._last_ts:
+            ts = (int.from_bytes(self._last_ts, "big") + 1).to_bytes(TIMESTAMP_LEN, "big")
+        self._last_ts = ts
+        return ts
+
+    def _initiate(self, peer: Peer, now: float) -> None:
+        init = Initiation(self.identity, peer.key, self.suite, self._new_index(), self._timestamp(), now)
+        peer.initiation = init
+        peer.hs_attempts += 1
+        peer.hs_next = now + HANDSHAKE_RETRY * (0.8 + 0.4 * secrets.randbelow(1000) / 1000)
+        self.counts["peer_handshakes_sent"] += 1
+        self.io.send(RELAY, peer.prefix + init.message)
+
+    def _peer_init(self, peer: Peer, msg: bytes, now: float) -> None:
+        try:
+            incoming = read_initiation(self.identity, msg)
+        except ProtocolError:
+            self.drops["handshake_invalid"] += 1
+            return
+        if incoming.remote_public != peer.key:
+            self.drops["handshake_wrong_peer"] += 1
+            return
+        ts = incoming.payload
+        if len(ts) != TIMESTAMP_LEN or ts <= peer.last_ts:
+            self.drops["handshake_replay"] += 1
+            return
+        peer.last_ts = ts
+        index = self._new_index()
+        resp, s = incoming.accept(index, b"", now)
+        s.owner = peer
+        self.sessions[index] = s
+        if peer.pending is not None:
+            self.sessions.pop(peer.pending.local_index, None)
+        peer.pending = s
+        self.io.send(RELAY, peer.prefix + resp)
+
+    def _peer_resp(self, peer: Peer, msg: bytes, now: float) -> None:
+        init = peer.initiation
+        if init is None or msg[8:12] != init.local_index:
+            self.drops["unexpected_response"] += 1
+            return
+        try:
+            s, _ = init.complete(msg, now)
+        except ProtocolError:
+            self.drops["handshake_invalid"] += 1
+            return
+        peer.initiation = None
+        peer.hs_attempts = 0
+        peer.rtt = now - init.created
+        s.owner = peer
+        self.sessions[s.local_index] = s
+        self._install(peer, s)
+        if not self._flush(peer, now):
+            self._send_peer(peer, b"", now)  # confirms the session to the responder
+
+    def _confirm(self, peer: Peer, s: Session, now: float) -> None:
+        s.confirmed = True
+        if peer.pending is s:
+            peer.pending = None
+        self._install(peer, s)
+        self._flush(peer, now)
+
+    def _install(self, peer: Peer, s: Session) -> None:
+        if peer.previous is not None:
+            self.sessions.pop(peer.previous.local_index, None)
+        peer.previous, peer.tx = peer.tx, s
+
+    def _flush(self, peer: Peer, now: float) -> bool:
+        sent = bool(peer.queue)
+        while peer.queue:
+            packet = peer.queue.popleft()
+            sealed = peer.tx.seal(packet, peer.prefix)
+            if sealed is None:
+                break
+            peer.tx_bytes += len(packet)
+            self.io.send(RELAY, sealed)
+        if sent:
+            peer.last_tx = now
+        return sent
+
+    def _drop_sessions(self, peer: Peer) -> None:
+        for s in (peer.tx, peer.previous, peer.pending):
+            if s is not None:
+                self.sessions.pop(s.local_index, None)
+        peer.tx = peer.previous = peer.pending = peer.initiation = None
+
+    def _sync_peers(self) -> None:
+        own = self.identity.public
+        entries = {a: e for a, e in self.mirror.entries.items() if e.key != own}
+        for addr, peer in list(self.peers.items()):
+            e = entries.get(addr)
+            if e is None or e.key != peer.key:
+                self._drop_sessions(peer)
+                del self.peers[addr]
+        for addr, e in entries.items():
+            peer = self.peers.get(addr)
+            if peer is None:
+                self.peers[addr] = Peer(e)
+            else:
+                peer.name, peer.online, peer.endpoint = e.name, e.online, e.endpoint
+
+    # -- the relay link ----------------------------------------------------------------
+
+    def _relay_handshake(self, now: float) -> None:
+        r = self.relay
+        tcp = r.failures >= TCP_AFTER_FAILURES and (r.failures // TCP_AFTER_FAILURES) % 2 == 1
+        if tcp != r.tcp:
+            r.tcp = tcp
+            self.io.relay_transport(tcp)
+        payload = messages.encode({"ts": self._timestamp(), "name": self.name,
+                                   "token": self.credential, "mtu": self.underlay_mtu})
+        r.initiation = Initiation(self.identity, r.key, self.suite, self._new_index(), payload, now)
+        r.next_attempt = now + r.backoff.next()
+        self.counts["relay_handshakes_sent"] += 1
+        self.io.send(RELAY, r.initiation.message)
+
+    def _relay_resp(self, data: bytes, now: float) -> None:
+        r = self.relay
+        init = r.initiation
+        if init is None or data[8:12] != init.local_index:
+            self.drops["unexpected_response"] += 1
+            return
+        try:
+            s, payload = init.complete(data, now)
+            reply = messages.decode_join_reply(payload)
+        except ProtocolError:
+            self.drops["handshake_invalid"] += 1
+            return
+        r.initiation = None
+        if not reply["ok"]:
+            if reply["retry"]:
+                log.warning("the relay cannot take this node now (%s); retrying", reply["error"])
+                return
+            self.stopped = True
+            self.io.refused(reply["code"], reply["error"])
+            return
+        r.failures = 0
+        r.backoff.reset()
+        r.wrong_key_hints = 0
+        s.owner = r
+        self.sessions[s.local_index] = s
+        if r.previous is not None:
+            self.sessions.pop(r.previous.local_index, None)
+        r.previous, r.session = r.session, s
+        r.last_rx = now
+        if not r.up:
+            log.info("connected to the relay over %s as %s (%s)", "TCP" if r.tcp else "UDP",
+                     reply["name"], reply["address"])
+        r.up = True
+        r.ever_joined = True
+        assignment = Assignment(reply["name"], reply["address"], reply["network"])
+        if assignment != self.assignment:
+            self.assignment = assignment
+            self.io.joined(assignment)
+        self._ping(now)  # also confirms the new session to the relay
+
+    def _relay_data(self, data: bytes, now: float) -> None:
+        r = self.relay
+        s = self.sessions.get(data[4:8])
+        if s is None or s.owner is not r:
+            self.drops["unknown_session"] += 1
+            return
+        plaintext = s.open(data)
+        if plaintext is None:
+            self.drops[s.last_drop] += 1
+            return
+        r.last_rx = now
+        try:
+            msg = messages.decode_control(plaintext)
+        except ProtocolError:
+            self.drops["bad_control"] += 1
+            return
+        kind = msg["t"]
+        if kind == "pong":
+            if msg["n"] == r.ping_seq:
+                r.rtt = now - r.ping_sent
+            r.seen_as = msg["ep"]
+        elif kind == "dir":
+            if self.mirror.apply(msg):
+                self._sync_peers()
+        else:
+            self.drops["unexpected_control"] += 1
+
+    def _relay_hint(self, data: bytes, now: float) -> None:
+        r = self.relay
+        try:
+            reason, _ = wire.parse_hint(data)
+        except ProtocolError:
+            self.drops["bad_hint"] += 1
+            return
+        if now - r.hint_at < HINT_INTERVAL:
+            self.drops["hint_rate_limited"] += 1
+            return
+        r.hint_at = now
+        self.counts["hints"] += 1
+        if reason == wire.HINT_NOT_MY_KEY:
+            r.wrong_key_hints += 1
+            if not r.ever_joined and r.wrong_key_hints >= 3:
+                self.stopped = True
+                self.io.refused("wrong_relay_key", "the relay does not hold the key named in the join "
+                                "token; the token belongs to another relay, or --relay points elsewhere")
+            return
+        # Unauthenticated: at most a new handshake, and never more than once a second.
+        if r.initiation is None or now - r.initiation.created >= HINT_INTERVAL:
+            self._relay_handshake(now)
+
+    def _control(self, msg: dict) -> None:
+        s = self.relay.session
+        if s is not None:
+            sealed = s.seal(messages.encode(msg))
+            if sealed is not None:
+                self.io.send(RELAY, sealed)
+
+    def _ping(self, now: float) -> None:
+        r = self.relay
+        r.ping_seq += 1
+        r.ping_sent = now
+        self._control({"t": "ping", "n": r.ping_seq, "v": self.mirror.version})
+
+    def transport_lost(self, now: float) -> None:
+        """The adapter's TCP stream to the relay closed: reconnect now, not after a timeout."""
+        r = self.relay
+        if r.up:
+            log.warning("lost the TCP connection to the relay; reconnecting")
+        r.up = False
+        r.initiation = None
+        r.next_attempt = now
+
+    def bye(self) -> None:
+        """Tell the relay we are leaving, so that peers see it at once."""
+        if self.relay.up:
+            self._control({"t": "bye"})
+
+    # -- time --------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        if self.stopped:
+            return
+        r = self.relay
+        if r.up and now - r.last_rx > RELAY_DEAD_AFTER:
+            r.up = False
+            log.warning("no answer from the relay for %.0f s; reconnecting", now - r.last_rx)
+        if not r.up:
+            if r.initiation is None or now >= r.next_attempt:
+                if r.initiation is not None:
+                    r.failures += 1
+                self._relay_handshake(now)
+        else:
+            s = r.session
+            if r.initiation is None and s is not None and s.wants_rekey(now):
+                self._relay_handshake(now)
+            elif r.initiation is not None and now >= r.next_attempt:
+                self._relay_handshake(now)
+            if now - r.ping_sent >= PING_INTERVAL:
+                self._ping(now)
+        for peer in self.peers.values():
+            self._tick_peer(peer, now)
+
+    def _tick_peer(self, peer: Peer, now: float) -> None:
+        if peer.initiation is not None and now >= peer.hs_next:
+            if peer.hs_attempts >= HANDSHAKE_ATTEMPTS:
+                self.drops["handshake_gave_up"] += 1
+                self.drops["queue_dropped"] += len(peer.queue)
+                peer.queue.clear()
+                peer.initiation = None
+                peer.hs_attempts = 0
+            else:
+                self._initiate(peer, now)
+        s = peer.tx
+        if s is not None:
+            if s.expired(now):
+                self.sessions.pop(s.local_index, None)
+                peer.tx = None
+            elif peer.initiation is None and s.wants_rekey(now) and now - peer.last_tx < KEEPALIVE:
+                self._initiate(peer, now)
+        if peer.previous is not None and peer.previous.expired(now):
+            self.sessions.pop(peer.previous.local_index, None)
+            peer.previous = None
+        if peer.pending is not None and now - peer.pending.created > PENDING_TIMEOUT:
+            self.sessions.pop(peer.pending.local_index, None)
+            peer.pending = None
+        if peer.tx is not None and now - peer.last_rx < 3 * KEEPALIVE:
+            if now - peer.probe_sent >= PROBE_INTERVAL:
+                peer.probe_seq += 1
+                peer.probe_sent = now
+                self._send_peer(peer, bytes((wire.PROBE_REQUEST,)) + peer.probe_seq.to_bytes(8, "big"), now)
+            elif peer.last_rx > peer.last_tx and now - peer.last_tx >= KEEPALIVE:
+                self._send_peer(peer, b"", now)
+
+    # -- status ------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        r = self.relay
+        a = self.assignment
+        return {
+            "role": "node",
+            "name": a.name if a else self.name,
+            "address": a.address if a else None,
+            "network": a.network if a else None,
+            "public_key": self.identity.public.hex(),
+            "relay": {"endpoint": self.relay_label, "connected": r.up, "transport": "tcp" if r.tcp else "udp",
+                      "rtt_ms": None if r.rtt is None or not r.up else round(r.rtt * 1000, 3),
+                      "seen_as": r.seen_as or None},
+            "peers": [{
+                "name": p.name, "address": p.address, "online": p.online, "path": "relay",
+                "endpoint": self.relay_label,
+                "session": p.tx is not None,
+                "rtt_ms": None if p.rtt is None else round(p.rtt * 1000, 3),
+                "rx_bytes": p.rx_bytes, "tx_bytes": p.tx_bytes,
+            } for p in sorted(self.peers.values(), key=lambda p: p.name)],
+            "counters": dict(self.counts),
+            "drops": dict(self.drops),
+        }

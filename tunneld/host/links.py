@@ -1,0 +1,137 @@
+"""Links, addresses and routes, through netlink (pyroute2). tunneld never runs `ip`.
+
+The narrow interface the daemons use:
+  configure(ifname, interface, mtu)  the overlay address on the TUN, its MTU, link up
+  route_to(address)                  which interface and MTU the kernel uses to reach it
+Configuration is idempotent: an address already in place is left alone, because
+deleting and re-adding it would flush routes that others (flannel) hang on it.
+
+pyroute2 drives an asyncio loop of its own, which must never meet the daemon's
+(uv)loop; so every netlink call runs on one thread kept for it. The calls are
+rare (start-up, a new address) and short, so the caller simply waits.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from ..errors import HostError
+
+
+@dataclass(frozen=True)
+class Route:
+    ifname: str
+    mtu: int  # the smaller of the link MTU and any MTU on the route or in the PMTU cache
+    source: str | None
+    gateway: str | None
+
+
+def _attr(msg, name, default=None):
+    value = msg.get_attr(name)
+    return default if value is None else value
+
+
+class Links:
+    def __init__(self):
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="netlink")
+        self._ipr = self._call(IPRoute)
+
+    def _call(self, fn, *args, **kwargs):
+        return self._thread.submit(fn, *args, **kwargs).result()
+
+    def close(self) -> None:
+        self._call(self._ipr.close)
+        self._thread.shutdown()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def index(self, ifname: str) -> int:
+        return self._call(self._index, ifname)
+
+    def link_mtu(self, ifname: str) -> int:
+        return self._call(self._link_mtu, ifname)
+
+    def addresses(self, ifname: str) -> list[ipaddress.IPv4Interface]:
+        return self._call(self._addresses, ifname)
+
+    def configure(self, ifname: str, interface: ipaddress.IPv4Interface, mtu: int) -> None:
+        self._call(self._configure, ifname, interface, mtu)
+
+    def route_to(self, address: str) -> Route:
+        return self._call(self._route_to, address)
+
+    def delete(self, ifname: str) -> None:
+        self._call(self._delete, ifname)
+
+    # -- on the netlink thread ---------------------------------------------------------
+
+    def _index(self, ifname: str) -> int:
+        found = self._ipr.link_lookup(ifname=ifname)
+        if not found:
+            raise HostError(f"interface {ifname} does not exist")
+        return found[0]
+
+    def _link_mtu(self, ifname: str) -> int:
+        return int(_attr(self._ipr.get_links(self._index(ifname))[0], "IFLA_MTU"))
+
+    def _addresses(self, ifname: str) -> list[ipaddress.IPv4Interface]:
+        out = []
+        for msg in self._ipr.get_addr(index=self._index(ifname), family=socket.AF_INET):
+            out.append(ipaddress.IPv4Interface(f"{_attr(msg, 'IFA_ADDRESS')}/{msg['prefixlen']}"))
+        return out
+
+    def _configure(self, ifname: str, interface: ipaddress.IPv4Interface, mtu: int) -> None:
+        idx = self._index(ifname)
+        try:
+            if self._link_mtu(ifname) != mtu:
+                self._ipr.link("set", index=idx, mtu=mtu)
+            for present in self._addresses(ifname):
+                if present != interface:
+                    self._ipr.addr("del", index=idx, address=str(present.ip), prefixlen=present.network.prefixlen)
+            if interface not in self._addresses(ifname):
+                self._ipr.addr("add", index=idx, address=str(interface.ip), prefixlen=interface.network.prefixlen)
+            self._ipr.link("set", index=idx, state="up")
+        except NetlinkError as exc:
+            raise HostError(f"cannot configure {ifname}: {os.strerror(exc.code)}") from None
+        _disable_ipv6(ifname)
+
+    def _route_to(self, address: str) -> Route:
+        try:
+            msg = self._ipr.route("get", dst=address)[0]
+        except NetlinkError as exc:
+            raise HostError(f"no route to {address}: {os.strerror(exc.code)}") from None
+        link = self._ipr.get_links(_attr(msg, "RTA_OIF"))[0]
+        mtu = int(_attr(link, "IFLA_MTU"))
+        metrics = msg.get_attr("RTA_METRICS")
+        if metrics is not None:
+            route_mtu = metrics.get_attr("RTAX_MTU")
+            if route_mtu:
+                mtu = min(mtu, int(route_mtu))
+        return Route(_attr(link, "IFLA_IFNAME"), mtu, _attr(msg, "RTA_PREFSRC"), _attr(msg, "RTA_GATEWAY"))
+
+    def _delete(self, ifname: str) -> None:
+        try:
+            self._ipr.link("del", index=self._index(ifname))
+        except NetlinkError as exc:
+            raise HostError(f"cannot delete {ifname}: {os.strerror(exc.code)}") from None
+
+
+def _disable_ipv6(ifname: str) -> None:
+    # The overlay is IPv4; IPv6 on it would only emit router solicitations we drop.
+    path = f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"
+    try:
+        with open(path, "w") as f:
+            f.write("1")
+    except OSError:
+        pass

@@ -1,0 +1,243 @@
+"""A small internet in network namespaces, for the demo, the tests and the benchmarks.
+
+    relay 192.0.2.1 ─┐
+                     │ br-relay 192.0.2.254
+    public nodes ────┤ br-pub   198.51.100.254      "inet": the router of the internet
+    198.51.100.x     │
+                     │ br-nat   203.0.113.254
+    NAT routers ─────┘  wan 203.0.113.x  ── lan 198.19.N.1 ── host 198.19.N.2
+
+NAT kinds (iptables in the router's namespace):
+  "cone"        MASQUERADE: port-preserving, address and port restricted
+  "no-inbound"  MASQUERADE --random-fully, and nothing unsolicited gets in
+  "no-udp"      MASQUERADE, and all UDP is dropped both ways
+
+Addresses come only from DESIGN.md's test ranges, and nothing leaves the
+namespaces. This is test tooling: it shells out to ip and iptables on purpose, so
+that what it builds reads like the commands an operator would type. Processes
+are stopped by their own PID; close() removes everything, also after a failure.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+BRIDGES = {
+    "relay": ("br-relay", "192.0.2.254", 24),
+    "pub": ("br-pub", "198.51.100.254", 24),
+    "nat": ("br-nat", "203.0.113.254", 24),
+}
+
+
+class LabError(Exception):
+    pass
+
+
+@dataclass
+class Host:
+    ns: str
+    address: str  # its address on its own link
+    public: str  # the address the internet sees it as (the NAT's, behind one)
+    router: "Host | None" = None
+    state_dir: str = ""
+    procs: list = field(default_factory=list)
+
+
+class Lab:
+    def __init__(self, tag: str | None = None):
+        self.tag = tag or f"td{os.getpid() % 100000}x{int(time.time() * 1000) % 1000}"
+        self.namespaces: list[str] = []
+        self.processes: list[subprocess.Popen] = []
+        self.tmp = tempfile.mkdtemp(prefix=f"tunneld-{self.tag}-")
+        self._nat_count = 0
+        self._pub_count = 0
+        self.inet: str | None = None
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def run(self, *cmd: str, check: bool = True, timeout: float = 30, input: bytes | None = None):
+        proc = subprocess.run(cmd, capture_output=True, timeout=timeout, input=input)
+        if check and proc.returncode != 0:
+            raise LabError(f"{' '.join(cmd)}: exit {proc.returncode}: {proc.stderr.decode().strip()}")
+        return proc
+
+    def nsexec(self, ns: str, *cmd: str, check: bool = True, timeout: float = 30, input: bytes | None = None):
+        return self.run("ip", "netns", "exec", ns, *cmd, check=check, timeout=timeout, input=input)
+
+    def add_namespace(self, short: str) -> str:
+        name = f"{self.tag}-{short}"
+        self.run("ip", "netns", "add", name)
+        self.namespaces.append(name)
+        self.run("ip", "-n", name, "link", "set", "lo", "up")
+        return name
+
+    def sysctl(self, ns: str, key: str, value: str) -> None:
+        self.nsexec(ns, "sysctl", "-qw", f"{key}={value}")
+
+    def veth(self, ns_a: str, name_a: str, ns_b: str, name_b: str, mtu: int | None = None) -> None:
+        """A veth pair made directly inside two namespaces (nothing touches the root namespace)."""
+        self.run("ip", "-n", ns_a, "link", "add", name_a, "type", "veth", "peer", "name", name_b, "netns", ns_b)
+        for ns, name in ((ns_a, name_a), (ns_b, name_b)):
+            if mtu:
+                self.run("ip", "-n", ns, "link", "set", name, "mtu", str(mtu))
+            self.run("ip", "-n", ns, "link", "set", name, "up")
+
+    def addr(self, ns: str, dev: str, cidr: str) -> None:
+        self.run("ip", "-n", ns, "addr", "add", cidr, "dev", dev)
+
+    # -- the internet ------------------------------------------------------------------
+
+    def internet(self) -> str:
+        if self.inet is None:
+            self.inet = self.add_namespace("inet")
+            self.sysctl(self.inet, "net.ipv4.ip_forward", "1")
+            for bridge, address, prefix in BRIDGES.values():
+                self.run("ip", "-n", self.inet, "link", "add", bridge, "type", "bridge")
+                self.addr(self.inet, bridge, f"{address}/{prefix}")
+                self.run("ip", "-n", self.inet, "link", "set", bridge, "up")
+        return self.inet
+
+    def _attach(self, ns: str, dev: str, segment: str, address: str, mtu: int | None) -> None:
+        inet = self.internet()
+        bridge, gateway, prefix = BRIDGES[segment]
+        port = f"p{len(self.namespaces)}"
+        self.veth(ns, dev, inet, port, mtu)
+        self.run("ip", "-n", inet, "link", "set", port, "master", bridge)
+        self.addr(ns, dev, f"{address}/{prefix}")
+        self.run("ip", "-n", ns, "route", "add", "default", "via", gateway)
+
+    def public_host(self, short: str, segment: str = "pub", address: str | None = None,
+                    mtu: int | None = None) -> Host:
+        ns = self.add_namespace(short)
+        if address is None:
+            if segment == "relay":
+                address = "192.0.2.1"
+            else:
+                self._pub_count += 1
+                address = f"198.51.100.{10 + self._pub_count}"
+        self._attach(ns, "eth0", segment, address, mtu)
+        return Host(ns, address, address, state_dir=self._state_dir(short))
+
+    def nat_host(self, short: str, kind: str = "cone", lan_mtu: int | None = None) -> Host:
+        """A host on a LAN behind its own NAT router."""
+        if kind not in ("cone", "no-inbound", "no-udp"):
+            raise LabError(f"unknown NAT kind {kind}")
+        self._nat_count += 1
+        n = self._nat_count
+        wan = f"203.0.113.{10 + n}"
+        rns = self.add_namespace(f"{short}-gw")
+        self._attach(rns, "wan", "nat", wan, None)
+        self.sysctl(rns, "net.ipv4.ip_forward", "1")
+        hns = self.add_namespace(short)
+        lan_gw, lan_host = f"198.19.{n}.1", f"198.19.{n}.2"
+        self.veth(rns, "lan", hns, "eth0", lan_mtu)
+        self.addr(rns, "lan", f"{lan_gw}/24")
+        self.addr(hns, "eth0", f"{lan_host}/24")
+        self.run("ip", "-n", hns, "route", "add", "default", "via", lan_gw)
+        ipt = ["iptables", "-w", "5"]
+        masq = [*ipt, "-t", "nat", "-A", "POSTROUTING", "-o", "wan", "-j", "MASQUERADE"]
+        if kind == "no-inbound":
+            masq.append("--random-fully")
+        self.nsexec(rns, *masq)
+        if kind == "no-inbound":
+            for chain in ("FORWARD", "INPUT"):
+                self.nsexec(rns, *ipt, "-A", chain, "-i", "wan", "-m", "conntrack",
+                            "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
+                self.nsexec(rns, *ipt, "-A", chain, "-i", "wan", "-j", "DROP")
+        if kind == "no-udp":
+            for direction in ("-i", "-o"):
+                self.nsexec(rns, *ipt, "-A", "FORWARD", direction, "wan", "-p", "udp", "-j", "DROP")
+        router = Host(rns, wan, wan)
+        return Host(hns, lan_host, wan, router=router, state_dir=self._state_dir(short))
+
+    def _state_dir(self, short: str) -> str:
+        path = os.path.join(self.tmp, short)
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        return path
+
+    # -- processes ---------------------------------------------------------------------
+
+    def spawn(self, ns: str, *cmd: str, log: str | None = None, env: dict | None = None) -> subprocess.Popen:
+        out = open(log, "ab") if log else subprocess.DEVNULL
+        try:
+            proc = subprocess.Popen(["ip", "netns", "exec", ns, *cmd], stdout=out, stderr=subprocess.STDOUT
+                                    if log else subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                                    env={**os.environ, **(env or {})})
+        finally:
+            if log:
+                out.close()
+        self.processes.append(proc)
+        return proc
+
+    def tunneld(self, host: Host, *args: str, log_name: str | None = None, env: dict | None = None):
+        """Start `tunneld ARGS` in host's namespace (ip netns exec execs it: proc.pid is tunneld)."""
+        log = os.path.join(self.tmp, f"{log_name or os.path.basename(host.state_dir)}.log")
+        proc = self.spawn(host.ns, sys.executable, "-m", "tunneld", *args, log=log,
+                          env={"PYTHONUNBUFFERED": "1", **(env or {})})
+        host.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10) -> int | None:
+        if proc.poll() is None:
+            try:
+                os.kill(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        return proc.returncode
+
+    def log(self, name: str) -> str:
+        try:
+            with open(os.path.join(self.tmp, f"{name}.log"), errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def close(self) -> None:
+        for proc in reversed(self.processes):
+            try:
+                self.stop(proc, timeout=5)
+            except Exception:
+                pass
+        for ns in reversed(self.namespaces):
+            self.run("ip", "netns", "del", ns, check=False)
+        self.namespaces.clear()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):
+    """Poll predicate until it returns a truthy value; bounded in time."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except Exception as exc:  # the daemon may not be up yet
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise LabError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+
+
+def overlay_ip(text: str) -> ipaddress.IPv4Address:
+    return ipaddress.IPv4Address(text)

@@ -1,0 +1,154 @@
+"""A relay and nodes inside a Lab, driven through tunneld's own CLI and control socket."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+
+from ..net.ctlsock import request
+from ..state import SOCKET_FILE
+from . import Host, Lab, LabError, wait_for
+
+RELAY_PORT = 7000
+
+
+class Overlay:
+    def __init__(self, lab: Lab, port: int = RELAY_PORT):
+        self.lab = lab
+        self.port = port
+        self.relay = lab.public_host("relay", "relay")
+        self.relay_proc: subprocess.Popen | None = None
+        self.nodes: dict[str, Host] = {}
+        self.node_procs: dict[str, subprocess.Popen] = {}
+
+    @property
+    def relay_endpoint(self) -> str:
+        return f"{self.relay.address}:{self.port}"
+
+    def start_relay(self, *extra: str, timeout: float = 20) -> subprocess.Popen:
+        self.relay_proc = self.lab.tunneld(self.relay, "serve", "--listen", self.relay_endpoint,
+                                           "--state-dir", self.relay.state_dir, *extra, log_name="relay")
+        wait_for(lambda: self.status(self.relay)["role"] == "relay", timeout, what="the relay to start")
+        return self.relay_proc
+
+    def stop_relay(self, sig: int = 15) -> None:
+        if self.relay_proc is not None:
+            self.lab.stop(self.relay_proc, sig)
+            self.relay_proc = None
+
+    def token(self, *extra: str) -> str:
+        proc = self.lab.nsexec(self.relay.ns, sys.executable, "-m", "tunneld", "token",
+                               "--state-dir", self.relay.state_dir, *extra)
+        return proc.stdout.decode().strip()
+
+    def join(self, host: Host, name: str, token: str | None = None, *extra: str) -> subprocess.Popen:
+        proc = self.lab.tunneld(host, "join", "--relay", self.relay_endpoint, "--token", token or self.token(),
+                                "--name", name, "--state-dir", host.state_dir, *extra, log_name=name)
+        self.nodes[name] = host
+        self.node_procs[name] = proc
+        return proc
+
+    def stop_node(self, name: str, sig: int = 15) -> int | None:
+        proc = self.node_procs.pop(name, None)
+        return None if proc is None else self.lab.stop(proc, sig)
+
+    def status(self, host: Host) -> dict:
+        return request(os.path.join(host.state_dir, SOCKET_FILE), {"cmd": "status"}, timeout=3)
+
+    def node_status(self, name: str) -> dict:
+        return self.status(self.nodes[name])
+
+    def wait_connected(self, names=None, timeout: float = 30) -> dict[str, dict]:
+        names = list(names or self.nodes)
+
+        def all_connected():
+            out = {}
+            for n in names:
+                proc = self.node_procs.get(n)
+                if proc is not None and proc.poll() is not None:
+                    raise LabError(f"tunneld join for {n} exited with {proc.returncode}:\n{self.lab.log(n)}")
+                st = self.node_status(n)
+                if not (st["relay"]["connected"] and st["ready"]
+                        and len(st["peers"]) >= len(self.nodes) - 1 and all(p["online"] for p in st["peers"])):
+                    return None
+                out[n] = st
+            return out
+
+        return wait_for(all_connected, timeout, interval=0.2, what=f"{', '.join(names)} to connect")
+
+    def address(self, name: str) -> str:
+        return self.node_status(name)["address"]
+
+    def ping(self, src: str, dst_address: str, count: int = 3, size: int | None = None,
+             timeout: float = 20) -> subprocess.CompletedProcess:
+        cmd = ["ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", "2"]
+        if size is not None:
+            cmd += ["-s", str(size), "-M", "do"]
+        return self.lab.nsexec(self.nodes[src].ns, *cmd, dst_address, check=False, timeout=timeout)
+
+
+def standard(lab: Lab) -> Overlay:
+    """The topology of the seeds: a relay; a public node; one behind NAT; one with no inbound."""
+    ov = Overlay(lab)
+    ov.start_relay()
+    hosts = {
+        "public": lab.public_host("public"),
+        "natted": lab.nat_host("natted", "cone"),
+        "hidden": lab.nat_host("hidden", "no-inbound"),
+    }
+    token = ov.token("--ttl", "1h")
+    for name, host in hosts.items():
+        ov.join(host, name, token)
+    ov.wait_connected()
+    return ov
+
+
+# A sink that reports what it received: length and SHA-256 of the whole stream.
+SINK = r"""
+import hashlib, socket, sys
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((sys.argv[1], int(sys.argv[2]))); srv.listen(1); srv.settimeout(float(sys.argv[3]))
+print("listening", flush=True)
+conn, _ = srv.accept(); conn.settimeout(float(sys.argv[3]))
+h = hashlib.sha256(); n = 0
+while True:
+    b = conn.recv(1 << 16)
+    if not b: break
+    h.update(b); n += len(b)
+print(n, h.hexdigest(), flush=True)
+"""
+
+SOURCE = r"""
+import os, socket, sys, hashlib
+n = int(sys.argv[3]); seed = sys.argv[4].encode()
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[5]))
+h = hashlib.sha256(); sent = 0; block = 0
+while sent < n:
+    chunk = hashlib.sha256(seed + block.to_bytes(8, "big")).digest() * 2048
+    chunk = chunk[: n - sent]
+    s.sendall(chunk); h.update(chunk); sent += len(chunk); block += 1
+s.shutdown(socket.SHUT_WR); s.recv(1); s.close()
+print(sent, h.hexdigest(), flush=True)
+"""
+
+
+def transfer(ov: Overlay, src: str, dst: str, port: int, nbytes: int, timeout: float = 120) -> tuple[str, str]:
+    """Send nbytes from src to dst's overlay address:port over TCP; return (sent, received) summaries."""
+    lab = ov.lab
+    dst_addr = ov.address(dst)
+    sink = subprocess.Popen(["ip", "netns", "exec", ov.nodes[dst].ns, sys.executable, "-c", SINK, dst_addr,
+                             str(port), str(timeout)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lab.processes.append(sink)
+    try:
+        if sink.stdout.readline().strip() != b"listening":
+            raise LabError(f"sink did not start: {sink.stderr.read().decode()}")
+        sent = lab.nsexec(ov.nodes[src].ns, sys.executable, "-c", SOURCE, dst_addr, str(port), str(nbytes),
+                          hashlib.sha256(os.urandom(8)).hexdigest(), str(timeout), timeout=timeout + 10)
+        out, err = sink.communicate(timeout=timeout)
+        if sink.returncode != 0:
+            raise LabError(f"sink failed: {err.decode()}")
+        return sent.stdout.decode().strip(), out.decode().strip()
+    finally:
+        lab.stop(sink, timeout=2)

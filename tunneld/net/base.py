@@ -1,0 +1,100 @@
+"""What both daemons share: the event loop, the UDP socket, signals, the tick."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import signal
+import socket
+
+from ..errors import ConfigError
+
+log = logging.getLogger("tunneld")
+
+SOCKET_BUFFER = 4 << 20
+TICK = 0.25
+READ_BATCH = 256  # messages per readiness callback, so one busy socket cannot starve the others
+
+
+def run(coro):
+    """Run on uvloop (the hot path's loop), or on plain asyncio where it is missing."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def udp_socket(host: str, port: int, option: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    for opt, force in ((socket.SO_RCVBUF, 33), (socket.SO_SNDBUF, 32)):  # SO_*BUFFORCE as root
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise bind_error(exc, host, port, "UDP", option) from None
+    return sock
+
+
+def bind_error(exc: OSError, host: str, port: int, proto: str, option: str) -> ConfigError:
+    if exc.errno == errno.EADDRINUSE:
+        return ConfigError(f"{proto} port {port} is already in use on {host}; stop what holds it "
+                           f"or choose another {option}")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return ConfigError(f"{host} is not an address of this host; fix {option}")
+    if exc.errno == errno.EACCES:
+        return ConfigError(f"not allowed to bind {proto} port {port}; run as root or choose a port above 1023")
+    return ConfigError(f"cannot bind {proto} {host}:{port}: {exc.strerror}")
+
+
+class Daemon:
+    """A stop future, signal handlers and a periodic tick; subclasses fill in the rest."""
+
+    def __init__(self):
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.engine = None  # the sans-IO engine; it has a `drops` counter
+        self._done: asyncio.Future | None = None
+        self._ticker: asyncio.TimerHandle | None = None
+
+    def start_base(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._done = self.loop.create_future()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self.finish, 0, "")
+        self._ticker = self.loop.call_later(TICK, self._tick)
+
+    def finish(self, code: int, message: str) -> None:
+        if self._done is not None and not self._done.done():
+            self._done.set_result((code, message))
+
+    async def wait(self) -> tuple[int, str]:
+        return await self._done
+
+    def stop_base(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.remove_signal_handler(sig)
+
+    def internal_error(self) -> None:
+        """A bug, not a peer's fault: count it, log the first few, keep running."""
+        drops = self.engine.drops
+        drops["internal_error"] += 1
+        if drops["internal_error"] <= 5:
+            log.exception("internal error while handling a message")
+
+    def _tick(self) -> None:
+        try:
+            self.tick(self.loop.time())
+        except Exception:  # a bug must not stop the clock of a daemon kubelet depends on
+            log.exception("internal error in the periodic tick")
+        self._ticker = self.loop.call_later(TICK, self._tick)
+
+    def tick(self, now: float) -> None:
+        raise NotImplementedError

@@ -1,0 +1,307 @@
+"""`tunneld join`: the node engine between the TUN device and the relay.
+
+Start-up order, because kubelet depends on it:
+  1. key, token and the route to the relay (which must not use the overlay);
+  2. the TUN device (persistent; re-attached if it exists);
+  3. if the state dir remembers an address from this relay, configure it and tell
+     systemd READY at once, before the relay answers (the relay may be down);
+  4. otherwise READY follows the relay's first answer.
+The node then reconnects forever; only a refusal (exit 3) or a signal ends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import socket
+
+from ..config import JoinSettings
+from ..engine.node import RELAY, Assignment, Node
+from ..errors import ConfigError, HostError
+from ..host.cpu import has_aes
+from ..host.links import Links
+from ..host.notify import notify
+from ..host.tun import Tun
+from ..proto import wire
+from ..proto.errors import ProtocolError
+from ..proto.framing import Deframer, frame
+from ..proto.token import JoinToken, TokenError
+from ..state import SOCKET_FILE, load_identity, load_node_cache, prepare_dir, save_node_cache
+from . import ctlsock
+from .base import READ_BATCH, Daemon, udp_socket
+
+log = logging.getLogger("tunneld.node")
+
+MIN_MTU = 576
+TCP_CONNECT_TIMEOUT = 5.0
+TCP_QUEUE = 256
+
+
+def overlay_mtu(underlay_mtu: int) -> int:
+    """The largest inner packet whose relayed, encrypted datagram fits the underlay."""
+    return underlay_mtu - wire.UDP_OVERHEAD_IPV4 - wire.TUNNEL_OVERHEAD
+
+
+class RelayStream(asyncio.Protocol):
+    """The TCP fallback to the relay: frames in both directions."""
+
+    def __init__(self, daemon: "NodeDaemon"):
+        self.daemon = daemon
+        self.transport: asyncio.Transport | None = None
+        self.deframer = Deframer()
+        self.backlog: list[bytes] = []
+        self.closed = False
+
+    def connection_made(self, transport):
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for msg in self.backlog:
+            transport.write(frame(msg))
+        self.backlog = []
+
+    def data_received(self, data):
+        d = self.daemon
+        try:
+            frames = self.deframer.feed(data)
+        except ProtocolError:
+            d.engine.drops["tcp_bad_framing"] += 1
+            self.transport.abort()
+            return
+        now = d.loop.time()
+        for msg in frames:
+            d.receive(msg, RELAY, now)
+
+    def connection_lost(self, exc):
+        self.closed = True
+        self.daemon.stream_lost(self)
+
+    def write(self, msg: bytes) -> None:
+        if self.transport is None:
+            if len(self.backlog) < TCP_QUEUE:
+                self.backlog.append(msg)
+            return
+        if not self.transport.is_closing():
+            self.transport.write(frame(msg))
+
+
+class NodeDaemon(Daemon):
+    def __init__(self, settings: JoinSettings):
+        super().__init__()
+        self.settings = settings
+        self.engine: Node | None = None
+        self.tun: Tun | None = None
+        self.links: Links | None = None
+        self.sock: socket.socket | None = None
+        self.relay_addr = (settings.relay_ip, settings.relay_port)
+        self.relay_label = f"{settings.relay_ip}:{settings.relay_port}"
+        self.mtu = 0
+        self.ready = False
+        self.use_tcp = False
+        self.stream: RelayStream | None = None
+        self._stream_started = -1.0
+        self.state_dir = ""
+
+    async def run(self) -> tuple[int, str]:
+        s = self.settings
+        try:
+            token = JoinToken.parse(s.token_text)
+        except TokenError as exc:
+            raise ConfigError(str(exc)) from None
+        self.state_dir = prepare_dir(s.state_dir)
+        identity = load_identity(self.state_dir)
+        self.links = Links()
+        try:
+            return await self._run(identity, token)
+        finally:
+            self.links.close()
+
+    async def _run(self, identity, token: JoinToken) -> tuple[int, str]:
+        s = self.settings
+        route = self.links.route_to(s.relay_ip)
+        if route.ifname == s.interface:
+            raise ConfigError(f"the route to the relay {s.relay_ip} goes through {s.interface} itself; "
+                              "the relay must be reachable without the overlay")
+        self.mtu = overlay_mtu(route.mtu)
+        if self.mtu < MIN_MTU:
+            raise HostError(f"the path to the relay has an MTU of {route.mtu}, too small for a tunnel")
+        cache = load_node_cache(self.state_dir)
+        assignment = None
+        if cache and cache.get("relay_key") == token.relay_public.hex():
+            try:
+                assignment = Assignment(cache["name"], cache["address"], cache["network"])
+                assignment.interface_address
+            except (KeyError, TypeError, ValueError):
+                assignment = None
+        self.tun = Tun.open(s.interface)
+        self.start_base()
+        loop = self.loop
+        try:
+            self.sock = udp_socket("0.0.0.0", s.port, "--port")
+            self.engine = Node(identity, token.relay_public, s.name, token.credential, self, loop.time(),
+                               suite=wire.SUITE_AESGCM if has_aes() else wire.SUITE_CHACHAPOLY,
+                               underlay_mtu=route.mtu, assignment=assignment, relay_label=self.relay_label)
+            if assignment is not None:
+                self._configure(assignment)
+            ctl = await ctlsock.serve(os.path.join(self.state_dir, SOCKET_FILE), self._control)
+            loop.add_reader(self.sock.fileno(), self._on_udp)
+            loop.add_reader(self.tun.fd, self._on_tun)
+            log.info("joining relay %s as %s via %s (underlay MTU %d, %s MTU %d)",
+                     self.relay_label, s.name, route.ifname, route.mtu, s.interface, self.mtu)
+            self.engine.tick(loop.time())
+            try:
+                code, message = await self.wait()
+            finally:
+                notify("STOPPING=1")
+                if self.engine.relay.up and code == 0:
+                    self.engine.bye()
+                loop.remove_reader(self.sock.fileno())
+                loop.remove_reader(self.tun.fd)
+                self.stop_base()
+                ctl.close()
+                try:
+                    os.unlink(os.path.join(self.state_dir, SOCKET_FILE))
+                except OSError:
+                    pass
+            return code, message
+        finally:
+            if self.stream is not None and self.stream.transport is not None:
+                self.stream.transport.abort()
+            if self.sock is not None:
+                self.sock.close()
+            self.tun.close()  # the interface persists, with its address and routes
+
+    # -- NodeIO ------------------------------------------------------------------------
+
+    def send(self, ep, data: bytes) -> None:
+        if ep is RELAY and self.use_tcp:
+            self._stream().write(data)
+            return
+        try:
+            self.sock.sendto(data, self.relay_addr if ep is RELAY else ep)
+        except BlockingIOError:
+            self.engine.drops["udp_send_full"] += 1
+        except OSError:
+            self.engine.drops["udp_send_error"] += 1
+
+    def write_tun(self, packet: bytes) -> None:
+        try:
+            os.write(self.tun.fd, packet)
+        except OSError:
+            self.engine.drops["tun_write_error"] += 1
+
+    def joined(self, assignment: Assignment) -> None:
+        net = ipaddress.IPv4Network(assignment.network)
+        if ipaddress.IPv4Address(self.settings.relay_ip) in net:
+            self.finish(2, f"the relay's address {self.settings.relay_ip} lies inside the overlay "
+                        f"network {net}; give the relay an address outside it")
+            return
+        try:
+            self._configure(assignment)
+        except HostError as exc:
+            self.finish(1, str(exc))
+            return
+        save_node_cache(self.state_dir, {
+            "relay_key": self.engine.relay.key.hex(), "relay": self.relay_label,
+            "name": assignment.name, "address": assignment.address, "network": assignment.network,
+        })
+
+    def refused(self, code: str, message: str) -> None:
+        self.finish(3, f"refused by the relay at {self.relay_label}: {message}")
+
+    def relay_transport(self, tcp: bool) -> None:
+        if tcp == self.use_tcp:
+            return
+        self.use_tcp = tcp
+        log.info("trying the relay over %s", "TCP" if tcp else "UDP")
+        if not tcp and self.stream is not None:
+            if self.stream.transport is not None:
+                self.stream.transport.close()
+            self.stream = None
+
+    # -- adapters ----------------------------------------------------------------------
+
+    def _configure(self, assignment: Assignment) -> None:
+        self.links.configure(self.settings.interface, assignment.interface_address, self.mtu)
+        if not self.ready:
+            self.ready = True
+            log.info("%s is up with %s, MTU %d", self.settings.interface, assignment.interface_address, self.mtu)
+            notify(f"READY=1\nSTATUS={self.settings.interface} {assignment.address}")
+
+    def _stream(self) -> RelayStream:
+        stream = self.stream
+        if stream is None or stream.closed:
+            stream = self.stream = RelayStream(self)
+            self.loop.create_task(self._connect(stream))
+        return stream
+
+    async def _connect(self, stream: RelayStream) -> None:
+        try:
+            await asyncio.wait_for(self.loop.create_connection(lambda: stream, *self.relay_addr),
+                                   TCP_CONNECT_TIMEOUT)
+        except (OSError, asyncio.TimeoutError):
+            stream.closed = True
+            self.engine.drops["tcp_connect_failed"] += 1
+
+    def stream_lost(self, stream: RelayStream) -> None:
+        if stream is self.stream:
+            self.stream = None
+            if self.use_tcp:
+                self.engine.transport_lost(self.loop.time())
+
+    def receive(self, data: bytes, ep, now: float) -> None:
+        try:
+            self.engine.receive(data, ep, now)
+        except Exception:
+            self.internal_error()
+
+    def _on_udp(self) -> None:
+        now = self.loop.time()
+        recv = self.sock.recvfrom
+        receive = self.engine.receive
+        relay = self.relay_addr
+        for _ in range(READ_BATCH):
+            try:
+                data, addr = recv(65535)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.engine.drops["udp_recv_error"] += 1
+                return
+            try:
+                receive(data, RELAY if addr == relay else addr, now)
+            except Exception:
+                self.internal_error()
+
+    def _on_tun(self) -> None:
+        now = self.loop.time()
+        read = os.read
+        fd = self.tun.fd
+        from_tun = self.engine.from_tun
+        for _ in range(READ_BATCH):
+            try:
+                packet = read(fd, 65535)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.engine.drops["tun_read_error"] += 1
+                return
+            try:
+                from_tun(packet, now)
+            except Exception:
+                self.internal_error()
+
+    def tick(self, now: float) -> None:
+        self.engine.tick(now)
+
+    def _control(self, request: dict) -> dict:
+        if request.get("cmd") == "status":
+            status = self.engine.status()
+            status["interface"] = self.settings.interface
+            status["mtu"] = self.mtu
+            status["ready"] = self.ready
+            return status
+        return {"error": f"unknown command {str(request.get('cmd'))[:40]!r}"}

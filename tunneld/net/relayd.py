@@ -1,0 +1,195 @@
+"""`tunneld serve`: the relay engine on a UDP socket and a TCP listener of the same port."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+
+from ..config import ServeSettings
+from ..control.registry import Registry
+from ..engine.relay import Relay
+from ..errors import ConfigError
+from ..host.notify import notify
+from ..proto.errors import ProtocolError
+from ..proto.framing import Deframer, frame
+from ..state import DB_FILE, SOCKET_FILE, load_identity, prepare_dir
+from ..store.base import StoreError
+from ..store.sqlite import SqliteStore
+from . import ctlsock
+from .base import READ_BATCH, Daemon, bind_error, udp_socket
+
+log = logging.getLogger("tunneld.relay")
+
+TCP_WRITE_LIMIT = 4 << 20  # a node that does not read: drop rather than buffer without end
+TCP_AUTH_TIMEOUT = 30.0  # a stream that never authenticates is closed
+MAX_STREAMS = 4096
+
+
+class RelayStream(asyncio.Protocol):
+    """One node's TCP stream; it is its own endpoint to the engine."""
+
+    def __init__(self, daemon: "RelayDaemon"):
+        self.daemon = daemon
+        self.transport: asyncio.Transport | None = None
+        self.deframer = Deframer()
+        self.opened = 0.0
+        self.label = "tcp"
+
+    def connection_made(self, transport):
+        self.transport = transport
+        d = self.daemon
+        self.opened = d.loop.time()
+        peer = transport.get_extra_info("peername")
+        self.label = f"tcp:{peer[0]}:{peer[1]}" if peer else "tcp"
+        if len(d.streams) >= MAX_STREAMS:
+            d.engine.drops["tcp_too_many_streams"] += 1
+            transport.abort()
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        d.streams.add(self)
+
+    def data_received(self, data):
+        d = self.daemon
+        try:
+            frames = self.deframer.feed(data)
+        except ProtocolError:
+            d.engine.drops["tcp_bad_framing"] += 1
+            self.transport.abort()
+            return
+        now = d.loop.time()
+        receive = d.engine.receive
+        for msg in frames:
+            try:
+                receive(msg, self, now)
+            except Exception:
+                d.internal_error()
+
+    def connection_lost(self, exc):
+        d = self.daemon
+        d.streams.discard(self)
+        d.engine.link_closed(self)
+
+    def write(self, msg: bytes) -> None:
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        if t.get_write_buffer_size() > TCP_WRITE_LIMIT:
+            self.daemon.engine.drops["tcp_backpressure"] += 1
+            return
+        t.write(frame(msg))
+
+
+class RelayDaemon(Daemon):
+    def __init__(self, settings: ServeSettings):
+        super().__init__()
+        self.settings = settings
+        self.streams: set[RelayStream] = set()
+        self.engine: Relay | None = None
+        self.sock: socket.socket | None = None
+
+    async def run(self) -> tuple[int, str]:
+        s = self.settings
+        state_dir = prepare_dir(s.state_dir)
+        identity = load_identity(state_dir)
+        try:
+            store = SqliteStore(os.path.join(state_dir, DB_FILE))
+        except StoreError as exc:
+            raise ConfigError(str(exc)) from None
+        try:
+            return await self._serve(store, identity, state_dir)
+        finally:
+            store.close()
+
+    async def _serve(self, store, identity, state_dir) -> tuple[int, str]:
+        s = self.settings
+        known = store.get_meta("network")
+        if known is not None and known != str(s.network) and store.nodes():
+            raise ConfigError(f"this state dir serves --network {known}, which has nodes; "
+                              f"run with --network {known}, or use a new --state-dir")
+        store.set_meta("network", str(s.network))
+        self.start_base()
+        loop = self.loop
+        listen = f"{s.listen_host}:{s.port}"
+        self.engine = Relay(identity, Registry(store, s.network), self._send, loop.time(), listen=listen)
+        self.sock = udp_socket(s.listen_host, s.port, "--listen")
+        tcp_sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        tcp_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            tcp_sock.bind((s.listen_host, s.port))
+        except OSError as exc:
+            tcp_sock.close()
+            self.sock.close()
+            raise bind_error(exc, s.listen_host, s.port, "TCP", "--listen") from None
+        server = await loop.create_server(lambda: RelayStream(self), sock=tcp_sock, backlog=1024)
+        ctl = await ctlsock.serve(os.path.join(state_dir, SOCKET_FILE), self._control)
+        loop.add_reader(self.sock.fileno(), self._on_udp)
+        log.info("relay listening on %s (UDP and TCP), network %s, key %s",
+                 listen, s.network, identity.public.hex())
+        notify("READY=1\nSTATUS=relay listening on " + listen)
+        try:
+            return await self.wait()
+        finally:
+            notify("STOPPING=1")
+            loop.remove_reader(self.sock.fileno())
+            self.stop_base()
+            ctl.close()
+            server.close()
+            for stream in list(self.streams):
+                stream.transport.abort()
+            self.sock.close()
+            try:
+                os.unlink(os.path.join(state_dir, SOCKET_FILE))
+            except OSError:
+                pass
+
+    def _send(self, ep, data: bytes) -> None:
+        if ep.__class__ is tuple:
+            try:
+                self.sock.sendto(data, ep)
+            except BlockingIOError:
+                self.engine.drops["udp_send_full"] += 1
+            except OSError:
+                self.engine.drops["udp_send_error"] += 1
+        else:
+            ep.write(data)
+
+    def _on_udp(self) -> None:
+        now = self.loop.time()
+        recv = self.sock.recvfrom
+        receive = self.engine.receive
+        for _ in range(READ_BATCH):
+            try:
+                data, addr = recv(65535)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.engine.drops["udp_recv_error"] += 1
+                return
+            try:
+                receive(data, addr, now)
+            except Exception:
+                self.internal_error()
+
+    def tick(self, now: float) -> None:
+        self.engine.tick(now)
+        bound = self.engine.by_endpoint
+        for stream in list(self.streams):
+            if stream not in bound and now - stream.opened > TCP_AUTH_TIMEOUT:
+                self.engine.drops["tcp_unauthenticated_timeout"] += 1
+                stream.transport.abort()
+                self.streams.discard(stream)
+
+    def _control(self, request: dict) -> dict:
+        if request.get("cmd") == "status":
+            status = self.engine.status()
+            status["tcp_streams"] = len(self.streams)
+            return status
+        if request.get("cmd") == "revoke" and isinstance(request.get("name"), str):
+            if self.engine.revoke(request["name"]):
+                return {"ok": True}
+            return {"error": f"no node named {request['name'][:64]!r} with a key on this relay"}
+        return {"error": f"unknown command {str(request.get('cmd'))[:40]!r}"}

@@ -1,0 +1,142 @@
+"""Control messages between a node and the relay: msgpack maps, always encrypted.
+
+Handshake payloads (inside the Noise messages of the node <-> relay handshake):
+
+  join request  {"ts": bin12 TAI64N, "name": str, "token": bin24 | nil, "mtu": int}
+  join reply    {"ok": true, "name": str, "address": str, "network": str, "endpoint": str}
+                {"ok": false, "code": str, "error": str, "retry": bool}
+
+Messages on an established node <-> relay session (one per DATA plaintext):
+
+  ping   node -> relay  {"t": "ping", "n": int, "v": int | nil}   v: directory version held
+  pong   relay -> node  {"t": "pong", "n": int, "ep": str}         ep: the node's address as seen
+  dir    relay -> node  {"t": "dir", "v": int, "base": int | nil, "i": int, "c": int,
+                         "nodes": [[name, addr bin4, key bin32, online bool, endpoint str], ...],
+                         "gone": [addr bin4, ...]}
+         base nil: chunk i of c of a full snapshot at version v; else a delta from base to v.
+  bye    node -> relay  {"t": "bye"}                               the node is shutting down
+
+decode() validates the shape of every message: a peer is authenticated, not trusted.
+Anything else raises ProtocolError.
+"""
+
+from __future__ import annotations
+
+import msgpack
+
+from .errors import ProtocolError
+
+MAX_NAME = 253
+MAX_ENDPOINT = 64
+MAX_ERROR = 400
+MAX_NODES_PER_CHUNK = 64
+_MAX_MESSAGE = 16384
+_MAX_INT = 2**63 - 1
+
+_NONE = type(None)
+
+
+def _unpack(data: bytes):
+    if len(data) > _MAX_MESSAGE:
+        raise ProtocolError("control message too large")
+    try:
+        return msgpack.unpackb(
+            data, raw=False, strict_map_key=True, use_list=True,
+            max_str_len=_MAX_MESSAGE, max_bin_len=_MAX_MESSAGE,
+            max_array_len=1024, max_map_len=32, max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises many types; all mean "malformed"
+        raise ProtocolError(f"undecodable control message: {type(exc).__name__}") from None
+
+
+def encode(msg: dict) -> bytes:
+    return msgpack.packb(msg, use_bin_type=True)
+
+
+def _type_ok(value, kind) -> bool:
+    if isinstance(value, bool):  # bool is an int to isinstance(); keep them apart
+        return kind is bool or (isinstance(kind, tuple) and bool in kind)
+    return isinstance(value, kind)
+
+
+def _check(msg, fields: dict, what: str) -> dict:
+    """Each field (kind, limit): ints 0..limit (any if 0), bytes of exactly limit, str up to limit."""
+    if not isinstance(msg, dict):
+        raise ProtocolError(f"{what}: not a map")
+    for key, (kind, limit) in fields.items():
+        if key not in msg:
+            raise ProtocolError(f"{what}: missing {key!r}")
+        value = msg[key]
+        if not _type_ok(value, kind):
+            raise ProtocolError(f"{what}: {key!r} has the wrong type")
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, int):
+            if not 0 <= value <= (limit or _MAX_INT):
+                raise ProtocolError(f"{what}: {key!r} out of range")
+        elif isinstance(value, bytes):
+            if len(value) != limit:
+                raise ProtocolError(f"{what}: {key!r} has the wrong length")
+        elif isinstance(value, str) and len(value) > limit:
+            raise ProtocolError(f"{what}: {key!r} too long")
+    return msg
+
+
+_JOIN_REQUEST = {"ts": (bytes, 12), "name": (str, MAX_NAME), "token": ((bytes, _NONE), 24),
+                 "mtu": (int, 65535)}
+_JOIN_OK = {"ok": (bool, 0), "name": (str, MAX_NAME), "address": (str, 18), "network": (str, 18),
+            "endpoint": (str, MAX_ENDPOINT)}
+_JOIN_REFUSED = {"ok": (bool, 0), "code": (str, 32), "error": (str, MAX_ERROR), "retry": (bool, 0)}
+_CONTROL = {
+    "ping": {"n": (int, 0), "v": ((int, _NONE), 0)},
+    "pong": {"n": (int, 0), "ep": (str, MAX_ENDPOINT)},
+    "dir": {"v": (int, 0), "base": ((int, _NONE), 0), "i": (int, 4096), "c": (int, 4096),
+            "nodes": (list, 0), "gone": (list, 0)},
+    "bye": {},
+}
+
+
+def decode_join_request(data: bytes) -> dict:
+    return _check(_unpack(data), _JOIN_REQUEST, "join request")
+
+
+def decode_join_reply(data: bytes) -> dict:
+    msg = _unpack(data)
+    if not isinstance(msg, dict) or not isinstance(msg.get("ok"), bool):
+        raise ProtocolError("join reply: no 'ok'")
+    return _check(msg, _JOIN_OK if msg["ok"] else _JOIN_REFUSED, "join reply")
+
+
+def _check_node(entry) -> tuple:
+    if not isinstance(entry, list) or len(entry) != 5:
+        raise ProtocolError("dir: a node entry is not a 5-list")
+    name, addr, key, online, endpoint = entry
+    if not (isinstance(name, str) and 0 < len(name) <= MAX_NAME):
+        raise ProtocolError("dir: bad node name")
+    if not (isinstance(addr, bytes) and len(addr) == 4):
+        raise ProtocolError("dir: bad node address")
+    if not (isinstance(key, bytes) and len(key) == 32):
+        raise ProtocolError("dir: bad node key")
+    if not isinstance(online, bool):
+        raise ProtocolError("dir: bad online flag")
+    if not (isinstance(endpoint, str) and len(endpoint) <= MAX_ENDPOINT):
+        raise ProtocolError("dir: bad endpoint")
+    return name, addr, key, online, endpoint
+
+
+def decode_control(data: bytes) -> dict:
+    msg = _unpack(data)
+    if not isinstance(msg, dict) or not isinstance(msg.get("t"), str):
+        raise ProtocolError("control message without a type")
+    fields = _CONTROL.get(msg["t"])
+    if fields is None:
+        raise ProtocolError(f"unknown control message {msg['t'][:20]!r}")
+    _check(msg, fields, msg["t"])
+    if msg["t"] == "dir":
+        if len(msg["nodes"]) > MAX_NODES_PER_CHUNK or msg["i"] >= msg["c"]:
+            raise ProtocolError("dir: bad chunking")
+        msg["nodes"] = [_check_node(e) for e in msg["nodes"]]
+        gone = msg["gone"]
+        if any(not (isinstance(a, bytes) and len(a) == 4) for a in gone):
+            raise ProtocolError("dir: bad gone address")
+    return msg

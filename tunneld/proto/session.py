@@ -1,0 +1,91 @@
+"""A transport session: one pair of keys from a finished handshake.
+
+seal() turns a plaintext into a DATA message (wire.py) with the next counter;
+open() authenticates and decrypts one, or returns None and names the reason in
+last_drop. Both are on the hot path: no logging, no exceptions on good traffic.
+Lifetimes follow WireGuard's: the initiator rekeys after REKEY_AFTER_TIME, and
+nobody uses a session after REJECT_AFTER_TIME or REJECT_AFTER_MESSAGES.
+"""
+
+from __future__ import annotations
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
+from . import wire
+from .replay import ReplayWindow
+
+REKEY_AFTER_TIME = 120.0
+REJECT_AFTER_TIME = 180.0
+REKEY_AFTER_MESSAGES = 2**32
+REJECT_AFTER_MESSAGES = 2**33
+_ZERO4 = b"\x00\x00\x00\x00"
+_DATA_TYPE = bytes((wire.DATA, 0, 0, 0))
+_MIN_DATA = wire.DATA_HEADER_LEN + wire.TAG_LEN
+
+
+class Session:
+    __slots__ = (
+        "local_index", "remote_index", "suite", "initiator", "created", "confirmed",
+        "owner", "send_counter", "replay", "last_drop", "_hdr", "_encrypt", "_decrypt",
+        "_big_endian_nonce",
+    )
+
+    def __init__(self, local_index: bytes, remote_index: bytes, suite: int,
+                 send_key: bytes, recv_key: bytes, initiator: bool, created: float):
+        self.local_index = local_index
+        self.remote_index = remote_index
+        self.suite = suite
+        self.initiator = initiator
+        self.created = created
+        # A responder may not send until the initiator has proved it holds the keys
+        # (its first DATA arrived); a replayed initiation thus never takes over.
+        self.confirmed = initiator
+        self.owner = None
+        self.send_counter = 0
+        self.replay = ReplayWindow()
+        self.last_drop = ""
+        self._hdr = _DATA_TYPE + remote_index
+        aead = AESGCM if suite == wire.SUITE_AESGCM else ChaCha20Poly1305
+        self._encrypt = aead(send_key).encrypt
+        self._decrypt = aead(recv_key).decrypt
+        # Noise's nonce encodings: big-endian for AES-GCM, little-endian for ChaChaPoly.
+        self._big_endian_nonce = suite == wire.SUITE_AESGCM
+
+    def seal(self, plaintext: bytes, prefix: bytes = b"") -> bytes | None:
+        n = self.send_counter
+        if n >= REJECT_AFTER_MESSAGES:
+            return None
+        self.send_counter = n + 1
+        ctr = n.to_bytes(8, "big")
+        hdr = self._hdr + ctr
+        nonce = _ZERO4 + (ctr if self._big_endian_nonce else n.to_bytes(8, "little"))
+        return prefix + hdr + self._encrypt(nonce, plaintext, hdr)
+
+    def open(self, msg: bytes) -> bytes | None:
+        if len(msg) < _MIN_DATA:
+            self.last_drop = "short"
+            return None
+        ctr = msg[8:16]
+        n = int.from_bytes(ctr, "big")
+        if not self.replay.fresh(n):
+            self.last_drop = "replay"
+            return None
+        nonce = _ZERO4 + (ctr if self._big_endian_nonce else n.to_bytes(8, "little"))
+        try:
+            plaintext = self._decrypt(nonce, msg[16:], msg[:16])
+        except InvalidTag:
+            self.last_drop = "auth"
+            return None
+        self.replay.mark(n)
+        return plaintext
+
+    def expired(self, now: float) -> bool:
+        return now - self.created >= REJECT_AFTER_TIME or self.send_counter >= REJECT_AFTER_MESSAGES
+
+    def wants_rekey(self, now: float) -> bool:
+        # Only the initiator rekeys on age, so that both sides do not race; a responder
+        # whose initiator went quiet rekeys a little later.
+        age = now - self.created
+        limit = REKEY_AFTER_TIME if self.initiator else REKEY_AFTER_TIME + 15.0
+        return age >= limit or self.send_counter >= REKEY_AFTER_MESSAGES

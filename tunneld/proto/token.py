@@ -1,0 +1,71 @@
+"""Join tokens.
+
+  tdj1.<base64url without padding of:>
+  +----------------------------+--------------+------------------+
+  | relay public key (32)      | token id (8) | secret (16)      |
+  +----------------------------+--------------+------------------+
+
+The public key lets the node authenticate the relay before it sends anything
+(as kubeadm's discovery hash does); the id and secret are what the relay checks.
+The relay stores only a hash of the secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+PREFIX = "tdj1."
+ID_LEN = 8
+SECRET_LEN = 16
+_RAW_LEN = 32 + ID_LEN + SECRET_LEN
+
+
+class TokenError(ValueError):
+    """The text is not a tunneld join token."""
+
+
+@dataclass(frozen=True)
+class JoinToken:
+    relay_public: bytes
+    token_id: bytes
+    secret: bytes
+
+    @classmethod
+    def new(cls, relay_public: bytes) -> "JoinToken":
+        return cls(relay_public, secrets.token_bytes(ID_LEN), secrets.token_bytes(SECRET_LEN))
+
+    def encode(self) -> str:
+        raw = self.relay_public + self.token_id + self.secret
+        return PREFIX + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    @classmethod
+    def parse(cls, text: str) -> "JoinToken":
+        text = text.strip()
+        if not text.startswith(PREFIX):
+            raise TokenError("a join token starts with 'tdj1.'; print one on the relay with 'tunneld token'")
+        body = text[len(PREFIX):]
+        try:
+            raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+        except (binascii.Error, ValueError):
+            raise TokenError("the join token is damaged (not base64url); copy it again from 'tunneld token'") from None
+        if len(raw) != _RAW_LEN:
+            raise TokenError("the join token is truncated or too long; copy it again from 'tunneld token'")
+        return cls(raw[:32], raw[32 : 32 + ID_LEN], raw[32 + ID_LEN :])
+
+    @property
+    def credential(self) -> bytes:
+        """What the node sends the relay (inside the encrypted handshake): id + secret."""
+        return self.token_id + self.secret
+
+
+def secret_hash(secret: bytes) -> bytes:
+    return hashlib.sha256(b"tunneld token " + secret).digest()
+
+
+def secret_matches(secret: bytes, stored_hash: bytes) -> bool:
+    return hmac.compare_digest(secret_hash(secret), stored_hash)
