@@ -61,9 +61,13 @@ class Overlay:
         return self.status(self.nodes[name])
 
     def wait_connected(self, names=None, timeout: float = 30) -> dict[str, dict]:
+        """Until the relay and every node agree that all of names are connected."""
         names = list(names or self.nodes)
 
         def all_connected():
+            relay_view = {n["name"]: n["connected"] for n in self.status(self.relay)["nodes"]}
+            if not all(relay_view.get(n) for n in names):
+                return None
             out = {}
             for n in names:
                 proc = self.node_procs.get(n)

@@ -16,6 +16,7 @@ import ipaddress
 import logging
 import os
 import socket
+from time import monotonic
 
 from ..config import JoinSettings
 from ..engine.node import RELAY, Assignment, Node
@@ -71,7 +72,7 @@ class RelayStream(asyncio.Protocol):
             d.engine.drops["tcp_bad_framing"] += 1
             self.transport.abort()
             return
-        now = d.loop.time()
+        now = monotonic()
         for msg in frames:
             d.receive(msg, RELAY, now)
 
@@ -141,7 +142,7 @@ class NodeDaemon(Daemon):
         loop = self.loop
         try:
             self.sock = udp_socket("0.0.0.0", s.port, "--port")
-            self.engine = Node(identity, token.relay_public, s.name, token.credential, self, loop.time(),
+            self.engine = Node(identity, token.relay_public, s.name, token.credential, self, monotonic(),
                                suite=wire.SUITE_AESGCM if has_aes() else wire.SUITE_CHACHAPOLY,
                                underlay_mtu=route.mtu, assignment=assignment, relay_label=self.relay_label)
             if assignment is not None:
@@ -151,7 +152,7 @@ class NodeDaemon(Daemon):
             loop.add_reader(self.tun.fd, self._on_tun)
             log.info("joining relay %s as %s via %s (underlay MTU %d, %s MTU %d)",
                      self.relay_label, s.name, route.ifname, route.mtu, s.interface, self.mtu)
-            self.engine.tick(loop.time())
+            self.engine.tick(monotonic())
             try:
                 code, message = await self.wait()
             finally:
@@ -250,7 +251,7 @@ class NodeDaemon(Daemon):
         if stream is self.stream:
             self.stream = None
             if self.use_tcp:
-                self.engine.transport_lost(self.loop.time())
+                self.engine.transport_lost(monotonic())
 
     def receive(self, data: bytes, ep, now: float) -> None:
         try:
@@ -259,7 +260,7 @@ class NodeDaemon(Daemon):
             self.internal_error()
 
     def _on_udp(self) -> None:
-        now = self.loop.time()
+        now = monotonic()
         recv = self.sock.recvfrom
         receive = self.engine.receive
         relay = self.relay_addr
@@ -277,7 +278,7 @@ class NodeDaemon(Daemon):
                 self.internal_error()
 
     def _on_tun(self) -> None:
-        now = self.loop.time()
+        now = monotonic()
         read = os.read
         fd = self.tun.fd
         from_tun = self.engine.from_tun

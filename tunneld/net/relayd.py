@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import socket
+from time import monotonic
 
 from ..config import ServeSettings
 from ..control.registry import Registry
@@ -40,7 +41,7 @@ class RelayStream(asyncio.Protocol):
     def connection_made(self, transport):
         self.transport = transport
         d = self.daemon
-        self.opened = d.loop.time()
+        self.opened = monotonic()
         peer = transport.get_extra_info("peername")
         self.label = f"tcp:{peer[0]}:{peer[1]}" if peer else "tcp"
         if len(d.streams) >= MAX_STREAMS:
@@ -60,7 +61,7 @@ class RelayStream(asyncio.Protocol):
             d.engine.drops["tcp_bad_framing"] += 1
             self.transport.abort()
             return
-        now = d.loop.time()
+        now = monotonic()
         receive = d.engine.receive
         for msg in frames:
             try:
@@ -114,7 +115,7 @@ class RelayDaemon(Daemon):
         self.start_base()
         loop = self.loop
         listen = f"{s.listen_host}:{s.port}"
-        self.engine = Relay(identity, Registry(store, s.network), self._send, loop.time(), listen=listen)
+        self.engine = Relay(identity, Registry(store, s.network), self._send, monotonic(), listen=listen)
         self.sock = udp_socket(s.listen_host, s.port, "--listen")
         tcp_sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         tcp_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -158,7 +159,7 @@ class RelayDaemon(Daemon):
             ep.write(data)
 
     def _on_udp(self) -> None:
-        now = self.loop.time()
+        now = monotonic()
         recv = self.sock.recvfrom
         receive = self.engine.receive
         for _ in range(READ_BATCH):

@@ -24,7 +24,8 @@ class ReplayWindow:
     def mark(self, n: int) -> None:
         d = self.top - n
         if d < 0:
-            self.bits = (self.bits << -d) | 1
+            # A jump beyond the window forgets everything: shifting by it could take gigabytes.
+            self.bits = 1 if -d >= WINDOW else (self.bits << -d) | 1
             self.top = n
             # Trim only now and then: masking every time would cost more than the shift.
             if self.bits.bit_length() > 2 * WINDOW:

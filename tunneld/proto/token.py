@@ -50,7 +50,7 @@ class JoinToken:
             raise TokenError("a join token starts with 'tdj1.'; print one on the relay with 'tunneld token'")
         body = text[len(PREFIX):]
         try:
-            raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+            raw = base64.b64decode(body + "=" * (-len(body) % 4), altchars=b"-_", validate=True)
         except (binascii.Error, ValueError):
             raise TokenError("the join token is damaged (not base64url); copy it again from 'tunneld token'") from None
         if len(raw) != _RAW_LEN:

@@ -1,0 +1,113 @@
+"""Restarts, refusals and fallbacks, each in a topology of its own."""
+
+import json
+import signal
+import sys
+import time
+
+import pytest
+
+from tunneld.lab import wait_for
+from tunneld.lab.overlay import Overlay, standard, transfer
+
+
+def link(ov, name):
+    out = ov.lab.nsexec(ov.nodes[name].ns, "ip", "-j", "addr", "show", "dev", "tunneld0").stdout
+    (info,) = json.loads(out)
+    return info["ifindex"], [a["local"] for a in info["addr_info"] if a["family"] == "inet"]
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
+def test_relay_restart_every_node_comes_back_with_its_address(lab, how):
+    ov = standard(lab)
+    before = {n: link(ov, n) for n in ov.nodes}
+    assert ov.ping("public", ov.address("hidden")).returncode == 0
+    ov.stop_relay(how)
+    time.sleep(3)
+    # Meanwhile every node keeps its interface and its address.
+    assert {n: link(ov, n) for n in ov.nodes} == before
+    ov.start_relay()
+    states = ov.wait_connected(timeout=30)
+    assert {n: link(ov, n) for n in ov.nodes} == before
+    assert {n: [st["address"]] for n, st in states.items()} == {n: before[n][1] for n in before}
+    for src, dst in (("public", "hidden"), ("hidden", "natted"), ("natted", "public")):
+        r = ov.ping(src, ov.address(dst), count=2)
+        assert r.returncode == 0, f"{src} -> {dst} after the restart"
+
+
+def test_node_restart_keeps_interface_address_and_traffic(lab):
+    ov = standard(lab)
+    before = link(ov, "hidden")
+    assert ov.stop_node("hidden") == 0
+    # The interface persists without its daemon (flannel.1 and kubelet may hang on it).
+    assert link(ov, "hidden") == before
+    ov.join(ov.nodes["hidden"], "hidden")
+    ov.wait_connected()
+    assert link(ov, "hidden") == before
+    sent, received = transfer(ov, "public", "hidden", 10250, 2_000_000)
+    assert sent == received
+
+
+def refused(proc, timeout=30):
+    try:
+        proc.wait(timeout)
+    except Exception:
+        raise AssertionError("the node did not give up on a refused join")
+    return proc.returncode
+
+
+def test_refusals_exit_3_with_one_line(lab):
+    ov = Overlay(lab)
+    ov.start_relay()
+    from tunneld.proto.token import JoinToken
+    good = JoinToken.parse(ov.token())
+    cases = {
+        "wrong-secret": (JoinToken(good.relay_public, good.token_id, bytes(16)).encode(), "not valid"),
+        "expired": (ov.token("--ttl", "1s"), "expired"),
+        "revoked": (ov.token("--ttl", "1h"), "revoked"),
+    }
+    ov.lab.nsexec(ov.relay.ns, sys.executable, "-m", "tunneld", "token", "--state-dir", ov.relay.state_dir,
+                  "--revoke", JoinToken.parse(cases["revoked"][0]).token_id.hex())
+    time.sleep(1.5)  # let the 1 s token expire
+    for name, (token, words) in cases.items():
+        host = lab.public_host(name)
+        proc = ov.join(host, name, token)
+        assert refused(proc) == 3, lab.log(name)
+        lines = lab.log(name).strip().splitlines()
+        assert lines[-1].startswith("tunneld: refused by the relay at 192.0.2.1:7000:"), lines
+        assert words in lines[-1] and "tunneld token" in lines[-1]
+        assert "Traceback" not in lab.log(name)
+        st = ov.status(ov.relay)
+        assert name not in [n["name"] for n in st["nodes"]]
+
+
+def test_a_node_whose_network_drops_udp_joins_over_tcp(lab):
+    ov = Overlay(lab)
+    ov.start_relay()
+    token = ov.token()
+    ov.join(lab.public_host("public"), "public", token)
+    ov.join(lab.nat_host("tcponly", "no-udp"), "tcponly", token)
+    states = ov.wait_connected(timeout=40)
+    assert states["tcponly"]["relay"]["transport"] == "tcp"
+    assert states["public"]["relay"]["transport"] == "udp"
+    assert ov.ping("public", ov.address("tcponly")).returncode == 0
+    assert ov.ping("tcponly", ov.address("public")).returncode == 0
+    sent, received = transfer(ov, "public", "tcponly", 10250, 4_000_000)
+    assert sent == received
+
+
+def test_second_daemon_on_the_same_interface_is_refused(lab):
+    ov = Overlay(lab)
+    ov.start_relay()
+    host = lab.public_host("public")
+    ov.join(host, "public")
+    ov.wait_connected()
+    import os
+    import subprocess
+    other = os.path.join(lab.tmp, "other")
+    proc = lab.nsexec(host.ns, sys.executable, "-m", "tunneld", "join", "--relay", ov.relay_endpoint,
+                      "--token", ov.token(), "--name", "other", "--state-dir", other, check=False)
+    assert proc.returncode == 1
+    err = proc.stderr.decode().strip().splitlines()
+    assert len(err) == 1 and "tunneld0 is in use" in err[0], err
+    assert ov.ping("public", ov.address("public"), count=1).returncode == 0

@@ -1,0 +1,92 @@
+"""The command-line contract: exit codes, one-line errors, and a bad call changes nothing."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tunneld.proto.token import JoinToken
+
+
+def tunneld(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "tunneld", *args], capture_output=True, text=True,
+                          timeout=30, cwd=cwd)
+
+
+def one_line_error(proc, code, *words):
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("tunneld: ") and "Traceback" not in proc.stderr
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    return lines[0]
+
+
+def test_token_prints_one_token_and_remembers_it(tmp_path):
+    state = str(tmp_path / "relay")
+    proc = tunneld("token", "--state-dir", state, "--ttl", "2h")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1
+    token = JoinToken.parse(lines[0])
+    listed = tunneld("token", "--state-dir", state, "--list")
+    assert token.token_id.hex() in listed.stdout and "valid" in listed.stdout
+    assert tunneld("token", "--state-dir", state, "--revoke", token.token_id.hex()).returncode == 0
+    assert "revoked" in tunneld("token", "--state-dir", state, "--list").stdout
+    again = tunneld("token", "--state-dir", state)
+    assert JoinToken.parse(again.stdout.strip()).relay_public == token.relay_public  # same relay key
+
+
+def test_token_with_a_bad_ttl_changes_nothing(tmp_path):
+    state = tmp_path / "relay"
+    one_line_error(tunneld("token", "--state-dir", str(state), "--ttl", "forever"), 2, "--ttl")
+    assert not state.exists()
+
+
+@pytest.mark.parametrize("args,words", [
+    (["join"], ["--relay"]),
+    (["join", "--relay", "192.0.2.1"], ["HOST:PORT"]),
+    (["join", "--relay", "192.0.2.1:7000"], ["--token"]),
+    (["join", "--relay", "192.0.2.1:7000", "--token", "a", "--token-file", "b"], ["exactly one"]),
+    (["join", "--relay", "192.0.2.1:7000", "--token", "garbage"], ["tdj1."]),
+    (["join", "--relay", "192.0.2.1:7000", "--token-file", "/nonexistent/token"], ["--token-file"]),
+    (["join", "--relay", "192.0.2.1:7000", "--token", "x", "--name", "Bad Name!"], ["--name"]),
+    (["join", "--relay", "192.0.2.1:7000", "--token", "x", "--name", "n", "--interface", "much-too-long-name0"],
+     ["--interface"]),
+    (["serve"], ["--listen"]),
+    (["serve", "--listen", "0.0.0.0:7000", "--network", "100.64.0.1/10"], ["--network"]),
+    (["serve", "--listen", "0.0.0.0:7000", "--log-level", "loud"], ["--log-level"]),
+    (["frobnicate"], ["No such command"]),
+    (["join", "--bogus"], ["--bogus"]),
+    (["join", "--port", "notanumber"], ["--port"]),
+])
+def test_usage_errors_exit_2_in_one_line(args, words, tmp_path):
+    state = tmp_path / "state"
+    one_line_error(tunneld(*args, "--state-dir", str(state)) if args[0] in ("join", "serve")
+                   and "--bogus" not in args else tunneld(*args), 2, *words)
+    assert not state.exists()  # nothing was created
+
+
+def test_config_file_errors(tmp_path):
+    cfg = tmp_path / "join.toml"
+    cfg.write_text('relay = "192.0.2.1:7000"\ntokn = "typo"\n')
+    one_line_error(tunneld("join", "--config", str(cfg)), 2, "unknown setting 'tokn'")
+
+
+def test_status_without_a_daemon(tmp_path):
+    one_line_error(tunneld("status", "--state-dir", str(tmp_path)), 1, "no tunneld is running")
+
+
+def test_revoke_unknown_node(tmp_path):
+    state = str(tmp_path / "relay")
+    assert tunneld("token", "--state-dir", state).returncode == 0
+    one_line_error(tunneld("revoke", "ghost", "--state-dir", state), 2, "ghost")
+
+
+def test_help_and_version():
+    assert tunneld("--help").returncode == 0
+    assert "tunneld" in tunneld("--version").stdout
+    for cmd in ("serve", "token", "join", "status", "revoke"):
+        assert tunneld(cmd, "--help").returncode == 0

@@ -1,0 +1,82 @@
+"""tunneld's IK handshake: both sides end with matching sessions; anything else fails cleanly."""
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from tunneld.proto import wire
+from tunneld.proto.errors import HandshakeError, ProtocolError
+from tunneld.proto.handshake import Identity, Initiation, read_initiation, tai64n
+
+ALICE, BOB = Identity.generate(), Identity.generate()
+
+
+@pytest.mark.parametrize("suite", wire.SUITES)
+def test_full_handshake(suite):
+    init = Initiation(ALICE, BOB.public, suite, b"ai00", b"hello bob", 1.0)
+    incoming = read_initiation(BOB, init.message)
+    assert incoming.remote_public == ALICE.public and incoming.payload == b"hello bob"
+    resp, bob_session = incoming.accept(b"bi00", b"hello alice", 1.0)
+    alice_session, payload = init.complete(resp, 1.1)
+    assert payload == b"hello alice"
+    assert alice_session.confirmed and not bob_session.confirmed
+    assert bob_session.open(alice_session.seal(b"data")) == b"data"
+    assert alice_session.open(bob_session.seal(b"back")) == b"back"
+
+
+def test_init_for_someone_else_fails_mac1():
+    init = Initiation(ALICE, BOB.public, wire.SUITE_AESGCM, b"ai00", b"", 1.0)
+    with pytest.raises(HandshakeError, match="mac1"):
+        read_initiation(Identity.generate(), init.message)
+
+
+def test_response_to_another_index_is_refused():
+    init = Initiation(ALICE, BOB.public, wire.SUITE_AESGCM, b"ai00", b"", 1.0)
+    other = Initiation(ALICE, BOB.public, wire.SUITE_AESGCM, b"ai01", b"", 1.0)
+    resp, _ = read_initiation(BOB, other.message).accept(b"bi00", b"", 1.0)
+    with pytest.raises(HandshakeError):
+        init.complete(resp, 1.0)
+
+
+def test_response_from_an_impostor_is_refused():
+    init = Initiation(ALICE, BOB.public, wire.SUITE_AESGCM, b"ai00", b"", 1.0)
+    mallory = Identity.generate()
+    forged = Initiation(ALICE, mallory.public, wire.SUITE_AESGCM, b"ai00", b"", 1.0)
+    resp, _ = read_initiation(mallory, forged.message).accept(b"mi00", b"", 1.0)
+    with pytest.raises(ProtocolError):
+        init.complete(resp, 1.0)
+
+
+def test_tai64n_orders_like_time():
+    assert tai64n(1_000_000_000_000_000_001) > tai64n(1_000_000_000_000_000_000)
+    assert tai64n(2 * 10**18) > tai64n(10**18 + 999_999_999)
+    assert len(tai64n()) == 12
+
+
+@settings(max_examples=200)
+@given(st.binary(max_size=600))
+def test_read_initiation_any_bytes(data):
+    try:
+        read_initiation(BOB, data)
+    except ProtocolError:
+        pass
+
+
+@settings(max_examples=200)
+@given(st.binary(max_size=300))
+def test_complete_any_bytes(data):
+    init = Initiation(ALICE, BOB.public, wire.SUITE_AESGCM, b"ai00", b"", 1.0)
+    try:
+        init.complete(data, 1.0)
+    except ProtocolError:
+        pass
+
+
+@settings(max_examples=100)
+@given(st.integers(0, 199), st.integers(0, 7))
+def test_any_bit_flip_of_an_init_is_refused(position, bit):
+    init = Initiation(ALICE, BOB.public, wire.SUITE_AESGCM, b"ai00", b"payload", 1.0)
+    msg = bytearray(init.message)
+    position %= len(msg) - 2 * wire.MAC_LEN  # mac2 is not checked yet
+    msg[position] ^= 1 << bit
+    with pytest.raises(ProtocolError):
+        read_initiation(BOB, bytes(msg))

@@ -1,0 +1,92 @@
+"""Control messages: valid ones round-trip, anything else is a ProtocolError."""
+
+import msgpack
+import pytest
+from hypothesis import given, strategies as st
+
+from tunneld.proto import messages
+from tunneld.proto.errors import ProtocolError
+
+NODE = ["alpha", b"\x64\x40\x00\x01", b"k" * 32, True, "203.0.113.5:4000"]
+
+
+@pytest.mark.parametrize("msg", [
+    {"t": "ping", "n": 1, "v": None},
+    {"t": "ping", "n": 2, "v": 123456789},
+    {"t": "pong", "n": 2, "ep": "203.0.113.5:4000"},
+    {"t": "dir", "v": 5, "base": None, "i": 0, "c": 1, "nodes": [NODE], "gone": []},
+    {"t": "dir", "v": 6, "base": 5, "i": 0, "c": 1, "nodes": [], "gone": [b"\x64\x40\x00\x02"]},
+    {"t": "bye"},
+])
+def test_valid_control_round_trips(msg):
+    out = messages.decode_control(messages.encode(msg))
+    if msg["t"] == "dir":
+        assert out["nodes"] == [tuple(n) for n in msg["nodes"]]
+    else:
+        assert out == msg
+
+
+@pytest.mark.parametrize("msg", [
+    {"t": "ping", "n": True, "v": None},  # a bool is not a counter
+    {"t": "ping", "n": -1, "v": None},
+    {"t": "ping", "v": None},
+    {"t": "pong", "n": 1, "ep": "x" * 200},
+    {"t": "dir", "v": 5, "base": None, "i": 1, "c": 1, "nodes": [], "gone": []},
+    {"t": "dir", "v": 5, "base": None, "i": 0, "c": 1, "nodes": [NODE[:4]], "gone": []},
+    {"t": "dir", "v": 5, "base": None, "i": 0, "c": 1, "nodes": [NODE[:2] + [b"short"] + NODE[3:]], "gone": []},
+    {"t": "dir", "v": 5, "base": None, "i": 0, "c": 1, "nodes": [NODE] * 65, "gone": []},
+    {"t": "nope"},
+    {"n": 1},
+    [1, 2, 3],
+])
+def test_invalid_control_is_refused(msg):
+    with pytest.raises(ProtocolError):
+        messages.decode_control(messages.encode(msg))
+
+
+def test_join_request_and_replies():
+    req = {"ts": b"t" * 12, "name": "alpha", "token": b"x" * 24, "mtu": 1500}
+    assert messages.decode_join_request(messages.encode(req)) == req
+    assert messages.decode_join_request(messages.encode({**req, "token": None}))["token"] is None
+    with pytest.raises(ProtocolError):
+        messages.decode_join_request(messages.encode({**req, "token": b"short"}))
+    ok = {"ok": True, "name": "a", "address": "100.64.0.1", "network": "100.64.0.0/10", "endpoint": "x:1"}
+    assert messages.decode_join_reply(messages.encode(ok)) == ok
+    no = {"ok": False, "code": "bad_token", "error": "no", "retry": False}
+    assert messages.decode_join_reply(messages.encode(no)) == no
+    with pytest.raises(ProtocolError):
+        messages.decode_join_reply(messages.encode({"ok": 1}))
+
+
+def test_oversized_and_garbage():
+    with pytest.raises(ProtocolError):
+        messages.decode_control(b"\x00" * 20000)
+    with pytest.raises(ProtocolError):
+        messages.decode_control(b"\xc1")  # a byte msgpack never uses
+
+
+json_like = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.text(max_size=20) | st.binary(max_size=40),
+    lambda children: st.lists(children, max_size=6) | st.dictionaries(st.text(max_size=8), children, max_size=6),
+    max_leaves=30)
+
+
+@given(st.binary(max_size=600))
+def test_any_bytes(data):
+    for decode in (messages.decode_control, messages.decode_join_request, messages.decode_join_reply):
+        try:
+            decode(data)
+        except ProtocolError:
+            pass
+
+
+@given(st.dictionaries(st.sampled_from(["t", "n", "v", "ep", "base", "i", "c", "nodes", "gone", "ts", "name",
+                                        "token", "mtu", "ok", "code", "error", "retry"]),
+                       json_like, max_size=10))
+def test_any_well_formed_msgpack(obj):
+    data = msgpack.packb(obj, use_bin_type=True)
+    for decode in (messages.decode_control, messages.decode_join_request, messages.decode_join_reply):
+        try:
+            decode(data)
+        except ProtocolError:
+            pass
