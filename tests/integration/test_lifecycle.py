@@ -111,3 +111,21 @@ def test_second_daemon_on_the_same_interface_is_refused(lab):
     err = proc.stderr.decode().strip().splitlines()
     assert len(err) == 1 and "tunneld0 is in use" in err[0], err
     assert ov.ping("public", ov.address("public"), count=1).returncode == 0
+
+
+def test_nodes_outlast_a_long_relay_outage(lab):
+    """Longer than the nodes' dead-relay timeout: they back off, keep their interfaces, and return."""
+    ov = standard(lab)
+    before = {n: link(ov, n) for n in ov.nodes}
+    ov.stop_relay(signal.SIGKILL)
+    wait_for(lambda: not any(ov.node_status(n)["relay"]["connected"] for n in ov.nodes), 40,
+             interval=0.5, what="the nodes to notice the relay is gone")
+    time.sleep(4)  # a few backoff rounds
+    assert {n: link(ov, n) for n in ov.nodes} == before
+    assert all(proc.poll() is None for proc in ov.node_procs.values())
+    ov.start_relay()
+    started = time.monotonic()
+    ov.wait_connected(timeout=30)
+    assert time.monotonic() - started < 15  # the backoff is capped at 8 s, plus jitter and a round trip
+    assert {n: link(ov, n) for n in ov.nodes} == before
+    assert ov.ping("hidden", ov.address("public")).returncode == 0

@@ -79,7 +79,8 @@ class SimNet:
         io = SimNodeIO(self, name, endpoint)
         token = token or self.token()
         node = Node(identity or Identity.generate(), token.relay_public, name, token.credential, io,
-                    self.now, wall_ns=lambda: int(self.wall * 1e9), backoff=Backoff(rng=lambda: 1.0), **kw)
+                    self.now, wall_ns=lambda: int(self.wall * 1e9), backoff=Backoff(rng=lambda: 1.0),
+                    clock=lambda: self.now, **kw)
         self.nodes[name] = node
         self.ios[name] = io
         self.by_endpoint[endpoint] = name

@@ -197,3 +197,9 @@ def test_garbage_to_a_node_is_counted_not_raised(net):
     packet = net.send_ip("bravo", "alpha", b"still working")
     net.advance(0.5)
     assert packet in net.ios["alpha"].tun
+
+
+def test_last_seen_reaches_the_store_without_a_write_per_connect(net):
+    assert all(r.last_seen is None for r in net.store.nodes())  # not yet: connects do not write
+    net.advance(61)
+    assert all(r.last_seen is not None for r in net.store.nodes())

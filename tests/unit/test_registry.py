@@ -125,3 +125,13 @@ def test_sqlite_refuses_a_newer_schema(tmp_path):
     db.close()
     with pytest.raises(StoreError, match="newer tunneld"):
         SqliteStore(str(path))
+
+
+def test_last_seen_is_written_in_one_batch(store):
+    reg = Registry(store, NET)
+    token = reg.issue_token(key(0), None, NOW)
+    reg.join(key(1), "alpha", token.credential, NOW)
+    reg.join(key(2), "bravo", token.credential, NOW)
+    store.touch({"alpha": NOW + 5, "bravo": NOW + 6, "ghost": NOW})
+    assert store.node_by_name("alpha").last_seen == NOW + 5
+    assert store.node_by_name("bravo").last_seen == NOW + 6

@@ -51,6 +51,7 @@ class _RelayEndpoint:
 RELAY = _RelayEndpoint()
 
 PING_INTERVAL = 5.0  # also keeps the NAT mapping to the relay open
+FAST_PINGS = 3  # after (re)connecting, ping every second a few times: fresh RTT, quick directory repair
 RELAY_DEAD_AFTER = 16.0  # no word from the relay for this long: handshake again
 HANDSHAKE_RETRY = 1.0  # peer handshake retransmission
 HANDSHAKE_ATTEMPTS = 15  # then drop the queued packets; the next packet starts again
@@ -84,7 +85,7 @@ class Assignment:
 class Peer:
     __slots__ = ("name", "addr", "address", "key", "online", "endpoint", "tx", "previous", "pending",
                  "initiation", "hs_attempts", "hs_next", "last_ts", "queue", "tx_bytes", "rx_bytes",
-                 "last_rx", "last_tx", "rtt", "probe_seq", "probe_sent", "prefix")
+                 "last_rx", "last_tx", "rtt", "probe_seq", "probe_at", "probe_sent", "prefix")
 
     def __init__(self, entry: Entry):
         self.name = entry.name
@@ -107,14 +108,15 @@ class Peer:
         self.last_tx = 0.0
         self.rtt: float | None = None
         self.probe_seq = 0
-        self.probe_sent = 0.0
+        self.probe_at = 0.0  # engine time of the last probe, for the interval
+        self.probe_sent = 0.0  # clock reading, for the round trip
         self.prefix = wire.relayed_header(entry.addr)
 
 
 class RelayLink:
     __slots__ = ("key", "session", "previous", "initiation", "next_attempt", "backoff", "failures",
-                 "up", "last_rx", "ping_seq", "ping_sent", "rtt", "hint_at", "seen_as", "tcp",
-                 "wrong_key_hints", "ever_joined")
+                 "up", "last_rx", "ping_seq", "ping_at", "ping_sent", "rtt", "hint_at", "seen_as", "tcp",
+                 "wrong_key_hints", "ever_joined", "fast_pings")
 
     def __init__(self, key: bytes, backoff: Backoff):
         self.key = key
@@ -127,20 +129,23 @@ class RelayLink:
         self.up = False
         self.last_rx = 0.0
         self.ping_seq = 0
-        self.ping_sent = 0.0
+        self.ping_at = 0.0  # engine time of the last ping, for the interval
+        self.ping_sent = 0.0  # clock reading, for the round trip
         self.rtt: float | None = None
         self.hint_at = -HINT_INTERVAL
         self.seen_as = ""
         self.tcp = False
         self.wrong_key_hints = 0
         self.ever_joined = False
+        self.fast_pings = 0
 
 
 class Node:
     def __init__(self, identity: Identity, relay_public: bytes, name: str, credential: bytes | None,
                  io: NodeIO, now: float, *, suite: int = wire.SUITE_AESGCM, underlay_mtu: int = 1500,
                  wall_ns: Callable[[], int] = time.time_ns, backoff: Backoff | None = None,
-                 assignment: Assignment | None = None, relay_label: str = ""):
+                 assignment: Assignment | None = None, relay_label: str = "",
+                 clock: Callable[[], float] = time.monotonic):
         self.identity = identity
         self.name = name
         self.credential = credential
@@ -150,6 +155,8 @@ class Node:
         self.wall_ns = wall_ns
         self.assignment = assignment
         self.relay_label = relay_label
+        # `now` arguments are per batch of messages; round trips need a reading of their own.
+        self.clock = clock
         self.relay = RelayLink(relay_public, backoff or Backoff())
         self.sessions: dict[bytes, Session] = {}
         self.peers: dict[bytes, Peer] = {}
@@ -232,7 +239,7 @@ class Node:
                 self._send_peer(peer, bytes((wire.PROBE_REPLY,)) + plaintext[1:], now)
             elif first == wire.PROBE_REPLY and len(plaintext) == wire.PROBE_LEN:
                 if int.from_bytes(plaintext[1:], "big") == peer.probe_seq:
-                    peer.rtt = now - peer.probe_sent
+                    peer.rtt = self.clock() - peer.probe_sent
             else:
                 self.drops["bad_inner_packet"] += 1
         elif t == wire.INIT:
@@ -310,7 +317,6 @@ class Node:
             return
         peer.initiation = None
         peer.hs_attempts = 0
-        peer.rtt = now - init.created
         s.owner = peer
         self.sessions[s.local_index] = s
         self._install(peer, s)
@@ -412,11 +418,14 @@ class Node:
                      reply["name"], reply["address"])
         r.up = True
         r.ever_joined = True
+        r.fast_pings = FAST_PINGS
+        # Ping first: it confirms the new session to the relay, and its round trip must not
+        # include the interface configuration that joined() may do.
+        self._ping(now)
         assignment = Assignment(reply["name"], reply["address"], reply["network"])
         if assignment != self.assignment:
             self.assignment = assignment
             self.io.joined(assignment)
-        self._ping(now)  # also confirms the new session to the relay
 
     def _relay_data(self, data: bytes, now: float) -> None:
         r = self.relay
@@ -437,7 +446,7 @@ class Node:
         kind = msg["t"]
         if kind == "pong":
             if msg["n"] == r.ping_seq:
-                r.rtt = now - r.ping_sent
+                r.rtt = self.clock() - r.ping_sent
             r.seen_as = msg["ep"]
         elif kind == "dir":
             if self.mirror.apply(msg):
@@ -478,7 +487,8 @@ class Node:
     def _ping(self, now: float) -> None:
         r = self.relay
         r.ping_seq += 1
-        r.ping_sent = now
+        r.ping_sent = self.clock()
+        r.ping_at = now
         self._control({"t": "ping", "n": r.ping_seq, "v": self.mirror.version})
 
     def transport_lost(self, now: float) -> None:
@@ -515,7 +525,8 @@ class Node:
                 self._relay_handshake(now)
             elif r.initiation is not None and now >= r.next_attempt:
                 self._relay_handshake(now)
-            if now - r.ping_sent >= PING_INTERVAL:
+            if now - r.ping_at >= (1.0 if r.fast_pings else PING_INTERVAL):
+                r.fast_pings = max(0, r.fast_pings - 1)
                 self._ping(now)
         for peer in self.peers.values():
             self._tick_peer(peer, now)
@@ -544,9 +555,10 @@ class Node:
             self.sessions.pop(peer.pending.local_index, None)
             peer.pending = None
         if peer.tx is not None and now - peer.last_rx < 3 * KEEPALIVE:
-            if now - peer.probe_sent >= PROBE_INTERVAL:
+            if now - peer.probe_at >= PROBE_INTERVAL:
                 peer.probe_seq += 1
-                peer.probe_sent = now
+                peer.probe_at = now
+                peer.probe_sent = self.clock()
                 self._send_peer(peer, bytes((wire.PROBE_REQUEST,)) + peer.probe_seq.to_bytes(8, "big"), now)
             elif peer.last_rx > peer.last_tx and now - peer.last_tx >= KEEPALIVE:
                 self._send_peer(peer, b"", now)

@@ -35,6 +35,7 @@ log = logging.getLogger("tunneld.relay")
 OFFLINE_AFTER = 20.0  # no authenticated word from a member for this long: offline
 PENDING_TIMEOUT = 10.0  # an answered handshake must be confirmed by then
 PUBLISH_DELAY = 0.2  # batch directory changes this long before pushing them
+SEEN_FLUSH = 60.0  # last-seen times go to the store in one write this often (not one fsync per connect)
 HINTS_PER_SECOND = 200  # unauthenticated hints are cheap but not free
 
 
@@ -96,6 +97,8 @@ class Relay:
         self.directory.publish()
         self._next_publish = now
         self._hint_budget = HINTS_PER_SECOND
+        self._seen: dict[str, float] = {}
+        self._next_seen_flush = now + SEEN_FLUSH
 
     # -- the hot path ------------------------------------------------------------------
 
@@ -251,7 +254,7 @@ class Relay:
             m.connected_since = now
             self.counts["connects"] += 1
             log.info("%s (%s) connected from %s", m.name, m.address, format_endpoint(ep))
-            self.registry.store.touch(m.name, self.wall())
+            self._seen[m.name] = self.wall()
         self.by_addr[m.addr] = m
         self.directory.set(m.entry())
 
@@ -263,6 +266,7 @@ class Relay:
         if m.online:
             m.online = False
             m.connected_since = None
+            self._seen[m.name] = self.wall()
             log.info("%s (%s) went offline", m.name, m.address)
         self.directory.set(m.entry())
 
@@ -290,6 +294,12 @@ class Relay:
         log.info("revoked %s (%s)", name, record.address)
         return True
 
+    def flush_seen(self) -> None:
+        """Write pending last-seen times (also called by the daemon when it stops)."""
+        if self._seen:
+            seen, self._seen = self._seen, {}
+            self.registry.store.touch(seen)
+
     def link_closed(self, ep) -> None:
         """The adapter's TCP stream ep is gone."""
         m = self.by_endpoint.get(ep)
@@ -313,6 +323,9 @@ class Relay:
                     setattr(m, attr, None)
                     if attr == "session":
                         self._offline(m)
+        if self._seen and now >= self._next_seen_flush:
+            self.flush_seen()
+            self._next_seen_flush = now + SEEN_FLUSH
         if self.directory.dirty and now >= self._next_publish:
             self.directory.publish()
             self._next_publish = now + PUBLISH_DELAY

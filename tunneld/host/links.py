@@ -101,10 +101,10 @@ class Links:
                     self._ipr.addr("del", index=idx, address=str(present.ip), prefixlen=present.network.prefixlen)
             if interface not in self._addresses(ifname):
                 self._ipr.addr("add", index=idx, address=str(interface.ip), prefixlen=interface.network.prefixlen)
+            _disable_ipv6(ifname)  # before the link comes up, or the kernel sends a router solicitation
             self._ipr.link("set", index=idx, state="up")
         except NetlinkError as exc:
             raise HostError(f"cannot configure {ifname}: {os.strerror(exc.code)}") from None
-        _disable_ipv6(ifname)
 
     def _route_to(self, address: str) -> Route:
         try:

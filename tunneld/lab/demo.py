@@ -59,10 +59,6 @@ def main() -> int:
         ov.wait_connected()
         _say(f"  all three connected and ready in {time.monotonic() - started:.1f} s")
 
-        _say("\n== status")
-        _cmd(lab, ov.relay, "status", "--state-dir", ov.relay.state_dir)
-        _cmd(lab, hosts["hidden"], "status", "--state-dir", hosts["hidden"].state_dir)
-
         _say("\n== every node pings every other over tunneld0")
         failures = 0
         for src in hosts:
@@ -74,6 +70,10 @@ def main() -> int:
                 failures += r.returncode != 0
                 _say(f"  {src:>6} -> {dst:<6} {ov.address(dst):<12} {summary}")
 
+        _say("\n== status")
+        _cmd(lab, ov.relay, "status", "--state-dir", ov.relay.state_dir)
+        _cmd(lab, hosts["hidden"], "status", "--state-dir", hosts["hidden"].state_dir)
+
         _say(f"\n== {TRANSFER_BYTES // 1_000_000} MB over TCP from public to hidden:10250 "
              "(the port kubelet serves; hidden has no inbound path)")
         started = time.monotonic()
@@ -84,7 +84,6 @@ def main() -> int:
         _say(f"  {'byte-exact' if ok else 'MISMATCH'}, {TRANSFER_BYTES * 8 / elapsed / 1e6:.0f} Mbit/s "
              "through the relay, encrypted end to end")
 
-        _cmd(lab, hosts["public"], "status", "--state-dir", hosts["public"].state_dir)
         if failures or not ok:
             _say("\nthe demo FAILED; logs are above")
             return 1

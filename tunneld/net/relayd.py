@@ -135,6 +135,7 @@ class RelayDaemon(Daemon):
             return await self.wait()
         finally:
             notify("STOPPING=1")
+            self.engine.flush_seen()
             loop.remove_reader(self.sock.fileno())
             self.stop_base()
             ctl.close()

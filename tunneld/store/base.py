@@ -49,7 +49,8 @@ class Store(Protocol):
                  now: float) -> NodeRecord | None:
         """Bind key to name: reuse the row of a revoked node of that name (and its
         address), or insert one with allocate(addresses in use). None: no address left."""
-    def touch(self, name: str, now: float) -> None: ...
+    def touch(self, seen: dict[str, float]) -> None:
+        """Record when these nodes were last connected (one write for many)."""
     def revoke_node(self, name: str, now: float) -> bool: ...
     def key_revoked(self, key: bytes) -> bool: ...
 

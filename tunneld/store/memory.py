@@ -49,9 +49,10 @@ class MemoryStore:
         self._nodes[name] = rec
         return dataclasses.replace(rec)
 
-    def touch(self, name, now):
-        if name in self._nodes:
-            self._nodes[name].last_seen = now
+    def touch(self, seen):
+        for name, when in seen.items():
+            if name in self._nodes:
+                self._nodes[name].last_seen = when
 
     def revoke_node(self, name, now):
         rec = self._nodes.get(name)

@@ -117,8 +117,11 @@ class SqliteStore:
             raise
         return self.node_by_name(name)
 
-    def touch(self, name, now):
-        self._db.execute("UPDATE nodes SET last_seen = ? WHERE name = ?", (now, name))
+    def touch(self, seen):
+        with self._db:  # one transaction, one fsync, for all of them
+            self._db.execute("BEGIN")
+            self._db.executemany("UPDATE nodes SET last_seen = ? WHERE name = ?",
+                                 [(when, name) for name, when in seen.items()])
 
     def revoke_node(self, name, now):
         db = self._db
