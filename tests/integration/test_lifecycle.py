@@ -1,6 +1,7 @@
 """Restarts, refusals and fallbacks, each in a topology of its own."""
 
 import json
+import os
 import signal
 import sys
 import time
@@ -9,6 +10,7 @@ import pytest
 
 from tunneld.lab import wait_for
 from tunneld.lab.overlay import Overlay, standard, transfer
+from tunneld.proto.token import JoinToken
 
 
 def link(ov, name):
@@ -59,7 +61,6 @@ def refused(proc, timeout=30):
 def test_refusals_exit_3_with_one_line(lab):
     ov = Overlay(lab)
     ov.start_relay()
-    from tunneld.proto.token import JoinToken
     good = JoinToken.parse(ov.token())
     cases = {
         "wrong-secret": (JoinToken(good.relay_public, good.token_id, bytes(16)).encode(), "not valid"),
@@ -102,8 +103,6 @@ def test_second_daemon_on_the_same_interface_is_refused(lab):
     host = lab.public_host("public")
     ov.join(host, "public")
     ov.wait_connected()
-    import os
-    import subprocess
     other = os.path.join(lab.tmp, "other")
     proc = lab.nsexec(host.ns, sys.executable, "-m", "tunneld", "join", "--relay", ov.relay_endpoint,
                       "--token", ov.token(), "--name", "other", "--state-dir", other, check=False)

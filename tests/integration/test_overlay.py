@@ -3,9 +3,7 @@ with no inbound path at all, in network namespaces with real TUN devices and rea
 
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time

@@ -1,6 +1,5 @@
 """The command-line contract: exit codes, one-line errors, and a bad call changes nothing."""
 
-import os
 import subprocess
 import sys
 

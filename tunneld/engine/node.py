@@ -215,13 +215,8 @@ class Node:
     def _from_peer(self, peer: Peer, msg: bytes, now: float) -> None:
         t = msg[0]
         if t == wire.DATA:
-            s = self.sessions.get(msg[4:8])
-            if s is None or s.owner is not peer:
-                self.drops["unknown_session"] += 1
-                return
-            plaintext = s.open(msg)
+            s, plaintext = self._open(msg, peer)
             if plaintext is None:
-                self.drops[s.last_drop] += 1
                 return
             peer.last_rx = now
             if not s.confirmed:
@@ -248,6 +243,17 @@ class Node:
             self._peer_resp(peer, msg, now)
         else:
             self.drops["bad_type"] += 1
+
+    def _open(self, msg: bytes, owner) -> tuple[Session | None, bytes | None]:
+        """The session msg names, if it belongs to owner, and msg's plaintext; drops counted."""
+        s = self.sessions.get(msg[4:8])
+        if s is None or s.owner is not owner:
+            self.drops["unknown_session"] += 1
+            return None, None
+        plaintext = s.open(msg)
+        if plaintext is None:
+            self.drops[s.last_drop] += 1
+        return s, plaintext
 
     # -- peer sessions -----------------------------------------------------------------
 
@@ -429,13 +435,8 @@ class Node:
 
     def _relay_data(self, data: bytes, now: float) -> None:
         r = self.relay
-        s = self.sessions.get(data[4:8])
-        if s is None or s.owner is not r:
-            self.drops["unknown_session"] += 1
-            return
-        plaintext = s.open(data)
+        _, plaintext = self._open(data, r)
         if plaintext is None:
-            self.drops[s.last_drop] += 1
             return
         r.last_rx = now
         try:

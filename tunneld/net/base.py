@@ -14,6 +14,8 @@ import socket
 from time import monotonic
 
 from ..errors import ConfigError
+from ..proto.errors import ProtocolError
+from ..proto.framing import Deframer, frame
 
 log = logging.getLogger("tunneld")
 
@@ -58,6 +60,42 @@ def bind_error(exc: OSError, host: str, port: int, proto: str, option: str) -> C
     return ConfigError(f"cannot bind {proto} {host}:{port}: {exc.strerror}")
 
 
+class FramedStream(asyncio.Protocol):
+    """A TCP stream of framed messages (proto/framing.py) between a node and the relay.
+
+    Received messages go to the daemon's engine as coming from `endpoint`; a stream
+    that breaks the framing is cut at once.
+    """
+
+    endpoint = None
+
+    def __init__(self, daemon: "Daemon"):
+        self.daemon = daemon
+        self.transport: asyncio.Transport | None = None
+        self.deframer = Deframer()
+
+    def connection_made(self, transport):
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data):
+        d = self.daemon
+        try:
+            frames = self.deframer.feed(data)
+        except ProtocolError:
+            d.engine.drops["tcp_bad_framing"] += 1
+            self.transport.abort()
+            return
+        now = monotonic()
+        for msg in frames:
+            d.receive(msg, self.endpoint, now)
+
+    def send_frame(self, msg: bytes) -> None:
+        self.transport.write(frame(msg))
+
+
 class Daemon:
     """A stop future, signal handlers and a periodic tick; subclasses fill in the rest."""
 
@@ -86,6 +124,12 @@ class Daemon:
             self._ticker.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.remove_signal_handler(sig)
+
+    def receive(self, data: bytes, ep, now: float) -> None:
+        try:
+            self.engine.receive(data, ep, now)
+        except Exception:
+            self.internal_error()
 
     def internal_error(self) -> None:
         """A bug, not a peer's fault: count it, log the first few, keep running."""

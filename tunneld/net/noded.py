@@ -26,12 +26,10 @@ from ..host.links import Links
 from ..host.notify import notify
 from ..host.tun import Tun
 from ..proto import wire
-from ..proto.errors import ProtocolError
-from ..proto.framing import Deframer, frame
 from ..proto.token import JoinToken, TokenError
 from ..state import SOCKET_FILE, load_identity, load_node_cache, prepare_dir, save_node_cache
 from . import ctlsock
-from .base import READ_BATCH, Daemon, udp_socket
+from .base import READ_BATCH, Daemon, FramedStream, udp_socket
 
 log = logging.getLogger("tunneld.node")
 
@@ -45,36 +43,21 @@ def overlay_mtu(underlay_mtu: int) -> int:
     return underlay_mtu - wire.UDP_OVERHEAD_IPV4 - wire.TUNNEL_OVERHEAD
 
 
-class RelayStream(asyncio.Protocol):
-    """The TCP fallback to the relay: frames in both directions."""
+class RelayStream(FramedStream):
+    """The TCP fallback to the relay. Messages sent while it connects wait in a short backlog."""
+
+    endpoint = RELAY
 
     def __init__(self, daemon: "NodeDaemon"):
-        self.daemon = daemon
-        self.transport: asyncio.Transport | None = None
-        self.deframer = Deframer()
+        super().__init__(daemon)
         self.backlog: list[bytes] = []
         self.closed = False
 
     def connection_made(self, transport):
-        self.transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().connection_made(transport)
         for msg in self.backlog:
-            transport.write(frame(msg))
+            self.send_frame(msg)
         self.backlog = []
-
-    def data_received(self, data):
-        d = self.daemon
-        try:
-            frames = self.deframer.feed(data)
-        except ProtocolError:
-            d.engine.drops["tcp_bad_framing"] += 1
-            self.transport.abort()
-            return
-        now = monotonic()
-        for msg in frames:
-            d.receive(msg, RELAY, now)
 
     def connection_lost(self, exc):
         self.closed = True
@@ -86,7 +69,7 @@ class RelayStream(asyncio.Protocol):
                 self.backlog.append(msg)
             return
         if not self.transport.is_closing():
-            self.transport.write(frame(msg))
+            self.send_frame(msg)
 
 
 class NodeDaemon(Daemon):
@@ -252,12 +235,6 @@ class NodeDaemon(Daemon):
             self.stream = None
             if self.use_tcp:
                 self.engine.transport_lost(monotonic())
-
-    def receive(self, data: bytes, ep, now: float) -> None:
-        try:
-            self.engine.receive(data, ep, now)
-        except Exception:
-            self.internal_error()
 
     def _on_udp(self) -> None:
         now = monotonic()
