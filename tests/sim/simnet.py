@@ -28,9 +28,15 @@ class SimNodeIO:
         self.assignments = []
         self.refusals = []
         self.tcp = False
+        self.udp_blocked = False  # this node's network drops UDP: only its TCP stream works
+        self.sent_over = {"udp": 0, "tcp": 0}
 
     def send(self, ep, data):
         assert ep is RELAY
+        transport = "tcp" if self.tcp else "udp"
+        self.sent_over[transport] += 1
+        if self.udp_blocked and transport == "udp":
+            return
         self.net.queue.append(("relay", data, self.endpoint))
 
     def write_tun(self, packet):

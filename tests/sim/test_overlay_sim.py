@@ -203,3 +203,33 @@ def test_last_seen_reaches_the_store_without_a_write_per_connect(net):
     assert all(r.last_seen is None for r in net.store.nodes())  # not yet: connects do not write
     net.advance(61)
     assert all(r.last_seen is not None for r in net.store.nodes())
+
+
+def test_a_udp_blocked_node_stays_on_tcp_across_rekeys():
+    net = SimNet()
+    net.add_node("alpha")
+    blocked = net.add_node("bravo")
+    net.ios["bravo"].udp_blocked = True
+    net.advance(30)
+    assert blocked.relay.up and net.ios["bravo"].tcp
+    udp_before = net.ios["bravo"].sent_over["udp"]
+    for _ in range(10):  # 5 minutes: more than two rekeys of the relay session
+        net.advance(30)
+        assert blocked.relay.up and net.ios["bravo"].tcp
+        packet = net.send_ip("alpha", "bravo", b"over tcp")
+        assert packet in net.ios["bravo"].tun
+    assert net.ios["bravo"].sent_over["udp"] == udp_before  # never tried UDP again while up
+
+
+def test_a_retryable_refusal_backs_off():
+    import ipaddress
+    from tunneld.control.registry import Registry
+    net = SimNet()
+    net.registry = net.relay.registry = Registry(net.store, ipaddress.IPv4Network("100.64.0.0/30"))
+    token = net.token()
+    for name in ("alpha", "bravo", "charlie"):  # a /30 holds two
+        net.add_node(name, token=token)
+    net.advance(30)
+    charlie = net.nodes["charlie"]
+    assert charlie.assignment is None and not net.ios["charlie"].refusals  # not fatal
+    assert charlie.counts["relay_handshakes_sent"] <= 10  # backed off: not 4 a second

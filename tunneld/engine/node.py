@@ -116,7 +116,7 @@ class Peer:
 class RelayLink:
     __slots__ = ("key", "session", "previous", "initiation", "next_attempt", "backoff", "failures",
                  "up", "last_rx", "ping_seq", "ping_at", "ping_sent", "rtt", "hint_at", "seen_as", "tcp",
-                 "wrong_key_hints", "ever_joined", "fast_pings")
+                 "wrong_key_hints", "ever_joined", "fast_pings", "good_tcp")
 
     def __init__(self, key: bytes, backoff: Backoff):
         self.key = key
@@ -135,6 +135,7 @@ class RelayLink:
         self.hint_at = -HINT_INTERVAL
         self.seen_as = ""
         self.tcp = False
+        self.good_tcp = False  # the transport of the last successful handshake
         self.wrong_key_hints = 0
         self.ever_joined = False
         self.fast_pings = 0
@@ -379,10 +380,15 @@ class Node:
 
     def _relay_handshake(self, now: float) -> None:
         r = self.relay
-        tcp = r.failures >= TCP_AFTER_FAILURES and (r.failures // TCP_AFTER_FAILURES) % 2 == 1
-        if tcp != r.tcp:
-            r.tcp = tcp
-            self.io.relay_transport(tcp)
+        if not r.up:
+            # Reconnecting: start with the transport that worked last, and switch between UDP
+            # and TCP after every TCP_AFTER_FAILURES unanswered attempts. While the link is up
+            # (a rekey), stay on the transport that works.
+            flip = (r.failures // TCP_AFTER_FAILURES) % 2 == 1
+            tcp = r.good_tcp != flip
+            if tcp != r.tcp:
+                r.tcp = tcp
+                self.io.relay_transport(tcp)
         payload = messages.encode({"ts": self._timestamp(), "name": self.name,
                                    "token": self.credential, "mtu": self.underlay_mtu})
         r.initiation = Initiation(self.identity, r.key, self.suite, self._new_index(), payload, now)
@@ -413,6 +419,7 @@ class Node:
         r.failures = 0
         r.backoff.reset()
         r.wrong_key_hints = 0
+        r.good_tcp = r.tcp
         s.owner = r
         self.sessions[s.local_index] = s
         if r.previous is not None:
@@ -516,7 +523,9 @@ class Node:
             r.up = False
             log.warning("no answer from the relay for %.0f s; reconnecting", now - r.last_rx)
         if not r.up:
-            if r.initiation is None or now >= r.next_attempt:
+            # next_attempt is set when a handshake goes out, so a refusal that says "retry"
+            # waits its backoff too; transport_lost() and hints bring it forward.
+            if now >= r.next_attempt:
                 if r.initiation is not None:
                     r.failures += 1
                 self._relay_handshake(now)
