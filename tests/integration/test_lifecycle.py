@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import sys
 import time
 
@@ -128,3 +129,70 @@ def test_nodes_outlast_a_long_relay_outage(lab):
     assert time.monotonic() - started < 15  # the backoff is capped at 8 s, plus jitter and a round trip
     assert {n: link(ov, n) for n in ov.nodes} == before
     assert ov.ping("hidden", ov.address("public")).returncode == 0
+
+
+def test_revoking_a_node_on_a_running_relay(lab):
+    ov = standard(lab)
+    out = lab.nsexec(ov.relay.ns, sys.executable, "-m", "tunneld", "revoke", "natted",
+                     "--state-dir", ov.relay.state_dir)
+    assert "revoked natted" in out.stderr.decode()
+    # The node learns at its next contact with the relay, and gives up with exit 3.
+    assert refused(ov.node_procs["natted"]) == 3
+    assert "revoked" in lab.log("natted").strip().splitlines()[-1]
+    wait_for(lambda: all("natted" not in [p["name"] for p in ov.node_status(n)["peers"]]
+                         for n in ("public", "hidden")), 15, what="peers to forget natted")
+    assert "natted" not in [n["name"] for n in ov.status(ov.relay)["nodes"]]
+    assert ov.ping("public", ov.address("hidden")).returncode == 0
+
+
+def test_systemd_readiness_comes_with_the_address(lab):
+    """As the node unit runs it: --config with a token file, Type=notify on a real notify socket."""
+    ov = Overlay(lab)
+    ov.start_relay()
+    host = lab.public_host("node")
+    token_file = os.path.join(lab.tmp, "token")
+    with open(token_file, "w") as f:
+        f.write(ov.token() + "\n")
+    config = os.path.join(lab.tmp, "node.toml")
+    with open(config, "w") as f:
+        f.write(f'relay = "{ov.relay_endpoint}"\ntoken-file = "{token_file}"\nname = "node"\n'
+                f'state-dir = "{host.state_dir}"\n')
+    notify_path = os.path.join(lab.tmp, "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(notify_path)
+    sock.settimeout(20)
+    try:
+        proc = lab.tunneld(host, "join", "--config", config, log_name="node", env={"NOTIFY_SOCKET": notify_path})
+        message = sock.recv(4096).decode()
+        # At the moment of READY=1 the address is already on the interface.
+        out = lab.nsexec(host.ns, "ip", "-j", "addr", "show", "dev", "tunneld0").stdout
+        (info,) = json.loads(out)
+        addresses = [a["local"] for a in info["addr_info"] if a["family"] == "inet"]
+    finally:
+        sock.close()
+    assert message.startswith("READY=1") and "STATUS=tunneld0 100.64.0.1" in message
+    assert addresses == ["100.64.0.1"] and "UP" in info["flags"]
+    assert proc.poll() is None
+
+
+def test_after_a_reboot_the_node_is_ready_while_the_relay_is_unreachable(lab):
+    ov = standard(lab)
+    address = ov.address("hidden")
+    token = ov.token()  # the node's config keeps its token; only the relay key in it matters now
+    assert ov.stop_node("hidden") == 0
+    ov.stop_relay()
+    host = ov.nodes["hidden"]
+    lab.nsexec(host.ns, "ip", "link", "del", "tunneld0")  # as after a reboot
+    notify_path = os.path.join(lab.tmp, "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(notify_path)
+    sock.settimeout(20)
+    try:
+        lab.tunneld(host, "join", "--relay", ov.relay_endpoint, "--token", token,
+                    "--name", "hidden", "--state-dir", host.state_dir, log_name="hidden-again",
+                    env={"NOTIFY_SOCKET": notify_path})
+        message = sock.recv(4096).decode()
+    finally:
+        sock.close()
+    assert message.startswith("READY=1")
+    assert link(ov, "hidden")[1] == [address]
