@@ -12,14 +12,20 @@ def through_the_wire(msgs):
     return [messages.decode_control(messages.encode(m)) for m in msgs]
 
 
+def mirror_of(directory):
+    """A node's mirror, brought up to date from nothing."""
+    m = DirectoryMirror()
+    for msg in through_the_wire(directory.messages_for(None)):
+        m.apply(msg)
+    return m
+
+
 def test_snapshot_then_deltas():
     d = Directory(1000)
     for i in range(3):
         d.set(entry(i))
     d.publish()
-    m = DirectoryMirror()
-    for msg in through_the_wire(d.messages_for(None)):
-        m.apply(msg)
+    m = mirror_of(d)
     assert m.version == d.version and m.entries == d.entries
     d.set(entry(1, online=False))
     d.remove(entry(2).addr)
@@ -57,9 +63,7 @@ def test_a_delta_for_another_base_is_ignored():
     d = Directory(1)
     d.set(entry(1))
     d.publish()
-    m = DirectoryMirror()
-    for msg in through_the_wire(d.messages_for(None)):
-        m.apply(msg)
+    m = mirror_of(d)
     d.set(entry(2))
     d.publish()
     d.set(entry(3))
@@ -87,9 +91,7 @@ def test_a_restarted_relay_resynchronises_every_mirror():
     old = Directory(1000)
     old.set(entry(1))
     old.publish()
-    m = DirectoryMirror()
-    for msg in through_the_wire(old.messages_for(None)):
-        m.apply(msg)
+    m = mirror_of(old)
     new = Directory(2000)  # a new process starts from a new version
     new.set(entry(1))
     new.set(entry(2))
