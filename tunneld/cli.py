@@ -19,7 +19,8 @@ import click
 
 from . import __version__
 from .config import (DEFAULT_INTERFACE, DEFAULT_NETWORK, DEFAULT_STATE_DIR, JoinSettings, ServeSettings,
-                     check_log_level, merged, parse_duration, parse_hostport, parse_network, resolve_ipv4)
+                     check_log_level, merged, parse_duration, parse_hostport, parse_network, parse_routes,
+                     resolve_ipv4)
 from .errors import EXIT_USAGE, ConfigError, TunneldError
 from .state import DB_FILE, SOCKET_FILE, load_identity, prepare_dir
 
@@ -130,13 +131,20 @@ def token(state_dir, ttl, list_, revoke):
 @click.option("--state-dir", metavar="DIR", help=f"Key, last address, control socket [{DEFAULT_STATE_DIR}].")
 @click.option("--config", metavar="FILE", help="TOML file with the same settings.")
 @click.option("--port", metavar="PORT", type=int, help="Local UDP port [0: any].")
+@click.option("--advertise-routes", metavar="CIDR[,CIDR]", multiple=True,
+              help="Prefixes this node routes for overlay members that accept them (a gateway).")
+@click.option("--accept-routes", is_flag=True, default=None,
+              help="Route the prefixes other nodes advertise through tunneld0.")
 @click.option("--log-level", metavar="LEVEL", help="debug, info, warning or error [info].")
-def join(relay, token_, token_file, name, interface, state_dir, config, port, log_level):
+def join(relay, token_, token_file, name, interface, state_dir, config, port, advertise_routes, accept_routes,
+         log_level):
     """Join the overlay and keep the node on it, in the foreground (systemd runs it)."""
     s = merged(dict(relay=relay, token=token_, token_file=token_file, name=name, interface=interface,
-                    state_dir=state_dir, port=port, log_level=log_level), config,
+                    state_dir=state_dir, port=port, log_level=log_level, accept_routes=accept_routes,
+                    advertise_routes=list(advertise_routes) or None), config,
                {"relay": None, "token": None, "token_file": None, "name": None, "interface": DEFAULT_INTERFACE,
-                "state_dir": DEFAULT_STATE_DIR, "port": 0, "log_level": "info"})
+                "state_dir": DEFAULT_STATE_DIR, "port": 0, "log_level": "info", "advertise_routes": [],
+                "accept_routes": False})
     if not s["relay"]:
         raise ConfigError("join needs --relay HOST:PORT, the relay's public address")
     host, rport = parse_hostport(s["relay"], "--relay")
@@ -157,9 +165,12 @@ def join(relay, token_, token_file, name, interface, state_dir, config, port, lo
     lport = s["port"]
     if not isinstance(lport, int) or not 0 <= lport < 65536:
         raise ConfigError(f"--port {lport!r} must be 0-65535")
+    if not isinstance(s["accept_routes"], bool):
+        raise ConfigError("accept-routes takes true or false")
     settings = JoinSettings(host, resolve_ipv4(host, "--relay"), rport, text, node_name,
                             check_interface_name(s["interface"]), s["state_dir"], lport,
-                            check_log_level(s["log_level"]))
+                            check_log_level(s["log_level"]), parse_routes(s["advertise_routes"]),
+                            s["accept_routes"])
     _logging(settings.log_level)
     from .net.base import run
     from .net.noded import NodeDaemon

@@ -124,6 +124,29 @@ class JoinSettings:
     state_dir: str
     port: int
     log_level: str
+    advertise_routes: tuple[str, ...] = ()
+    accept_routes: bool = False
+
+
+def parse_routes(value) -> tuple[str, ...]:
+    """--advertise-routes: CIDRs, given repeatedly, comma-separated, or as a TOML list."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    out = []
+    for item in items:
+        for text in str(item).split(","):
+            text = text.strip()
+            if not text:
+                continue
+            try:
+                prefix = ipaddress.IPv4Network(text, strict=True)
+            except ValueError:
+                raise ConfigError(f"--advertise-routes {text!r} is not an IPv4 prefix like 198.18.0.0/16") from None
+            if prefix.prefixlen == 0:
+                raise ConfigError("--advertise-routes may not carry the default route 0.0.0.0/0")
+            out.append(str(prefix))
+    if len(set(out)) > 16:
+        raise ConfigError("--advertise-routes takes at most 16 prefixes; summarise them")
+    return tuple(sorted(set(out)))
 
 
 def check_log_level(level) -> str:

@@ -30,6 +30,8 @@ class SimNodeIO:
         self.tcp = False
         self.udp_blocked = False  # this node's network drops UDP: only its TCP stream works
         self.sent_over = {"udp": 0, "tcp": 0}
+        self.mtus: list[int] = []  # every MTU the engine asked the interface to take
+        self.routes: list[str] = []  # the accepted routes, as last installed
 
     def send(self, ep, data):
         assert ep is RELAY
@@ -50,6 +52,12 @@ class SimNodeIO:
 
     def relay_transport(self, tcp):
         self.tcp = tcp
+
+    def set_mtu(self, mtu):
+        self.mtus.append(mtu)
+
+    def set_routes(self, prefixes):
+        self.routes = list(prefixes)
 
 
 class SimNet:

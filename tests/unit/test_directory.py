@@ -68,7 +68,7 @@ def test_a_delta_for_another_base_is_ignored():
     d.publish()
     d.set(entry(3))
     d.publish()
-    stale_delta = {"t": "dir", "v": d.version, "base": d.version - 5, "i": 0, "c": 1,
+    stale_delta = {"t": "dir", "v": d.version, "base": d.version - 5, "i": 0, "c": 1, "mtu": 1432,
                    "nodes": [tuple(entry(3).wire())], "gone": []}
     assert not m.apply(stale_delta)
     assert entry(3).addr not in m.entries

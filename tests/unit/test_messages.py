@@ -7,21 +7,21 @@ from hypothesis import given, strategies as st
 from tunneld.proto import messages
 from tunneld.proto.errors import ProtocolError
 
-NODE = ["alpha", b"\x64\x40\x00\x01", b"k" * 32, True, "203.0.113.5:4000"]
+NODE = ["alpha", b"\x64\x40\x00\x01", b"k" * 32, True, "203.0.113.5:4000", 1500, ["198.18.0.0/16"]]
 
 
 @pytest.mark.parametrize("msg", [
     {"t": "ping", "n": 1, "v": None},
     {"t": "ping", "n": 2, "v": 123456789},
     {"t": "pong", "n": 2, "ep": "203.0.113.5:4000"},
-    {"t": "dir", "v": 5, "base": None, "i": 0, "c": 1, "nodes": [NODE], "gone": []},
-    {"t": "dir", "v": 6, "base": 5, "i": 0, "c": 1, "nodes": [], "gone": [b"\x64\x40\x00\x02"]},
+    {"t": "dir", "v": 5, "base": None, "i": 0, "c": 1, "mtu": 1432, "nodes": [NODE], "gone": []},
+    {"t": "dir", "v": 6, "base": 5, "i": 0, "c": 1, "mtu": 1432, "nodes": [], "gone": [b"\x64\x40\x00\x02"]},
     {"t": "bye"},
 ])
 def test_valid_control_round_trips(msg):
     out = messages.decode_control(messages.encode(msg))
     if msg["t"] == "dir":
-        assert out["nodes"] == [tuple(n) for n in msg["nodes"]]
+        assert out["nodes"] == [tuple(n[:6]) + (tuple(n[6]),) for n in msg["nodes"]]
     else:
         assert out == msg
 
@@ -31,10 +31,13 @@ def test_valid_control_round_trips(msg):
     {"t": "ping", "n": -1, "v": None},
     {"t": "ping", "v": None},
     {"t": "pong", "n": 1, "ep": "x" * 200},
-    {"t": "dir", "v": 5, "base": None, "i": 1, "c": 1, "nodes": [], "gone": []},
-    {"t": "dir", "v": 5, "base": None, "i": 0, "c": 1, "nodes": [NODE[:4]], "gone": []},
-    {"t": "dir", "v": 5, "base": None, "i": 0, "c": 1, "nodes": [NODE[:2] + [b"short"] + NODE[3:]], "gone": []},
-    {"t": "dir", "v": 5, "base": None, "i": 0, "c": 1, "nodes": [NODE] * 65, "gone": []},
+    {"t": "dir", "v": 5, "base": None, "i": 1, "c": 1, "mtu": 1432, "nodes": [], "gone": []},
+    {"t": "dir", "v": 5, "base": None, "i": 0, "c": 1, "mtu": 1432, "nodes": [NODE[:4]], "gone": []},
+    {"t": "dir", "v": 5, "base": None, "i": 0, "c": 1, "mtu": 1432, "nodes": [NODE[:2] + [b"short"] + NODE[3:]], "gone": []},
+    {"t": "dir", "v": 5, "base": None, "i": 0, "c": 1, "mtu": 1432, "nodes": [NODE] * 65, "gone": []},
+    {"t": "dir", "v": 5, "base": None, "i": 0, "c": 1, "mtu": 1432, "nodes": [NODE[:6] + [["x"] * 17]], "gone": []},
+    {"t": "dir", "v": 5, "base": None, "i": 0, "c": 1, "mtu": 1432, "nodes": [NODE[:5] + [True, []]], "gone": []},
+    {"t": "dir", "v": 5, "base": None, "i": 0, "c": 1, "nodes": [], "gone": []},  # no mtu
     {"t": "nope"},
     {"n": 1},
     [1, 2, 3],
@@ -45,12 +48,15 @@ def test_invalid_control_is_refused(msg):
 
 
 def test_join_request_and_replies():
-    req = {"ts": b"t" * 12, "name": "alpha", "token": b"x" * 24, "mtu": 1500}
+    req = {"ts": b"t" * 12, "name": "alpha", "token": b"x" * 24, "mtu": 1500, "routes": ["198.18.0.0/16"]}
     assert messages.decode_join_request(messages.encode(req)) == req
     assert messages.decode_join_request(messages.encode({**req, "token": None}))["token"] is None
     with pytest.raises(ProtocolError):
         messages.decode_join_request(messages.encode({**req, "token": b"short"}))
-    ok = {"ok": True, "name": "a", "address": "100.64.0.1", "network": "100.64.0.0/10", "endpoint": "x:1"}
+    with pytest.raises(ProtocolError):
+        messages.decode_join_request(messages.encode({**req, "routes": [1]}))
+    ok = {"ok": True, "name": "a", "address": "100.64.0.1", "network": "100.64.0.0/10", "endpoint": "x:1",
+          "mtu": 1382, "relay_mtu": 1500}
     assert messages.decode_join_reply(messages.encode(ok)) == ok
     no = {"ok": False, "code": "bad_token", "error": "no", "retry": False}
     assert messages.decode_join_reply(messages.encode(no)) == no

@@ -21,14 +21,17 @@ class Entry:
     key: bytes  # static public key, 32 bytes
     online: bool
     endpoint: str  # as the relay observes it, "" when unknown
+    mtu: int = 0  # the node's underlay MTU, 0 when unknown
+    routes: tuple = ()  # prefixes (CIDR strings) the node routes for others
 
     def wire(self) -> list:
-        return [self.name, self.addr, self.key, self.online, self.endpoint]
+        return [self.name, self.addr, self.key, self.online, self.endpoint, self.mtu, list(self.routes)]
 
 
 class Directory:
     def __init__(self, version: int):
         self.version = version
+        self.mtu = 0  # the overlay MTU, sent with every message
         self.entries: dict[bytes, Entry] = {}
         self._changed: dict[bytes, Entry | None] = {}
         self.last_delta: tuple[int, int, list[Entry], list[bytes]] | None = None
@@ -63,7 +66,7 @@ class Directory:
             return []
         d = self.last_delta
         if d is not None and d[0] == held_version and len(d[2]) <= MAX_NODES_PER_CHUNK:
-            return [{"t": "dir", "v": d[1], "base": d[0], "i": 0, "c": 1,
+            return [{"t": "dir", "v": d[1], "base": d[0], "i": 0, "c": 1, "mtu": self.mtu,
                      "nodes": [e.wire() for e in d[2]], "gone": d[3]}]
         return self.snapshot()
 
@@ -71,7 +74,7 @@ class Directory:
         entries = list(self.entries.values())
         chunks = [entries[i : i + MAX_NODES_PER_CHUNK] for i in range(0, len(entries), MAX_NODES_PER_CHUNK)]
         chunks = chunks or [[]]
-        return [{"t": "dir", "v": self.version, "base": None, "i": i, "c": len(chunks),
+        return [{"t": "dir", "v": self.version, "base": None, "i": i, "c": len(chunks), "mtu": self.mtu,
                  "nodes": [e.wire() for e in chunk], "gone": []} for i, chunk in enumerate(chunks)]
 
 
@@ -80,11 +83,13 @@ class DirectoryMirror:
 
     def __init__(self):
         self.version: int | None = None
+        self.mtu = 0
         self.entries: dict[bytes, Entry] = {}
         self._partial_version: int | None = None
         self._partial: dict[int, list] = {}
 
     def apply(self, msg: dict) -> bool:
+        self.mtu = msg["mtu"]
         nodes = [Entry(*n) for n in msg["nodes"]]
         if msg["base"] is not None:
             if msg["base"] != self.version:

@@ -31,6 +31,23 @@ def valid_name(name: str) -> bool:
     return bool(_NAME.match(name)) and ".." not in name
 
 
+def check_routes(routes: list[str], network: ipaddress.IPv4Network) -> tuple[str, ...] | Refusal:
+    """The prefixes a node may offer to route: real IPv4 prefixes, not the default route,
+    not inside or around the overlay itself. Normalised, sorted, without duplicates."""
+    out = set()
+    for text in routes:
+        try:
+            prefix = ipaddress.IPv4Network(text, strict=True)
+        except ValueError:
+            return Refusal("bad_route", f"--advertise-routes {text[:20]!r} is not an IPv4 prefix like 198.18.0.0/16")
+        if prefix.prefixlen == 0:
+            return Refusal("bad_route", "--advertise-routes may not carry the default route")
+        if prefix.overlaps(network):
+            return Refusal("bad_route", f"--advertise-routes {prefix} overlaps the overlay network {network}")
+        out.add(prefix)
+    return tuple(str(p) for p in sorted(out))
+
+
 def allocate(network: ipaddress.IPv4Network, used: set[str]) -> str | None:
     """The lowest free host address of network."""
     taken = {int(ipaddress.IPv4Address(a)) for a in used}
@@ -48,7 +65,15 @@ class Registry:
         self.store = store
         self.network = network
 
-    def join(self, key: bytes, name: str, credential: bytes | None, now: float) -> NodeRecord | Refusal:
+    def join(self, key: bytes, name: str, credential: bytes | None, now: float,
+             mtu: int | None = None) -> NodeRecord | Refusal:
+        decision = self._join(key, name, credential, now)
+        if isinstance(decision, NodeRecord) and mtu is not None and decision.mtu != mtu:
+            self.store.set_mtu(decision.name, mtu)
+            decision.mtu = mtu
+        return decision
+
+    def _join(self, key: bytes, name: str, credential: bytes | None, now: float) -> NodeRecord | Refusal:
         store = self.store
         if store.key_revoked(key):
             return Refusal("key_revoked", "this node's key was revoked on the relay; delete the key "

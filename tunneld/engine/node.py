@@ -1,16 +1,19 @@
 """A node, without I/O: packets and a time go in, packets go out through NodeIO.
 
 The send pipeline (from_tun), per packet read from the TUN device:
-  1. route: the destination address names the peer (a dict lookup);
-  2. session: the peer's current transport session, or queue the packet and
+  1. route: the destination address names the peer (a dict lookup), or falls in a
+     prefix a peer advertises (only with accept_routes);
+  2. clamp: a TCP SYN's MSS is cut to what the path carries (mss.py);
+  3. session: the peer's current transport session, or queue the packet and
      start a handshake with the peer;
-  3. seal: next counter, AEAD (session.py);
-  4. transmit: wrapped in a RELAYED header, to the relay.
+  4. seal: next counter, AEAD (session.py);
+  5. transmit: wrapped in a RELAYED header, to the relay.
 
 The receive pipeline (receive), per message from the relay:
   RELAYED -> the inner message of a peer: DATA is opened, checked (replay
-             window, inner source address must be the peer's) and written to
-             the TUN device; INIT/RESP advance a handshake with that peer.
+             window; the inner source address must be the peer's, or in a
+             prefix it advertises that we accept) and written to the TUN
+             device; INIT/RESP advance a handshake with that peer.
   DATA    -> a control message from the relay (pong, directory).
   RESP    -> the relay's answer to our join handshake.
   HINT    -> the relay lost our session: handshake again (rate-limited).
@@ -37,6 +40,7 @@ from ..proto import messages, wire
 from ..proto.errors import ProtocolError
 from ..proto.handshake import Identity, Initiation, read_initiation, tai64n, TIMESTAMP_LEN
 from ..proto.session import Session
+from .mss import clamp
 
 log = logging.getLogger("tunneld.node")
 
@@ -63,12 +67,19 @@ HINT_INTERVAL = 1.0
 TCP_AFTER_FAILURES = 2
 
 
+OVERHEAD = wire.UDP_OVERHEAD_IPV4 + wire.TUNNEL_OVERHEAD  # underlay MTU - overlay MTU
+VXLAN_OVERHEAD = 50  # flannel's: outer IPv4 + UDP + VXLAN + inner Ethernet
+TCPIP_HEADERS = 40
+
+
 class NodeIO(Protocol):
     def send(self, ep, data: bytes) -> None: ...
     def write_tun(self, packet: bytes) -> None: ...
     def joined(self, assignment: "Assignment") -> None: ...
     def refused(self, code: str, message: str) -> None: ...
     def relay_transport(self, tcp: bool) -> None: ...
+    def set_mtu(self, mtu: int) -> None: ...
+    def set_routes(self, prefixes: list[str]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -85,7 +96,8 @@ class Assignment:
 class Peer:
     __slots__ = ("name", "addr", "address", "key", "online", "endpoint", "tx", "previous", "pending",
                  "initiation", "hs_attempts", "hs_next", "last_ts", "queue", "tx_bytes", "rx_bytes",
-                 "last_rx", "last_tx", "rtt", "probe_seq", "probe_at", "probe_sent", "prefix")
+                 "last_rx", "last_tx", "rtt", "probe_seq", "probe_at", "probe_sent", "prefix",
+                 "underlay_mtu", "routes", "path_mtu", "mss", "vxlan_mss", "sources")
 
     def __init__(self, entry: Entry):
         self.name = entry.name
@@ -111,6 +123,16 @@ class Peer:
         self.probe_at = 0.0  # engine time of the last probe, for the interval
         self.probe_sent = 0.0  # clock reading, for the round trip
         self.prefix = wire.relayed_header(entry.addr)
+        self.underlay_mtu = entry.mtu
+        self.routes = entry.routes
+        self.path_mtu = 0  # the largest inner packet the path to it carries; see Node._paths()
+        self.mss = 0xFFFF  # clamp limits for SYNs towards it, direct and inside flannel's VXLAN
+        self.vxlan_mss = 0xFFFF
+        self.sources: tuple = ()  # (network, mask) pairs it may send from besides its address
+
+    def update(self, entry: Entry) -> None:
+        self.name, self.online, self.endpoint = entry.name, entry.online, entry.endpoint
+        self.underlay_mtu, self.routes = entry.mtu, entry.routes
 
 
 class RelayLink:
@@ -146,7 +168,9 @@ class Node:
                  io: NodeIO, now: float, *, suite: int = wire.SUITE_AESGCM, underlay_mtu: int = 1500,
                  wall_ns: Callable[[], int] = time.time_ns, backoff: Backoff | None = None,
                  assignment: Assignment | None = None, relay_label: str = "",
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, mtu: int | None = None,
+                 routes: tuple[str, ...] = (), accept_routes: bool = False,
+                 protected: tuple[str, ...] = ()):
         self.identity = identity
         self.name = name
         self.credential = credential
@@ -159,6 +183,18 @@ class Node:
         # `now` arguments are per batch of messages; round trips need a reading of their own.
         self.clock = clock
         self.relay = RelayLink(relay_public, backoff or Backoff())
+        # MTU: the interface's, the overlay's as the relay computes it, and the relay's underlay.
+        self.mtu = mtu or underlay_mtu - OVERHEAD
+        self.network_mtu = 0
+        self.relay_mtu = 0
+        self._mtu_settled = False  # after the first join, the interface MTU only ever goes down
+        # Routes: those we offer, whether we take others', and addresses no route may capture
+        # (the relay's: our own way to it must never run through the overlay).
+        self.routes = tuple(routes)
+        self.accept_routes = accept_routes
+        self.protected = tuple(ipaddress.IPv4Address(a) for a in protected)
+        self.route_table: list[tuple[int, int, Peer]] = []
+        self.accepted: list[str] = []
         self.sessions: dict[bytes, Session] = {}
         self.peers: dict[bytes, Peer] = {}
         self.mirror = DirectoryMirror()
@@ -175,8 +211,13 @@ class Node:
             return
         peer = self.peers.get(packet[16:20])
         if peer is None:
-            self.drops["tun_no_peer"] += 1
-            return
+            peer = self._route(packet[16:20]) if self.route_table else None
+            if peer is None:
+                self.drops["tun_no_peer"] += 1
+                return
+        proto = packet[9]
+        if proto == 6 or proto == 17:
+            packet = clamp(packet, peer.mss, peer.vxlan_mss)
         s = peer.tx
         if s is None:
             peer.queue.append(packet)
@@ -226,7 +267,8 @@ class Node:
                 return  # keepalive
             first = plaintext[0]
             if first >> 4 == 4:
-                if len(plaintext) >= 20 and plaintext[12:16] == peer.addr:
+                if len(plaintext) >= 20 and (plaintext[12:16] == peer.addr or
+                                             (peer.sources and _within(plaintext[12:16], peer.sources))):
                     peer.rx_bytes += len(plaintext)
                     self.io.write_tun(plaintext)
                 else:
@@ -244,6 +286,14 @@ class Node:
             self._peer_resp(peer, msg, now)
         else:
             self.drops["bad_type"] += 1
+
+    def _route(self, dst: bytes) -> Peer | None:
+        """Longest-prefix match over the routes we accepted from peers."""
+        n = int.from_bytes(dst, "big")
+        for network, mask, peer in self.route_table:
+            if n & mask == network:
+                return peer
+        return None
 
     def _open(self, msg: bytes, owner) -> tuple[Session | None, bytes | None]:
         """The session msg names, if it belongs to owner, and msg's plaintext; drops counted."""
@@ -374,7 +424,57 @@ class Node:
             if peer is None:
                 self.peers[addr] = Peer(e)
             else:
-                peer.name, peer.online, peer.endpoint = e.name, e.online, e.endpoint
+                peer.update(e)
+        self._paths()
+        if self.accept_routes:
+            self._accept_routes()
+
+    def _paths(self) -> None:
+        """Each peer's path MTU, and the MSS that fits it, from the underlays on the way."""
+        own = self.underlay_mtu
+        relay = self.relay_mtu or own
+        for peer in self.peers.values():
+            peer.path_mtu = min(own, relay, peer.underlay_mtu or own) - OVERHEAD
+            limit = min(peer.path_mtu, self.mtu)
+            peer.mss = limit - TCPIP_HEADERS
+            peer.vxlan_mss = limit - VXLAN_OVERHEAD - TCPIP_HEADERS
+
+    def _accept_routes(self) -> None:
+        own = [ipaddress.IPv4Network(r) for r in self.routes]
+        table = []
+        for peer in self.peers.values():
+            sources = []
+            for text in peer.routes:
+                prefix = ipaddress.IPv4Network(text)
+                if any(a in prefix for a in self.protected) or any(prefix.overlaps(o) for o in own):
+                    self.drops["route_refused"] += 1
+                    continue  # it would capture our way to the relay, or loop with our own
+                entry = (int(prefix.network_address), int(prefix.netmask))
+                sources.append(entry)
+                table.append((prefix.prefixlen, peer.name, *entry, peer))
+            peer.sources = tuple(sources)
+        table.sort(key=lambda t: (-t[0], t[1]))  # longest prefix first; ties go to the lower name
+        self.route_table = [(net, mask, peer) for _, _, net, mask, peer in table]
+        accepted = sorted({f"{ipaddress.IPv4Address(net)}/{bin(mask).count('1')}"
+                           for net, mask, _ in self.route_table})
+        if accepted != self.accepted:
+            self.accepted = accepted
+            self.io.set_routes(accepted)
+
+    def _adopt_mtu(self, network_mtu: int) -> None:
+        """Take the overlay MTU: any value at the first join, then only ever a lower one (a
+        smaller node joined), so that the interface never grows under running pods."""
+        self.network_mtu = network_mtu
+        target = min(self.underlay_mtu - OVERHEAD, network_mtu or self.mtu)
+        if target != self.mtu and (target < self.mtu or not self._mtu_settled):
+            if self._mtu_settled:
+                log.warning("the overlay MTU fell to %d (a node with a smaller path joined): lowering "
+                            "the interface from %d; restart flannel on this node so that pods follow",
+                            target, self.mtu)
+            self.mtu = target
+            self.io.set_mtu(target)
+        self._mtu_settled = True
+        self._paths()
 
     # -- the relay link ----------------------------------------------------------------
 
@@ -390,7 +490,8 @@ class Node:
                 r.tcp = tcp
                 self.io.relay_transport(tcp)
         payload = messages.encode({"ts": self._timestamp(), "name": self.name,
-                                   "token": self.credential, "mtu": self.underlay_mtu})
+                                   "token": self.credential, "mtu": self.underlay_mtu,
+                                   "routes": list(self.routes)})
         r.initiation = Initiation(self.identity, r.key, self.suite, self._new_index(), payload, now)
         r.next_attempt = now + r.backoff.next()
         self.counts["relay_handshakes_sent"] += 1
@@ -435,6 +536,8 @@ class Node:
         # Ping first: it confirms the new session to the relay, and its round trip must not
         # include the interface configuration that joined() may do.
         self._ping(now)
+        self.relay_mtu = reply["relay_mtu"]
+        self._adopt_mtu(reply["mtu"])
         assignment = Assignment(reply["name"], reply["address"], reply["network"])
         if assignment != self.assignment:
             self.assignment = assignment
@@ -459,6 +562,8 @@ class Node:
         elif kind == "dir":
             if self.mirror.apply(msg):
                 self._sync_peers()
+            if msg["mtu"] and msg["mtu"] != self.network_mtu:
+                self._adopt_mtu(msg["mtu"])
         else:
             self.drops["unexpected_control"] += 1
 
@@ -583,6 +688,10 @@ class Node:
             "name": a.name if a else self.name,
             "address": a.address if a else None,
             "network": a.network if a else None,
+            "mtu": self.mtu,
+            "network_mtu": self.network_mtu or None,
+            "advertised_routes": list(self.routes),
+            "accepted_routes": list(self.accepted),
             "public_key": self.identity.public.hex(),
             "relay": {"endpoint": self.relay_label, "connected": r.up, "transport": "tcp" if r.tcp else "udp",
                       "rtt_ms": None if r.rtt is None or not r.up else round(r.rtt * 1000, 3),
@@ -590,6 +699,8 @@ class Node:
             "peers": [{
                 "name": p.name, "address": p.address, "online": p.online, "path": "relay",
                 "endpoint": self.relay_label,
+                "mtu": p.path_mtu or None,
+                "routes": list(p.routes),
                 "session": p.tx is not None,
                 "rtt_ms": None if p.rtt is None else round(p.rtt * 1000, 3),
                 "rx_bytes": p.rx_bytes, "tx_bytes": p.tx_bytes,
@@ -597,3 +708,8 @@ class Node:
             "counters": dict(self.counts),
             "drops": dict(self.drops),
         }
+
+
+def _within(address: bytes, prefixes) -> bool:
+    n = int.from_bytes(address, "big")
+    return any(n & mask == network for network, mask in prefixes)

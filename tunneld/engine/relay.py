@@ -24,7 +24,7 @@ from collections import Counter
 from typing import Callable
 
 from ..control.directory import Directory, Entry
-from ..control.registry import Refusal, Registry
+from ..control.registry import Refusal, Registry, check_routes
 from ..proto import messages, wire
 from ..proto.errors import HandshakeError, ProtocolError
 from ..proto.handshake import Identity, read_initiation
@@ -51,9 +51,9 @@ class Member:
 
     __slots__ = ("name", "addr", "address", "key", "session", "previous", "pending", "endpoint",
                  "online", "last_rx", "last_ts", "dir_version", "relayed_prefix", "rx_bytes",
-                 "tx_bytes", "connected_since")
+                 "tx_bytes", "connected_since", "mtu", "routes")
 
-    def __init__(self, name: str, address: str, key: bytes):
+    def __init__(self, name: str, address: str, key: bytes, mtu: int | None = None):
         self.name = name
         self.address = address
         self.addr = ipaddress.IPv4Address(address).packed
@@ -70,15 +70,19 @@ class Member:
         self.rx_bytes = 0
         self.tx_bytes = 0
         self.connected_since: float | None = None
+        self.mtu = mtu or 0
+        self.routes: tuple[str, ...] = ()  # what it offers to route; only while it is connected
 
     def entry(self) -> Entry:
         return Entry(self.name, self.addr, self.key, self.online,
-                     format_endpoint(self.endpoint) if self.endpoint is not None else "")
+                     format_endpoint(self.endpoint) if self.endpoint is not None else "", self.mtu,
+                     self.routes if self.online else ())
 
 
 class Relay:
     def __init__(self, identity: Identity, registry: Registry, send: Callable[[object, bytes], None],
-                 now: float, *, wall: Callable[[], float] = time.time, listen: str = ""):
+                 now: float, *, wall: Callable[[], float] = time.time, listen: str = "",
+                 relay_mtu: int = 1500):
         self.identity = identity
         self.registry = registry
         self.send = send
@@ -90,10 +94,15 @@ class Relay:
         self.by_endpoint: dict[object, Member] = {}
         self.drops: Counter = Counter()
         self.counts: Counter = Counter()
+        self.relay_mtu = relay_mtu
         self.directory = Directory(time.time_ns() // 1000)
+        self._mtus: dict[str, int] = {}  # underlay MTUs of the registered nodes, for the overlay MTU
         for rec in registry.store.nodes():
             if rec.public_key is not None:
-                self.directory.set(Member(rec.name, rec.address, rec.public_key).entry())
+                self.directory.set(Member(rec.name, rec.address, rec.public_key, rec.mtu).entry())
+                if rec.mtu:
+                    self._mtus[rec.name] = rec.mtu
+        self._update_mtu()
         self.directory.publish()
         self._next_publish = now
         self._hint_budget = HINTS_PER_SECOND
@@ -199,8 +208,11 @@ class Relay:
         if m is not None and request["ts"] <= m.last_ts:
             self.drops["handshake_replay"] += 1
             return
-        token = request["token"]
-        decision = self.registry.join(key, request["name"], token, self.wall())
+        routes = check_routes(request["routes"], self.registry.network)
+        if isinstance(routes, Refusal):
+            decision = routes
+        else:
+            decision = self.registry.join(key, request["name"], request["token"], self.wall(), request["mtu"])
         index = self._new_index()
         if isinstance(decision, Refusal):
             self.counts["join_refused"] += 1
@@ -215,8 +227,15 @@ class Relay:
             m = Member(decision.name, decision.address, key)
             self.members[key] = m
         m.last_ts = request["ts"]
+        m.mtu = request["mtu"]
+        m.routes = routes
+        self._mtus[m.name] = m.mtu
+        self._update_mtu()
+        if m.online:
+            self.directory.set(m.entry())
         reply = {"ok": True, "name": m.name, "address": m.address,
-                 "network": str(self.registry.network), "endpoint": format_endpoint(ep)}
+                 "network": str(self.registry.network), "endpoint": format_endpoint(ep),
+                 "mtu": self.directory.mtu, "relay_mtu": self.relay_mtu}
         resp, s = incoming.accept(index, messages.encode(reply), now)
         s.owner = m
         self.sessions[index] = s
@@ -225,6 +244,14 @@ class Relay:
         m.pending = s
         self.counts["handshakes"] += 1
         self.send(ep, resp)
+
+    def _update_mtu(self) -> None:
+        """The overlay MTU: what fits the smallest underlay of any registered node, or the relay's.
+
+        Every node's tunneld0 takes it, so that pods on every node get the same MTU from
+        flannel; a full-size packet then fits every path."""
+        underlay = min([self.relay_mtu, *self._mtus.values()])
+        self.directory.mtu = underlay - wire.UDP_OVERHEAD_IPV4 - wire.TUNNEL_OVERHEAD
 
     def _new_index(self) -> bytes:
         while True:
@@ -291,6 +318,7 @@ class Relay:
         if m is not None:
             self._forget(m)
         self.directory.remove(ipaddress.IPv4Address(record.address).packed)
+        self._mtus.pop(name, None)
         log.info("revoked %s (%s)", name, record.address)
         return True
 
@@ -343,9 +371,12 @@ class Relay:
                 "address": str(ipaddress.IPv4Address(e.addr)),
                 "connected": bool(m and m.online),
                 "endpoint": e.endpoint or None,
+                "mtu": e.mtu or None,
+                "routes": list(e.routes),
                 "rx_bytes": m.rx_bytes if m else 0,
                 "tx_bytes": m.tx_bytes if m else 0,
             })
         return {"role": "relay", "listen": self.listen, "network": str(self.registry.network),
+                "mtu": self.directory.mtu, "relay_mtu": self.relay_mtu,
                 "public_key": self.identity.public.hex(), "nodes": nodes,
                 "counters": dict(self.counts), "drops": dict(self.drops)}

@@ -2,7 +2,11 @@
 
 The narrow interface the daemons use:
   configure(ifname, interface, mtu)  the overlay address on the TUN, its MTU, link up
+  set_mtu(ifname, mtu)               a new MTU for it
+  set_routes(ifname, prefixes)       exactly these prefixes through it (tunneld's routes only)
   route_to(address)                  which interface and MTU the kernel uses to reach it
+  local_mtu(address)                 the MTU of the interface holding address (or of the
+                                     default route's, for 0.0.0.0)
 Configuration is idempotent: an address already in place is left alone, because
 deleting and re-adding it would flush routes that others (flannel) hang on it.
 
@@ -23,6 +27,8 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import HostError
+
+RTPROT_TUNNELD = 199  # marks the routes tunneld installs, so that it only ever removes its own
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,18 @@ class Links:
 
     def route_to(self, address: str) -> Route:
         return self._call(self._route_to, address)
+
+    def set_mtu(self, ifname: str, mtu: int) -> None:
+        self._call(self._set_mtu, ifname, mtu)
+
+    def set_routes(self, ifname: str, prefixes: list[str]) -> None:
+        self._call(self._set_routes, ifname, prefixes)
+
+    def routes(self, ifname: str) -> list[str]:
+        return self._call(self._routes, ifname)
+
+    def local_mtu(self, address: str) -> int | None:
+        return self._call(self._local_mtu, address)
 
     def delete(self, ifname: str) -> None:
         self._call(self._delete, ifname)
@@ -119,6 +137,43 @@ class Links:
             if route_mtu:
                 mtu = min(mtu, int(route_mtu))
         return Route(_attr(link, "IFLA_IFNAME"), mtu, _attr(msg, "RTA_PREFSRC"), _attr(msg, "RTA_GATEWAY"))
+
+    def _set_mtu(self, ifname: str, mtu: int) -> None:
+        try:
+            self._ipr.link("set", index=self._index(ifname), mtu=mtu)
+        except NetlinkError as exc:
+            raise HostError(f"cannot set the MTU of {ifname} to {mtu}: {os.strerror(exc.code)}") from None
+
+    def _routes(self, ifname: str) -> list[str]:
+        idx = self._index(ifname)
+        out = []
+        for msg in self._ipr.get_routes(family=socket.AF_INET, oif=idx, proto=RTPROT_TUNNELD):
+            if _attr(msg, "RTA_OIF") == idx and msg["proto"] == RTPROT_TUNNELD:
+                out.append(f"{_attr(msg, 'RTA_DST')}/{msg['dst_len']}")
+        return sorted(out)
+
+    def _set_routes(self, ifname: str, prefixes: list[str]) -> None:
+        idx = self._index(ifname)
+        want = set(prefixes)
+        have = set(self._routes(ifname))
+        try:
+            for prefix in sorted(have - want):
+                dst, length = prefix.split("/")
+                self._ipr.route("del", dst=dst, dst_len=int(length), oif=idx, proto=RTPROT_TUNNELD)
+            for prefix in sorted(want - have):
+                dst, length = prefix.split("/")
+                self._ipr.route("replace", dst=dst, dst_len=int(length), oif=idx, proto=RTPROT_TUNNELD)
+        except NetlinkError as exc:
+            raise HostError(f"cannot set the routes through {ifname}: {os.strerror(exc.code)}") from None
+
+    def _local_mtu(self, address: str) -> int | None:
+        if address == "0.0.0.0":
+            defaults = self._ipr.get_default_routes(family=socket.AF_INET)
+            oifs = [_attr(r, "RTA_OIF") for r in defaults if _attr(r, "RTA_OIF")]
+        else:
+            oifs = [m["index"] for m in self._ipr.get_addr(family=socket.AF_INET, address=address)]
+        mtus = [int(_attr(self._ipr.get_links(i)[0], "IFLA_MTU")) for i in oifs]
+        return min(mtus) if mtus else None
 
     def _delete(self, ifname: str) -> None:
         try:

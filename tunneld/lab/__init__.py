@@ -230,6 +230,8 @@ def wait_for(predicate, timeout: float, interval: float = 0.1, what: str = "cond
     while time.monotonic() < deadline:
         try:
             last = predicate()
+        except LabError:
+            raise  # definitive: a daemon died, waiting longer cannot help
         except Exception as exc:  # the daemon may not be up yet
             last = exc
         else:

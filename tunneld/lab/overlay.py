@@ -30,8 +30,18 @@ class Overlay:
     def start_relay(self, *extra: str, timeout: float = 20) -> subprocess.Popen:
         self.relay_proc = self.lab.tunneld(self.relay, "serve", "--listen", self.relay_endpoint,
                                            "--state-dir", self.relay.state_dir, *extra, log_name="relay")
-        wait_for(lambda: self.status(self.relay)["role"] == "relay", timeout, what="the relay to start")
-        return self.relay_proc
+        proc = self.relay_proc
+
+        def started():
+            if proc.poll() is not None:
+                raise LabError(f"tunneld serve exited with {proc.returncode}:\n{self.lab.log('relay')[-3000:]}")
+            try:
+                return self.status(self.relay)["role"] == "relay"
+            except Exception:
+                return False
+
+        wait_for(started, timeout, what="the relay to start")
+        return proc
 
     def stop_relay(self, sig: int = 15) -> None:
         if self.relay_proc is not None:

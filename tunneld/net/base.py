@@ -20,6 +20,8 @@ from ..proto.framing import Deframer, frame
 log = logging.getLogger("tunneld")
 
 SOCKET_BUFFER = 4 << 20
+IP_MTU_DISCOVER = 10  # <linux/in.h>; Python's socket module does not always export these
+IP_PMTUDISC_DONT = 0
 TICK = 0.25
 READ_BATCH = 256  # messages per readiness callback, so one busy socket cannot starve the others
 
@@ -36,6 +38,9 @@ def run(coro):
 def udp_socket(host: str, port: int, option: str) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setblocking(False)
+    # No DF on the outer packets: should a path be smaller than the overlay MTU assumes (a
+    # smaller node just joined), routers fragment rather than drop, and nothing stalls.
+    sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
     for opt, force in ((socket.SO_RCVBUF, 33), (socket.SO_SNDBUF, 32)):  # SO_*BUFFORCE as root
         try:
             sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)

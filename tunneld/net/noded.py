@@ -19,7 +19,7 @@ import socket
 from time import monotonic
 
 from ..config import JoinSettings
-from ..engine.node import RELAY, Assignment, Node
+from ..engine.node import OVERHEAD, RELAY, Assignment, Node
 from ..errors import ConfigError, HostError
 from ..host.cpu import has_aes
 from ..host.links import Links
@@ -36,11 +36,6 @@ log = logging.getLogger("tunneld.node")
 MIN_MTU = 576
 TCP_CONNECT_TIMEOUT = 5.0
 TCP_QUEUE = 256
-
-
-def overlay_mtu(underlay_mtu: int) -> int:
-    """The largest inner packet whose relayed, encrypted datagram fits the underlay."""
-    return underlay_mtu - wire.UDP_OVERHEAD_IPV4 - wire.TUNNEL_OVERHEAD
 
 
 class RelayStream(FramedStream):
@@ -82,8 +77,8 @@ class NodeDaemon(Daemon):
         self.sock: socket.socket | None = None
         self.relay_addr = (settings.relay_ip, settings.relay_port)
         self.relay_label = f"{settings.relay_ip}:{settings.relay_port}"
-        self.mtu = 0
         self.ready = False
+        self.accepted_routes: list[str] = []
         self.use_tcp = False
         self.stream: RelayStream | None = None
         self._stream_started = -1.0
@@ -109,15 +104,16 @@ class NodeDaemon(Daemon):
         if route.ifname == s.interface:
             raise ConfigError(f"the route to the relay {s.relay_ip} goes through {s.interface} itself; "
                               "the relay must be reachable without the overlay")
-        self.mtu = overlay_mtu(route.mtu)
-        if self.mtu < MIN_MTU:
+        if route.mtu - OVERHEAD < MIN_MTU:
             raise HostError(f"the path to the relay has an MTU of {route.mtu}, too small for a tunnel")
         cache = load_node_cache(self.state_dir)
-        assignment = None
+        assignment, mtu = None, None
         if cache and cache.get("relay_key") == token.relay_public.hex():
             try:
                 assignment = Assignment(cache["name"], cache["address"], cache["network"])
                 assignment.interface_address
+                if isinstance(cache.get("mtu"), int) and MIN_MTU <= cache["mtu"] <= route.mtu - OVERHEAD:
+                    mtu = cache["mtu"]  # the overlay's, as last known: pods may already use it
             except (KeyError, TypeError, ValueError):
                 assignment = None
         self.tun = Tun.open(s.interface)
@@ -127,14 +123,16 @@ class NodeDaemon(Daemon):
             self.sock = udp_socket("0.0.0.0", s.port, "--port")
             self.engine = Node(identity, token.relay_public, s.name, token.credential, self, monotonic(),
                                suite=wire.SUITE_AESGCM if has_aes() else wire.SUITE_CHACHAPOLY,
-                               underlay_mtu=route.mtu, assignment=assignment, relay_label=self.relay_label)
+                               underlay_mtu=route.mtu, assignment=assignment, relay_label=self.relay_label,
+                               mtu=mtu, routes=s.advertise_routes, accept_routes=s.accept_routes,
+                               protected=(s.relay_ip,))
             if assignment is not None:
                 self._configure(assignment)
             ctl = await ctlsock.serve(os.path.join(self.state_dir, SOCKET_FILE), self._control)
             loop.add_reader(self.sock.fileno(), self._on_udp)
             loop.add_reader(self.tun.fd, self._on_tun)
-            log.info("joining relay %s as %s via %s (underlay MTU %d, %s MTU %d)",
-                     self.relay_label, s.name, route.ifname, route.mtu, s.interface, self.mtu)
+            log.info("joining relay %s as %s via %s (underlay MTU %d)",
+                     self.relay_label, s.name, route.ifname, route.mtu)
             self.engine.tick(monotonic())
             try:
                 code, message = await self.wait()
@@ -188,10 +186,22 @@ class NodeDaemon(Daemon):
         except HostError as exc:
             self.finish(1, str(exc))
             return
-        save_node_cache(self.state_dir, {
-            "relay_key": self.engine.relay.key.hex(), "relay": self.relay_label,
-            "name": assignment.name, "address": assignment.address, "network": assignment.network,
-        })
+        self._save_cache()
+
+    def set_mtu(self, mtu: int) -> None:
+        if self.ready:
+            try:
+                self.links.set_mtu(self.settings.interface, mtu)
+            except HostError as exc:
+                log.error("%s", exc)
+                return
+            log.info("%s MTU is now %d", self.settings.interface, mtu)
+            self._save_cache()
+
+    def set_routes(self, prefixes: list[str]) -> None:
+        self.accepted_routes = list(prefixes)
+        if self.ready:
+            self._install_routes()
 
     def refused(self, code: str, message: str) -> None:
         self.finish(3, f"refused by the relay at {self.relay_label}: {message}")
@@ -209,11 +219,30 @@ class NodeDaemon(Daemon):
     # -- adapters ----------------------------------------------------------------------
 
     def _configure(self, assignment: Assignment) -> None:
-        self.links.configure(self.settings.interface, assignment.interface_address, self.mtu)
+        mtu = self.engine.mtu
+        self.links.configure(self.settings.interface, assignment.interface_address, mtu)
+        if self.settings.accept_routes:
+            self._install_routes()
         if not self.ready:
             self.ready = True
-            log.info("%s is up with %s, MTU %d", self.settings.interface, assignment.interface_address, self.mtu)
+            log.info("%s is up with %s, MTU %d", self.settings.interface, assignment.interface_address, mtu)
             notify(f"READY=1\nSTATUS={self.settings.interface} {assignment.address}")
+
+    def _install_routes(self) -> None:
+        try:
+            self.links.set_routes(self.settings.interface, self.accepted_routes)
+        except HostError as exc:
+            log.error("%s", exc)
+            return
+        log.info("routes through %s: %s", self.settings.interface, ", ".join(self.accepted_routes) or "none")
+
+    def _save_cache(self) -> None:
+        a = self.engine.assignment
+        if a is not None:
+            save_node_cache(self.state_dir, {
+                "relay_key": self.engine.relay.key.hex(), "relay": self.relay_label, "name": a.name,
+                "address": a.address, "network": a.network, "mtu": self.engine.mtu,
+            })
 
     def _stream(self) -> RelayStream:
         stream = self.stream
@@ -279,7 +308,6 @@ class NodeDaemon(Daemon):
         if request.get("cmd") == "status":
             status = self.engine.status()
             status["interface"] = self.settings.interface
-            status["mtu"] = self.mtu
             status["ready"] = self.ready
             return status
         return {"error": f"unknown command {str(request.get('cmd'))[:40]!r}"}

@@ -92,7 +92,8 @@ class RelayDaemon(Daemon):
         self.start_base()
         loop = self.loop
         listen = f"{s.listen_host}:{s.port}"
-        self.engine = Relay(identity, Registry(store, s.network), self._send, monotonic(), listen=listen)
+        self.engine = Relay(identity, Registry(store, s.network), self._send, monotonic(), listen=listen,
+                            relay_mtu=self._underlay_mtu(s.listen_host))
         self.sock = udp_socket(s.listen_host, s.port, "--listen")
         tcp_sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         tcp_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -124,6 +125,17 @@ class RelayDaemon(Daemon):
                 os.unlink(os.path.join(state_dir, SOCKET_FILE))
             except OSError:
                 pass
+
+    @staticmethod
+    def _underlay_mtu(host: str) -> int:
+        """The relay's own link MTU, one of the paths the overlay MTU must fit."""
+        from ..host.links import Links
+        with Links() as links:
+            mtu = links.local_mtu(host)
+        if mtu is None:
+            log.warning("cannot tell the MTU of the relay's link (no default route); assuming 1500")
+            return 1500
+        return mtu
 
     def _send(self, ep, data: bytes) -> None:
         if ep.__class__ is tuple:

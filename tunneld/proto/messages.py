@@ -2,16 +2,20 @@
 
 Handshake payloads (inside the Noise messages of the node <-> relay handshake):
 
-  join request  {"ts": bin12 TAI64N, "name": str, "token": bin24 | nil, "mtu": int}
-  join reply    {"ok": true, "name": str, "address": str, "network": str, "endpoint": str}
+  join request  {"ts": bin12 TAI64N, "name": str, "token": bin24 | nil, "mtu": int,
+                 "routes": [str CIDR, ...]}     mtu: the node's underlay MTU towards the relay;
+                                                routes: prefixes it offers to route for others
+  join reply    {"ok": true, "name": str, "address": str, "network": str, "endpoint": str,
+                 "mtu": int, "relay_mtu": int}  mtu: the overlay MTU every tunneld0 should use
                 {"ok": false, "code": str, "error": str, "retry": bool}
 
 Messages on an established node <-> relay session (one per DATA plaintext):
 
   ping   node -> relay  {"t": "ping", "n": int, "v": int | nil}   v: directory version held
   pong   relay -> node  {"t": "pong", "n": int, "ep": str}         ep: the node's address as seen
-  dir    relay -> node  {"t": "dir", "v": int, "base": int | nil, "i": int, "c": int,
-                         "nodes": [[name, addr bin4, key bin32, online bool, endpoint str], ...],
+  dir    relay -> node  {"t": "dir", "v": int, "base": int | nil, "i": int, "c": int, "mtu": int,
+                         "nodes": [[name, addr bin4, key bin32, online bool, endpoint str,
+                                    mtu int, routes [str CIDR, ...]], ...],
                          "gone": [addr bin4, ...]}
          base nil: chunk i of c of a full snapshot at version v; else a delta from base to v.
   bye    node -> relay  {"t": "bye"}                               the node is shutting down
@@ -30,6 +34,8 @@ MAX_NAME = 253
 MAX_ENDPOINT = 64
 MAX_ERROR = 400
 MAX_NODES_PER_CHUNK = 64
+MAX_ROUTES = 16
+MAX_CIDR = 18  # "255.255.255.255/32"
 _MAX_MESSAGE = 16384
 _MAX_INT = 2**63 - 1
 
@@ -83,21 +89,30 @@ def _check(msg, fields: dict, what: str) -> dict:
 
 
 _JOIN_REQUEST = {"ts": (bytes, 12), "name": (str, MAX_NAME), "token": ((bytes, _NONE), 24),
-                 "mtu": (int, 65535)}
+                 "mtu": (int, 65535), "routes": (list, 0)}
 _JOIN_OK = {"ok": (bool, 0), "name": (str, MAX_NAME), "address": (str, 18), "network": (str, 18),
-            "endpoint": (str, MAX_ENDPOINT)}
+            "endpoint": (str, MAX_ENDPOINT), "mtu": (int, 65535), "relay_mtu": (int, 65535)}
 _JOIN_REFUSED = {"ok": (bool, 0), "code": (str, 32), "error": (str, MAX_ERROR), "retry": (bool, 0)}
 _CONTROL = {
     "ping": {"n": (int, 0), "v": ((int, _NONE), 0)},
     "pong": {"n": (int, 0), "ep": (str, MAX_ENDPOINT)},
     "dir": {"v": (int, 0), "base": ((int, _NONE), 0), "i": (int, 4096), "c": (int, 4096),
-            "nodes": (list, 0), "gone": (list, 0)},
+            "mtu": (int, 65535), "nodes": (list, 0), "gone": (list, 0)},
     "bye": {},
 }
 
 
+def _check_routes(routes, what: str) -> list:
+    """Shape only (strings of CIDR length); what they mean is the registry's business."""
+    if len(routes) > MAX_ROUTES or not all(isinstance(r, str) and 0 < len(r) <= MAX_CIDR for r in routes):
+        raise ProtocolError(f"{what}: bad routes")
+    return routes
+
+
 def decode_join_request(data: bytes) -> dict:
-    return _check(_unpack(data), _JOIN_REQUEST, "join request")
+    msg = _check(_unpack(data), _JOIN_REQUEST, "join request")
+    _check_routes(msg["routes"], "join request")
+    return msg
 
 
 def decode_join_reply(data: bytes) -> dict:
@@ -108,9 +123,9 @@ def decode_join_reply(data: bytes) -> dict:
 
 
 def _check_node(entry) -> tuple:
-    if not isinstance(entry, list) or len(entry) != 5:
-        raise ProtocolError("dir: a node entry is not a 5-list")
-    name, addr, key, online, endpoint = entry
+    if not isinstance(entry, list) or len(entry) != 7:
+        raise ProtocolError("dir: a node entry is not a 7-list")
+    name, addr, key, online, endpoint, mtu, routes = entry
     if not (isinstance(name, str) and 0 < len(name) <= MAX_NAME):
         raise ProtocolError("dir: bad node name")
     if not (isinstance(addr, bytes) and len(addr) == 4):
@@ -121,7 +136,11 @@ def _check_node(entry) -> tuple:
         raise ProtocolError("dir: bad online flag")
     if not (isinstance(endpoint, str) and len(endpoint) <= MAX_ENDPOINT):
         raise ProtocolError("dir: bad endpoint")
-    return name, addr, key, online, endpoint
+    if not (isinstance(mtu, int) and not isinstance(mtu, bool) and 0 <= mtu <= 65535):
+        raise ProtocolError("dir: bad mtu")
+    if not isinstance(routes, list):
+        raise ProtocolError("dir: bad routes")
+    return name, addr, key, online, endpoint, mtu, tuple(_check_routes(routes, "dir"))
 
 
 def decode_control(data: bytes) -> dict:

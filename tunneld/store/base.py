@@ -26,6 +26,7 @@ class NodeRecord:
     public_key: bytes | None  # None once revoked: name and address wait for a new key
     created: float
     last_seen: float | None = None
+    mtu: int | None = None  # the node's underlay MTU towards the relay, as it last reported
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Store(Protocol):
                  now: float) -> NodeRecord | None:
         """Bind key to name: reuse the row of a revoked node of that name (and its
         address), or insert one with allocate(addresses in use). None: no address left."""
+    def set_mtu(self, name: str, mtu: int) -> None: ...
     def touch(self, seen: dict[str, float]) -> None:
         """Record when these nodes were last connected (one write for many)."""
     def revoke_node(self, name: str, now: float) -> bool: ...

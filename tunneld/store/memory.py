@@ -49,6 +49,10 @@ class MemoryStore:
         self._nodes[name] = rec
         return dataclasses.replace(rec)
 
+    def set_mtu(self, name, mtu):
+        if name in self._nodes:
+            self._nodes[name].mtu = mtu
+
     def touch(self, seen):
         for name, when in seen.items():
             if name in self._nodes:

@@ -11,7 +11,7 @@ import sqlite3
 
 from .base import Conflict, NodeRecord, StoreError, TokenRecord
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: nodes.mtu
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS nodes (
@@ -19,7 +19,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     address TEXT NOT NULL UNIQUE,
     public_key BLOB UNIQUE,
     created REAL NOT NULL,
-    last_seen REAL
+    last_seen REAL,
+    mtu INTEGER
 );
 CREATE TABLE IF NOT EXISTS revoked_keys (
     public_key BLOB PRIMARY KEY, name TEXT NOT NULL, revoked_at REAL NOT NULL
@@ -36,7 +37,7 @@ CREATE TABLE IF NOT EXISTS tokens (
 
 
 def _node(row) -> NodeRecord | None:
-    return None if row is None else NodeRecord(row[0], row[1], row[2], row[3], row[4])
+    return None if row is None else NodeRecord(*row)
 
 
 def _token(row) -> TokenRecord | None:
@@ -56,6 +57,8 @@ class SqliteStore:
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = FULL")
             self._db.executescript(_SCHEMA)
+            if 0 < version < 2:
+                self._db.execute("ALTER TABLE nodes ADD COLUMN mtu INTEGER")
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             # Touch every table so that a damaged file fails here, not mid-join.
             self._db.execute("SELECT count(*) FROM nodes").fetchone()
@@ -79,15 +82,15 @@ class SqliteStore:
         self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     def node_by_key(self, key):
-        return _node(self._one("SELECT name, address, public_key, created, last_seen FROM nodes "
+        return _node(self._one("SELECT name, address, public_key, created, last_seen, mtu FROM nodes "
                                "WHERE public_key = ?", key))
 
     def node_by_name(self, name):
-        return _node(self._one("SELECT name, address, public_key, created, last_seen FROM nodes "
+        return _node(self._one("SELECT name, address, public_key, created, last_seen, mtu FROM nodes "
                                "WHERE name = ?", name))
 
     def nodes(self):
-        rows = self._db.execute("SELECT name, address, public_key, created, last_seen FROM nodes "
+        rows = self._db.execute("SELECT name, address, public_key, created, last_seen, mtu FROM nodes "
                                 "ORDER BY name").fetchall()
         return [_node(r) for r in rows]
 
@@ -116,6 +119,9 @@ class SqliteStore:
             db.execute("ROLLBACK")
             raise
         return self.node_by_name(name)
+
+    def set_mtu(self, name, mtu):
+        self._db.execute("UPDATE nodes SET mtu = ? WHERE name = ?", (mtu, name))
 
     def touch(self, seen):
         with self._db:  # one transaction, one fsync, for all of them

@@ -1,0 +1,116 @@
+"""TCP MSS clamping for SYNs that enter the tunnel, so that large writes never stall.
+
+A host behind a node (a physical server routed through it, or a pod whose MTU was
+set before a smaller node joined) may announce an MSS bigger than the overlay
+carries; where ICMP "fragmentation needed" is filtered its connection then stalls
+after the handshake. Clamping the SYN's MSS option, as routers do, avoids that.
+
+  clamp(packet, limit, vxlan_limit)
+    IPv4 / TCP SYN                                      MSS > limit       -> limit
+    IPv4 / UDP dport 8472 / VXLAN / Ethernet / IPv4 / TCP SYN (flannel's pods)
+                                                        MSS > vxlan_limit -> vxlan_limit
+It returns the packet itself when nothing changes (every non-SYN, the hot case:
+a few index reads), else a copy with the option and the checksums rewritten.
+SYNs are rare, so checksums are recomputed rather than patched.
+"""
+
+from __future__ import annotations
+
+import struct
+from array import array
+
+VXLAN_PORT = b"\x21\x18"  # 8472, big-endian
+_ETH_IPV4 = b"\x08\x00"
+_VXLAN_INNER = 8 + 8 + 14  # UDP header, VXLAN header, inner Ethernet header
+
+
+def clamp(packet: bytes, limit: int, vxlan_limit: int) -> bytes:
+    n = len(packet)
+    ihl = (packet[0] & 0x0F) * 4
+    if ihl < 20 or n < ihl + 20 or packet[6] & 0x1F or packet[7]:  # malformed, or not a first fragment
+        return packet
+    proto = packet[9]
+    if proto == 6:
+        if not packet[ihl + 13] & 0x02:
+            return packet
+        return _clamp_syn(packet, 0, limit, None)
+    if proto == 17 and packet[ihl + 2 : ihl + 4] == VXLAN_PORT:
+        inner = ihl + _VXLAN_INNER
+        if n < inner + 40 or packet[inner - 2 : inner] != _ETH_IPV4 or packet[inner + 9] != 6:
+            return packet
+        inner_ihl = (packet[inner] & 0x0F) * 4
+        if inner_ihl < 20 or n < inner + inner_ihl + 20 or not packet[inner + inner_ihl + 13] & 0x02:
+            return packet
+        if packet[inner + 6] & 0x1F or packet[inner + 7]:
+            return packet
+        return _clamp_syn(packet, inner, vxlan_limit, ihl)
+    return packet
+
+
+def _clamp_syn(packet: bytes, ip: int, limit: int, udp_ihl: int | None) -> bytes:
+    """Clamp the MSS of the TCP SYN in the IPv4 packet at offset ip (inside a UDP datagram
+    whose IPv4 header is udp_ihl long, or at the top when udp_ihl is None)."""
+    ihl = (packet[ip] & 0x0F) * 4
+    tcp = ip + ihl
+    end = min(len(packet), ip + int.from_bytes(packet[ip + 2 : ip + 4], "big"))
+    options_end = min(end, tcp + (packet[tcp + 12] >> 4) * 4)
+    i = tcp + 20
+    while i < options_end:
+        kind = packet[i]
+        if kind == 0:
+            break
+        if kind == 1:
+            i += 1
+            continue
+        if i + 1 >= options_end:
+            break
+        size = packet[i + 1]
+        if size < 2:
+            break
+        if kind == 2 and size == 4 and i + 4 <= options_end:
+            mss = int.from_bytes(packet[i + 2 : i + 4], "big")
+            if mss <= limit:
+                return packet
+            buf = bytearray(packet)
+            buf[i + 2 : i + 4] = limit.to_bytes(2, "big")
+            _tcp_checksum(buf, ip, tcp, end)
+            if udp_ihl is not None:
+                _udp_checksum(buf, udp_ihl)
+            return bytes(buf)
+        i += size
+    return packet
+
+
+def _sum16(data) -> int:
+    # RFC 1071: the one's complement sum does not depend on byte order, so sum native
+    # 16-bit words and store the result natively.
+    if len(data) % 2:
+        data = bytes(data) + b"\x00"
+    s = sum(array("H", bytes(data)))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+def _tcp_checksum(buf: bytearray, ip: int, tcp: int, end: int) -> None:
+    buf[tcp + 16 : tcp + 18] = b"\x00\x00"
+    pseudo = bytes(buf[ip + 12 : ip + 20]) + b"\x00\x06" + (end - tcp).to_bytes(2, "big")
+    total = _sum16(pseudo) + _sum16(buf[tcp:end])
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    buf[tcp + 16 : tcp + 18] = struct.pack("=H", ~total & 0xFFFF)
+
+
+def _udp_checksum(buf: bytearray, ihl: int) -> None:
+    udp = ihl
+    if buf[udp + 6 : udp + 8] == b"\x00\x00":
+        return  # the sender did not checksum (Linux VXLAN's default); keep it that way
+    length = int.from_bytes(buf[udp + 4 : udp + 6], "big")
+    end = min(len(buf), udp + length)
+    buf[udp + 6 : udp + 8] = b"\x00\x00"
+    pseudo = bytes(buf[12:20]) + b"\x00\x11" + length.to_bytes(2, "big")
+    total = _sum16(pseudo) + _sum16(buf[udp:end])
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    value = ~total & 0xFFFF
+    buf[udp + 6 : udp + 8] = struct.pack("=H", value) if value else b"\xff\xff"
