@@ -135,16 +135,19 @@ def token(state_dir, ttl, list_, revoke):
               help="Prefixes this node routes for overlay members that accept them (a gateway).")
 @click.option("--accept-routes", is_flag=True, default=None,
               help="Route the prefixes other nodes advertise through tunneld0.")
+@click.option("--snat-routes/--no-snat-routes", default=None,
+              help="Masquerade overlay traffic into the advertised prefixes, so that answers come back "
+                   "through this node [on].")
 @click.option("--log-level", metavar="LEVEL", help="debug, info, warning or error [info].")
 def join(relay, token_, token_file, name, interface, state_dir, config, port, advertise_routes, accept_routes,
-         log_level):
+         snat_routes, log_level):
     """Join the overlay and keep the node on it, in the foreground (systemd runs it)."""
     s = merged(dict(relay=relay, token=token_, token_file=token_file, name=name, interface=interface,
                     state_dir=state_dir, port=port, log_level=log_level, accept_routes=accept_routes,
-                    advertise_routes=list(advertise_routes) or None), config,
+                    advertise_routes=list(advertise_routes) or None, snat_routes=snat_routes), config,
                {"relay": None, "token": None, "token_file": None, "name": None, "interface": DEFAULT_INTERFACE,
                 "state_dir": DEFAULT_STATE_DIR, "port": 0, "log_level": "info", "advertise_routes": [],
-                "accept_routes": False})
+                "accept_routes": False, "snat_routes": True})
     if not s["relay"]:
         raise ConfigError("join needs --relay HOST:PORT, the relay's public address")
     host, rport = parse_hostport(s["relay"], "--relay")
@@ -165,12 +168,16 @@ def join(relay, token_, token_file, name, interface, state_dir, config, port, ad
     lport = s["port"]
     if not isinstance(lport, int) or not 0 <= lport < 65536:
         raise ConfigError(f"--port {lport!r} must be 0-65535")
-    if not isinstance(s["accept_routes"], bool):
-        raise ConfigError("accept-routes takes true or false")
+    for flag in ("accept_routes", "snat_routes"):
+        if not isinstance(s[flag], bool):
+            raise ConfigError(f"{flag.replace('_', '-')} takes true or false")
+    routes = parse_routes(s["advertise_routes"])
+    if routes and s["snat_routes"]:
+        from .host.nat import check_available
+        check_available()
     settings = JoinSettings(host, resolve_ipv4(host, "--relay"), rport, text, node_name,
                             check_interface_name(s["interface"]), s["state_dir"], lport,
-                            check_log_level(s["log_level"]), parse_routes(s["advertise_routes"]),
-                            s["accept_routes"])
+                            check_log_level(s["log_level"]), routes, s["accept_routes"], s["snat_routes"])
     _logging(settings.log_level)
     from .net.base import run
     from .net.noded import NodeDaemon
@@ -190,6 +197,37 @@ def status(state_dir, as_json):
         click.echo(json.dumps(st, indent=1))
     else:
         click.echo(format_status(st))
+    return 0
+
+
+@cli.command("kube-env")
+@click.option("--state-dir", metavar="DIR", default=DEFAULT_STATE_DIR, show_default=True)
+def kube_env(state_dir):
+    """Print what kubelet and flannel need on this node (shell / EnvironmentFile syntax)."""
+    from .host.links import Links
+    from .kube import kube_env as render, node_ip_problem
+    from .net.ctlsock import request
+    from .state import load_node_cache
+    state_dir = os.path.abspath(state_dir)
+    path = os.path.join(state_dir, SOCKET_FILE)
+    if os.path.exists(path):
+        st = request(path, {"cmd": "status"})
+        name, address, interface, mtu = st.get("name"), st.get("address"), st.get("interface"), st.get("mtu")
+    else:  # the daemon is down: what it last configured is still on the interface
+        cache = load_node_cache(state_dir) or {}
+        name, address, mtu, interface = cache.get("name"), cache.get("address"), cache.get("mtu"), None
+    if not address:
+        raise TunneldError(f"this node has no overlay address yet (state dir {state_dir}); "
+                           "start 'tunneld join' and let it reach the relay")
+    with Links() as links:
+        if interface is None:
+            interface = next((i for i, addrs in links.all_addresses().items() if address in addrs), None)
+        local = [a for addrs in links.all_addresses().values() for a in addrs]
+    problem = node_ip_problem(address, local)
+    if problem or interface is None:
+        raise TunneldError(f"kubelet would refuse --node-ip={address}: {problem or 'it is on no interface'}; "
+                           "is 'tunneld join' running?")
+    click.echo(render(name, address, interface, mtu), nl=False)
     return 0
 
 

@@ -126,6 +126,7 @@ class JoinSettings:
     log_level: str
     advertise_routes: tuple[str, ...] = ()
     accept_routes: bool = False
+    snat_routes: bool = True
 
 
 def parse_routes(value) -> tuple[str, ...]:

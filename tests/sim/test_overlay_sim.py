@@ -233,3 +233,44 @@ def test_a_retryable_refusal_backs_off():
     charlie = net.nodes["charlie"]
     assert charlie.assignment is None and not net.ios["charlie"].refusals  # not fatal
     assert charlie.counts["relay_handshakes_sent"] <= 10  # backed off: not 4 a second
+
+
+def restart_node(net, name):
+    """A new process for the node: same key, no sessions (as after `systemctl restart`)."""
+    old = net.nodes[name]
+    del net.nodes[name]
+    endpoint = net.ios[name].endpoint
+    node = net.add_node(name, identity=old.identity)
+    net.by_endpoint[net.ios[name].endpoint] = name
+    net.by_endpoint.pop(endpoint, None)
+    return node
+
+
+def test_traffic_resumes_at_once_when_a_peer_restarts(net):
+    net.send_ip("alpha", "bravo", b"before")
+    net.advance(1)
+    restart_node(net, "bravo")
+    net.advance(2)  # bravo is back with the relay; alpha still holds the old session
+    packet = net.send_ip("alpha", "bravo", b"after the restart")
+    net.advance(2)
+    again = net.send_ip("alpha", "bravo", b"and again")
+    net.advance(1)
+    assert again in net.ios["bravo"].tun
+    assert net.nodes["bravo"].counts["peer_handshakes_sent"] >= 1  # bravo asked for new keys
+
+
+def test_a_peer_that_never_answers_is_handshaken_again():
+    net = SimNet()
+    for name in ("alpha", "bravo"):
+        net.add_node(name)
+    net.advance(2)
+    net.send_ip("alpha", "bravo")
+    net.advance(1)
+    alpha, bravo = net.nodes["alpha"], net.nodes["bravo"]
+    sent = alpha.counts["peer_handshakes_sent"]
+    bravo_ep = net.ios["bravo"].endpoint
+    net.tap = lambda dst, data, src: None if src == bravo_ep else data  # nothing from bravo gets out
+    for _ in range(40):  # 20 s of traffic from alpha
+        alpha.from_tun(ipv4_packet(alpha.assignment.address, bravo.assignment.address, b"x"), net.now)
+        net.advance(0.5)
+    assert alpha.counts["peer_handshakes_sent"] > sent

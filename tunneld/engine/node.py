@@ -61,6 +61,8 @@ HANDSHAKE_RETRY = 1.0  # peer handshake retransmission
 HANDSHAKE_ATTEMPTS = 15  # then drop the queued packets; the next packet starts again
 PENDING_TIMEOUT = 10.0
 KEEPALIVE = 10.0  # answer received traffic with an empty packet if we sent nothing
+UNANSWERED = 15.0  # sending for this long and hearing nothing: the peer lost its keys, handshake
+REHANDSHAKE_INTERVAL = 1.0  # at most this often per peer for traffic we cannot read
 PROBE_INTERVAL = 5.0
 QUEUE_LIMIT = 128  # packets held per peer while its handshake runs
 HINT_INTERVAL = 1.0
@@ -97,7 +99,7 @@ class Peer:
     __slots__ = ("name", "addr", "address", "key", "online", "endpoint", "tx", "previous", "pending",
                  "initiation", "hs_attempts", "hs_next", "last_ts", "queue", "tx_bytes", "rx_bytes",
                  "last_rx", "last_tx", "rtt", "probe_seq", "probe_at", "probe_sent", "prefix",
-                 "underlay_mtu", "routes", "path_mtu", "mss", "vxlan_mss", "sources")
+                 "underlay_mtu", "routes", "path_mtu", "mss", "vxlan_mss", "sources", "unreadable_at")
 
     def __init__(self, entry: Entry):
         self.name = entry.name
@@ -129,6 +131,7 @@ class Peer:
         self.mss = 0xFFFF  # clamp limits for SYNs towards it, direct and inside flannel's VXLAN
         self.vxlan_mss = 0xFFFF
         self.sources: tuple = ()  # (network, mask) pairs it may send from besides its address
+        self.unreadable_at = -REHANDSHAKE_INTERVAL  # when we last handshook over data we could not open
 
     def update(self, entry: Entry) -> None:
         self.name, self.online, self.endpoint = entry.name, entry.online, entry.endpoint
@@ -259,6 +262,8 @@ class Node:
         if t == wire.DATA:
             s, plaintext = self._open(msg, peer)
             if plaintext is None:
+                if s is None:
+                    self._unreadable(peer, now)
                 return
             peer.last_rx = now
             if not s.confirmed:
@@ -286,6 +291,14 @@ class Node:
             self._peer_resp(peer, msg, now)
         else:
             self.drops["bad_type"] += 1
+
+    def _unreadable(self, peer: Peer, now: float) -> None:
+        """Data from a peer for a session we do not have: we restarted, or it holds keys we
+        dropped. Rather than let it send into the void until its session expires, offer new
+        keys (an authenticated handshake; at most once a second per peer)."""
+        if peer.initiation is None and now - peer.unreadable_at >= REHANDSHAKE_INTERVAL:
+            peer.unreadable_at = now
+            self._initiate(peer, now)
 
     def _route(self, dst: bytes) -> Peer | None:
         """Longest-prefix match over the routes we accepted from peers."""
@@ -376,7 +389,7 @@ class Node:
         peer.hs_attempts = 0
         s.owner = peer
         self.sessions[s.local_index] = s
-        self._install(peer, s)
+        self._install(peer, s, now)
         if not self._flush(peer, now):
             self._send_peer(peer, b"", now)  # confirms the session to the responder
 
@@ -384,13 +397,14 @@ class Node:
         s.confirmed = True
         if peer.pending is s:
             peer.pending = None
-        self._install(peer, s)
+        self._install(peer, s, now)
         self._flush(peer, now)
 
-    def _install(self, peer: Peer, s: Session) -> None:
+    def _install(self, peer: Peer, s: Session, now: float) -> None:
         if peer.previous is not None:
             self.sessions.pop(peer.previous.local_index, None)
         peer.previous, peer.tx = peer.tx, s
+        peer.last_rx = now  # the handshake itself was word from the peer
 
     def _flush(self, peer: Peer, now: float) -> bool:
         sent = bool(peer.queue)
@@ -661,7 +675,8 @@ class Node:
             if s.expired(now):
                 self.sessions.pop(s.local_index, None)
                 peer.tx = None
-            elif peer.initiation is None and s.wants_rekey(now) and now - peer.last_tx < KEEPALIVE:
+            elif peer.initiation is None and now - peer.last_tx < KEEPALIVE and (
+                    s.wants_rekey(now) or now - peer.last_rx >= UNANSWERED):
                 self._initiate(peer, now)
         if peer.previous is not None and peer.previous.expired(now):
             self.sessions.pop(peer.previous.local_index, None)

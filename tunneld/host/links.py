@@ -89,6 +89,10 @@ class Links:
     def local_mtu(self, address: str) -> int | None:
         return self._call(self._local_mtu, address)
 
+    def all_addresses(self) -> dict[str, list[str]]:
+        """Every interface's addresses (IPv4 and IPv6), by interface name."""
+        return self._call(self._all_addresses)
+
     def delete(self, ifname: str) -> None:
         self._call(self._delete, ifname)
 
@@ -174,6 +178,13 @@ class Links:
             oifs = [m["index"] for m in self._ipr.get_addr(family=socket.AF_INET, address=address)]
         mtus = [int(_attr(self._ipr.get_links(i)[0], "IFLA_MTU")) for i in oifs]
         return min(mtus) if mtus else None
+
+    def _all_addresses(self) -> dict[str, list[str]]:
+        names = {link["index"]: _attr(link, "IFLA_IFNAME") for link in self._ipr.get_links()}
+        out: dict[str, list[str]] = {}
+        for msg in self._ipr.get_addr():
+            out.setdefault(names.get(msg["index"], "?"), []).append(_attr(msg, "IFA_ADDRESS"))
+        return out
 
     def _delete(self, ifname: str) -> None:
         try:

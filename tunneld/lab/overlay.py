@@ -149,16 +149,21 @@ print(sent, h.hexdigest(), flush=True)
 
 
 def transfer(ov: Overlay, src: str, dst: str, port: int, nbytes: int, timeout: float = 120) -> tuple[str, str]:
-    """Send nbytes from src to dst's overlay address:port over TCP; return (sent, received) summaries."""
-    lab = ov.lab
-    dst_addr = ov.address(dst)
-    sink = subprocess.Popen(["ip", "netns", "exec", ov.nodes[dst].ns, sys.executable, "-c", SINK, dst_addr,
+    """Send nbytes from node src to node dst's overlay address:port over TCP."""
+    return transfer_between(ov.lab, ov.nodes[src].ns, ov.nodes[dst].ns, ov.address(dst), port, nbytes, timeout)
+
+
+def transfer_between(lab: Lab, src_ns: str, dst_ns: str, dst_addr: str, port: int, nbytes: int,
+                     timeout: float = 120) -> tuple[str, str]:
+    """Send nbytes from namespace src_ns to dst_addr:port, served in dst_ns, over TCP.
+    Returns (sent, received) as "length sha256" each: equal when the stream arrived byte-exact."""
+    sink = subprocess.Popen(["ip", "netns", "exec", dst_ns, sys.executable, "-c", SINK, dst_addr,
                              str(port), str(timeout)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     lab.processes.append(sink)
     try:
         if sink.stdout.readline().strip() != b"listening":
             raise LabError(f"sink did not start: {sink.stderr.read().decode()}")
-        sent = lab.nsexec(ov.nodes[src].ns, sys.executable, "-c", SOURCE, dst_addr, str(port), str(nbytes),
+        sent = lab.nsexec(src_ns, sys.executable, "-c", SOURCE, dst_addr, str(port), str(nbytes),
                           hashlib.sha256(os.urandom(8)).hexdigest(), str(timeout), timeout=timeout + 10)
         out, err = sink.communicate(timeout=timeout)
         if sink.returncode != 0:

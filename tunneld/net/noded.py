@@ -15,6 +15,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import shutil
 import socket
 from time import monotonic
 
@@ -22,6 +23,7 @@ from ..config import JoinSettings
 from ..engine.node import OVERHEAD, RELAY, Assignment, Node
 from ..errors import ConfigError, HostError
 from ..host.cpu import has_aes
+from ..host import nat
 from ..host.links import Links
 from ..host.notify import notify
 from ..host.tun import Tun
@@ -220,13 +222,27 @@ class NodeDaemon(Daemon):
 
     def _configure(self, assignment: Assignment) -> None:
         mtu = self.engine.mtu
-        self.links.configure(self.settings.interface, assignment.interface_address, mtu)
-        if self.settings.accept_routes:
+        s = self.settings
+        self.links.configure(s.interface, assignment.interface_address, mtu)
+        if s.accept_routes:
             self._install_routes()
+        self._gateway(assignment)
         if not self.ready:
             self.ready = True
             log.info("%s is up with %s, MTU %d", self.settings.interface, assignment.interface_address, mtu)
             notify(f"READY=1\nSTATUS={self.settings.interface} {assignment.address}")
+
+    def _gateway(self, assignment: Assignment) -> None:
+        """As a gateway into the advertised prefixes: forwarding on, overlay traffic masqueraded."""
+        s = self.settings
+        if s.advertise_routes:
+            if nat.enable_forwarding():
+                log.info("turned on IPv4 forwarding for the advertised routes")
+            if s.snat_routes:
+                nat.masquerade(assignment.network, list(s.advertise_routes), s.interface)
+                log.info("masquerading overlay traffic into %s", ", ".join(s.advertise_routes))
+        elif shutil.which("nft"):
+            nat.remove()  # a rule left from a run that advertised routes
 
     def _install_routes(self) -> None:
         try:

@@ -1,0 +1,148 @@
+"""A cluster's data plane over tunneld, with the kernel's own objects: flannel's VXLAN over
+tunneld0, pods behind cni0, one node on a 1450-byte LAN (the seeds' MTU trap), kubelet's
+node-ip check, the apiserver's calls to kubelet, restarts, and a gateway into the pod network."""
+
+import json
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tunneld.kube import node_ip_problem
+from tunneld.lab import Lab, wait_for
+from tunneld.lab import flannel
+from tunneld.lab.overlay import Overlay, transfer_between
+
+NODES = ("control-plane", "worker", "edge")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    lab = Lab()
+    try:
+        ov = Overlay(lab)
+        ov.start_relay()
+        hosts = {"control-plane": lab.public_host("control-plane"), "worker": lab.nat_host("worker", "cone"),
+                 "edge": lab.nat_host("edge", "no-inbound", lan_mtu=1450)}
+        token = ov.token()
+        for name, host in hosts.items():
+            ov.join(host, name, token)
+        ov.wait_connected()
+        wait_for(lambda: all(ov.node_status(n)["mtu"] == 1382 for n in NODES), 20,
+                 what="every node to take the overlay MTU")
+        ov.pods = flannel.setup(lab, ov, list(NODES))
+        yield ov
+    finally:
+        lab.close()
+
+
+@pytest.fixture(autouse=True)
+def _logs(request):
+    yield
+    if "cluster" in request.fixturenames:
+        from tests.integration.conftest import _dump_logs
+        _dump_logs(request.getfixturevalue("cluster").lab, request)
+
+
+def pod_ping(ov, src, dst, size=None, count=2):
+    cmd = ["ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", "2"]
+    if size is not None:
+        cmd += ["-M", "do", "-s", str(size)]
+    return ov.lab.nsexec(ov.pods[src].ns, *cmd, ov.pods[dst].ip, check=False, timeout=30)
+
+
+def ip_json(ov, ns, *args):
+    return json.loads(ov.lab.nsexec(ns, "ip", "-j", *args).stdout or "[]")
+
+
+def test_every_node_takes_the_smallest_path_as_its_mtu(cluster):
+    for name in NODES:
+        st = cluster.node_status(name)
+        assert st["mtu"] == st["network_mtu"] == 1450 - 68
+        (link,) = ip_json(cluster, cluster.nodes[name].ns, "link", "show", "tunneld0")
+        assert link["mtu"] == 1382
+        paths = {p["name"]: p["mtu"] for p in st["peers"]}
+        if name != "edge":
+            assert paths["edge"] == 1382
+    relay = cluster.status(cluster.relay)
+    assert relay["mtu"] == 1382 and {n["name"]: n["mtu"] for n in relay["nodes"]}["edge"] == 1450
+
+
+def test_flannel_vxlan_device_is_what_flannel_builds(cluster):
+    for name in NODES:
+        (dev,) = ip_json(cluster, cluster.nodes[name].ns, "-d", "link", "show", "flannel.1")
+        info = dev["linkinfo"]["info_data"]
+        assert (info["id"], info["port"], info["learning"]) == (1, 8472, False)
+        assert info["local"] == cluster.node_status(name)["address"] and info["link"] == "tunneld0"
+        assert dev["mtu"] == 1382 - 50
+
+
+def test_every_pod_reaches_every_pod(cluster):
+    for src in NODES:
+        for dst in NODES:
+            if src != dst:
+                r = pod_ping(cluster, src, dst)
+                assert r.returncode == 0, f"pod on {src} -> pod on {dst}: {r.stdout.decode()}"
+
+
+def test_full_size_dont_fragment_pod_pings_cross_the_1450_link_both_ways(cluster):
+    size = cluster.pods["edge"].mtu - 28
+    assert all(p.mtu == 1332 for p in cluster.pods.values())  # one MTU for every pod
+    for other in ("control-plane", "worker"):
+        for src, dst in ((other, "edge"), ("edge", other)):
+            r = pod_ping(cluster, src, dst, size=size)
+            assert r.returncode == 0, f"{src} -> {dst} at {size}: {r.stdout.decode()}{r.stderr.decode()}"
+            assert pod_ping(cluster, src, dst, size=size + 1, count=1).returncode != 0
+
+
+def test_30_megabytes_pod_to_pod_both_ways_across_the_1450_link(cluster):
+    edge, cp = cluster.pods["edge"], cluster.pods["control-plane"]
+    for src, dst, port in ((cp, edge, 8080), (edge, cp, 8081)):
+        sent, received = transfer_between(cluster.lab, src.ns, dst.ns, dst.ip, port, 30_000_000, timeout=180)
+        assert sent == received and sent.startswith("30000000 "), (src.node, dst.node)
+
+
+def test_kubelet_accepts_the_overlay_address_and_the_apiserver_reaches_it(cluster):
+    lab = cluster.lab
+    edge = cluster.nodes["edge"]
+    out = lab.nsexec(edge.ns, sys.executable, "-m", "tunneld", "kube-env", "--state-dir", edge.state_dir)
+    env = dict(line.split("=", 1) for line in out.stdout.decode().splitlines() if line and not line.startswith("#"))
+    address = cluster.node_status("edge")["address"]
+    assert shlex.split(env["KUBELET_EXTRA_ARGS"]) == [f"--node-ip={address}"]
+    local = [a["local"] for link in ip_json(cluster, edge.ns, "addr") for a in link["addr_info"]]
+    assert node_ip_problem(address, local) is None
+    assert node_ip_problem(cluster.relay.address, local) is not None  # the check does refuse
+    # The apiserver on the control-plane node calls kubelet on edge, which accepts no inbound.
+    sent, received = transfer_between(lab, cluster.nodes["control-plane"].ns, edge.ns, address, 10250, 2_000_000)
+    assert sent == received
+    (route,) = ip_json(cluster, edge.ns, "route", "get", cluster.relay.address)
+    assert route["dev"] == "eth0"
+
+
+def test_kube_env_reads_in_a_shell(cluster):
+    node = cluster.nodes["worker"]
+    script = (f"set -e; eval \"$({sys.executable} -m tunneld kube-env --state-dir {node.state_dir})\"; "
+              'echo "$KUBELET_EXTRA_ARGS|$FLANNELD_ARGS|$FLANNEL_MTU|$FLANNEL_ANNOTATE_COMMAND"')
+    out = cluster.lab.nsexec(node.ns, "bash", "-c", script).stdout.decode().strip()
+    address = cluster.node_status("worker")["address"]
+    assert out == (f"--node-ip={address}|--iface=tunneld0|1332|kubectl annotate node worker "
+                   f"flannel.alpha.coreos.com/public-ip-overwrite={address} --overwrite")
+
+
+def test_restarting_tunneld_keeps_flannel_and_pod_traffic_resumes(cluster):
+    lab = cluster.lab
+    ns = cluster.nodes["edge"].ns
+    (before,) = ip_json(cluster, ns, "-d", "link", "show", "flannel.1")
+    assert cluster.stop_node("edge") == 0
+    time.sleep(1)
+    cluster.join(cluster.nodes["edge"], "edge")
+    cluster.wait_connected()
+    (after,) = ip_json(cluster, ns, "-d", "link", "show", "flannel.1")
+    assert after["ifindex"] == before["ifindex"] and after["linkinfo"]["info_data"]["link"] == "tunneld0"
+    wait_for(lambda: pod_ping(cluster, "control-plane", "edge", count=1).returncode == 0, 20,
+             what="pod traffic to resume")
+    assert pod_ping(cluster, "edge", "worker").returncode == 0
+    del lab
