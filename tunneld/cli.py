@@ -269,21 +269,26 @@ def _ms(v) -> str:
 def format_status(st: dict) -> str:
     lines = []
     if st.get("role") == "relay":
-        lines.append(f"relay on {st['listen']}, network {st['network']}")
-        lines.append(f"{'NODE':<20} {'ADDRESS':<15} {'CONNECTED':<9}  ENDPOINT")
+        lines.append(f"relay on {st['listen']}, network {st['network']}, overlay MTU {st['mtu']}")
+        lines.append(f"{'NODE':<20} {'ADDRESS':<15} {'CONNECTED':<9}  {'ENDPOINT':<21} ROUTES")
         for n in st["nodes"]:
             lines.append(f"{n['name']:<20} {n['address']:<15} {'yes' if n['connected'] else 'no':<9}  "
-                         f"{n['endpoint'] or '-'}")
+                         f"{n['endpoint'] or '-':<21} {', '.join(n['routes']) or '-'}")
     else:
         r = st["relay"]
         lines.append(f"node {st['name']} {st['address'] or '(no address yet)'} on {st['interface']}, "
                      f"MTU {st['mtu']}")
         lines.append(f"relay {r['endpoint']} {'connected' if r['connected'] else 'NOT connected'} "
                      f"over {r['transport'].upper()}, rtt {_ms(r['rtt_ms'])}")
-        lines.append(f"{'PEER':<20} {'ADDRESS':<15} {'PATH':<6} {'ENDPOINT':<21} {'RTT':>9} {'RX':>9} {'TX':>9}")
+        lines.append(f"{'PEER':<20} {'ADDRESS':<15} {'PATH':<6} {'ENDPOINT':<21} {'MTU':>5} {'RTT':>9} "
+                     f"{'RX':>9} {'TX':>9}")
         for p in st["peers"]:
             lines.append(f"{p['name']:<20} {p['address']:<15} {p['path']:<6} {p['endpoint']:<21} "
-                         f"{_ms(p['rtt_ms']):>9} {_size(p['rx_bytes']):>9} {_size(p['tx_bytes']):>9}")
+                         f"{p['mtu'] or '-':>5} {_ms(p['rtt_ms']):>9} {_size(p['rx_bytes']):>9} "
+                         f"{_size(p['tx_bytes']):>9}")
+        if st.get("accepted_routes") or st.get("advertised_routes"):
+            lines.append(f"routes: advertised {', '.join(st['advertised_routes']) or 'none'}; "
+                         f"accepted {', '.join(st['accepted_routes']) or 'none'}")
     drops = st.get("drops") or {}
     if drops:
         lines.append("dropped: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))

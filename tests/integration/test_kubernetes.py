@@ -4,8 +4,6 @@ node-ip check, the apiserver's calls to kubelet, restarts, and a gateway into th
 
 import json
 import shlex
-import signal
-import subprocess
 import sys
 import time
 
@@ -29,9 +27,13 @@ def cluster():
                  "edge": lab.nat_host("edge", "no-inbound", lan_mtu=1450)}
         token = ov.token()
         for name, host in hosts.items():
-            ov.join(host, name, token)
+            # The control plane is also the gateway into the pod network for machines outside it.
+            extra = ("--advertise-routes", "198.18.0.0/16") if name == "control-plane" else ()
+            ov.join(host, name, token, *extra)
+        # A machine outside the cluster (seed 002's physical servers) that takes the gateway's routes.
+        ov.join(lab.public_host("outside"), "outside", token, "--accept-routes")
         ov.wait_connected()
-        wait_for(lambda: all(ov.node_status(n)["mtu"] == 1382 for n in NODES), 20,
+        wait_for(lambda: all(ov.node_status(n)["mtu"] == 1382 for n in ov.nodes), 20,
                  what="every node to take the overlay MTU")
         ov.pods = flannel.setup(lab, ov, list(NODES))
         yield ov
@@ -132,8 +134,26 @@ def test_kube_env_reads_in_a_shell(cluster):
                    f"flannel.alpha.coreos.com/public-ip-overwrite={address} --overwrite")
 
 
-def test_restarting_tunneld_keeps_flannel_and_pod_traffic_resumes(cluster):
+def test_an_outside_machine_reaches_every_pod_through_the_gateway(cluster):
     lab = cluster.lab
+    outside = cluster.nodes["outside"]
+    routes = ip_json(cluster, outside.ns, "route", "show", "dev", "tunneld0")
+    assert any(r["dst"] == "198.18.0.0/16" and r.get("protocol") == "199" for r in routes), routes
+    assert cluster.node_status("outside")["accepted_routes"] == ["198.18.0.0/16"]
+    (to_relay,) = ip_json(cluster, outside.ns, "route", "get", cluster.relay.address)
+    assert to_relay["dev"] == "eth0"
+    for name, pod in cluster.pods.items():
+        r = lab.nsexec(outside.ns, "ping", "-n", "-q", "-c", "2", "-W", "2", pod.ip, check=False, timeout=20)
+        assert r.returncode == 0, f"outside -> pod on {name}: {r.stdout.decode()}"
+    edge_pod = cluster.pods["edge"]
+    sent, received = transfer_between(lab, outside.ns, edge_pod.ns, edge_pod.ip, 8082, 4_000_000)
+    assert sent == received
+    # Nodes that do not accept routes are untouched by them.
+    assert not [r for r in ip_json(cluster, cluster.nodes["worker"].ns, "route", "show", "dev", "tunneld0")
+                if r.get("protocol") == "199"]
+
+
+def test_restarting_tunneld_keeps_flannel_and_pod_traffic_resumes(cluster):
     ns = cluster.nodes["edge"].ns
     (before,) = ip_json(cluster, ns, "-d", "link", "show", "flannel.1")
     assert cluster.stop_node("edge") == 0
@@ -145,4 +165,34 @@ def test_restarting_tunneld_keeps_flannel_and_pod_traffic_resumes(cluster):
     wait_for(lambda: pod_ping(cluster, "control-plane", "edge", count=1).returncode == 0, 20,
              what="pod traffic to resume")
     assert pod_ping(cluster, "edge", "worker").returncode == 0
-    del lab
+
+
+def test_tcp_through_a_pmtu_blackhole_is_saved_by_mss_clamping(lab):
+    """Hosts on 1500-byte LANs behind two gateways talk through the overlay (MTU 1432), and the
+    gateways drop ICMP 'fragmentation needed' (as many firewalls do). Full-size packets vanish;
+    TCP still completes both ways because tunneld clamps the MSS of the SYNs it carries."""
+    ov = Overlay(lab)
+    ov.start_relay()
+    token = ov.token()
+    sides = {}
+    for n, name in ((50, "site-a"), (60, "site-b")):
+        gw = lab.public_host(name)
+        host = lab.add_namespace(f"{name}-host")
+        lab.veth(gw.ns, "lan", host, "eth0")
+        lab.addr(gw.ns, "lan", f"198.19.{n}.1/24")
+        lab.addr(host, "eth0", f"198.19.{n}.2/24")
+        lab.run("ip", "-n", host, "route", "add", "default", "via", f"198.19.{n}.1")
+        for chain in ("OUTPUT", "FORWARD"):
+            lab.nsexec(gw.ns, "iptables", "-w", "5", "-A", chain, "-p", "icmp", "--icmp-type",
+                       "fragmentation-needed", "-j", "DROP")
+        ov.join(gw, name, token, "--advertise-routes", f"198.19.{n}.0/24", "--accept-routes", "--no-snat-routes")
+        sides[name] = (host, f"198.19.{n}.2")
+    ov.wait_connected()
+    wait_for(lambda: all(ov.node_status(n)["accepted_routes"] for n in sides), 15, what="routes to be accepted")
+    (a_host, a_ip), (b_host, b_ip) = sides["site-a"], sides["site-b"]
+    assert lab.nsexec(a_host, "ping", "-c", "2", "-W", "2", b_ip, check=False).returncode == 0
+    blackhole = lab.nsexec(a_host, "ping", "-c", "2", "-W", "2", "-M", "do", "-s", "1472", b_ip, check=False)
+    assert blackhole.returncode != 0  # the path really swallows full-size packets
+    for src, dst, ip, port in ((a_host, b_host, b_ip, 9001), (b_host, a_host, a_ip, 9002)):
+        sent, received = transfer_between(lab, src, dst, ip, port, 4_000_000, timeout=60)
+        assert sent == received

@@ -251,7 +251,7 @@ def test_traffic_resumes_at_once_when_a_peer_restarts(net):
     net.advance(1)
     restart_node(net, "bravo")
     net.advance(2)  # bravo is back with the relay; alpha still holds the old session
-    packet = net.send_ip("alpha", "bravo", b"after the restart")
+    net.send_ip("alpha", "bravo", b"after the restart")  # unreadable to bravo: it offers new keys
     net.advance(2)
     again = net.send_ip("alpha", "bravo", b"and again")
     net.advance(1)

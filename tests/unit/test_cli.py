@@ -54,6 +54,10 @@ def test_token_with_a_bad_ttl_changes_nothing(tmp_path):
     (["join", "--relay", "192.0.2.1:7000", "--token", "x", "--name", "Bad Name!"], ["--name"]),
     (["join", "--relay", "192.0.2.1:7000", "--token", "x", "--name", "n", "--interface", "much-too-long-name0"],
      ["--interface"]),
+    (["join", "--relay", "192.0.2.1:7000", "--token", "x", "--name", "n", "--advertise-routes", "198.18.0.1/16"],
+     ["--advertise-routes"]),
+    (["join", "--relay", "192.0.2.1:7000", "--token", "x", "--name", "n", "--advertise-routes", "0.0.0.0/0"],
+     ["default route"]),
     (["serve"], ["--listen"]),
     (["serve", "--listen", "0.0.0.0:7000", "--network", "100.64.0.1/10"], ["--network"]),
     (["serve", "--listen", "0.0.0.0:7000", "--log-level", "loud"], ["--log-level"]),
@@ -89,3 +93,14 @@ def test_help_and_version():
     assert "tunneld" in tunneld("--version").stdout
     for cmd in ("serve", "token", "join", "status", "revoke"):
         assert tunneld(cmd, "--help").returncode == 0
+
+
+def test_kube_env_without_an_address(tmp_path):
+    one_line_error(tunneld("kube-env", "--state-dir", str(tmp_path)), 1, "no overlay address yet")
+
+
+def test_config_file_takes_route_settings(tmp_path):
+    cfg = tmp_path / "join.toml"
+    cfg.write_text('relay = "192.0.2.1:7000"\ntoken = "x"\nname = "n"\naccept-routes = "yes"\n')
+    one_line_error(tunneld("join", "--config", str(cfg), "--state-dir", str(tmp_path / "s")), 2,
+                   "accept-routes takes true or false")

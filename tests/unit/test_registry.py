@@ -135,3 +135,24 @@ def test_last_seen_is_written_in_one_batch(store):
     store.touch({"alpha": NOW + 5, "bravo": NOW + 6, "ghost": NOW})
     assert store.node_by_name("alpha").last_seen == NOW + 5
     assert store.node_by_name("bravo").last_seen == NOW + 6
+
+
+def test_a_version_1_database_is_migrated_in_place(tmp_path):
+    path = tmp_path / "relay.db"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE nodes (name TEXT PRIMARY KEY, address TEXT NOT NULL UNIQUE, public_key BLOB UNIQUE,
+                            created REAL NOT NULL, last_seen REAL);
+        INSERT INTO nodes VALUES ('alpha', '100.64.0.1', x'0101010101010101010101010101010101010101010101010101010101010101', 1, NULL);
+        PRAGMA user_version = 1;
+    """)
+    db.close()
+    s = SqliteStore(str(path))
+    rec = s.node_by_name("alpha")
+    assert rec.address == "100.64.0.1" and rec.mtu is None
+    s.set_mtu("alpha", 1450)
+    s.close()
+    s = SqliteStore(str(path))
+    assert s.node_by_key(key(1)).mtu == 1450
+    s.close()

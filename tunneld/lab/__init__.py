@@ -177,10 +177,12 @@ class Lab:
         self.processes.append(proc)
         return proc
 
-    def tunneld(self, host: Host, *args: str, log_name: str | None = None, env: dict | None = None):
-        """Start `tunneld ARGS` in host's namespace (ip netns exec execs it: proc.pid is tunneld)."""
+    def tunneld(self, host: Host, *args: str, log_name: str | None = None, env: dict | None = None,
+                wrap: tuple[str, ...] = ()):
+        """Start `tunneld ARGS` in host's namespace (ip netns exec execs it: proc.pid is tunneld),
+        optionally under a wrapper that execs too (e.g. setpriv, to drop capabilities)."""
         log = os.path.join(self.tmp, f"{log_name or os.path.basename(host.state_dir)}.log")
-        proc = self.spawn(host.ns, sys.executable, "-m", "tunneld", *args, log=log,
+        proc = self.spawn(host.ns, *wrap, sys.executable, "-m", "tunneld", *args, log=log,
                           env={"PYTHONUNBUFFERED": "1", **(env or {})})
         host.procs.append(proc)
         return proc

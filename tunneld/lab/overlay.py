@@ -27,9 +27,10 @@ class Overlay:
     def relay_endpoint(self) -> str:
         return f"{self.relay.address}:{self.port}"
 
-    def start_relay(self, *extra: str, timeout: float = 20) -> subprocess.Popen:
+    def start_relay(self, *extra: str, timeout: float = 20, wrap: tuple[str, ...] = ()) -> subprocess.Popen:
         self.relay_proc = self.lab.tunneld(self.relay, "serve", "--listen", self.relay_endpoint,
-                                           "--state-dir", self.relay.state_dir, *extra, log_name="relay")
+                                           "--state-dir", self.relay.state_dir, *extra, log_name="relay",
+                                           wrap=wrap)
         proc = self.relay_proc
 
         def started():
@@ -53,9 +54,10 @@ class Overlay:
                                "--state-dir", self.relay.state_dir, *extra)
         return proc.stdout.decode().strip()
 
-    def join(self, host: Host, name: str, token: str | None = None, *extra: str) -> subprocess.Popen:
+    def join(self, host: Host, name: str, token: str | None = None, *extra: str,
+             wrap: tuple[str, ...] = ()) -> subprocess.Popen:
         proc = self.lab.tunneld(host, "join", "--relay", self.relay_endpoint, "--token", token or self.token(),
-                                "--name", name, "--state-dir", host.state_dir, *extra, log_name=name)
+                                "--name", name, "--state-dir", host.state_dir, *extra, log_name=name, wrap=wrap)
         self.nodes[name] = host
         self.node_procs[name] = proc
         return proc
