@@ -56,8 +56,12 @@ def overlay():
         lab.close()
 
 
+SHARED_TOPOLOGIES = ("overlay", "cluster")  # module-scoped fixtures whose logs a failing test shows
+
+
 @pytest.fixture(autouse=True)
-def _overlay_logs_on_failure(request):
+def _shared_logs_on_failure(request):
     yield
-    if "overlay" in request.fixturenames:
-        _dump_logs(request.getfixturevalue("overlay").lab, request)
+    for name in SHARED_TOPOLOGIES:
+        if name in request.fixturenames:
+            _dump_logs(request.getfixturevalue(name).lab, request)

@@ -41,14 +41,6 @@ def cluster():
         lab.close()
 
 
-@pytest.fixture(autouse=True)
-def _logs(request):
-    yield
-    if "cluster" in request.fixturenames:
-        from tests.integration.conftest import _dump_logs
-        _dump_logs(request.getfixturevalue("cluster").lab, request)
-
-
 def pod_ping(ov, src, dst, size=None, count=2):
     cmd = ["ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", "2"]
     if size is not None:
