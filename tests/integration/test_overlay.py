@@ -82,7 +82,11 @@ def test_status_json_has_the_documented_shape(overlay):
     assert sorted(p["name"] for p in st["peers"]) == ["natted", "public"]
     for p in st["peers"]:
         assert set(p) >= {"name", "address", "path", "endpoint", "rtt_ms", "rx_bytes", "tx_bytes"}
-        assert p["path"] == "relay" and p["endpoint"] == overlay.relay_endpoint
+        assert p["path"] in ("relay", "direct")
+        if p["path"] == "relay":
+            assert p["endpoint"] == overlay.relay_endpoint
+        else:  # hidden's NAT lets nothing in, but what it sends out opens a way back
+            assert p["endpoint"].split(":")[0] in ("198.51.100.11", "203.0.113.11")
     out = overlay.lab.nsexec(overlay.relay.ns, sys.executable, "-m", "tunneld", "status", "--json",
                              "--state-dir", overlay.relay.state_dir)
     rst = json.loads(out.stdout)
@@ -105,6 +109,10 @@ def test_status_table_is_readable(overlay):
 def test_the_relay_forwards_only_ciphertext(overlay):
     """tcpdump on the relay's link while a marker crosses it: the marker never shows in clear."""
     lab = overlay.lab
+    # natted (port-restricted cone) and hidden (random ports, no inbound) can never go direct:
+    # their traffic must cross the relay.
+    assert overlay.ping("natted", overlay.address("hidden")).returncode == 0
+    assert next(p for p in overlay.node_status("natted")["peers"] if p["name"] == "hidden")["path"] == "relay"
     pcap = os.path.join(lab.tmp, "relay.pcap")
     dump = lab.spawn(overlay.relay.ns, "tcpdump", "-i", "eth0", "-U", "-w", pcap, "udp", "port", "7000")
     try:
@@ -119,7 +127,7 @@ def test_the_relay_forwards_only_ciphertext(overlay):
         lab.processes.append(listener)
         time.sleep(0.5)
         for _ in range(3):
-            lab.nsexec(overlay.nodes["public"].ns, sys.executable, "-c",
+            lab.nsexec(overlay.nodes["natted"].ns, sys.executable, "-c",
                        f"import socket;socket.socket(socket.AF_INET,socket.SOCK_DGRAM).sendto({marker!r},('{dst}',8472))")
             time.sleep(0.2)
         got = listener.communicate(timeout=15)[0].strip()

@@ -2,6 +2,11 @@
 
 Messages are delivered in order through one queue; tests can drop, capture or
 tamper with them through `tap`. Time only moves when the test calls advance().
+
+Direct node-to-node datagrams pass a small NAT model at the receiver:
+  "blocked"  nothing direct gets in (the default: traffic stays on the relay)
+  "public"   everything gets in
+  "cone"     only from endpoints this node has sent to (address and port restricted)
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ NETWORK = ipaddress.IPv4Network("100.64.0.0/10")
 
 
 class SimNodeIO:
-    def __init__(self, net: "SimNet", name: str, endpoint):
+    def __init__(self, net: "SimNet", name: str, endpoint, nat: str = "blocked"):
         self.net = net
         self.name = name
         self.endpoint = endpoint
+        self.nat = nat
+        self.contacted: set = set()
         self.tun: list[bytes] = []
         self.assignments = []
         self.refusals = []
@@ -34,7 +41,10 @@ class SimNodeIO:
         self.routes: list[str] = []  # the accepted routes, as last installed
 
     def send(self, ep, data):
-        assert ep is RELAY
+        if ep is not RELAY:
+            self.contacted.add(ep)
+            self.net.queue.append((("direct", ep), data, self.endpoint))
+            return
         transport = "tcp" if self.tcp else "udp"
         self.sent_over[transport] += 1
         if self.udp_blocked and transport == "udp":
@@ -87,10 +97,10 @@ class SimNet:
     def token(self, ttl=None):
         return self.registry.issue_token(self.relay_identity.public, ttl, self.wall)
 
-    def add_node(self, name, token=None, identity=None, **kw):
+    def add_node(self, name, token=None, identity=None, nat="blocked", **kw):
         self._port += 1
         endpoint = ("203.0.113.9", self._port)
-        io = SimNodeIO(self, name, endpoint)
+        io = SimNodeIO(self, name, endpoint, nat)
         token = token or self.token()
         node = Node(identity or Identity.generate(), token.relay_public, name, token.credential, io,
                     self.now, wall_ns=lambda: int(self.wall * 1e9), backoff=Backoff(rng=lambda: 1.0),
@@ -116,6 +126,12 @@ class SimNet:
                 if self.relay_up:
                     self.delivered_to_relay.append(data)
                     self.relay.receive(data, src, self.now)
+            elif isinstance(dst, tuple) and dst[0] == "direct":
+                name = self.by_endpoint.get(dst[1])
+                if name is not None:
+                    io = self.ios[name]
+                    if io.nat == "public" or (io.nat == "cone" and src in io.contacted):
+                        self.nodes[name].receive(data, src, self.now)
             else:
                 name = self.by_endpoint.get(dst)
                 if name is not None:

@@ -7,7 +7,8 @@ from hypothesis import given, strategies as st
 from tunneld.proto import messages
 from tunneld.proto.errors import ProtocolError
 
-NODE = ["alpha", b"\x64\x40\x00\x01", b"k" * 32, True, "203.0.113.5:4000", 1500, ["198.18.0.0/16"]]
+NODE = ["alpha", b"\x64\x40\x00\x01", b"k" * 32, True, "203.0.113.5:4000", 1500, ["198.18.0.0/16"],
+        ["198.19.1.2:4000"]]
 
 
 @pytest.mark.parametrize("msg", [
@@ -21,7 +22,7 @@ NODE = ["alpha", b"\x64\x40\x00\x01", b"k" * 32, True, "203.0.113.5:4000", 1500,
 def test_valid_control_round_trips(msg):
     out = messages.decode_control(messages.encode(msg))
     if msg["t"] == "dir":
-        assert out["nodes"] == [tuple(n[:6]) + (tuple(n[6]),) for n in msg["nodes"]]
+        assert out["nodes"] == [tuple(n[:6]) + (tuple(n[6]), tuple(n[7])) for n in msg["nodes"]]
     else:
         assert out == msg
 
@@ -35,8 +36,8 @@ def test_valid_control_round_trips(msg):
     {"t": "dir", "v": 5, "base": None, "i": 0, "c": 1, "mtu": 1432, "nodes": [NODE[:4]], "gone": []},
     {"t": "dir", "v": 5, "base": None, "i": 0, "c": 1, "mtu": 1432, "nodes": [NODE[:2] + [b"short"] + NODE[3:]], "gone": []},
     {"t": "dir", "v": 5, "base": None, "i": 0, "c": 1, "mtu": 1432, "nodes": [NODE] * 65, "gone": []},
-    {"t": "dir", "v": 5, "base": None, "i": 0, "c": 1, "mtu": 1432, "nodes": [NODE[:6] + [["x"] * 17]], "gone": []},
-    {"t": "dir", "v": 5, "base": None, "i": 0, "c": 1, "mtu": 1432, "nodes": [NODE[:5] + [True, []]], "gone": []},
+    {"t": "dir", "v": 5, "base": None, "i": 0, "c": 1, "mtu": 1432, "nodes": [NODE[:6] + [["x"] * 17, []]], "gone": []},
+    {"t": "dir", "v": 5, "base": None, "i": 0, "c": 1, "mtu": 1432, "nodes": [NODE[:5] + [True, [], []]], "gone": []},
     {"t": "dir", "v": 5, "base": None, "i": 0, "c": 1, "nodes": [], "gone": []},  # no mtu
     {"t": "nope"},
     {"n": 1},
@@ -48,7 +49,8 @@ def test_invalid_control_is_refused(msg):
 
 
 def test_join_request_and_replies():
-    req = {"ts": b"t" * 12, "name": "alpha", "token": b"x" * 24, "mtu": 1500, "routes": ["198.18.0.0/16"]}
+    req = {"ts": b"t" * 12, "name": "alpha", "token": b"x" * 24, "mtu": 1500, "routes": ["198.18.0.0/16"],
+           "lan": ["198.19.1.2:4000"]}
     assert messages.decode_join_request(messages.encode(req)) == req
     assert messages.decode_join_request(messages.encode({**req, "token": None}))["token"] is None
     with pytest.raises(ProtocolError):

@@ -23,9 +23,11 @@ class Entry:
     endpoint: str  # as the relay observes it, "" when unknown
     mtu: int = 0  # the node's underlay MTU, 0 when unknown
     routes: tuple = ()  # prefixes (CIDR strings) the node routes for others
+    lan: tuple = ()  # "ip:port" endpoints on its own LAN, direct-path candidates for its neighbours
 
     def wire(self) -> list:
-        return [self.name, self.addr, self.key, self.online, self.endpoint, self.mtu, list(self.routes)]
+        return [self.name, self.addr, self.key, self.online, self.endpoint, self.mtu, list(self.routes),
+                list(self.lan)]
 
 
 class Directory:

@@ -7,7 +7,8 @@ The send pipeline (from_tun), per packet read from the TUN device:
   3. session: the peer's current transport session, or queue the packet and
      start a handshake with the peer;
   4. seal: next counter, AEAD (session.py);
-  5. transmit: wrapped in a RELAYED header, to the relay.
+  5. transmit: straight to the peer when a direct path works (control/paths.py),
+     else wrapped in a RELAYED header, to the relay.
 
 The receive pipeline (receive), per message from the relay:
   RELAYED -> the inner message of a peer: DATA is opened, checked (replay
@@ -17,6 +18,9 @@ The receive pipeline (receive), per message from the relay:
   DATA    -> a control message from the relay (pong, directory).
   RESP    -> the relay's answer to our join handshake.
   HINT    -> the relay lost our session: handshake again (rate-limited).
+Messages straight from a peer (hole-punched UDP) are DATA, INIT or RESP of the
+same sessions; a peer is recognised by its session index or its key, never by
+its address, and any authenticated packet teaches us where it can be reached.
 Every drop is counted by reason in `drops`; nothing here raises on bad input.
 
 The relay link reconnects forever, with backoff and jitter, over UDP first and
@@ -36,6 +40,7 @@ from typing import Callable, Protocol
 
 from ..control.backoff import Backoff
 from ..control.directory import DirectoryMirror, Entry
+from ..control.paths import PathState, parse_endpoint
 from ..proto import messages, wire
 from ..proto.errors import ProtocolError
 from ..proto.handshake import Identity, Initiation, read_initiation, tai64n, TIMESTAMP_LEN
@@ -63,7 +68,8 @@ PENDING_TIMEOUT = 10.0
 KEEPALIVE = 10.0  # answer received traffic with an empty packet if we sent nothing
 UNANSWERED = 15.0  # sending for this long and hearing nothing: the peer lost its keys, handshake
 REHANDSHAKE_INTERVAL = 1.0  # at most this often per peer for traffic we cannot read
-PROBE_INTERVAL = 5.0
+PROBE_INTERVAL = 5.0  # round-trip probes over the relay while a peer is in use
+PROBES_KEPT = 32  # probes awaiting a reply, per peer
 QUEUE_LIMIT = 128  # packets held per peer while its handshake runs
 HINT_INTERVAL = 1.0
 TCP_AFTER_FAILURES = 2
@@ -98,10 +104,11 @@ class Assignment:
 class Peer:
     __slots__ = ("name", "addr", "address", "key", "online", "endpoint", "tx", "previous", "pending",
                  "initiation", "hs_attempts", "hs_next", "last_ts", "queue", "tx_bytes", "rx_bytes",
-                 "last_rx", "last_tx", "rtt", "probe_seq", "probe_at", "probe_sent", "prefix",
-                 "underlay_mtu", "routes", "path_mtu", "mss", "vxlan_mss", "sources", "unreadable_at")
+                 "last_rx", "last_tx", "rtt_relay", "probe_seq", "probe_at", "probes", "relayed_prefix",
+                 "tx_ep", "tx_prefix", "path", "lan", "underlay_mtu", "routes", "path_mtu", "mss",
+                 "vxlan_mss", "sources", "unreadable_at")
 
-    def __init__(self, entry: Entry):
+    def __init__(self, entry: Entry, now: float):
         self.name = entry.name
         self.addr = entry.addr
         self.address = str(ipaddress.IPv4Address(entry.addr))
@@ -120,11 +127,17 @@ class Peer:
         self.rx_bytes = 0
         self.last_rx = 0.0
         self.last_tx = 0.0
-        self.rtt: float | None = None
+        self.rtt_relay: float | None = None
         self.probe_seq = 0
-        self.probe_at = 0.0  # engine time of the last probe, for the interval
-        self.probe_sent = 0.0  # clock reading, for the round trip
-        self.prefix = wire.relayed_header(entry.addr)
+        self.probe_at = 0.0  # engine time of the last probe over the relay, for the interval
+        self.probes: dict[int, tuple] = {}  # seq -> (where it went, clock reading when sent)
+        self.relayed_prefix = wire.relayed_header(entry.addr)
+        # Where data goes now: the relay (with the relayed header), or a direct endpoint.
+        self.tx_ep = RELAY
+        self.tx_prefix = self.relayed_prefix
+        self.path = PathState()
+        self.lan = entry.lan
+        self.path.set_candidates(self.candidates(), now)
         self.underlay_mtu = entry.mtu
         self.routes = entry.routes
         self.path_mtu = 0  # the largest inner packet the path to it carries; see Node._paths()
@@ -133,9 +146,20 @@ class Peer:
         self.sources: tuple = ()  # (network, mask) pairs it may send from besides its address
         self.unreadable_at = -REHANDSHAKE_INTERVAL  # when we last handshook over data we could not open
 
-    def update(self, entry: Entry) -> None:
+    def update(self, entry: Entry, now: float) -> None:
         self.name, self.online, self.endpoint = entry.name, entry.online, entry.endpoint
-        self.underlay_mtu, self.routes = entry.mtu, entry.routes
+        self.underlay_mtu, self.routes, self.lan = entry.mtu, entry.routes, entry.lan
+        self.path.set_candidates(self.candidates(), now)
+
+    def candidates(self) -> list[tuple]:
+        """Where it may be reached directly: the address the relay sees, then its LAN addresses."""
+        eps = [parse_endpoint(self.endpoint), *(parse_endpoint(a) for a in self.lan)]
+        return [ep for ep in eps if ep is not None]
+
+    @property
+    def rtt(self) -> float | None:
+        ep = self.tx_ep
+        return self.rtt_relay if ep is RELAY else self.path.rtt.get(ep)
 
 
 class RelayLink:
@@ -173,7 +197,7 @@ class Node:
                  assignment: Assignment | None = None, relay_label: str = "",
                  clock: Callable[[], float] = time.monotonic, mtu: int | None = None,
                  routes: tuple[str, ...] = (), accept_routes: bool = False,
-                 protected: tuple[str, ...] = ()):
+                 protected: tuple[str, ...] = (), lan: tuple[str, ...] = ()):
         self.identity = identity
         self.name = name
         self.credential = credential
@@ -198,8 +222,13 @@ class Node:
         self.protected = tuple(ipaddress.IPv4Address(a) for a in protected)
         self.route_table: list[tuple[int, int, Peer]] = []
         self.accepted: list[str] = []
+        self.lan = tuple(lan)  # our LAN endpoints, offered to peers as direct candidates
         self.sessions: dict[bytes, Session] = {}
         self.peers: dict[bytes, Peer] = {}
+        self.peers_by_key: dict[bytes, Peer] = {}
+        self._initiating: dict[bytes, Peer] = {}  # our pending INITs, by index: a RESP may come direct
+        self._overlay: tuple[int, int] | None = None  # (network, mask): never a direct endpoint
+        self._endpoint_ok: dict[tuple, bool] = {}
         self.mirror = DirectoryMirror()
         self.drops: Counter = Counter()
         self.counts: Counter = Counter()
@@ -227,19 +256,19 @@ class Node:
             if peer.initiation is None:
                 self._initiate(peer, now)
             return
-        sealed = s.seal(packet, peer.prefix)
+        sealed = s.seal(packet, peer.tx_prefix)
         if sealed is None:
             self.drops["session_exhausted"] += 1
             return
         peer.tx_bytes += len(packet)
         peer.last_tx = now
-        self.io.send(RELAY, sealed)
+        self.io.send(peer.tx_ep, sealed)
 
     # -- the hot path: wire -> TUN -----------------------------------------------------
 
     def receive(self, data: bytes, ep, now: float) -> None:
         if ep is not RELAY:
-            self.drops["unknown_source"] += 1
+            self._direct(data, ep, now)
             return
         t = data[0] if data else 0
         if t == wire.RELAYED:
@@ -247,7 +276,7 @@ class Node:
             if peer is None or len(data) <= wire.RELAYED_HEADER_LEN:
                 self.drops["relayed_unknown_peer"] += 1
                 return
-            self._from_peer(peer, data[8:], now)
+            self._from_peer(peer, data[8:], now, RELAY)
         elif t == wire.DATA:
             self._relay_data(data, now)
         elif t == wire.RESP:
@@ -257,7 +286,46 @@ class Node:
         else:
             self.drops["bad_type"] += 1
 
-    def _from_peer(self, peer: Peer, msg: bytes, now: float) -> None:
+    def _direct(self, data: bytes, ep: tuple, now: float) -> None:
+        """A message straight from a peer's endpoint (not through the relay)."""
+        ok = self._endpoint_ok.get(ep)
+        if ok is None:
+            ok = self._check_endpoint(ep)
+        if not ok:
+            self.drops["direct_bad_source"] += 1
+            return
+        t = data[0] if data else 0
+        if t == wire.DATA:
+            s = self.sessions.get(data[4:8])
+            peer = s.owner if s is not None else None
+            if peer is None or peer is self.relay:
+                self.drops["direct_unknown_session"] += 1
+                return
+            self._from_peer(peer, data, now, ep)
+        elif t == wire.INIT:
+            self._peer_init(None, data, now, ep)
+        elif t == wire.RESP:
+            peer = self._initiating.get(data[8:12])
+            if peer is None:
+                self.drops["unexpected_response"] += 1
+                return
+            self._peer_resp(peer, data, now, ep)
+        else:
+            self.drops["direct_bad_type"] += 1
+
+    def _check_endpoint(self, ep: tuple) -> bool:
+        """A direct endpoint may not lie inside the overlay: that would tunnel the tunnel."""
+        try:
+            n = int(ipaddress.IPv4Address(ep[0]))
+        except (ValueError, TypeError, IndexError):
+            return False
+        ok = self._overlay is None or n & self._overlay[1] != self._overlay[0]
+        if len(self._endpoint_ok) > 1024:
+            self._endpoint_ok.clear()
+        self._endpoint_ok[ep] = ok
+        return ok
+
+    def _from_peer(self, peer: Peer, msg: bytes, now: float, via) -> None:
         t = msg[0]
         if t == wire.DATA:
             s, plaintext = self._open(msg, peer)
@@ -266,6 +334,11 @@ class Node:
                     self._unreadable(peer, now)
                 return
             peer.last_rx = now
+            if via is not RELAY:
+                if via == peer.tx_ep:
+                    peer.path.heard_at[via] = now
+                elif peer.path.heard(via, now):
+                    self._retarget(peer, now)
             if not s.confirmed:
                 self._confirm(peer, s, now)
             if not plaintext:
@@ -279,18 +352,49 @@ class Node:
                 else:
                     self.drops["spoofed_source"] += 1
             elif first == wire.PROBE_REQUEST and len(plaintext) == wire.PROBE_LEN:
-                self._send_peer(peer, bytes((wire.PROBE_REPLY,)) + plaintext[1:], now)
+                # Answer the way it came: that is the path being tested.
+                sealed = s.seal(bytes((wire.PROBE_REPLY,)) + plaintext[1:],
+                                peer.relayed_prefix if via is RELAY else b"")
+                if sealed is not None:
+                    self.io.send(via, sealed)
             elif first == wire.PROBE_REPLY and len(plaintext) == wire.PROBE_LEN:
-                if int.from_bytes(plaintext[1:], "big") == peer.probe_seq:
-                    peer.rtt = self.clock() - peer.probe_sent
+                sent = peer.probes.pop(int.from_bytes(plaintext[1:], "big"), None)
+                if sent is not None:
+                    where, at = sent
+                    rtt = self.clock() - at
+                    if where is RELAY:
+                        peer.rtt_relay = rtt
+                    elif peer.path.replied(where, rtt, now):
+                        self._retarget(peer, now)
             else:
                 self.drops["bad_inner_packet"] += 1
         elif t == wire.INIT:
-            self._peer_init(peer, msg, now)
+            self._peer_init(peer, msg, now, via)
         elif t == wire.RESP:
-            self._peer_resp(peer, msg, now)
+            self._peer_resp(peer, msg, now, via)
         else:
             self.drops["bad_type"] += 1
+
+    def _retarget(self, peer: Peer, now: float) -> None:
+        """Send to the peer directly while a direct path works, through the relay otherwise."""
+        direct = peer.path.direct(now)
+        ep = RELAY if direct is None else direct
+        if ep != peer.tx_ep:
+            log.info("path to %s: %s", peer.name, "relay" if direct is None else
+                     f"direct via {direct[0]}:{direct[1]}")
+            self.counts["path_changes"] += 1
+            peer.tx_ep = ep
+            peer.tx_prefix = peer.relayed_prefix if direct is None else b""
+
+    def _probe(self, peer: Peer, via, now: float) -> None:
+        if len(peer.probes) >= PROBES_KEPT:
+            peer.probes.clear()
+        peer.probe_seq += 1
+        peer.probes[peer.probe_seq] = (via, self.clock())
+        sealed = peer.tx.seal(bytes((wire.PROBE_REQUEST,)) + peer.probe_seq.to_bytes(8, "big"),
+                              peer.relayed_prefix if via is RELAY else b"")
+        if sealed is not None:
+            self.io.send(via, sealed)
 
     def _unreadable(self, peer: Peer, now: float) -> None:
         """Data from a peer for a session we do not have: we restarted, or it holds keys we
@@ -325,10 +429,10 @@ class Node:
         s = peer.tx
         if s is None:
             return
-        sealed = s.seal(plaintext, peer.prefix)
+        sealed = s.seal(plaintext, peer.tx_prefix)
         if sealed is not None:
             peer.last_tx = now
-            self.io.send(RELAY, sealed)
+            self.io.send(peer.tx_ep, sealed)
 
     def _new_index(self) -> bytes:
         while True:
@@ -346,18 +450,26 @@ class Node:
 
     def _initiate(self, peer: Peer, now: float) -> None:
         init = Initiation(self.identity, peer.key, self.suite, self._new_index(), self._timestamp(), now)
+        if peer.initiation is not None:
+            self._initiating.pop(peer.initiation.local_index, None)
+        self._initiating[init.local_index] = peer
         peer.initiation = init
         peer.hs_attempts += 1
         peer.hs_next = now + HANDSHAKE_RETRY * (0.8 + 0.4 * secrets.randbelow(1000) / 1000)
         self.counts["peer_handshakes_sent"] += 1
-        self.io.send(RELAY, peer.prefix + init.message)
+        self.io.send(peer.tx_ep, peer.tx_prefix + init.message)
 
-    def _peer_init(self, peer: Peer, msg: bytes, now: float) -> None:
+    def _peer_init(self, peer: Peer | None, msg: bytes, now: float, via) -> None:
         try:
             incoming = read_initiation(self.identity, msg)
         except ProtocolError:
             self.drops["handshake_invalid"] += 1
             return
+        if peer is None:  # straight from an endpoint: the key says who it is
+            peer = self.peers_by_key.get(incoming.remote_public)
+            if peer is None:
+                self.drops["handshake_unknown_key"] += 1
+                return
         if incoming.remote_public != peer.key:
             self.drops["handshake_wrong_peer"] += 1
             return
@@ -373,9 +485,9 @@ class Node:
         if peer.pending is not None:
             self.sessions.pop(peer.pending.local_index, None)
         peer.pending = s
-        self.io.send(RELAY, peer.prefix + resp)
+        self.io.send(via, (peer.relayed_prefix if via is RELAY else b"") + resp)
 
-    def _peer_resp(self, peer: Peer, msg: bytes, now: float) -> None:
+    def _peer_resp(self, peer: Peer, msg: bytes, now: float, via) -> None:
         init = peer.initiation
         if init is None or msg[8:12] != init.local_index:
             self.drops["unexpected_response"] += 1
@@ -386,6 +498,7 @@ class Node:
             self.drops["handshake_invalid"] += 1
             return
         peer.initiation = None
+        self._initiating.pop(init.local_index, None)
         peer.hs_attempts = 0
         s.owner = peer
         self.sessions[s.local_index] = s
@@ -410,11 +523,11 @@ class Node:
         sent = bool(peer.queue)
         while peer.queue:
             packet = peer.queue.popleft()
-            sealed = peer.tx.seal(packet, peer.prefix)
+            sealed = peer.tx.seal(packet, peer.tx_prefix)
             if sealed is None:
                 break
             peer.tx_bytes += len(packet)
-            self.io.send(RELAY, sealed)
+            self.io.send(peer.tx_ep, sealed)
         if sent:
             peer.last_tx = now
         return sent
@@ -423,9 +536,11 @@ class Node:
         for s in (peer.tx, peer.previous, peer.pending):
             if s is not None:
                 self.sessions.pop(s.local_index, None)
+        if peer.initiation is not None:
+            self._initiating.pop(peer.initiation.local_index, None)
         peer.tx = peer.previous = peer.pending = peer.initiation = None
 
-    def _sync_peers(self) -> None:
+    def _sync_peers(self, now: float) -> None:
         own = self.identity.public
         entries = {a: e for a, e in self.mirror.entries.items() if e.key != own}
         for addr, peer in list(self.peers.items()):
@@ -433,12 +548,14 @@ class Node:
             if e is None or e.key != peer.key:
                 self._drop_sessions(peer)
                 del self.peers[addr]
+                self.peers_by_key.pop(peer.key, None)
         for addr, e in entries.items():
             peer = self.peers.get(addr)
             if peer is None:
-                self.peers[addr] = Peer(e)
+                peer = self.peers[addr] = Peer(e, now)
+                self.peers_by_key[e.key] = peer
             else:
-                peer.update(e)
+                peer.update(e, now)
         self._paths()
         if self.accept_routes:
             self._accept_routes()
@@ -505,7 +622,7 @@ class Node:
                 self.io.relay_transport(tcp)
         payload = messages.encode({"ts": self._timestamp(), "name": self.name,
                                    "token": self.credential, "mtu": self.underlay_mtu,
-                                   "routes": list(self.routes)})
+                                   "routes": list(self.routes), "lan": list(self.lan)})
         r.initiation = Initiation(self.identity, r.key, self.suite, self._new_index(), payload, now)
         r.next_attempt = now + r.backoff.next()
         self.counts["relay_handshakes_sent"] += 1
@@ -553,6 +670,9 @@ class Node:
         self.relay_mtu = reply["relay_mtu"]
         self._adopt_mtu(reply["mtu"])
         assignment = Assignment(reply["name"], reply["address"], reply["network"])
+        net = ipaddress.IPv4Network(assignment.network)
+        self._overlay = (int(net.network_address), int(net.netmask))
+        self._endpoint_ok.clear()
         if assignment != self.assignment:
             self.assignment = assignment
             self.io.joined(assignment)
@@ -575,7 +695,7 @@ class Node:
             r.seen_as = msg["ep"]
         elif kind == "dir":
             if self.mirror.apply(msg):
-                self._sync_peers()
+                self._sync_peers(now)
             if msg["mtu"] and msg["mtu"] != self.network_mtu:
                 self._adopt_mtu(msg["mtu"])
         else:
@@ -666,6 +786,7 @@ class Node:
                 self.drops["handshake_gave_up"] += 1
                 self.drops["queue_dropped"] += len(peer.queue)
                 peer.queue.clear()
+                self._initiating.pop(peer.initiation.local_index, None)
                 peer.initiation = None
                 peer.hs_attempts = 0
             else:
@@ -684,14 +805,15 @@ class Node:
         if peer.pending is not None and now - peer.pending.created > PENDING_TIMEOUT:
             self.sessions.pop(peer.pending.local_index, None)
             peer.pending = None
-        if peer.tx is not None and now - peer.last_rx < 3 * KEEPALIVE:
-            if now - peer.probe_at >= PROBE_INTERVAL:
-                peer.probe_seq += 1
+        if peer.tx is not None and now - peer.last_rx < 3 * KEEPALIVE:  # in use
+            for ep in peer.path.due(now):  # punch, or keep a direct path alive
+                self._probe(peer, ep, now)
+            if peer.tx_ep is RELAY and now - peer.probe_at >= PROBE_INTERVAL:
                 peer.probe_at = now
-                peer.probe_sent = self.clock()
-                self._send_peer(peer, bytes((wire.PROBE_REQUEST,)) + peer.probe_seq.to_bytes(8, "big"), now)
+                self._probe(peer, RELAY, now)
             elif peer.last_rx > peer.last_tx and now - peer.last_tx >= KEEPALIVE:
                 self._send_peer(peer, b"", now)
+        self._retarget(peer, now)  # a direct path that went quiet goes back to the relay
 
     # -- status ------------------------------------------------------------------------
 
@@ -712,8 +834,9 @@ class Node:
                       "rtt_ms": None if r.rtt is None or not r.up else round(r.rtt * 1000, 3),
                       "seen_as": r.seen_as or None},
             "peers": [{
-                "name": p.name, "address": p.address, "online": p.online, "path": "relay",
-                "endpoint": self.relay_label,
+                "name": p.name, "address": p.address, "online": p.online,
+                "path": "relay" if p.tx_ep is RELAY else "direct",
+                "endpoint": self.relay_label if p.tx_ep is RELAY else f"{p.tx_ep[0]}:{p.tx_ep[1]}",
                 "mtu": p.path_mtu or None,
                 "routes": list(p.routes),
                 "session": p.tx is not None,

@@ -24,6 +24,7 @@ from collections import Counter
 from typing import Callable
 
 from ..control.directory import Directory, Entry
+from ..control.paths import parse_endpoint
 from ..control.registry import Refusal, Registry, check_routes
 from ..proto import messages, wire
 from ..proto.errors import HandshakeError, ProtocolError
@@ -51,7 +52,7 @@ class Member:
 
     __slots__ = ("name", "addr", "address", "key", "session", "previous", "pending", "endpoint",
                  "online", "last_rx", "last_ts", "dir_version", "relayed_prefix", "rx_bytes",
-                 "tx_bytes", "connected_since", "mtu", "routes")
+                 "tx_bytes", "connected_since", "mtu", "routes", "lan")
 
     def __init__(self, name: str, address: str, key: bytes, mtu: int | None = None):
         self.name = name
@@ -72,11 +73,12 @@ class Member:
         self.connected_since: float | None = None
         self.mtu = mtu or 0
         self.routes: tuple[str, ...] = ()  # what it offers to route; only while it is connected
+        self.lan: tuple[str, ...] = ()  # its LAN endpoints, likewise
 
     def entry(self) -> Entry:
         return Entry(self.name, self.addr, self.key, self.online,
                      format_endpoint(self.endpoint) if self.endpoint is not None else "", self.mtu,
-                     self.routes if self.online else ())
+                     self.routes if self.online else (), self.lan if self.online else ())
 
 
 class Relay:
@@ -229,6 +231,7 @@ class Relay:
         m.last_ts = request["ts"]
         m.mtu = request["mtu"]
         m.routes = routes
+        m.lan = tuple(ep for ep in request["lan"] if parse_endpoint(ep) is not None)
         self._mtus[m.name] = m.mtu
         self._update_mtu()
         if m.online:

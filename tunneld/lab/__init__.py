@@ -9,8 +9,10 @@
 
 NAT kinds (iptables in the router's namespace):
   "cone"        MASQUERADE: port-preserving, address and port restricted
+  "symmetric"   MASQUERADE --random-fully: a new external port for every destination
   "no-inbound"  MASQUERADE --random-fully, and nothing unsolicited gets in
   "no-udp"      MASQUERADE, and all UDP is dropped both ways
+Several hosts can share one NAT's LAN (nat_host(..., behind=another_host)).
 
 Addresses come only from DESIGN.md's test ranges, and nothing leaves the
 namespaces. This is test tooling: it shells out to ip and iptables on purpose, so
@@ -49,6 +51,8 @@ class Host:
     router: "Host | None" = None
     state_dir: str = ""
     procs: list = field(default_factory=list)
+    lan: int = 0  # a router's LAN number N (198.19.N.0/24), and how many hosts it has
+    hosts: int = 0
 
 
 class Lab:
@@ -126,9 +130,25 @@ class Lab:
         self._attach(ns, "eth0", segment, address, mtu)
         return Host(ns, address, address, state_dir=self._state_dir(short))
 
-    def nat_host(self, short: str, kind: str = "cone", lan_mtu: int | None = None) -> Host:
-        """A host on a LAN behind its own NAT router."""
-        if kind not in ("cone", "no-inbound", "no-udp"):
+    def nat_host(self, short: str, kind: str = "cone", lan_mtu: int | None = None,
+                 behind: Host | None = None) -> Host:
+        """A host on a LAN behind a NAT router: a new router, or the router of `behind`."""
+        if behind is not None:
+            router = behind.router
+        else:
+            router = self._nat_router(short, kind, lan_mtu)
+        router.hosts += 1
+        n, i = router.lan, router.hosts + 1
+        hns = self.add_namespace(short)
+        self.veth(router.ns, f"h{i}", hns, "eth0", lan_mtu)
+        self.run("ip", "-n", router.ns, "link", "set", f"h{i}", "master", "lan")
+        lan_host = f"198.19.{n}.{i}"
+        self.addr(hns, "eth0", f"{lan_host}/24")
+        self.run("ip", "-n", hns, "route", "add", "default", "via", f"198.19.{n}.1")
+        return Host(hns, lan_host, router.public, router=router, state_dir=self._state_dir(short))
+
+    def _nat_router(self, short: str, kind: str, lan_mtu: int | None) -> Host:
+        if kind not in ("cone", "symmetric", "no-inbound", "no-udp"):
             raise LabError(f"unknown NAT kind {kind}")
         self._nat_count += 1
         n = self._nat_count
@@ -136,15 +156,14 @@ class Lab:
         rns = self.add_namespace(f"{short}-gw")
         self._attach(rns, "wan", "nat", wan, None)
         self.sysctl(rns, "net.ipv4.ip_forward", "1")
-        hns = self.add_namespace(short)
-        lan_gw, lan_host = f"198.19.{n}.1", f"198.19.{n}.2"
-        self.veth(rns, "lan", hns, "eth0", lan_mtu)
-        self.addr(rns, "lan", f"{lan_gw}/24")
-        self.addr(hns, "eth0", f"{lan_host}/24")
-        self.run("ip", "-n", hns, "route", "add", "default", "via", lan_gw)
+        self.run("ip", "-n", rns, "link", "add", "lan", "type", "bridge")
+        if lan_mtu:
+            self.run("ip", "-n", rns, "link", "set", "lan", "mtu", str(lan_mtu))
+        self.addr(rns, "lan", f"198.19.{n}.1/24")
+        self.run("ip", "-n", rns, "link", "set", "lan", "up")
         ipt = ["iptables", "-w", "5"]
         masq = [*ipt, "-t", "nat", "-A", "POSTROUTING", "-o", "wan", "-j", "MASQUERADE"]
-        if kind == "no-inbound":
+        if kind in ("symmetric", "no-inbound"):
             masq.append("--random-fully")
         self.nsexec(rns, *masq)
         if kind == "no-inbound":
@@ -155,8 +174,7 @@ class Lab:
         if kind == "no-udp":
             for direction in ("-i", "-o"):
                 self.nsexec(rns, *ipt, "-A", "FORWARD", direction, "wan", "-p", "udp", "-j", "DROP")
-        router = Host(rns, wan, wan)
-        return Host(hns, lan_host, wan, router=router, state_dir=self._state_dir(short))
+        return Host(rns, wan, wan, lan=n)
 
     def _state_dir(self, short: str) -> str:
         path = os.path.join(self.tmp, short)

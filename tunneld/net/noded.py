@@ -123,11 +123,12 @@ class NodeDaemon(Daemon):
         loop = self.loop
         try:
             self.sock = udp_socket("0.0.0.0", s.port, "--port")
+            lan = self._lan_endpoints(route.ifname, self.sock.getsockname()[1])
             self.engine = Node(identity, token.relay_public, s.name, token.credential, self, monotonic(),
                                suite=wire.SUITE_AESGCM if has_aes() else wire.SUITE_CHACHAPOLY,
                                underlay_mtu=route.mtu, assignment=assignment, relay_label=self.relay_label,
                                mtu=mtu, routes=s.advertise_routes, accept_routes=s.accept_routes,
-                               protected=(s.relay_ip,))
+                               protected=(s.relay_ip,), lan=lan)
             if assignment is not None:
                 self._configure(assignment)
             ctl = await ctlsock.serve(os.path.join(self.state_dir, SOCKET_FILE), self._control)
@@ -251,6 +252,16 @@ class NodeDaemon(Daemon):
             log.error("%s", exc)
             return
         log.info("routes through %s: %s", self.settings.interface, ", ".join(self.accepted_routes) or "none")
+
+    def _lan_endpoints(self, underlay: str, port: int) -> tuple[str, ...]:
+        """Where neighbours on our LAN may reach us directly: the underlay interface's addresses.
+        (Only that interface's: an address routed over the overlay itself, cni0's say, must
+        never become a direct path.)"""
+        out = []
+        for iface in self.links.addresses(underlay):
+            if not (iface.ip.is_loopback or iface.ip.is_link_local):
+                out.append(f"{iface.ip}:{port}")
+        return tuple(out[:8])
 
     def _save_cache(self) -> None:
         a = self.engine.assignment

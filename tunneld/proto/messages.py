@@ -3,8 +3,10 @@
 Handshake payloads (inside the Noise messages of the node <-> relay handshake):
 
   join request  {"ts": bin12 TAI64N, "name": str, "token": bin24 | nil, "mtu": int,
-                 "routes": [str CIDR, ...]}     mtu: the node's underlay MTU towards the relay;
-                                                routes: prefixes it offers to route for others
+                 "routes": [str CIDR, ...], "lan": [str "ip:port", ...]}
+                                                mtu: the node's underlay MTU towards the relay;
+                                                routes: prefixes it offers to route for others;
+                                                lan: its LAN endpoints, for direct paths
   join reply    {"ok": true, "name": str, "address": str, "network": str, "endpoint": str,
                  "mtu": int, "relay_mtu": int}  mtu: the overlay MTU every tunneld0 should use
                 {"ok": false, "code": str, "error": str, "retry": bool}
@@ -15,7 +17,7 @@ Messages on an established node <-> relay session (one per DATA plaintext):
   pong   relay -> node  {"t": "pong", "n": int, "ep": str}         ep: the node's address as seen
   dir    relay -> node  {"t": "dir", "v": int, "base": int | nil, "i": int, "c": int, "mtu": int,
                          "nodes": [[name, addr bin4, key bin32, online bool, endpoint str,
-                                    mtu int, routes [str CIDR, ...]], ...],
+                                    mtu int, routes [str CIDR, ...], lan [str, ...]], ...],
                          "gone": [addr bin4, ...]}
          base nil: chunk i of c of a full snapshot at version v; else a delta from base to v.
   bye    node -> relay  {"t": "bye"}                               the node is shutting down
@@ -36,6 +38,7 @@ MAX_ERROR = 400
 MAX_NODES_PER_CHUNK = 64
 MAX_ROUTES = 16
 MAX_CIDR = 18  # "255.255.255.255/32"
+MAX_LAN = 8
 _MAX_MESSAGE = 16384
 _MAX_INT = 2**63 - 1
 
@@ -89,7 +92,7 @@ def _check(msg, fields: dict, what: str) -> dict:
 
 
 _JOIN_REQUEST = {"ts": (bytes, 12), "name": (str, MAX_NAME), "token": ((bytes, _NONE), 24),
-                 "mtu": (int, 65535), "routes": (list, 0)}
+                 "mtu": (int, 65535), "routes": (list, 0), "lan": (list, 0)}
 _JOIN_OK = {"ok": (bool, 0), "name": (str, MAX_NAME), "address": (str, 18), "network": (str, 18),
             "endpoint": (str, MAX_ENDPOINT), "mtu": (int, 65535), "relay_mtu": (int, 65535)}
 _JOIN_REFUSED = {"ok": (bool, 0), "code": (str, 32), "error": (str, MAX_ERROR), "retry": (bool, 0)}
@@ -102,16 +105,17 @@ _CONTROL = {
 }
 
 
-def _check_routes(routes, what: str) -> list:
-    """Shape only (strings of CIDR length); what they mean is the registry's business."""
-    if len(routes) > MAX_ROUTES or not all(isinstance(r, str) and 0 < len(r) <= MAX_CIDR for r in routes):
-        raise ProtocolError(f"{what}: bad routes")
-    return routes
+def _check_strings(items, most: int, longest: int, what: str) -> list:
+    """Shape only (a few short strings); what they mean is checked where they are used."""
+    if len(items) > most or not all(isinstance(r, str) and 0 < len(r) <= longest for r in items):
+        raise ProtocolError(f"{what}: bad list")
+    return items
 
 
 def decode_join_request(data: bytes) -> dict:
     msg = _check(_unpack(data), _JOIN_REQUEST, "join request")
-    _check_routes(msg["routes"], "join request")
+    _check_strings(msg["routes"], MAX_ROUTES, MAX_CIDR, "join request routes")
+    _check_strings(msg["lan"], MAX_LAN, MAX_ENDPOINT, "join request lan")
     return msg
 
 
@@ -123,9 +127,9 @@ def decode_join_reply(data: bytes) -> dict:
 
 
 def _check_node(entry) -> tuple:
-    if not isinstance(entry, list) or len(entry) != 7:
-        raise ProtocolError("dir: a node entry is not a 7-list")
-    name, addr, key, online, endpoint, mtu, routes = entry
+    if not isinstance(entry, list) or len(entry) != 8:
+        raise ProtocolError("dir: a node entry is not an 8-list")
+    name, addr, key, online, endpoint, mtu, routes, lan = entry
     if not (isinstance(name, str) and 0 < len(name) <= MAX_NAME):
         raise ProtocolError("dir: bad node name")
     if not (isinstance(addr, bytes) and len(addr) == 4):
@@ -138,9 +142,10 @@ def _check_node(entry) -> tuple:
         raise ProtocolError("dir: bad endpoint")
     if not (isinstance(mtu, int) and not isinstance(mtu, bool) and 0 <= mtu <= 65535):
         raise ProtocolError("dir: bad mtu")
-    if not isinstance(routes, list):
-        raise ProtocolError("dir: bad routes")
-    return name, addr, key, online, endpoint, mtu, tuple(_check_routes(routes, "dir"))
+    if not (isinstance(routes, list) and isinstance(lan, list)):
+        raise ProtocolError("dir: bad routes or lan")
+    return (name, addr, key, online, endpoint, mtu, tuple(_check_strings(routes, MAX_ROUTES, MAX_CIDR, "dir")),
+            tuple(_check_strings(lan, MAX_LAN, MAX_ENDPOINT, "dir")))
 
 
 def decode_control(data: bytes) -> dict:

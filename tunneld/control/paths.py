@@ -1,0 +1,108 @@
+"""Which path to a peer: direct UDP when it works, the relay otherwise. Pure; time is an argument.
+
+Candidates are endpoints the peer might be reached at: the address the relay sees
+it at (its NAT's mapping), its LAN addresses, and any address an authenticated
+packet from it came from ("peer-reflexive": how a node behind a symmetric NAT is
+found). Probing them from the same socket that talks to the relay is what punches
+the holes: both sides send at once, each NAT then lets the other's packets in.
+
+    relayed ──(a probe reply or any authenticated packet from a candidate)──> direct
+    direct  ──(nothing heard on it for DIRECT_TIMEOUT)──────────────────────> relayed
+    relayed: probe every candidate FAST_INTERVAL apart FAST_TRIES times (punching),
+             then every SLOW_INTERVAL, so that a path that heals is found again
+    direct:  probe the chosen endpoint every KEEPALIVE (liveness, NAT mappings)
+
+The caller sends the probes due() names and reports what it hears; direct() says
+where data goes now (None: the relay).
+"""
+
+from __future__ import annotations
+
+FAST_INTERVAL = 1.0
+FAST_TRIES = 10
+SLOW_INTERVAL = 15.0
+KEEPALIVE = 2.5
+DIRECT_TIMEOUT = 6.0
+MAX_CANDIDATES = 12
+
+
+class PathState:
+    __slots__ = ("candidates", "heard_at", "rtt", "chosen", "next_probe", "fast_left")
+
+    def __init__(self):
+        self.candidates: list[tuple] = []
+        self.heard_at: dict[tuple, float] = {}  # when each endpoint last sent us something authentic
+        self.rtt: dict[tuple, float] = {}
+        self.chosen: tuple | None = None
+        self.next_probe = 0.0
+        self.fast_left = FAST_TRIES
+
+    def set_candidates(self, endpoints: list[tuple], now: float) -> None:
+        """New candidates from the relay's directory: punch again, quickly."""
+        merged = list(dict.fromkeys([*endpoints, *(e for e in self.candidates if e in self.heard_at)]))
+        merged = merged[:MAX_CANDIDATES]
+        if merged != self.candidates:
+            fresh = set(merged) - set(self.candidates)
+            self.candidates = merged
+            if fresh:
+                self.fast_left = FAST_TRIES
+                self.next_probe = now
+
+    def heard(self, endpoint: tuple, now: float) -> bool:
+        """An authenticated packet came from endpoint. True if where data should go changed."""
+        before = self.direct(now)
+        if endpoint not in self.candidates:
+            self.candidates = [endpoint, *self.candidates][:MAX_CANDIDATES]
+        self.heard_at[endpoint] = now
+        if before is None or self._better(endpoint):
+            self.chosen = endpoint
+        return self.direct(now) != before
+
+    def replied(self, endpoint: tuple, rtt: float, now: float) -> bool:
+        self.rtt[endpoint] = rtt
+        return self.heard(endpoint, now)
+
+    def _better(self, endpoint: tuple) -> bool:
+        # Prefer the faster of two working endpoints (a LAN address over the NAT's, say).
+        current = self.rtt.get(self.chosen)
+        new = self.rtt.get(endpoint)
+        return current is not None and new is not None and new < current * 0.8
+
+    def direct(self, now: float) -> tuple | None:
+        ep = self.chosen
+        if ep is not None and now - self.heard_at.get(ep, -1e9) < DIRECT_TIMEOUT:
+            return ep
+        return None
+
+    def due(self, now: float) -> list[tuple]:
+        """The endpoints to probe now (empty most of the time)."""
+        if now < self.next_probe:
+            return []
+        direct = self.direct(now)
+        if direct is not None:
+            self.next_probe = now + KEEPALIVE
+            return [direct]
+        if self.fast_left > 0:
+            self.fast_left -= 1
+            self.next_probe = now + FAST_INTERVAL
+        else:
+            self.next_probe = now + SLOW_INTERVAL
+        return list(self.candidates)
+
+    def reset(self) -> None:
+        """The session is gone (the peer left or rekeyed from scratch): start over."""
+        self.chosen = None
+        self.heard_at.clear()
+        self.fast_left = FAST_TRIES
+        self.next_probe = 0.0
+
+
+def parse_endpoint(text: str) -> tuple | None:
+    """'203.0.113.5:4000' -> ('203.0.113.5', 4000); anything else (a TCP stream, IPv6) -> None."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    parts = host.split(".")
+    if len(parts) != 4 or not all(p.isdigit() and int(p) < 256 for p in parts):
+        return None
+    return (host, int(port))
