@@ -41,10 +41,26 @@ def test_a_direct_path_is_kept_alive_by_probes_on_it():
         assert p.direct(now + 0.01) == A
 
 
-def test_an_authenticated_packet_from_anywhere_is_a_candidate():
+def test_an_authenticated_packet_from_anywhere_is_a_candidate_probed_at_once():
     p = PathState()
-    assert p.heard(C, 5.0)  # a symmetric NAT's fresh mapping: found by its packet
-    assert p.direct(5.0) == C and C in p.candidates
+    p.set_candidates([A], 0.0)
+    for t in range(30):
+        p.due(float(t))  # long past the fast tries
+    p.heard(C, 30.5)  # a symmetric NAT's fresh mapping: found by its packet
+    assert C in p.candidates and p.direct(30.5) is None
+    assert C in p.due(30.5)  # probed now, not in 15 s
+    assert p.replied(C, 0.003, 30.6) and p.direct(30.6) == C
+
+
+def test_hearing_without_answers_is_no_path():
+    """One-way reachability (our packets to it are lost) must not look like a working path."""
+    p = PathState()
+    p.set_candidates([A], 0.0)
+    p.replied(A, 0.002, 0.0)
+    for t in range(1, 20):
+        p.heard(A, float(t))  # it keeps sending to us; none of our probes come back
+        p.due(float(t))
+    assert p.direct(19.0) is None
 
 
 def test_a_path_that_heals_is_found_again():

@@ -6,8 +6,10 @@ packet from it came from ("peer-reflexive": how a node behind a symmetric NAT is
 found). Probing them from the same socket that talks to the relay is what punches
 the holes: both sides send at once, each NAT then lets the other's packets in.
 
-    relayed ──(a probe reply or any authenticated packet from a candidate)──> direct
-    direct  ──(nothing heard on it for DIRECT_TIMEOUT)──────────────────────> relayed
+    relayed ──(a probe to a candidate is answered)─────────────────> direct
+    direct  ──(no probe answered on it for DIRECT_TIMEOUT)──────────> relayed
+    Only a round trip proves a path: hearing from an endpoint proves nothing about our
+    packets reaching it. What we hear from a new endpoint makes it a candidate, probed at once.
     relayed: probe every candidate FAST_INTERVAL apart FAST_TRIES times (punching),
              then every SLOW_INTERVAL, so that a path that heals is found again
     direct:  probe the chosen endpoint every KEEPALIVE (liveness, NAT mappings)
@@ -27,11 +29,11 @@ MAX_CANDIDATES = 12
 
 
 class PathState:
-    __slots__ = ("candidates", "heard_at", "rtt", "chosen", "next_probe", "fast_left")
+    __slots__ = ("candidates", "answered_at", "rtt", "chosen", "next_probe", "fast_left")
 
     def __init__(self):
         self.candidates: list[tuple] = []
-        self.heard_at: dict[tuple, float] = {}  # when each endpoint last sent us something authentic
+        self.answered_at: dict[tuple, float] = {}  # when a probe to each endpoint last came back
         self.rtt: dict[tuple, float] = {}
         self.chosen: tuple | None = None
         self.next_probe = 0.0
@@ -39,7 +41,7 @@ class PathState:
 
     def set_candidates(self, endpoints: list[tuple], now: float) -> None:
         """New candidates from the relay's directory: punch again, quickly."""
-        merged = list(dict.fromkeys([*endpoints, *(e for e in self.candidates if e in self.heard_at)]))
+        merged = list(dict.fromkeys([*endpoints, *(e for e in self.candidates if e in self.answered_at)]))
         merged = merged[:MAX_CANDIDATES]
         if merged != self.candidates:
             fresh = set(merged) - set(self.candidates)
@@ -48,19 +50,26 @@ class PathState:
                 self.fast_left = FAST_TRIES
                 self.next_probe = now
 
-    def heard(self, endpoint: tuple, now: float) -> bool:
-        """An authenticated packet came from endpoint. True if where data should go changed."""
+    def heard(self, endpoint: tuple, now: float) -> None:
+        """An authenticated packet came from endpoint: a candidate (peer-reflexive), probed now."""
+        if endpoint not in self.candidates:
+            self.candidates = [endpoint, *self.candidates][:MAX_CANDIDATES]
+            if self.direct(now) is None:
+                self.next_probe = now
+
+    def replied(self, endpoint: tuple, rtt: float, now: float) -> bool:
+        """A probe to endpoint came back. True if where data should go changed."""
         before = self.direct(now)
         if endpoint not in self.candidates:
             self.candidates = [endpoint, *self.candidates][:MAX_CANDIDATES]
-        self.heard_at[endpoint] = now
+        self.rtt[endpoint] = rtt
+        self.answered_at[endpoint] = now
         if before is None or self._better(endpoint):
             self.chosen = endpoint
-        return self.direct(now) != before
-
-    def replied(self, endpoint: tuple, rtt: float, now: float) -> bool:
-        self.rtt[endpoint] = rtt
-        return self.heard(endpoint, now)
+        after = self.direct(now)
+        if after != before:
+            self.next_probe = now + KEEPALIVE
+        return after != before
 
     def _better(self, endpoint: tuple) -> bool:
         # Prefer the faster of two working endpoints (a LAN address over the NAT's, say).
@@ -70,7 +79,7 @@ class PathState:
 
     def direct(self, now: float) -> tuple | None:
         ep = self.chosen
-        if ep is not None and now - self.heard_at.get(ep, -1e9) < DIRECT_TIMEOUT:
+        if ep is not None and now - self.answered_at.get(ep, -1e9) < DIRECT_TIMEOUT:
             return ep
         return None
 
@@ -92,7 +101,7 @@ class PathState:
     def reset(self) -> None:
         """The session is gone (the peer left or rekeyed from scratch): start over."""
         self.chosen = None
-        self.heard_at.clear()
+        self.answered_at.clear()
         self.fast_left = FAST_TRIES
         self.next_probe = 0.0
 

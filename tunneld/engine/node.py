@@ -334,11 +334,8 @@ class Node:
                     self._unreadable(peer, now)
                 return
             peer.last_rx = now
-            if via is not RELAY:
-                if via == peer.tx_ep:
-                    peer.path.heard_at[via] = now
-                elif peer.path.heard(via, now):
-                    self._retarget(peer, now)
+            if via is not RELAY and via != peer.tx_ep:
+                peer.path.heard(via, now)  # a way to it we may not know yet: probe it
             if not s.confirmed:
                 self._confirm(peer, s, now)
             if not plaintext:

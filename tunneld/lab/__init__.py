@@ -8,7 +8,9 @@
     NAT routers ─────┘  wan 203.0.113.x  ── lan 198.19.N.1 ── host 198.19.N.2
 
 NAT kinds (iptables in the router's namespace):
-  "cone"        MASQUERADE: port-preserving, address and port restricted
+  "cone"        MASQUERADE: port-preserving, address and port restricted (as a home router's
+                firewall: nothing unsolicited reaches the router itself, so an early punch
+                leaves no conntrack entry behind that would make it remap the port)
   "symmetric"   MASQUERADE --random-fully: a new external port for every destination
   "no-inbound"  MASQUERADE --random-fully, and nothing unsolicited gets in
   "no-udp"      MASQUERADE, and all UDP is dropped both ways
@@ -166,8 +168,8 @@ class Lab:
         if kind in ("symmetric", "no-inbound"):
             masq.append("--random-fully")
         self.nsexec(rns, *masq)
-        if kind == "no-inbound":
-            for chain in ("FORWARD", "INPUT"):
+        if kind in ("cone", "no-inbound"):
+            for chain in ("FORWARD", "INPUT") if kind == "no-inbound" else ("INPUT",):
                 self.nsexec(rns, *ipt, "-A", chain, "-i", "wan", "-m", "conntrack",
                             "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
                 self.nsexec(rns, *ipt, "-A", chain, "-i", "wan", "-j", "DROP")
