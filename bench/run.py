@@ -5,8 +5,9 @@ measured minutes apart on the same machine: ratios hold, absolute numbers drift.
 
   raw veth          two namespaces joined by one veth pair: the machine's ceiling
   underlay          public node -> relay host through the "internet" router namespace
-  tunneld relayed   node -> node over tunneld0, through the relay, encrypted end to end
-                    (the receiving node sits behind NAT with no inbound path)
+  tunneld direct    public node -> public node over tunneld0, hole-punched UDP, encrypted
+  tunneld relayed   node behind a cone NAT -> node behind a NAT with no inbound path: the
+                    pair can never go direct, so every packet crosses the relay (checked)
 
 Usage: bin/bench [--seconds N] [--json FILE]
 """
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from tunneld.lab import Lab, LabError
+from tunneld.lab import Lab, LabError, wait_for
 from tunneld.lab.overlay import Overlay
 
 
@@ -41,6 +42,10 @@ def iperf(lab: Lab, server_ns: str, client_ns: str, address: str, seconds: float
             "cpu_server": end["cpu_utilization_percent"]["remote_total"]}
 
 
+def peer_path(ov: Overlay, src: str, dst: str) -> str:
+    return next(p["path"] for p in ov.node_status(src)["peers"] if p["name"] == dst)
+
+
 def measure(seconds: float) -> dict:
     rows = {}
     with Lab() as lab:
@@ -54,19 +59,23 @@ def measure(seconds: float) -> dict:
 
         ov = Overlay(lab)
         ov.start_relay()
-        sender = lab.public_host("sender")
-        receiver = lab.nat_host("receiver", "no-inbound")
+        hosts = {"pub-a": lab.public_host("pub-a"), "pub-b": lab.public_host("pub-b"),
+                 "sender": lab.nat_host("sender", "cone"), "receiver": lab.nat_host("receiver", "no-inbound")}
         token = ov.token()
-        ov.join(sender, "sender", token)
-        ov.join(receiver, "receiver", token)
+        for name, host in hosts.items():
+            ov.join(host, name, token)
         ov.wait_connected()
-        rows["underlay (routed)"] = iperf(lab, ov.relay.ns, sender.ns, ov.relay.address, seconds)
-        target = ov.address("receiver")
-        # warm the end-to-end session so that the handshake is not timed
-        ov.ping("sender", target, count=2)
-        rows["tunneld relayed"] = iperf(lab, receiver.ns, sender.ns, target, seconds)
-        rows["tunneld relayed, 4 streams"] = iperf(lab, receiver.ns, sender.ns, target, seconds, streams=4)
-        drops = {n: ov.node_status(n)["drops"] for n in ("sender", "receiver")}
+        rows["underlay (routed)"] = iperf(lab, ov.relay.ns, hosts["pub-a"].ns, ov.relay.address, seconds)
+        for label, src, dst, path in (("tunneld direct", "pub-a", "pub-b", "direct"),
+                                      ("tunneld relayed", "sender", "receiver", "relay")):
+            target = ov.address(dst)
+            ov.ping(src, target, count=2)  # a session first, so that no handshake is timed
+            wait_for(lambda: peer_path(ov, src, dst) == path, 30, what=f"{src} -> {dst} to be {path}")
+            rows[label] = iperf(lab, hosts[dst].ns, hosts[src].ns, target, seconds)
+            rows[f"{label}, 4 streams"] = iperf(lab, hosts[dst].ns, hosts[src].ns, target, seconds, streams=4)
+            if peer_path(ov, src, dst) != path:
+                raise LabError(f"{src} -> {dst} left the {path} path during the measurement")
+        drops = {n: ov.node_status(n)["drops"] for n in hosts}
         drops["relay"] = ov.status(ov.relay)["drops"]
     return {"rows": rows, "drops": drops}
 

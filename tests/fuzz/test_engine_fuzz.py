@@ -70,12 +70,20 @@ def test_relay_survives_mutated_messages(mutations, from_member):
 
 
 @SETTINGS
-@given(st.lists(mutation, min_size=1, max_size=20))
-def test_node_survives_mutated_messages(mutations):
+@given(st.lists(mutation, min_size=1, max_size=20), st.sampled_from(["relay", "direct", "unwrapped"]))
+def test_node_survives_mutated_messages(mutations, source):
+    """From the relay, or straight from an endpoint (hole-punched UDP) as a stranger would send;
+    "unwrapped": a relayed message stripped of its relay header, sent direct."""
     net, seen = captured()
     node = net.nodes["bravo"]
     for index, how, pos, value in mutations:
-        node.receive(mutate(seen[index % len(seen)], how, pos, value), RELAY, net.now)
+        data = mutate(seen[index % len(seen)], how, pos, value)
+        if source == "relay":
+            node.receive(data, RELAY, net.now)
+        else:
+            if source == "unwrapped" and data[:1] == b"\x04":
+                data = data[8:]
+            node.receive(data, ("198.51.100.66", 4000 + value), net.now)
     net.queue.clear()
     still_works(net)
 

@@ -105,7 +105,7 @@ class Peer:
     __slots__ = ("name", "addr", "address", "key", "online", "endpoint", "tx", "previous", "pending",
                  "initiation", "hs_attempts", "hs_next", "last_ts", "queue", "tx_bytes", "rx_bytes",
                  "last_rx", "last_tx", "rtt_relay", "probe_seq", "probe_at", "probes", "relayed_prefix",
-                 "tx_ep", "tx_prefix", "path", "lan", "underlay_mtu", "routes", "path_mtu", "mss",
+                 "tx_ep", "tx_prefix", "path", "lan", "underlay_mtu", "routes", "path_mtu", "direct_mtu", "mss",
                  "vxlan_mss", "sources", "unreadable_at")
 
     def __init__(self, entry: Entry, now: float):
@@ -140,7 +140,8 @@ class Peer:
         self.path.set_candidates(self.candidates(), now)
         self.underlay_mtu = entry.mtu
         self.routes = entry.routes
-        self.path_mtu = 0  # the largest inner packet the path to it carries; see Node._paths()
+        self.path_mtu = 0  # the largest inner packet the relayed path carries; see Node._paths()
+        self.direct_mtu = 0  # likewise direct (no relay header; no relay link on the way)
         self.mss = 0xFFFF  # clamp limits for SYNs towards it, direct and inside flannel's VXLAN
         self.vxlan_mss = 0xFFFF
         self.sources: tuple = ()  # (network, mask) pairs it may send from besides its address
@@ -563,6 +564,7 @@ class Node:
         relay = self.relay_mtu or own
         for peer in self.peers.values():
             peer.path_mtu = min(own, relay, peer.underlay_mtu or own) - OVERHEAD
+            peer.direct_mtu = min(own, peer.underlay_mtu or own) - OVERHEAD + wire.RELAYED_HEADER_LEN
             limit = min(peer.path_mtu, self.mtu)
             peer.mss = limit - TCPIP_HEADERS
             peer.vxlan_mss = limit - VXLAN_OVERHEAD - TCPIP_HEADERS
@@ -834,7 +836,7 @@ class Node:
                 "name": p.name, "address": p.address, "online": p.online,
                 "path": "relay" if p.tx_ep is RELAY else "direct",
                 "endpoint": self.relay_label if p.tx_ep is RELAY else f"{p.tx_ep[0]}:{p.tx_ep[1]}",
-                "mtu": p.path_mtu or None,
+                "mtu": (p.path_mtu if p.tx_ep is RELAY else p.direct_mtu) or None,
                 "routes": list(p.routes),
                 "session": p.tx is not None,
                 "rtt_ms": None if p.rtt is None else round(p.rtt * 1000, 3),
