@@ -83,8 +83,10 @@ def test_full_size_packets_on_direct_paths(paths_lab):
 def test_neighbours_behind_one_nat_find_each_other_on_their_lan(paths_lab):
     overlay = paths_lab
     assert overlay.ping("cone1", overlay.address("mate"), count=1).returncode == 0
-    wait_for(lambda: peer(overlay, "cone1", "mate")["path"] == "direct", 20, interval=0.5,
-             what="cone1 and mate to go direct")
+    # Each side proves the path with its own probes: wait for both.
+    wait_for(lambda: peer(overlay, "cone1", "mate")["path"] == "direct"
+             and peer(overlay, "mate", "cone1")["path"] == "direct", 20, interval=0.5,
+             what="cone1 and mate to go direct, both ways")
     assert peer(overlay, "cone1", "mate")["endpoint"].startswith("198.19.")  # the LAN, not the NAT
     assert peer(overlay, "mate", "cone1")["endpoint"].startswith("198.19.")
 

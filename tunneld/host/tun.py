@@ -16,8 +16,12 @@ from ..errors import ConfigError, HostError
 
 TUNSETIFF = 0x400454CA
 TUNSETPERSIST = 0x400454CB
+TUNSETOFFLOAD = 0x400454D0
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
 IFNAMSIZ = 16
 
 
@@ -28,12 +32,16 @@ def check_interface_name(name: str) -> str:
 
 
 class Tun:
-    def __init__(self, fd: int, name: str):
+    """Every read and write on fd carries a virtio-net header first (engine/offload.py);
+    with `offload` the kernel also hands over TCP segments of up to 64 KB."""
+
+    def __init__(self, fd: int, name: str, offload: bool = False):
         self.fd = fd
         self.name = name
+        self.offload = offload
 
     @classmethod
-    def open(cls, name: str, persist: bool = True) -> "Tun":
+    def open(cls, name: str, persist: bool = True, offload: bool = True) -> "Tun":
         check_interface_name(name)
         try:
             fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -43,7 +51,7 @@ class Tun:
             raise HostError("no access to /dev/net/tun: run as root or grant CAP_NET_ADMIN "
                             "and DeviceAllow=/dev/net/tun") from None
         try:
-            fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI))
+            fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI | IFF_VNET_HDR))
             if persist:
                 fcntl.ioctl(fd, TUNSETPERSIST, 1)
         except OSError as exc:
@@ -57,7 +65,14 @@ class Tun:
                 raise HostError(f"interface {name} exists and is not a tunneld TUN device; "
                                 "delete it or choose another --interface") from None
             raise HostError(f"cannot create interface {name}: {exc.strerror}") from None
-        return cls(fd, name)
+        try:
+            # Checksums and TCP segmentation are left to us: big reads, and the kernel
+            # stops cutting TCP into MTU-sized packets only for us to encrypt each.
+            fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 if offload else 0)
+            offloaded = offload
+        except OSError:
+            offloaded = False
+        return cls(fd, name, offloaded)
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -17,10 +17,12 @@ import logging
 import os
 import shutil
 import socket
+from collections import Counter
 from time import monotonic
 
 from ..config import JoinSettings
 from ..engine.node import OVERHEAD, RELAY, Assignment, Node
+from ..engine.offload import VNET_HDR_LEN, Coalescer, single, split
 from ..errors import ConfigError, HostError
 from ..host.cpu import has_aes
 from ..host import nat
@@ -32,12 +34,16 @@ from ..proto.token import JoinToken, TokenError
 from ..state import SOCKET_FILE, load_identity, load_node_cache, prepare_dir, save_node_cache
 from . import ctlsock
 from .base import READ_BATCH, Daemon, FramedStream, udp_socket
+from .udpio import Batch, enable_gro, receive_batch
 
 log = logging.getLogger("tunneld.node")
 
 MIN_MTU = 576
 TCP_CONNECT_TIMEOUT = 5.0
 TCP_QUEUE = 256
+TUN_READS = 64  # reads per readiness callback; each may carry a 64 KB TCP super-packet
+TUN_READ_SIZE = VNET_HDR_LEN + 65535
+WRITE_BATCH = 64  # packets held for merging before they go to the TUN device
 
 
 class RelayStream(FramedStream):
@@ -85,6 +91,11 @@ class NodeDaemon(Daemon):
         self.stream: RelayStream | None = None
         self._stream_started = -1.0
         self.state_dir = ""
+        self.batch: Batch | None = None
+        self.gro = False
+        self.coalescer = Coalescer()
+        self._coalescing = False
+        self.stats = Counter()  # offload at work, counted per batch (never per packet)
 
     async def run(self) -> tuple[int, str]:
         s = self.settings
@@ -123,12 +134,14 @@ class NodeDaemon(Daemon):
         loop = self.loop
         try:
             self.sock = udp_socket("0.0.0.0", s.port, "--port")
+            self.gro = enable_gro(self.sock)
             lan = self._lan_endpoints(route.ifname, self.sock.getsockname()[1])
             self.engine = Node(identity, token.relay_public, s.name, token.credential, self, monotonic(),
                                suite=wire.SUITE_AESGCM if has_aes() else wire.SUITE_CHACHAPOLY,
                                underlay_mtu=route.mtu, assignment=assignment, relay_label=self.relay_label,
                                mtu=mtu, routes=s.advertise_routes, accept_routes=s.accept_routes,
                                protected=(s.relay_ip,), lan=lan)
+            self.batch = Batch(self.sock, self.engine.drops, self.stats)
             if assignment is not None:
                 self._configure(assignment)
             ctl = await ctlsock.serve(os.path.join(self.state_dir, SOCKET_FILE), self._control)
@@ -162,19 +175,22 @@ class NodeDaemon(Daemon):
     # -- NodeIO ------------------------------------------------------------------------
 
     def send(self, ep, data: bytes) -> None:
-        if ep is RELAY and self.use_tcp:
-            self._stream().write(data)
-            return
-        try:
-            self.sock.sendto(data, self.relay_addr if ep is RELAY else ep)
-        except BlockingIOError:
-            self.engine.drops["udp_send_full"] += 1
-        except OSError:
-            self.engine.drops["udp_send_error"] += 1
+        if ep is RELAY:
+            if self.use_tcp:
+                self._stream().write(data)
+                return
+            ep = self.relay_addr
+        self.batch.send(data, ep)
 
     def write_tun(self, packet: bytes) -> None:
+        if self._coalescing:
+            self.coalescer.add(packet)
+        else:
+            self._write(single(packet))
+
+    def _write(self, bufs: list) -> None:
         try:
-            os.write(self.tun.fd, packet)
+            os.writev(self.tun.fd, bufs)
         except OSError:
             self.engine.drops["tun_write_error"] += 1
 
@@ -293,40 +309,75 @@ class NodeDaemon(Daemon):
                 self.engine.transport_lost(monotonic())
 
     def _on_udp(self) -> None:
+        """Pipeline: read (a GRO train is cut into datagrams) -> engine.receive each ->
+        write_tun merges in-order TCP segments -> flush to the TUN device and the socket."""
         now = monotonic()
-        recv = self.sock.recvfrom
+        sock, gro = self.sock, self.gro
         receive = self.engine.receive
         relay = self.relay_addr
-        for _ in range(READ_BATCH):
-            try:
-                data, addr = recv(65535)
-            except BlockingIOError:
-                return
-            except OSError:
-                self.engine.drops["udp_recv_error"] += 1
-                return
-            try:
-                receive(data, RELAY if addr == relay else addr, now)
-            except Exception:
-                self.internal_error()
+        coalescer = self.coalescer
+        self._coalescing = self.batch.active = True
+        try:
+            for _ in range(READ_BATCH):
+                try:
+                    datagrams, addr = receive_batch(sock, gro)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    self.engine.drops["udp_recv_error"] += 1
+                    break
+                ep = RELAY if addr == relay else addr
+                if len(datagrams) > 1:
+                    self.stats["udp_gro_reads"] += 1
+                for data in datagrams:
+                    try:
+                        receive(data, ep, now)
+                    except Exception:
+                        self.internal_error()
+                if len(coalescer.items) >= WRITE_BATCH:
+                    self._flush()
+        finally:
+            self._coalescing = self.batch.active = False
+            self._flush()
+
+    def _flush(self) -> None:
+        for bufs in self.coalescer.flush():
+            if len(bufs) > 4:
+                self.stats["tun_merged_writes"] += 1
+            self._write(bufs)
+        self.batch.flush()
 
     def _on_tun(self) -> None:
+        """Pipeline: read (header + packet, up to 64 KB) -> split into MTU-sized packets ->
+        engine.from_tun each (route, clamp, seal) -> batched sends, flushed at the end."""
         now = monotonic()
         read = os.read
         fd = self.tun.fd
         from_tun = self.engine.from_tun
-        for _ in range(READ_BATCH):
-            try:
-                packet = read(fd, 65535)
-            except BlockingIOError:
-                return
-            except OSError:
-                self.engine.drops["tun_read_error"] += 1
-                return
-            try:
-                from_tun(packet, now)
-            except Exception:
-                self.internal_error()
+        drops = self.engine.drops
+        self.batch.active = True
+        try:
+            for _ in range(TUN_READS):
+                try:
+                    buf = read(fd, TUN_READ_SIZE)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    drops["tun_read_error"] += 1
+                    break
+                packets, reason = split(buf)
+                if reason:
+                    drops[reason] += 1
+                elif len(packets) > 1:
+                    self.stats["tun_super_reads"] += 1
+                for packet in packets:
+                    try:
+                        from_tun(packet, now)
+                    except Exception:
+                        self.internal_error()
+        finally:
+            self.batch.active = False
+            self.batch.flush()
 
     def tick(self, now: float) -> None:
         self.engine.tick(now)
@@ -336,5 +387,7 @@ class NodeDaemon(Daemon):
             status = self.engine.status()
             status["interface"] = self.settings.interface
             status["ready"] = self.ready
+            status["offload"] = {"tun": self.tun.offload, "udp_gso": self.batch.gso, "udp_gro": self.gro,
+                                 **self.stats}
             return status
         return {"error": f"unknown command {str(request.get('cmd'))[:40]!r}"}

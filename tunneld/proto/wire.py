@@ -41,6 +41,10 @@ Transport data, type 3 (AEAD: the 16 header bytes are the associated data)
 
   Plaintext on a node<->node session: an IPv4 packet (first nibble 4), an
   empty keepalive, or a probe: 0x01 + 8 bytes (request), 0x02 + 8 bytes (reply).
+  An IPv4 packet's TCP or UDP checksum may be partial (the pseudo-header sum
+  only, as the sender's kernel left it): the AEAD tag protects every byte, and
+  the receiver hands such packets to its kernel as checksum-partial
+  (engine/offload.py). One datagram always carries one packet.
   Plaintext on a node<->relay session: one msgpack control message (messages.py).
 
 Relayed, type 4 (node <-> relay; the relay never looks past byte 8)

@@ -1,0 +1,184 @@
+"""TUN offload: what split() cuts and the Coalescer merges is what the kernel would have sent.
+
+The kernel's side is modelled by two reference functions written for clarity, not
+speed: a TCP checksum over a whole packet, and the completion of a NEEDS_CSUM
+write (sum from csum_start, with the pseudo-header sum already in the field).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+from hypothesis import given, settings, strategies as st
+
+from tunneld.engine import offload
+from tunneld.engine.offload import GSO_TCPV4, NEEDS_CSUM, VNET_HDR_LEN, Coalescer, single, split
+
+SRC, DST = bytes([100, 64, 0, 2]), bytes([100, 64, 0, 3])
+
+
+def ref_sum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\x00"
+    s = 0
+    for i in range(0, len(data), 2):
+        s += data[i] << 8 | data[i + 1]
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+def ip_ok(pkt: bytes) -> bool:
+    ihl = (pkt[0] & 15) * 4
+    return ref_sum(pkt[:ihl]) == 0xFFFF
+
+
+def l4_ok(pkt: bytes) -> bool:
+    ihl = (pkt[0] & 15) * 4
+    pseudo = pkt[12:20] + bytes([0, pkt[9]]) + struct.pack("!H", len(pkt) - ihl)
+    return ref_sum(pseudo + pkt[ihl:]) == 0xFFFF
+
+
+def kernel_completes(bufs: list) -> bytes:
+    """What the kernel makes of one write: header + packet, checksum filled in."""
+    raw = b"".join(bytes(b) for b in bufs)
+    flags, gso, hdr_len, gso_size, start, off = struct.unpack_from("=BBHHHH", raw)
+    pkt = bytearray(raw[VNET_HDR_LEN:])
+    if flags & NEEDS_CSUM:
+        s = ref_sum(bytes(pkt[start:]))
+        pkt[start + off : start + off + 2] = struct.pack("!H", ~s & 0xFFFF)
+    return bytes(pkt)
+
+
+def tcp_packet(payload: bytes, seq: int, flags: int = 0x10, ident: int = 7, options: bytes = b"",
+               src: bytes = SRC, sport: int = 40000) -> bytes:
+    thl = 20 + len(options)
+    total = 20 + thl + len(payload)
+    ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, ident, 0x4000, 64, 6, 0, src, DST))
+    ip[10:12] = struct.pack("!H", ~ref_sum(bytes(ip)) & 0xFFFF)
+    tcp = bytearray(struct.pack("!HHIIBBHHH", sport, 10250, seq, 99, (thl // 4) << 4, flags, 501, 0, 0) + options)
+    pkt = bytes(ip) + bytes(tcp) + payload
+    pseudo = pkt[12:20] + bytes([0, 6]) + struct.pack("!H", thl + len(payload))
+    tcp[16:18] = struct.pack("!H", ~ref_sum(pseudo + bytes(tcp) + payload) & 0xFFFF)
+    return bytes(ip) + bytes(tcp) + payload
+
+
+def tso_read(payload: bytes, gso_size: int, seq: int = 1000, flags: int = 0x18, options: bytes = b"") -> bytes:
+    """A read from an offloading TUN: header + one big TCP packet with a partial checksum."""
+    pkt = bytearray(tcp_packet(payload, seq, flags, options=options))
+    thl = 20 + len(options)
+    pkt[36:38] = struct.pack("!H", offload.pseudo_sum(pkt, 6, len(pkt) - 20))
+    return struct.pack("=BBHHHH", NEEDS_CSUM, GSO_TCPV4, 20 + thl, gso_size, 20, 16) + bytes(pkt)
+
+
+TS_OPTION = b"\x01\x01\x08\x0a" + bytes(range(8))
+
+
+def test_a_super_packet_is_cut_into_valid_segments():
+    payload = os.urandom(10_000)
+    segs, reason = split(tso_read(payload, 1388, seq=2**32 - 3000, options=TS_OPTION))
+    assert reason == ""
+    assert [len(s) - 52 for s in segs] == [1388] * 7 + [10_000 - 7 * 1388]
+    assert b"".join(s[52:] for s in segs) == payload
+    for i, s in enumerate(segs):
+        assert ip_ok(s), "the IPv4 header checksum must be right: the kernel checks it"
+        assert struct.unpack_from("!H", s, 2)[0] == len(s)
+        assert struct.unpack_from("!H", s, 4)[0] == 7 + i
+        assert struct.unpack_from("!I", s, 24)[0] == (2**32 - 3000 + 1388 * i) % 2**32
+        assert s[33] == (0x18 if i == len(segs) - 1 else 0x10), "PSH only on the last segment"
+        assert s[40:52] == TS_OPTION
+        # The sender leaves the TCP checksum partial; the receiver's write completes it.
+        assert l4_ok(kernel_completes(single(s)))
+
+
+def test_a_plain_read_passes_and_a_foreign_partial_checksum_is_completed():
+    pkt = tcp_packet(b"hello", 5)
+    assert split(struct.pack("=BBHHHH", 0, 0, 0, 0, 0, 0) + pkt) == ([pkt], "")
+    # VXLAN carrying a TCP packet whose checksum the kernel left for us: only we can finish it.
+    inner = bytearray(tcp_packet(os.urandom(301), 9))
+    inner[36:38] = struct.pack("!H", offload.pseudo_sum(inner, 6, len(inner) - 20))
+    udp_len = 8 + 8 + 14 + len(inner)
+    outer = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + udp_len, 1, 0, 64, 17, 0, SRC, DST))
+    outer += struct.pack("!HHHH", 5555, 8472, udp_len, 0) + bytes(8) + bytes(12) + b"\x08\x00" + inner
+    start = 20 + 8 + 8 + 14 + 20
+    (out,), reason = split(struct.pack("=BBHHHH", NEEDS_CSUM, 0, 0, 0, start, 16) + bytes(outer))
+    assert reason == "" and l4_ok(out[50:])
+
+
+def test_garbage_reads_are_dropped_by_reason():
+    assert split(b"\x00" * 5)[1] == "tun_short"
+    assert split(struct.pack("=BBHHHH", 0, 4, 0, 1000, 0, 0) + bytes(100))[1] == "tun_gso_unsupported"
+    assert split(struct.pack("=BBHHHH", 1, 1, 0, 1000, 20, 16) + bytes(100))[1] == "tun_gso_malformed"
+
+
+def test_consecutive_segments_merge_into_one_write_the_kernel_can_resegment():
+    payload = os.urandom(20_000)
+    segs, _ = split(tso_read(payload, 1400, options=TS_OPTION))
+    c = Coalescer()
+    for s in segs:
+        c.add(s)
+    (write,) = c.flush()
+    raw = b"".join(bytes(b) for b in write)
+    flags, gso, hdr_len, gso_size, start, off = struct.unpack_from("=BBHHHH", raw)
+    assert (flags, gso, hdr_len, gso_size, start, off) == (NEEDS_CSUM, GSO_TCPV4, 52, 1400, 20, 16)
+    merged = raw[VNET_HDR_LEN:]
+    assert ip_ok(merged) and struct.unpack_from("!H", merged, 2)[0] == len(merged)
+    assert merged[52:] == payload and merged[33] & 0x08
+    assert l4_ok(kernel_completes(write))
+    # and the kernel's own segmentation of it gives back the segments
+    again, _ = split(raw)
+    assert [s[52:] for s in again] == [s[52:] for s in segs]
+
+
+def test_what_must_not_merge_goes_alone_and_in_order():
+    c = Coalescer()
+    a0 = tcp_packet(b"a" * 100, 1000)
+    a_gap = tcp_packet(b"b" * 100, 1300)  # a hole before it: not mergeable
+    syn = tcp_packet(b"", 1, flags=0x02)
+    fin = tcp_packet(b"z" * 10, 1400, flags=0x11)
+    udp = bytes(tcp_packet(b"x" * 20, 0))[:9] + b"\x11" + bytes(tcp_packet(b"x" * 20, 0))[10:]
+    for p in (a0, a_gap, syn, fin, udp):
+        c.add(p)
+    writes = c.flush()
+    assert len(writes) == 5
+    assert [kernel_completes(w)[40:] for w in writes[:4]] == [a0[40:], a_gap[40:], syn[40:], fin[40:]]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2), st.integers(1, 1400)), min_size=1, max_size=80),
+       st.integers(200, 1400))
+def test_interleaved_flows_arrive_complete_and_in_order(events, mss):
+    """Whatever mix of flows and sizes arrives, each flow's bytes reach the kernel in order."""
+    c = Coalescer()
+    seqs, sent = [0, 0, 0], [b"", b"", b""]
+    for flow, n in events:
+        n = min(n, mss)
+        data = os.urandom(n)
+        c.add(tcp_packet(data, seqs[flow], sport=40000 + flow))
+        seqs[flow] += n
+        sent[flow] += data
+    got = [b"", b"", b""]
+    for w in c.flush():
+        raw = b"".join(bytes(b) for b in w)
+        pkt = kernel_completes(w)
+        assert l4_ok(pkt) and ip_ok(pkt)
+        segs = split(raw)[0] if raw[1] == GSO_TCPV4 else [pkt]
+        for s in segs:
+            flow = struct.unpack_from("!H", s, 20)[0] - 40000
+            assert struct.unpack_from("!I", s, 24)[0] == len(got[flow])
+            got[flow] += s[40:]
+    assert got == sent
+
+
+@given(st.binary(min_size=0, max_size=200))
+def test_any_read_is_a_list_of_packets_or_a_reason(buf):
+    packets, reason = split(buf)
+    assert bool(packets) != bool(reason)
+
+
+@given(st.binary(min_size=20, max_size=200))
+def test_any_authenticated_payload_becomes_one_write(pkt):
+    pkt = b"\x45" + pkt[1:]
+    c = Coalescer()
+    c.add(pkt)
+    assert len(c.flush()) == 1

@@ -1,0 +1,252 @@
+"""TUN offload: large TCP segments in from the kernel, split; segments out to it, merged.
+
+With IFF_VNET_HDR and TUNSETOFFLOAD the TUN device exchanges packets up to 64 KB
+with the kernel, each behind a virtio-net header, so that one read or write
+carries what would otherwise be dozens. On the wire every datagram still holds
+one MTU-sized IP packet under its own AEAD tag, so one lost datagram costs one
+segment, never a whole batch.
+
+virtio-net header (10 bytes, host byte order), before every packet on the TUN fd:
+
+  +---------+----------+-----------+-----------+------------+-------------+
+  | flags 1 | gso_type | hdr_len 2 | gso_size 2| csum_start | csum_offset |
+  +---------+----------+-----------+-----------+------------+-------------+
+  flags 1 = NEEDS_CSUM: the L4 checksum at csum_start + csum_offset holds only
+  the pseudo-header sum; gso_type 1 = TCPV4 (| 0x80 ECN): split into gso_size.
+
+  split(buf)          read side: header + packet -> MTU-sized IPv4 packets
+  Coalescer.add(pkt)  write side: consecutive in-order TCP segments of a flow are
+  Coalescer.flush()   merged into one TCPV4 super-packet (GRO done by us); every
+                      other packet goes alone.
+
+Checksums. A segment split here keeps the partial checksum of its super-packet,
+as the kernel hands it to us: TCP/UDP checksums inside the tunnel are not
+computed by the sender, because the AEAD tag already protects every byte
+(virtio-net between VMs works the same way). The receiver writes every TCP
+packet, and every UDP packet with a checksum, as NEEDS_CSUM over a freshly
+computed pseudo-header sum: the kernel trusts it for local delivery and fills
+in the checksum itself when it forwards the packet on. A partial checksum
+anywhere but the packet's own TCP/UDP header (inside an encapsulated packet) is
+completed in software before it leaves, since the receiver cannot know of it.
+"""
+
+from __future__ import annotations
+
+import struct
+
+VNET_HDR_LEN = 10
+NEEDS_CSUM = 1
+GSO_NONE = 0
+GSO_TCPV4 = 1
+GSO_ECN = 0x80
+_VNET = struct.Struct("=BBHHHH")
+_H = struct.Struct("!H")
+_I = struct.Struct("!I")
+
+PLAIN_HDR = _VNET.pack(0, GSO_NONE, 0, 0, 0, 0)
+MAX_SUPER = 65535  # an IPv4 total length
+MAX_SEGMENTS = 64
+
+_CWR = 0x80
+_PSH_FIN = 0x09
+_ACK = 0x10
+
+
+def _fold(s: int) -> int:
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+def ip_header_checksum(hdr) -> int:
+    s = sum(struct.unpack_from(f"!{len(hdr) // 2}H", hdr))
+    return ~_fold(s) & 0xFFFF
+
+
+def ones_sum(data) -> int:
+    """The 16-bit ones' complement sum of data (odd lengths padded with a zero byte)."""
+    if len(data) & 1:
+        data = bytes(data) + b"\x00"
+    # 2**16 is 1 modulo 0xFFFF, so the integer's residue is the sum of its 16-bit words.
+    s = int.from_bytes(data, "big") % 0xFFFF
+    return s if s or not any(data) else 0xFFFF
+
+
+def pseudo_sum(packet, proto: int, length: int) -> int:
+    """Folded (not complemented) IPv4 pseudo-header sum: what NEEDS_CSUM expects in the field."""
+    src = int.from_bytes(packet[12:16], "big")
+    dst = int.from_bytes(packet[16:20], "big")
+    return _fold((src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + proto + length)
+
+
+def split(buf: bytes) -> tuple[list[bytes], str]:
+    """One read from the TUN device -> its IP packets, and a drop reason when it has none."""
+    if len(buf) <= VNET_HDR_LEN + 20:
+        return [], "tun_short"
+    flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = _VNET.unpack_from(buf)
+    gso_type &= ~GSO_ECN
+    if gso_type == GSO_NONE:
+        packet = buf[VNET_HDR_LEN:]
+        if flags & NEEDS_CSUM:
+            packet = _complete(packet, csum_start, csum_offset)
+        return [packet], ""
+    if gso_type != GSO_TCPV4 or gso_size == 0:
+        return [], "tun_gso_unsupported"
+    return _split_tcp4(memoryview(buf)[VNET_HDR_LEN:], gso_size)
+
+
+def _complete(packet: bytes, start: int, offset: int) -> bytes:
+    """Leave a partial checksum in the packet's own TCP/UDP header (the receiver completes it);
+    compute any other (an encapsulated packet's) here."""
+    ihl = (packet[0] & 0x0F) * 4
+    if start == ihl and ((packet[9] == 6 and offset == 16) or (packet[9] == 17 and offset == 6)):
+        return packet
+    at = start + offset
+    if at + 2 > len(packet) or start >= len(packet):
+        return packet
+    b = bytearray(packet)
+    s = ones_sum(b[start:])  # the field holds the pseudo-header sum: it is part of the sum
+    b[at : at + 2] = _H.pack(~s & 0xFFFF or 0xFFFF)
+    return bytes(b)
+
+
+def _split_tcp4(pkt: memoryview, gso_size: int) -> tuple[list[bytes], str]:
+    n = len(pkt)
+    ihl = (pkt[0] & 0x0F) * 4
+    if pkt[0] >> 4 != 4 or ihl < 20 or pkt[9] != 6 or n < ihl + 20:
+        return [], "tun_gso_malformed"
+    h = ihl + (pkt[ihl + 12] >> 4) * 4
+    if h > n or h < ihl + 20:
+        return [], "tun_gso_malformed"
+    hdr = bytearray(pkt[:h])
+    seq0 = _I.unpack_from(hdr, ihl + 4)[0]
+    ident0 = _H.unpack_from(hdr, 4)[0]
+    flags = hdr[ihl + 13]
+    hdr[2:6] = b"\x00\x00\x00\x00"  # total length and id vary per segment
+    hdr[10:12] = b"\x00\x00"
+    base = sum(struct.unpack_from(f"!{ihl // 2}H", hdr))
+    last = n - gso_size
+    out = []
+    i = 0
+    for off in range(h, n, gso_size):
+        end = off + gso_size
+        if end > n:
+            end = n
+        total = h + end - off
+        ident = (ident0 + i) & 0xFFFF
+        _H.pack_into(hdr, 2, total)
+        _H.pack_into(hdr, 4, ident)
+        _H.pack_into(hdr, 10, ~_fold(base + total + ident) & 0xFFFF)
+        _I.pack_into(hdr, ihl + 4, (seq0 + off - h) & 0xFFFFFFFF)
+        f = flags
+        if i:
+            f &= ~_CWR
+        if off < last:
+            f &= ~_PSH_FIN
+        hdr[ihl + 13] = f
+        out.append(b"".join((hdr, pkt[off:end])))
+        i += 1
+    return out, ""
+
+
+class _Flow:
+    __slots__ = ("first", "parts", "seq", "size", "total", "closed", "psh")
+
+    def __init__(self, packet: bytes, h: int, seq: int, size: int, flags: int):
+        self.first = packet
+        self.parts = [memoryview(packet)[h:]]
+        self.seq = (seq + size) & 0xFFFFFFFF
+        self.size = size
+        self.total = len(packet)
+        self.closed = bool(flags & 0x08)  # PSH: the sender's write ends here
+        self.psh = self.closed
+
+
+class Coalescer:
+    """Collects the packets of one batch for the TUN device; flush() returns the writes.
+
+    A write is a list of buffers for os.writev: the virtio-net header, then the packet."""
+
+    def __init__(self):
+        self.items: list = []  # _Flow or a finished write, in arrival order
+        self.flows: dict[bytes, _Flow] = {}
+
+    def add(self, packet: bytes) -> None:
+        ihl = (packet[0] & 0x0F) * 4
+        proto = packet[9]
+        if proto == 6 and ihl == 20 and len(packet) >= 40 and not (packet[6] & 0x3F or packet[7]):
+            key = packet[12:24]
+            h = 20 + (packet[32] >> 4) * 4
+            size = len(packet) - h
+            flags = packet[33]
+            if size > 0 and (flags == _ACK or flags == _ACK | 0x08) and h <= len(packet):
+                seq = _I.unpack_from(packet, 24)[0]
+                flow = self.flows.get(key)
+                if flow is not None:
+                    first = flow.first
+                    if (not flow.closed and seq == flow.seq and size <= flow.size
+                            and flow.total + size <= MAX_SUPER and len(flow.parts) < MAX_SEGMENTS
+                            and packet[28:33] == first[28:33] and packet[34:36] == first[34:36]
+                            and packet[40:h] == first[40:h] and packet[1] == first[1]
+                            and packet[6] == first[6] and packet[8] == first[8]):
+                        flow.parts.append(memoryview(packet)[h:])
+                        flow.seq = (seq + size) & 0xFFFFFFFF
+                        flow.total += size
+                        if size < flow.size or flags & 0x08:
+                            flow.closed = True
+                            flow.psh = bool(flags & 0x08)
+                        return
+                flow = _Flow(packet, h, seq, size, flags)
+                self.flows[key] = flow
+                self.items.append(flow)
+                return
+            flow = self.flows.pop(key, None)  # keep the flow's order: what follows starts anew
+            if flow is not None:
+                flow.closed = True
+        self.items.append(single(packet))
+
+    def flush(self) -> list[list]:
+        out = []
+        for item in self.items:
+            out.append(_merge(item) if item.__class__ is _Flow else item)
+        self.items = []
+        self.flows = {}
+        return out
+
+
+def single(packet: bytes) -> list:
+    """One packet as it goes to the TUN device: TCP/UDP as NEEDS_CSUM (see the top)."""
+    ihl = (packet[0] & 0x0F) * 4
+    proto = packet[9]
+    if packet[6] & 0x3F or packet[7] or ihl < 20:  # a fragment: its checksum spans others
+        return [PLAIN_HDR, packet]
+    if proto == 6:
+        at = ihl + 16
+    elif proto == 17:
+        at = ihl + 6
+        if len(packet) >= at + 2 and packet[at] == 0 and packet[at + 1] == 0:
+            return [PLAIN_HDR, packet]  # UDP without a checksum (VXLAN's, usually)
+    else:
+        return [PLAIN_HDR, packet]
+    if len(packet) < at + 2:
+        return [PLAIN_HDR, packet]
+    mv = memoryview(packet)
+    field = _H.pack(pseudo_sum(packet, proto, len(packet) - ihl))
+    return [_VNET.pack(NEEDS_CSUM, GSO_NONE, 0, 0, ihl, at - ihl), mv[:at], field, mv[at + 2:]]
+
+
+def _merge(flow: _Flow) -> list:
+    first = flow.first
+    if len(flow.parts) == 1:
+        return single(first)
+    h = len(first) - len(flow.parts[0])
+    hdr = bytearray(first[:h])
+    total = flow.total
+    _H.pack_into(hdr, 2, total)
+    hdr[10:12] = b"\x00\x00"
+    _H.pack_into(hdr, 10, ip_header_checksum(hdr[:20]))
+    if flow.psh:
+        hdr[33] |= 0x08
+    _H.pack_into(hdr, 36, pseudo_sum(hdr, 6, total - 20))
+    vnet = _VNET.pack(NEEDS_CSUM, GSO_TCPV4, h, flow.size, 20, 16)
+    return [vnet, hdr, *flow.parts]

@@ -1,0 +1,118 @@
+"""Batched UDP: many datagrams per system call, both ways.
+
+Sending, a Batch collects what one readiness callback produces. Consecutive
+datagrams to the same endpoint, all of one size but a smaller last one, leave in
+one sendmsg with UDP_SEGMENT: the kernel cuts them apart (in the NIC, or late
+in the stack), so the datagrams on the wire are exactly those we built.
+Receiving, UDP_GRO lets the kernel hand over such a train as one buffer with
+its segment size; receive_batch() cuts it back into datagrams.
+
+Where the kernel or the route cannot do it (EIO: no checksum offload on the
+way out; EINVAL), the batch falls back to one sendto per datagram, for good.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import struct
+
+log = logging.getLogger("tunneld")
+
+SOL_UDP = 17
+UDP_SEGMENT = 103  # <linux/udp.h>
+UDP_GRO = 104
+MAX_SEGMENTS = 64
+MAX_BYTES = 65000  # one IPv4 datagram's worth of payload, with room for headers
+_H = struct.Struct("=H")
+_CMSG_SPACE = socket.CMSG_SPACE(4)
+
+
+def enable_gro(sock: socket.socket) -> bool:
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+        return True
+    except OSError:
+        return False
+
+
+def receive_batch(sock: socket.socket, gro: bool):
+    """One read: a list of datagrams and the sender's address. Raises like recvfrom."""
+    if not gro:
+        data, addr = sock.recvfrom(65535)
+        return (data,), addr
+    data, anc, _flags, addr = sock.recvmsg(65535, _CMSG_SPACE)
+    if anc:
+        level, kind, value = anc[0]
+        if level == SOL_UDP and kind == UDP_GRO and len(data) > (size := int.from_bytes(value[:4], "little")) > 0:
+            return [data[i : i + size] for i in range(0, len(data), size)], addr
+    return (data,), addr
+
+
+class Batch:
+    """Outgoing datagrams, held while `active` and sent by flush(); sent at once otherwise."""
+
+    def __init__(self, sock: socket.socket, drops, stats):
+        self.sock = sock
+        self.drops = drops
+        self.stats = stats
+        self.gso = True
+        self.active = False
+        self.bufs: list[bytes] = []
+        self.addr = None
+        self.size = 0
+        self.total = 0
+        self.closed = False
+
+    def send(self, data: bytes, addr) -> None:
+        if not self.active:
+            self._sendto(data, addr)
+            return
+        bufs = self.bufs
+        n = len(data)
+        if (bufs and addr == self.addr and not self.closed and n <= self.size
+                and len(bufs) < MAX_SEGMENTS and self.total + n <= MAX_BYTES):
+            bufs.append(data)
+            self.total += n
+            if n < self.size:
+                self.closed = True  # only the last segment may be short
+            return
+        if bufs:
+            self.flush()
+        self.bufs = [data]
+        self.addr = addr
+        self.size = self.total = n
+        self.closed = False
+
+    def flush(self) -> None:
+        bufs = self.bufs
+        if not bufs:
+            return
+        self.bufs = []
+        if len(bufs) == 1 or not self.gso:
+            for b in bufs:
+                self._sendto(b, self.addr)
+            return
+        try:
+            self.sock.sendmsg(bufs, [(SOL_UDP, UDP_SEGMENT, _H.pack(self.size))], 0, self.addr)
+            self.stats["udp_gso_sends"] += 1
+        except BlockingIOError:
+            self.drops["udp_send_full"] += len(bufs)
+        except OSError as exc:
+            if exc.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+                self.gso = False
+                log.info("UDP segmentation offload unavailable (%s); sending datagrams one by one",
+                         exc.strerror)
+                for b in bufs:
+                    self._sendto(b, self.addr)
+            else:
+                self.drops["udp_send_error"] += len(bufs)
+
+    def _sendto(self, data: bytes, addr) -> None:
+        try:
+            self.sock.sendto(data, addr)
+        except BlockingIOError:
+            self.drops["udp_send_full"] += 1
+        except OSError:
+            self.drops["udp_send_error"] += 1
