@@ -1,110 +1,296 @@
-"""tunneld's benchmark: overlay TCP throughput next to references measured in the same run.
+"""tunneld's bench: the overlay next to the machine's limits and to its peers, in one run.
 
-These machines are shared and noisy, so every figure is printed next to raw veth
-measured minutes apart on the same machine: ratios hold, absolute numbers drift.
+These machines are shared and noisy, so every figure is printed as a ratio to raw veth
+and to wireguard-go measured in the same run: ratios hold, absolute numbers drift.
 
-  raw veth          two namespaces joined by one veth pair: the machine's ceiling
-  underlay          public node -> relay host through the "internet" router namespace
-  tunneld direct    public node -> public node over tunneld0, hole-punched UDP, encrypted
-  tunneld relayed   node behind a cone NAT -> node behind a NAT with no inbound path: the
-                    pair can never go direct, so every packet crosses the relay (checked)
+Rows (bench/systems.py builds each in network namespaces):
+  raw veth, underlay (bridged), underlay (NATed), kernel VXLAN (no tunnel, pods only),
+  wireguard-go direct, nebula direct, nebula relayed, tunneld direct, tunneld relayed.
+Cells, each measured `--repeat` times (min / median / max kept):
+  tcp1, tcp4     node -> node iperf3 TCP, 1 and 4 streams, Gbit/s
+  pod            iperf3 TCP between "pods" on a VXLAN device (flannel's) over the system
+  loss1          tcp1 with 1% of the tunnel's datagrams dropped at the receiver (iptables)
+  udp64          64-byte UDP datagrams per second received (iperf3 -u -l 64, unlimited rate)
+  rtt            ping round trip, ms (50 pings, 20 ms apart)
+  cpu            CPU of the tunnel's own processes during tcp1, % of one core
 
-Usage: bin/bench [--seconds N] [--json FILE]
+And the relay's scale: --nodes lightweight nodes (bench/swarm.py: the node engine without
+per-peer state) join one relay; the time until all have joined, its RSS and idle CPU.
+
+Usage: bin/bench [--quick | --full] [--seconds N] [--repeat N] [--only ROW] [--nodes N]
+                 [--json FILE] [--chart FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import re
+import statistics
 import subprocess
 import sys
 import time
 
-from tunneld.lab import Lab, LabError, wait_for
-from tunneld.lab.overlay import Overlay
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import systems  # noqa: E402
+from tunneld.lab import Lab, LabError  # noqa: E402
+
+CELLS = ("tcp1", "tcp4", "pod", "loss1", "udp64", "rtt", "cpu")
+UNITS = {"tcp1": "Gbit/s", "tcp4": "Gbit/s", "pod": "Gbit/s", "loss1": "Gbit/s", "udp64": "kpps",
+         "rtt": "ms", "cpu": "% core"}
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def iperf(lab: Lab, server_ns: str, client_ns: str, address: str, seconds: float,
-          streams: int = 1, port: int = 5201) -> dict:
-    server = lab.spawn(server_ns, "iperf3", "-s", "-1", "-B", address, "-p", str(port))
+def iperf(lab: Lab, pair: systems.Pair, seconds: float, streams: int = 1, udp64: bool = False) -> dict:
+    server = lab.spawn(pair.server_ns, "iperf3", "-s", "-1", "-B", pair.server_addr, "-p", "5201")
     try:
         time.sleep(0.3)  # let the server bind before the client connects
-        out = lab.nsexec(client_ns, "iperf3", "-c", address, "-p", str(port), "-t", str(seconds),
-                         "-P", str(streams), "-J", timeout=seconds + 30)
+        cmd = ["iperf3", "-c", pair.server_addr, "-p", "5201", "-t", str(seconds), "-P", str(streams), "-J"]
+        if udp64:
+            cmd += ["-u", "-l", "64", "-b", "0"]
+        out = lab.nsexec(pair.client_ns, *cmd, timeout=seconds + 30)
     finally:
         lab.stop(server, timeout=3)
-    result = json.loads(out.stdout)
-    end = result["end"]
-    return {"gbps": end["sum_received"]["bits_per_second"] / 1e9,
-            "retransmits": end["sum_sent"].get("retransmits", 0),
-            "cpu_client": end["cpu_utilization_percent"]["host_total"],
-            "cpu_server": end["cpu_utilization_percent"]["remote_total"]}
+    end = json.loads(out.stdout)["end"]
+    if udp64:
+        s = end["sum"]
+        return {"value": (s["packets"] - s["lost_packets"]) / s["seconds"] / 1e3}
+    return {"value": end["sum_received"]["bits_per_second"] / 1e9,
+            "retransmits": end["sum_sent"].get("retransmits", 0)}
 
 
-def peer_path(ov: Overlay, src: str, dst: str) -> str:
-    return next(p["path"] for p in ov.node_status(src)["peers"] if p["name"] == dst)
+def rtt(lab: Lab, pair: systems.Pair) -> float:
+    out = lab.nsexec(pair.client_ns, "ping", "-n", "-q", "-c", "50", "-i", "0.02", pair.server_addr,
+                     timeout=30).stdout.decode()
+    return float(re.search(r"= [\d.]+/([\d.]+)/", out).group(1))
 
 
-def measure(seconds: float) -> dict:
+def cpu_seconds(pids) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except OSError:
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def with_loss(lab: Lab, pair: systems.Pair, fn):
+    rule = ["INPUT", "-p", "udp", "-m", "statistic", "--mode", "random", "--probability", "0.01", "-j", "DROP"]
+    lab.nsexec(pair.server_ns, "iptables", "-w", "5", "-I", *rule)
+    try:
+        return fn()
+    finally:
+        lab.nsexec(pair.server_ns, "iptables", "-w", "5", "-D", *rule)
+
+
+def measure_pair(lab: Lab, pair: systems.Pair, cells, seconds: float, repeat: int, pods=None) -> dict:
+    out = {c: [] for c in cells}
+    for _ in range(repeat):
+        for cell in cells:
+            if cell == "tcp1":
+                before, t0 = cpu_seconds(pair.pids), time.monotonic()
+                out[cell].append(iperf(lab, pair, seconds)["value"])
+                if "cpu" in cells:
+                    out["cpu"].append(100 * (cpu_seconds(pair.pids) - before) / (time.monotonic() - t0))
+            elif cell == "tcp4":
+                out[cell].append(iperf(lab, pair, seconds, streams=4)["value"])
+            elif cell == "pod":
+                out[cell].append(iperf(lab, pods, seconds)["value"])
+            elif cell == "loss1":
+                out[cell].append(with_loss(lab, pair, lambda: iperf(lab, pair, seconds)["value"]))
+            elif cell == "udp64":
+                out[cell].append(iperf(lab, pair, seconds, udp64=True)["value"])
+            elif cell == "rtt":
+                out[cell].append(rtt(lab, pair))
+        for check in pair.cleanup:
+            check()
+    return {c: {"min": min(v), "median": statistics.median(v), "max": max(v), "runs": v} for c, v in out.items() if v}
+
+
+ALL = ("tcp1", "tcp4", "pod", "loss1", "udp64", "rtt", "cpu")
+NODE = ("tcp1", "tcp4", "loss1", "udp64", "rtt", "cpu")
+
+
+def measure(seconds: float, repeat: int, only=None) -> dict:
     rows = {}
     with Lab() as lab:
-        # Reference: a bare veth pair.
-        a = lab.add_namespace("veth-a")
-        b = lab.add_namespace("veth-b")
-        lab.veth(a, "eth0", b, "eth0")
-        lab.addr(a, "eth0", "198.18.200.1/24")
-        lab.addr(b, "eth0", "198.18.200.2/24")
-        rows["raw veth"] = iperf(lab, b, a, "198.18.200.2", seconds)
+        def run(name, pair, cells, pods=None):
+            if only and not any(o in name for o in only):
+                return
+            print(f"  {name} ...", file=sys.stderr, flush=True)
+            rows[name] = measure_pair(lab, pair, cells, seconds, repeat, pods)
 
-        ov = Overlay(lab)
-        ov.start_relay()
-        hosts = {"pub-a": lab.public_host("pub-a"), "pub-b": lab.public_host("pub-b"),
-                 "sender": lab.nat_host("sender", "cone"), "receiver": lab.nat_host("receiver", "no-inbound")}
-        token = ov.token()
-        for name, host in hosts.items():
-            ov.join(host, name, token)
-        ov.wait_connected()
-        rows["underlay (routed)"] = iperf(lab, ov.relay.ns, hosts["pub-a"].ns, ov.relay.address, seconds)
-        for label, src, dst, path in (("tunneld direct", "pub-a", "pub-b", "direct"),
-                                      ("tunneld relayed", "sender", "receiver", "relay")):
-            target = ov.address(dst)
-            ov.ping(src, target, count=2)  # a session first, so that no handshake is timed
-            wait_for(lambda: peer_path(ov, src, dst) == path, 30, what=f"{src} -> {dst} to be {path}")
-            rows[label] = iperf(lab, hosts[dst].ns, hosts[src].ns, target, seconds)
-            rows[f"{label}, 4 streams"] = iperf(lab, hosts[dst].ns, hosts[src].ns, target, seconds, streams=4)
-            if peer_path(ov, src, dst) != path:
-                raise LabError(f"{src} -> {dst} left the {path} path during the measurement")
-        drops = {n: ov.node_status(n)["drops"] for n in hosts}
+        run("raw veth", systems.raw_veth(lab), ("tcp1", "tcp4", "udp64", "rtt"))
+        bridged, natted = systems.underlay(lab)
+        run("underlay (bridged)", bridged, ("tcp1", "tcp4", "udp64", "rtt"))
+        run("underlay (NATed)", natted, ("tcp1", "rtt"))
+        run("kernel VXLAN, no tunnel", bridged, ("pod",), systems.vxlan(lab, bridged))
+        wg = systems.wireguard_go(lab)
+        run("wireguard-go direct", wg, ALL, systems.vxlan(lab, wg))
+        neb_direct, neb_relayed = systems.nebula(lab)
+        run("nebula direct", neb_direct, ALL, systems.vxlan(lab, neb_direct))
+        run("nebula relayed", neb_relayed, NODE)
+        ov, td_direct, td_relayed = systems.tunneld(lab)
+        run("tunneld direct", td_direct, ALL, systems.vxlan(lab, td_direct))
+        run("tunneld relayed", td_relayed, ALL, systems.vxlan(lab, td_relayed))
+        drops = {n: ov.node_status(n)["drops"] for n in ov.nodes}
         drops["relay"] = ov.status(ov.relay)["drops"]
     return {"rows": rows, "drops": drops}
 
 
+def scale_line(s: dict) -> str:
+    return (f"relay scale: {s['joined']}/{s['nodes']} nodes joined, all within {s['all_joined_s']:.1f} s; "
+            f"relay RSS {s['relay_rss_mb']:.0f} MB, idle CPU {s['relay_idle_cpu_pct']:.1f} % of a core"
+            if s.get("all_joined_s") is not None else f"relay scale: only {s['joined']}/{s['nodes']} nodes joined")
+
+
+def relay_scale(count: int, timeout: float = 60.0) -> dict:
+    """One relay, `count` joined nodes (bench/swarm.py): time until all have joined, the relay's
+    memory, and its CPU over 10 s while they sit idle (pinging every 5 s, as nodes do)."""
+    from tunneld.lab.overlay import Overlay
+    with Lab() as lab:
+        ov = Overlay(lab)
+        ov.start_relay()
+        token = ov.token("--ttl", "1h")
+        host = lab.public_host("swarm")
+        swarm = subprocess.Popen(["ip", "netns", "exec", host.ns, sys.executable, os.path.join(HERE, "swarm.py"),
+                                  ov.relay_endpoint, token, str(count), str(timeout)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        lab.processes.append(swarm)
+        try:
+            line = swarm.stdout.readline().decode()
+            report = json.loads(line) if line else {"joined": 0}
+            connected = sum(n["connected"] for n in ov.status(ov.relay)["nodes"])
+            pid = ov.relay_proc.pid
+            time.sleep(2)
+            before, t0 = cpu_seconds([pid]), time.monotonic()
+            time.sleep(10)
+            idle = 100 * (cpu_seconds([pid]) - before) / (time.monotonic() - t0)
+            with open(f"/proc/{pid}/status") as f:
+                rss = next(int(x.split()[1]) for x in f if x.startswith("VmRSS:")) / 1024
+        finally:
+            lab.stop(swarm, timeout=5)
+    return {"nodes": count, "joined": report.get("joined"), "connected_at_relay": connected,
+            "all_joined_s": report.get("all_joined_s"), "relay_rss_mb": rss, "relay_idle_cpu_pct": idle}
+
+
+def ratio(v, ref):
+    return f"{v / ref:.2f}" if ref else "-"
+
+
+def table(result: dict) -> str:
+    rows = result["rows"]
+    raw = rows.get("raw veth", {})
+    wg = rows.get("wireguard-go direct", {})
+    lines = []
+    head = f"{'':<26}" + "".join(f"{c + ' ' + UNITS[c]:>17}" for c in CELLS)
+    lines.append(head)
+    for name, cells in rows.items():
+        line = f"{name:<26}"
+        for c in CELLS:
+            line += f"{cells[c]['median']:>17.3f}" if c in cells else f"{'':>17}"
+        lines.append(line)
+        for label, ref in (("  x raw veth", raw), ("  x wireguard-go", wg)):
+            if name in ("raw veth", "wireguard-go direct") or not ref:
+                continue
+            line = f"{label:<26}"
+            for c in CELLS:
+                base = ref.get(c) or (raw.get("tcp1") if c in ("pod", "loss1") and label == "  x raw veth" else None)
+                line += f"{ratio(cells[c]['median'], base['median']):>17}" if c in cells and base else f"{'':>17}"
+            lines.append(line)
+    return "\n".join(lines)
+
+
+REFERENCES = ("raw veth", "underlay (bridged)", "underlay (NATed)", "kernel VXLAN, no tunnel")
+
+
+def chart(result: dict, path: str, title: str) -> None:
+    """One panel per cell: the tunnels as bars (linear, so lengths compare), the machine's
+    limits named in the axis label (they are tens of times longer)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = result["rows"]
+    shown = [c for c in ("tcp1", "tcp4", "pod", "loss1", "udp64", "rtt") if any(c in r for r in rows.values())]
+    fig, axes = plt.subplots(len(shown), 1, figsize=(8, 1.9 * len(shown)), constrained_layout=True)
+    for ax, c in zip(axes, shown):
+        names = [n for n in rows if c in rows[n] and n not in REFERENCES]
+        med = [rows[n][c]["median"] for n in names]
+        err = [[m - rows[n][c]["min"] for n, m in zip(names, med)], [rows[n][c]["max"] - m for n, m in zip(names, med)]]
+        colors = ["#2b7bba" if n.startswith("tunneld") else "#999999" for n in names]
+        ax.barh(names, med, xerr=err, color=colors)
+        for y, m in enumerate(med):
+            ax.text(m, y, f" {m:.3g}", va="center", fontsize=8)
+        ax.invert_yaxis()
+        refs = ", ".join(f"{n} {rows[n][c]['median']:.3g}" for n in REFERENCES if c in rows.get(n, {}))
+        ax.set_xlabel(f"{c} ({UNITS[c]}{', lower is better' if c == 'rtt' else ''})"
+                      + (f"   [{refs}]" if refs else ""), fontsize=8)
+        ax.tick_params(axis="y", labelsize=8)
+        ax.set_xlim(0, max(med) * 1.2)
+    fig.suptitle(title, fontsize=9)
+    fig.savefig(path, dpi=90)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=10.0, help="per measurement [10]")
-    ap.add_argument("--json", metavar="FILE", help="also write the results here")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="3 s per cell, once (the default)")
+    mode.add_argument("--full", action="store_true", help="10 s per cell, 3 times: min/median/max")
+    ap.add_argument("--seconds", type=float, help="per cell")
+    ap.add_argument("--repeat", type=int, help="runs per cell")
+    ap.add_argument("--only", action="append", help="rows whose name contains this (repeatable)")
+    ap.add_argument("--nodes", type=int, default=500, help="joined nodes for the relay's scale cell [500]; 0 skips it")
+    ap.add_argument("--json", metavar="FILE", help="write the run here [bench/results/DATE.json]")
+    ap.add_argument("--chart", metavar="FILE", help="draw the table here [bench/results/DATE.png]")
     args = ap.parse_args(argv)
+    seconds = args.seconds or (10.0 if args.full else 3.0)
+    repeat = args.repeat or (3 if args.full else 1)
+    if seconds <= 0 or repeat < 1:
+        print("bench: --seconds must be positive and --repeat at least 1", file=sys.stderr)
+        return 2
     started = time.strftime("%Y-%m-%d %H:%M")
+    stamp = time.strftime("%Y-%m-%d-%H%M")
     try:
-        result = measure(args.seconds)
-    except (LabError, subprocess.SubprocessError) as exc:
+        result = measure(seconds, repeat, args.only)
+        if args.nodes > 0:
+            print(f"  relay scale, {args.nodes} nodes ...", file=sys.stderr, flush=True)
+            result["scale"] = relay_scale(args.nodes)
+    except (LabError, subprocess.SubprocessError, KeyError, ValueError) as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
-    rows = result["rows"]
-    raw = rows["raw veth"]["gbps"]
-    print(f"\ntunneld bench, {started}, {platform.node()} ({platform.machine()}, "
-          f"{len(__import__('os').sched_getaffinity(0))} cores), {args.seconds:.0f} s per row, iperf3 TCP")
-    print(f"{'path':<30} {'Gbit/s':>8} {'x raw veth':>11} {'retransmits':>12}")
-    for name, r in rows.items():
-        print(f"{name:<30} {r['gbps']:>8.3f} {r['gbps'] / raw:>10.1%} {r['retransmits']:>12}")
+    machine = (f"{platform.node()} ({platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
+               f"kernel {platform.release()})")
+    title = f"tunneld bench, {started}, {machine}, {seconds:.0f} s x {repeat} per cell, medians"
+    print(f"\n{title}\n")
+    print(table(result))
+    if "scale" in result:
+        print("\n" + scale_line(result["scale"]))
     nonzero = {k: v for k, v in result["drops"].items() if v}
     if nonzero:
-        print("tunneld drops during the run:", json.dumps(nonzero))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"date": started, "host": platform.node(), "seconds": args.seconds, **result}, f, indent=1)
+        print("\ntunneld drops during the run:", json.dumps(nonzero))
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    json_path = args.json or os.path.join(HERE, "results", f"{stamp}.json")
+    with open(json_path, "w") as f:
+        json.dump({"date": started, "machine": machine, "seconds": seconds, "repeat": repeat,
+                   "versions": versions(), **result}, f, indent=1)
+    chart_path = args.chart or os.path.join(HERE, "results", f"{stamp}.png")
+    chart(result, chart_path, title)
+    print(f"\nwrote {json_path} and {chart_path}")
     return 0
+
+
+def versions() -> dict:
+    out = {}
+    for pkg in ("wireguard-go", "nebula", "iperf3"):
+        r = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", pkg], capture_output=True, text=True)
+        out[pkg] = r.stdout.strip() or "?"
+    return out
 
 
 if __name__ == "__main__":

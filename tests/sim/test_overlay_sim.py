@@ -274,3 +274,20 @@ def test_a_peer_that_never_answers_is_handshaken_again():
         alpha.from_tun(ipv4_packet(alpha.assignment.address, bravo.assignment.address, b"x"), net.now)
         net.advance(0.5)
     assert alpha.counts["peer_handshakes_sent"] > sent
+
+
+def test_a_packet_with_a_deeper_partial_checksum_arrives_with_its_place_and_is_checked(net):
+    """wire.PARTIAL: the place of a pod packet's unfinished checksum travels with it, and the
+    inner source is checked behind that header just like a plain packet's."""
+    alpha, bravo, charlie = (net.nodes[n] for n in ("alpha", "bravo", "charlie"))
+    net.send_ip("alpha", "bravo")
+    net.advance(0.5)
+    before = len(net.ios["bravo"].tun)
+    place = bytes((wire.PARTIAL, 0, 70, 0, 16))
+    good = place + ipv4_packet(alpha.assignment.address, bravo.assignment.address, b"p" * 100)
+    forged = place + ipv4_packet(charlie.assignment.address, bravo.assignment.address, b"p" * 100)
+    alpha.from_tun(good, net.now)
+    alpha.from_tun(forged, net.now)
+    net.deliver()
+    assert net.ios["bravo"].tun[before:] == [good]
+    assert bravo.drops["spoofed_source"] == 1

@@ -13,6 +13,7 @@ import struct
 from hypothesis import given, settings, strategies as st
 
 from tunneld.engine import offload
+from tunneld.proto.wire import PARTIAL
 from tunneld.engine.offload import GSO_TCPV4, NEEDS_CSUM, VNET_HDR_LEN, Coalescer, single, split
 
 SRC, DST = bytes([100, 64, 0, 2]), bytes([100, 64, 0, 3])
@@ -91,7 +92,7 @@ def test_a_super_packet_is_cut_into_valid_segments():
         assert l4_ok(kernel_completes(single(s)))
 
 
-def test_a_plain_read_passes_and_a_foreign_partial_checksum_is_completed():
+def test_a_plain_read_passes_and_a_deeper_partial_checksum_travels_with_its_place():
     pkt = tcp_packet(b"hello", 5)
     assert split(struct.pack("=BBHHHH", 0, 0, 0, 0, 0, 0) + pkt) == ([pkt], "")
     # VXLAN carrying a TCP packet whose checksum the kernel left for us: only we can finish it.
@@ -102,7 +103,12 @@ def test_a_plain_read_passes_and_a_foreign_partial_checksum_is_completed():
     outer += struct.pack("!HHHH", 5555, 8472, udp_len, 0) + bytes(8) + bytes(12) + b"\x08\x00" + inner
     start = 20 + 8 + 8 + 14 + 20
     (out,), reason = split(struct.pack("=BBHHHH", NEEDS_CSUM, 0, 0, 0, start, 16) + bytes(outer))
-    assert reason == "" and l4_ok(out[50:])
+    assert reason == "" and out[0] == PARTIAL and out[5:] == bytes(outer)
+    # the receiver's write puts it back where the kernel completes it
+    c = Coalescer()
+    c.add(out)
+    (write,) = c.flush()
+    assert l4_ok(kernel_completes(write)[50:])
 
 
 def test_garbage_reads_are_dropped_by_reason():

@@ -27,12 +27,15 @@ packet, and every UDP packet with a checksum, as NEEDS_CSUM over a freshly
 computed pseudo-header sum: the kernel trusts it for local delivery and fills
 in the checksum itself when it forwards the packet on. A partial checksum
 anywhere but the packet's own TCP/UDP header (inside an encapsulated packet) is
-completed in software before it leaves, since the receiver cannot know of it.
+sent with its place (wire.PARTIAL), and the receiver hands it on as NEEDS_CSUM
+at that place, so no checksum is ever computed in Python.
 """
 
 from __future__ import annotations
 
 import struct
+
+from ..proto.wire import PARTIAL, PARTIAL_HEADER_LEN
 
 VNET_HDR_LEN = 10
 NEEDS_CSUM = 1
@@ -42,6 +45,7 @@ GSO_ECN = 0x80
 _VNET = struct.Struct("=BBHHHH")
 _H = struct.Struct("!H")
 _I = struct.Struct("!I")
+_PARTIAL = struct.Struct("!BHH")
 
 PLAIN_HDR = _VNET.pack(0, GSO_NONE, 0, 0, 0, 0)
 MAX_SUPER = 65535  # an IPv4 total length
@@ -61,15 +65,6 @@ def _fold(s: int) -> int:
 def ip_header_checksum(hdr) -> int:
     s = sum(struct.unpack_from(f"!{len(hdr) // 2}H", hdr))
     return ~_fold(s) & 0xFFFF
-
-
-def ones_sum(data) -> int:
-    """The 16-bit ones' complement sum of data (odd lengths padded with a zero byte)."""
-    if len(data) & 1:
-        data = bytes(data) + b"\x00"
-    # 2**16 is 1 modulo 0xFFFF, so the integer's residue is the sum of its 16-bit words.
-    s = int.from_bytes(data, "big") % 0xFFFF
-    return s if s or not any(data) else 0xFFFF
 
 
 def pseudo_sum(packet, proto: int, length: int) -> int:
@@ -96,18 +91,14 @@ def split(buf: bytes) -> tuple[list[bytes], str]:
 
 
 def _complete(packet: bytes, start: int, offset: int) -> bytes:
-    """Leave a partial checksum in the packet's own TCP/UDP header (the receiver completes it);
-    compute any other (an encapsulated packet's) here."""
+    """A partial checksum in the packet's own TCP/UDP header goes as it is (the receiver
+    completes it); one deeper in goes with its place (wire.PARTIAL)."""
     ihl = (packet[0] & 0x0F) * 4
     if start == ihl and ((packet[9] == 6 and offset == 16) or (packet[9] == 17 and offset == 6)):
         return packet
-    at = start + offset
-    if at + 2 > len(packet) or start >= len(packet):
+    if start + offset + 2 > len(packet):
         return packet
-    b = bytearray(packet)
-    s = ones_sum(b[start:])  # the field holds the pseudo-header sum: it is part of the sum
-    b[at : at + 2] = _H.pack(~s & 0xFFFF or 0xFFFF)
-    return bytes(b)
+    return _PARTIAL.pack(PARTIAL, start, offset) + packet
 
 
 def _split_tcp4(pkt: memoryview, gso_size: int) -> tuple[list[bytes], str]:
@@ -172,6 +163,9 @@ class Coalescer:
         self.flows: dict[bytes, _Flow] = {}
 
     def add(self, packet: bytes) -> None:
+        if packet[0] == PARTIAL:
+            self.items.append(single(packet))
+            return
         ihl = (packet[0] & 0x0F) * 4
         proto = packet[9]
         if proto == 6 and ihl == 20 and len(packet) >= 40 and not (packet[6] & 0x3F or packet[7]):
@@ -216,6 +210,9 @@ class Coalescer:
 
 def single(packet: bytes) -> list:
     """One packet as it goes to the TUN device: TCP/UDP as NEEDS_CSUM (see the top)."""
+    if packet[0] == PARTIAL:
+        _, start, offset = _PARTIAL.unpack_from(packet)
+        return [_VNET.pack(NEEDS_CSUM, GSO_NONE, 0, 0, start, offset), memoryview(packet)[PARTIAL_HEADER_LEN:]]
     ihl = (packet[0] & 0x0F) * 4
     proto = packet[9]
     if packet[6] & 0x3F or packet[7] or ihl < 20:  # a fragment: its checksum spans others

@@ -45,6 +45,9 @@ Transport data, type 3 (AEAD: the 16 header bytes are the associated data)
   only, as the sender's kernel left it): the AEAD tag protects every byte, and
   the receiver hands such packets to its kernel as checksum-partial
   (engine/offload.py). One datagram always carries one packet.
+  A packet whose partial checksum lies deeper (a pod's TCP inside flannel's
+  VXLAN) travels as 0x03 + csum_start (2) + csum_offset (2) + the packet, so
+  that the receiver's kernel, not Python, completes it.
   Plaintext on a node<->relay session: one msgpack control message (messages.py).
 
 Relayed, type 4 (node <-> relay; the relay never looks past byte 8)
@@ -102,6 +105,8 @@ MAX_HANDSHAKE = 1280  # a handshake never needs IP fragmentation
 PROBE_REQUEST = 0x01
 PROBE_REPLY = 0x02
 PROBE_LEN = 9
+PARTIAL = 0x03  # + csum_start (2) + csum_offset (2) + an IPv4 packet: see offload.py
+PARTIAL_HEADER_LEN = 5
 
 # Tunnel overhead per inner packet, for the MTU: IP + UDP + relayed + data header + tag.
 UDP_OVERHEAD_IPV4 = 20 + 8
