@@ -29,6 +29,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from ..errors import HostError
 
 RTPROT_TUNNELD = 199  # marks the routes tunneld installs, so that it only ever removes its own
+TXQUEUELEN = 1000
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,9 @@ class Links:
         try:
             if self._link_mtu(ifname) != mtu:
                 self._ipr.link("set", index=idx, mtu=mtu)
+            # A TUN queue of 500 (the kernel's default) overflows under one TCP stream of pod
+            # traffic, which arrives per packet; 1000 is what Ethernet devices get.
+            self._ipr.link("set", index=idx, txqlen=TXQUEUELEN)
             for present in self._addresses(ifname):
                 if present != interface:
                     self._ipr.addr("del", index=idx, address=str(present.ip), prefixlen=present.network.prefixlen)
