@@ -239,9 +239,11 @@ class Node:
     # -- the hot path: TUN -> wire -----------------------------------------------------
 
     def from_tun(self, packet: bytes, now: float) -> None:
-        head = b""
-        if packet and packet[0] == wire.PARTIAL:  # checksum left to the receiver's kernel (offload.py)
-            head, packet = packet[:wire.PARTIAL_HEADER_LEN], packet[wire.PARTIAL_HEADER_LEN:]
+        meta = b""
+        if packet and packet[0] == wire.PARTIAL and len(packet) > wire.PARTIAL_HEADER_LEN:
+            # a checksum left to the receiver's kernel; offload.py keeps its place below 256
+            meta = bytes((packet[2], packet[4], 0))
+            packet = packet[wire.PARTIAL_HEADER_LEN:]
         if len(packet) < 20 or packet[0] >> 4 != 4:
             self.drops["tun_not_ipv4"] += 1
             return
@@ -254,15 +256,13 @@ class Node:
         proto = packet[9]
         if proto == 6 or proto == 17:
             packet = clamp(packet, peer.mss, peer.vxlan_mss)
-        if head:
-            packet = head + packet
         s = peer.tx
         if s is None:
             peer.queue.append(packet)
             if peer.initiation is None:
                 self._initiate(peer, now)
             return
-        sealed = s.seal(packet, peer.tx_prefix)
+        sealed = s.seal(packet, peer.tx_prefix, meta)
         if sealed is None:
             self.drops["session_exhausted"] += 1
             return
@@ -347,12 +347,12 @@ class Node:
             if not plaintext:
                 return  # keepalive
             first = plaintext[0]
-            if first >> 4 == 4 or first == wire.PARTIAL:
-                o = 0 if first >> 4 == 4 else wire.PARTIAL_HEADER_LEN
-                src = plaintext[o + 12 : o + 16]
-                if len(plaintext) >= o + 20 and (o == 0 or plaintext[o] >> 4 == 4) and (
-                        src == peer.addr or (peer.sources and _within(src, peer.sources))):
+            if first >> 4 == 4:
+                if len(plaintext) >= 20 and (plaintext[12:16] == peer.addr or
+                                             (peer.sources and _within(plaintext[12:16], peer.sources))):
                     peer.rx_bytes += len(plaintext)
+                    if msg[1]:  # a deeper checksum, left for our kernel (wire.py, offload.py)
+                        plaintext = bytes((wire.PARTIAL, 0, msg[1], 0, msg[2])) + plaintext
                     self.io.write_tun(plaintext)
                 else:
                     self.drops["spoofed_source"] += 1

@@ -27,8 +27,8 @@ packet, and every UDP packet with a checksum, as NEEDS_CSUM over a freshly
 computed pseudo-header sum: the kernel trusts it for local delivery and fills
 in the checksum itself when it forwards the packet on. A partial checksum
 anywhere but the packet's own TCP/UDP header (inside an encapsulated packet) is
-sent with its place (wire.PARTIAL), and the receiver hands it on as NEEDS_CSUM
-at that place, so no checksum is ever computed in Python.
+sent with its place (in the DATA header, wire.py), and the receiver hands it on
+as NEEDS_CSUM at that place, so no checksum is computed in Python.
 """
 
 from __future__ import annotations
@@ -96,9 +96,23 @@ def _complete(packet: bytes, start: int, offset: int) -> bytes:
     ihl = (packet[0] & 0x0F) * 4
     if start == ihl and ((packet[9] == 6 and offset == 16) or (packet[9] == 17 and offset == 6)):
         return packet
-    if start + offset + 2 > len(packet):
-        return packet
+    if start + offset + 2 > len(packet) or start > 255 or offset > 255:
+        return _complete_here(packet, start, offset)
     return _PARTIAL.pack(PARTIAL, start, offset) + packet
+
+
+def _complete_here(packet: bytes, start: int, offset: int) -> bytes:
+    """The rare place the header cannot name: finish the checksum in software."""
+    at = start + offset
+    if at + 2 > len(packet) or start >= len(packet):
+        return packet
+    data = packet[start:]
+    if len(data) & 1:
+        data += b"\x00"
+    s = int.from_bytes(data, "big") % 0xFFFF  # 2**16 = 1 (mod 0xFFFF): the sum of the 16-bit words
+    b = bytearray(packet)
+    b[at : at + 2] = _H.pack(~s & 0xFFFF or 0xFFFF)
+    return bytes(b)
 
 
 def _split_tcp4(pkt: memoryview, gso_size: int) -> tuple[list[bytes], str]:

@@ -52,13 +52,14 @@ class Session:
         # Noise's nonce encodings: big-endian for AES-GCM, little-endian for ChaChaPoly.
         self._big_endian_nonce = suite == wire.SUITE_AESGCM
 
-    def seal(self, plaintext: bytes, prefix: bytes = b"") -> bytes | None:
+    def seal(self, plaintext: bytes, prefix: bytes = b"", meta: bytes = b"") -> bytes | None:
+        """meta: the header's 3 bytes after the type (a checksum's place, wire.py), or zeros."""
         n = self.send_counter
         if n >= REJECT_AFTER_MESSAGES:
             return None
         self.send_counter = n + 1
         ctr = n.to_bytes(8, "big")
-        hdr = self._hdr + ctr
+        hdr = (b"\x03" + meta + self.remote_index if meta else self._hdr) + ctr
         nonce = _ZERO4 + (ctr if self._big_endian_nonce else n.to_bytes(8, "little"))
         return prefix + hdr + self._encrypt(nonce, plaintext, hdr)
 

@@ -31,9 +31,9 @@ Handshake response, type 2 (Noise IK message 2)
 
 Transport data, type 3 (AEAD: the 16 header bytes are the associated data)
 
-  +---------------+-----------------------------------------------+
-  |   type = 3    |                reserved = 0                   |
-  +---------------+-----------------------------------------------+
+  +---------------+---------------+---------------+---------------+
+  |   type = 3    |  csum start   |  csum offset  | reserved = 0  |
+  +---------------+---------------+---------------+---------------+
   |                     receiver index (4)                        |
   |                        counter (8)                            |
   |  ciphertext of the plaintext (n) | tag (16)                   |
@@ -46,8 +46,9 @@ Transport data, type 3 (AEAD: the 16 header bytes are the associated data)
   the receiver hands such packets to its kernel as checksum-partial
   (engine/offload.py). One datagram always carries one packet.
   A packet whose partial checksum lies deeper (a pod's TCP inside flannel's
-  VXLAN) travels as 0x03 + csum_start (2) + csum_offset (2) + the packet, so
-  that the receiver's kernel, not Python, completes it.
+  VXLAN) names its place in the header: csum start (from the packet's first
+  byte; 0 = none) and csum offset, so that the receiver's kernel, not Python,
+  completes it. Both are authenticated, and cost no byte of the MTU.
   Plaintext on a node<->relay session: one msgpack control message (messages.py).
 
 Relayed, type 4 (node <-> relay; the relay never looks past byte 8)
@@ -105,7 +106,9 @@ MAX_HANDSHAKE = 1280  # a handshake never needs IP fragmentation
 PROBE_REQUEST = 0x01
 PROBE_REPLY = 0x02
 PROBE_LEN = 9
-PARTIAL = 0x03  # + csum_start (2) + csum_offset (2) + an IPv4 packet: see offload.py
+# Inside one node only (never on the wire): 0x03 + csum_start (2) + csum_offset (2) + an IPv4
+# packet, a packet whose partial checksum lies deeper than its own header (offload.py).
+PARTIAL = 0x03
 PARTIAL_HEADER_LEN = 5
 
 # Tunnel overhead per inner packet, for the MTU: IP + UDP + relayed + data header + tag.
