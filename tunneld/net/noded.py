@@ -34,7 +34,7 @@ from ..proto.token import JoinToken, TokenError
 from ..state import SOCKET_FILE, load_identity, load_node_cache, prepare_dir, save_node_cache
 from . import ctlsock
 from .base import READ_BATCH, Daemon, FramedStream, udp_socket
-from .udpio import Batch, enable_gro, receive_batch
+from .udpio import Batch, enable_gro, read as udp_read
 
 log = logging.getLogger("tunneld.node")
 
@@ -319,16 +319,11 @@ class NodeDaemon(Daemon):
         self._coalescing = self.batch.active = True
         try:
             for _ in range(READ_BATCH):
-                try:
-                    datagrams, addr = receive_batch(sock, gro)
-                except BlockingIOError:
+                got = udp_read(sock, gro, self.engine.drops, self.stats)
+                if got is None:
                     break
-                except OSError:
-                    self.engine.drops["udp_recv_error"] += 1
-                    break
+                datagrams, addr = got
                 ep = RELAY if addr == relay else addr
-                if len(datagrams) > 1:
-                    self.stats["udp_gro_reads"] += 1
                 for data in datagrams:
                     try:
                         receive(data, ep, now)

@@ -18,7 +18,7 @@ from ..store.base import StoreError
 from ..store.sqlite import SqliteStore
 from . import ctlsock
 from .base import READ_BATCH, Daemon, FramedStream, bind_error, udp_socket
-from .udpio import Batch, enable_gro, receive_batch
+from .udpio import Batch, enable_gro, read as udp_read
 
 log = logging.getLogger("tunneld.relay")
 
@@ -160,15 +160,10 @@ class RelayDaemon(Daemon):
         batch.active = True
         try:
             for _ in range(READ_BATCH):
-                try:
-                    datagrams, addr = receive_batch(sock, gro)
-                except BlockingIOError:
+                got = udp_read(sock, gro, self.engine.drops, self.stats)
+                if got is None:
                     break
-                except OSError:
-                    self.engine.drops["udp_recv_error"] += 1
-                    break
-                if len(datagrams) > 1:
-                    self.stats["udp_gro_reads"] += 1
+                datagrams, addr = got
                 for data in datagrams:
                     try:
                         receive(data, addr, now)

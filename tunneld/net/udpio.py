@@ -50,6 +50,20 @@ def receive_batch(sock: socket.socket, gro: bool):
     return (data,), addr
 
 
+def read(sock: socket.socket, gro: bool, drops, stats):
+    """One read in a readiness callback: (datagrams, sender), or None when it is drained."""
+    try:
+        datagrams, addr = receive_batch(sock, gro)
+    except BlockingIOError:
+        return None
+    except OSError:
+        drops["udp_recv_error"] += 1
+        return None
+    if len(datagrams) > 1:
+        stats["udp_gro_reads"] += 1
+    return datagrams, addr
+
+
 class Batch:
     """Outgoing datagrams, held while `active` and sent by flush(); sent at once otherwise."""
 
