@@ -31,6 +31,8 @@ def load_file(path: str | None, allowed: set[str]) -> dict:
         raise ConfigError(f"cannot read --config {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"--config {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"--config {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     out = {}
     for key, value in data.items():
         norm = key.replace("-", "_")

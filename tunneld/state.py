@@ -27,6 +27,8 @@ DB_FILE = "relay.db"
 
 def prepare_dir(path: str) -> str:
     path = os.path.abspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"state dir {path} is not a directory; choose another --state-dir")
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
     except OSError as exc:

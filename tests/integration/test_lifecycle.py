@@ -133,16 +133,22 @@ def test_nodes_outlast_a_long_relay_outage(lab):
 
 def test_revoking_a_node_on_a_running_relay(lab):
     ov = standard(lab)
+    started = time.monotonic()
     out = lab.nsexec(ov.relay.ns, sys.executable, "-m", "tunneld", "revoke", "natted",
                      "--state-dir", ov.relay.state_dir)
     assert "revoked natted" in out.stderr.decode()
-    # The node learns at its next contact with the relay, and gives up with exit 3.
-    assert refused(ov.node_procs["natted"]) == 3
+    # The relay tells the node over its session: it stops at once, not at its next contact.
+    assert refused(ov.node_procs["natted"], timeout=10) == 3
+    assert time.monotonic() - started < 5
     assert "revoked" in lab.log("natted").strip().splitlines()[-1]
     wait_for(lambda: all("natted" not in [p["name"] for p in ov.node_status(n)["peers"]]
-                         for n in ("public", "hidden")), 15, what="peers to forget natted")
+                         for n in ("public", "hidden")), 5, what="peers to forget natted")
     assert "natted" not in [n["name"] for n in ov.status(ov.relay)["nodes"]]
     assert ov.ping("public", ov.address("hidden")).returncode == 0
+    # Its key is refused from now on, even with a fresh token.
+    again = ov.join(ov.nodes["natted"], "natted", ov.token())
+    assert refused(again) == 3
+    assert "key was revoked" in lab.log("natted").strip().splitlines()[-1]
 
 
 def test_systemd_readiness_comes_with_the_address(lab):

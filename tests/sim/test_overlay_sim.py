@@ -291,3 +291,61 @@ def test_a_packet_with_a_deeper_partial_checksum_arrives_with_its_place_and_is_c
     net.deliver()
     assert net.ios["bravo"].tun[before:] == [good]
     assert bravo.drops["spoofed_source"] == 1
+
+
+def test_revoking_a_node_stops_it_at_once_and_its_peers_forget_it(net):
+    charlie = net.nodes["charlie"]
+    assert net.relay.revoke("charlie")
+    net.deliver()  # no tick, no ping: the relay told it over its session
+    assert net.ios["charlie"].refusals == [("key_revoked", net.ios["charlie"].refusals[0][1])]
+    assert charlie.stopped and not charlie.sessions
+    net.advance(1)  # the directory without charlie reaches the others
+    for name in ("alpha", "bravo"):
+        assert all(p.name != "charlie" for p in net.nodes[name].peers.values())
+    # Its key is refused from now on.
+    again = net.add_node("charlie2", identity=charlie.identity)
+    net.advance(3)
+    assert again.assignment is None and net.ios["charlie2"].refusals[0][0] == "key_revoked"
+
+
+@pytest.mark.parametrize("limit", ["time", "volume"])
+def test_keys_rotate_by_time_and_volume_without_a_lost_packet(monkeypatch, limit):
+    from tunneld.proto import session
+    if limit == "volume":  # 2^32 messages in a test would take days: the same rule, a smaller number
+        monkeypatch.setattr(session, "REKEY_AFTER_MESSAGES", 300)
+        monkeypatch.setattr(session, "REJECT_AFTER_MESSAGES", 600)
+    net = SimNet()
+    for name in ("alpha", "bravo"):
+        net.add_node(name)
+    net.advance(2)
+    net.send_ip("alpha", "bravo")  # the first packet of a pair waits for its handshake; later ones never
+    net.send_ip("bravo", "alpha")
+    net.advance(1)
+    sent, indexes = [], set()
+    per_step = 1 if limit == "time" else 8
+    for step in range(1100 if limit == "time" else 300):  # time: 275 s, twice past REKEY_AFTER_TIME
+        net.now += 0.25
+        net.wall += 0.25
+        net.relay.tick(net.now)
+        for node in net.nodes.values():
+            node.tick(net.now)  # may put a rekey INIT on the wire...
+        for k in range(per_step):  # ...and packets sent while it is in flight must not wait for it
+            i = step * per_step + k
+            src, dst = ("alpha", "bravo") if i % 2 else ("bravo", "alpha")
+            packet = ipv4_packet(net.nodes[src].assignment.address, net.nodes[dst].assignment.address,
+                                 i.to_bytes(4, "big") * 4)
+            before = len(net.queue)
+            net.nodes[src].from_tun(packet, net.now)
+            new = [d for _, d, _ in list(net.queue)[before:]]
+            assert [d[8] for d in new if d[0] == wire.RELAYED][-1:] == [wire.DATA], (step, k)
+            sent.append((dst, packet))
+        net.deliver()
+        for p in net.nodes["alpha"].peers.values():
+            if p.tx is not None:
+                indexes.add(p.tx.local_index)
+    net.advance(1)
+    for dst, packet in sent:
+        assert packet in net.ios[dst].tun
+    assert len(indexes) >= 3  # the keys did change, more than once
+    for io in net.ios.values():
+        assert len(io.tun) == len(set(io.tun))  # and nothing came twice

@@ -104,3 +104,38 @@ def test_config_file_takes_route_settings(tmp_path):
     cfg.write_text('relay = "192.0.2.1:7000"\ntoken = "x"\nname = "n"\naccept-routes = "yes"\n')
     one_line_error(tunneld("join", "--config", str(cfg), "--state-dir", str(tmp_path / "s")), 2,
                    "accept-routes takes true or false")
+
+
+@pytest.mark.parametrize("content,words", [
+    (None, ["cannot read --config"]),
+    (b'relay = "192.0.2.1:7000\n', ["not valid TOML"]),
+    (b'relay = "192.0.2.1:7000"\nname = "caf\xe9"\n', ["not UTF-8"]),
+    (b'relay = "192.0.2.1:7000"\ntoken = "x"\nname = "n"\nport = 70000\n', ["--port"]),
+])
+def test_bad_config_files_exit_2_and_change_nothing(tmp_path, content, words):
+    cfg = tmp_path / "join.toml"
+    if content is not None:
+        cfg.write_bytes(content)
+    state = tmp_path / "state"
+    one_line_error(tunneld("join", "--config", str(cfg), "--state-dir", str(state)), 2, *words)
+    assert not state.exists()
+
+
+def test_bad_listen_port_and_state_dir_that_is_a_file(tmp_path):
+    state = tmp_path / "state"
+    one_line_error(tunneld("serve", "--listen", "0.0.0.0:70000", "--state-dir", str(state)), 2, "1-65535")
+    assert not state.exists()
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    one_line_error(tunneld("token", "--state-dir", str(afile)), 2, "not a directory")
+    assert afile.read_text() == "x"
+
+
+def test_a_key_readable_by_others_is_refused_and_left_alone(tmp_path):
+    state = tmp_path / "relay"
+    assert tunneld("token", "--state-dir", str(state)).returncode == 0
+    key = state / "private.key"
+    key.chmod(0o644)
+    before = key.read_bytes()
+    one_line_error(tunneld("token", "--state-dir", str(state)), 2, "chmod 600")
+    assert key.read_bytes() == before and oct(key.stat().st_mode & 0o777) == "0o644"

@@ -18,6 +18,8 @@ The receive pipeline (receive), per message from the relay:
   DATA    -> a control message from the relay (pong, directory).
   RESP    -> the relay's answer to our join handshake.
   HINT    -> the relay lost our session: handshake again (rate-limited).
+  COOKIE  -> the relay is under a handshake flood: keep its cookie, send the
+             INIT again with mac2 (proto/cookie.py).
 Messages straight from a peer (hole-punched UDP) are DATA, INIT or RESP of the
 same sessions; a peer is recognised by its session index or its key, never by
 its address, and any authenticated packet teaches us where it can be reached.
@@ -42,6 +44,7 @@ from ..control.backoff import Backoff
 from ..control.directory import DirectoryMirror, Entry
 from ..control.paths import PathState, parse_endpoint
 from ..proto import messages, wire
+from ..proto.cookie import CookieJar
 from ..proto.errors import ProtocolError
 from ..proto.handshake import Identity, Initiation, read_initiation, tai64n, TIMESTAMP_LEN
 from ..proto.session import Session
@@ -166,7 +169,7 @@ class Peer:
 class RelayLink:
     __slots__ = ("key", "session", "previous", "initiation", "next_attempt", "backoff", "failures",
                  "up", "last_rx", "ping_seq", "ping_at", "ping_sent", "rtt", "hint_at", "seen_as", "tcp",
-                 "wrong_key_hints", "ever_joined", "fast_pings", "good_tcp")
+                 "wrong_key_hints", "ever_joined", "fast_pings", "good_tcp", "cookies", "cookie_resent")
 
     def __init__(self, key: bytes, backoff: Backoff):
         self.key = key
@@ -189,6 +192,8 @@ class RelayLink:
         self.wrong_key_hints = 0
         self.ever_joined = False
         self.fast_pings = 0
+        self.cookies = CookieJar(key)
+        self.cookie_resent: Initiation | None = None  # the INIT we already re-sent with a cookie
 
 
 class Node:
@@ -289,6 +294,8 @@ class Node:
             self._relay_resp(data, now)
         elif t == wire.HINT:
             self._relay_hint(data, now)
+        elif t == wire.COOKIE:
+            self._relay_cookie(data, now)
         else:
             self.drops["bad_type"] += 1
 
@@ -632,7 +639,7 @@ class Node:
         r.initiation = Initiation(self.identity, r.key, self.suite, self._new_index(), payload, now)
         r.next_attempt = now + r.backoff.next()
         self.counts["relay_handshakes_sent"] += 1
-        self.io.send(RELAY, r.initiation.message)
+        self.io.send(RELAY, r.cookies.stamp(r.initiation.message, now))
 
     def _relay_resp(self, data: bytes, now: float) -> None:
         r = self.relay
@@ -704,6 +711,11 @@ class Node:
                 self._sync_peers(now)
             if msg["mtu"] and msg["mtu"] != self.network_mtu:
                 self._adopt_mtu(msg["mtu"])
+        elif kind == "revoked":  # authenticated: only the relay holds this session's keys
+            self.stopped = True
+            self._drop_all()
+            self.io.refused("key_revoked", "this node's key was revoked on the relay; delete the key "
+                            "file in the node's state dir and join again with a new token")
         else:
             self.drops["unexpected_control"] += 1
 
@@ -729,6 +741,29 @@ class Node:
         # Unauthenticated: at most a new handshake, and never more than once a second.
         if r.initiation is None or now - r.initiation.created >= HINT_INTERVAL:
             self._relay_handshake(now)
+
+    def _relay_cookie(self, data: bytes, now: float) -> None:
+        r = self.relay
+        init = r.initiation
+        if init is None or data[4:8] != init.local_index:
+            self.drops["unexpected_cookie"] += 1
+            return
+        if not r.cookies.take(data, init.message, now):
+            self.drops["bad_cookie"] += 1
+            return
+        self.counts["cookies"] += 1
+        if r.cookie_resent is not init:  # once per INIT: a cookie never makes us send more
+            r.cookie_resent = init
+            self.io.send(RELAY, r.cookies.stamp(init.message, now))
+
+    def _drop_all(self) -> None:
+        """Forget every key: a revoked node must not go on talking to its peers directly."""
+        for peer in self.peers.values():
+            self._drop_sessions(peer)
+        r = self.relay
+        r.session = r.previous = r.initiation = None
+        r.up = False
+        self.sessions.clear()
 
     def _control(self, msg: dict) -> None:
         s = self.relay.session

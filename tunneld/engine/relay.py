@@ -5,7 +5,10 @@ What it does with each message (wire.py):
            destination to source and pass it to the destination member. The
            relay never looks past byte 8: nodes' traffic is encrypted end to end.
   INIT     a node's handshake: authenticate it (Noise IK), decide the join
-           (control/registry.py), answer with its address or a refusal.
+           (control/registry.py), answer with its address or a refusal. Under
+           a flood of INITs, one without a valid mac2 gets a cookie instead of
+           any public-key work, and each source address is rate-limited
+           (proto/cookie.py).
   DATA     a control message on a member's session: ping, bye.
 Anything else, or anything that fails a check, is dropped and counted by reason.
 
@@ -25,9 +28,11 @@ from typing import Callable
 
 from ..control.directory import Directory, Entry
 from ..control.paths import parse_endpoint
+from ..control.ratelimit import LoadMeter, SourceLimiter
 from ..control.registry import Refusal, Registry, check_routes
 from ..proto import messages, wire
-from ..proto.errors import HandshakeError, ProtocolError
+from ..proto.cookie import CookieChecker
+from ..proto.errors import ProtocolError
 from ..proto.handshake import Identity, read_initiation
 from ..proto.session import REJECT_AFTER_TIME, Session
 
@@ -38,6 +43,21 @@ PENDING_TIMEOUT = 10.0  # an answered handshake must be confirmed by then
 PUBLISH_DELAY = 0.2  # batch directory changes this long before pushing them
 SEEN_FLUSH = 60.0  # last-seen times go to the store in one write this often (not one fsync per connect)
 HINTS_PER_SECOND = 200  # unauthenticated hints are cheap but not free
+# More INITs than this in a second and the relay is under load: cookies first. A join costs
+# about half a millisecond of CPU here, so this bounds handshakes to ~10% of a core.
+UNDER_LOAD_INITS = 200
+# Under load, each source address (not port: a NAT holds many nodes) gets this many
+# handshakes a second, in bursts of up to SOURCE_BURST (a site of nodes rejoining at once).
+SOURCE_RATE = 100.0
+SOURCE_BURST = 200.0
+
+
+def source_of(ep) -> tuple[str, bytes]:
+    """(host, host and port as bytes) of an adapter endpoint, for rate limits and cookies."""
+    if ep.__class__ is tuple:
+        return ep[0], f"{ep[0]}:{ep[1]}".encode()
+    host = getattr(ep, "host", "tcp")
+    return host, getattr(ep, "label", host).encode()
 
 
 def format_endpoint(ep) -> str:
@@ -108,6 +128,9 @@ class Relay:
         self.directory.publish()
         self._next_publish = now
         self._hint_budget = HINTS_PER_SECOND
+        self.cookies = CookieChecker(identity.public, now)
+        self.load = LoadMeter(UNDER_LOAD_INITS)
+        self.limiter = SourceLimiter(SOURCE_RATE, SOURCE_BURST)
         self._seen: dict[str, float] = {}
         self._next_seen_flush = now + SEEN_FLUSH
 
@@ -170,7 +193,7 @@ class Relay:
                 self._sync(m)
         elif kind == "bye":
             self._offline(m)
-        else:
+        else:  # includes "revoked", which only the relay sends
             self.drops["unexpected_control"] += 1
 
     def _control(self, m: Member, msg: dict) -> None:
@@ -189,16 +212,31 @@ class Relay:
 
     def _on_init(self, data: bytes, ep, now: float) -> None:
         try:
-            incoming = read_initiation(self.identity, data)
-        except HandshakeError as exc:
-            if exc.args and exc.args[0] == "mac1":
-                self.drops["handshake_wrong_key"] += 1
-                self._hint(ep, wire.HINT_NOT_MY_KEY, bytes(4))
-            else:
-                self.drops["handshake_invalid"] += 1
-            return
+            wire.parse_init(data)
         except ProtocolError:
             self.drops["handshake_malformed"] += 1
+            return
+        if not wire.mac1_valid(data, self.identity.mac1_key):
+            self.drops["handshake_wrong_key"] += 1
+            self._hint(ep, wire.HINT_NOT_MY_KEY, bytes(4))
+            return
+        if self.load.event(now):
+            # Under load: no Diffie-Hellman for a sender that has not shown it receives at
+            # its address, and no more than its share for one that has.
+            host, source = source_of(ep)
+            if not self.cookies.mac2_valid(data, source, now):
+                self.drops["handshake_needs_cookie"] += 1
+                self.counts["cookie_replies"] += 1
+                self.send(ep, self.cookies.reply(data, data[4:8], source, now))
+                return
+            if not self.limiter.allow(host, now):
+                self.drops["handshake_rate_limited"] += 1
+                return
+        self.counts["initiations_processed"] += 1  # the public-key work the cookies bound
+        try:
+            incoming = read_initiation(self.identity, data)
+        except ProtocolError:
+            self.drops["handshake_invalid"] += 1
             return
         try:
             request = messages.decode_join_request(incoming.payload)
@@ -319,6 +357,7 @@ class Relay:
             return False
         m = self.members.pop(record.public_key, None)
         if m is not None:
+            self._control(m, {"t": "revoked"})  # it stops at once, not at its next contact
             self._forget(m)
         self.directory.remove(ipaddress.IPv4Address(record.address).packed)
         self._mtus.pop(name, None)
@@ -341,6 +380,8 @@ class Relay:
 
     def tick(self, now: float) -> None:
         self._hint_budget = HINTS_PER_SECOND
+        if len(self.limiter) and not self.load.under_load(now):
+            self.limiter.prune(now)
         for m in self.members.values():
             if m.online and now - m.last_rx > OFFLINE_AFTER:
                 self._offline(m)
@@ -382,4 +423,5 @@ class Relay:
         return {"role": "relay", "listen": self.listen, "network": str(self.registry.network),
                 "mtu": self.directory.mtu, "relay_mtu": self.relay_mtu,
                 "public_key": self.identity.public.hex(), "nodes": nodes,
+                "sessions": len(self.sessions),
                 "counters": dict(self.counts), "drops": dict(self.drops)}

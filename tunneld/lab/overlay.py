@@ -137,28 +137,35 @@ print(n, h.hexdigest(), flush=True)
 """
 
 SOURCE = r"""
-import os, socket, sys, hashlib
-n = int(sys.argv[3]); seed = sys.argv[4].encode()
+import os, socket, sys, hashlib, time
+n = int(sys.argv[3]); seed = sys.argv[4].encode(); rate = float(sys.argv[6])
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[5]))
-h = hashlib.sha256(); sent = 0; block = 0
+h = hashlib.sha256(); sent = 0; block = 0; start = time.monotonic()
 while sent < n:
     chunk = hashlib.sha256(seed + block.to_bytes(8, "big")).digest() * 2048
     chunk = chunk[: n - sent]
     s.sendall(chunk); h.update(chunk); sent += len(chunk); block += 1
+    if rate:  # paced: a stream that is still going when a test breaks something
+        ahead = sent / rate - (time.monotonic() - start)
+        if ahead > 0:
+            time.sleep(ahead)
 s.shutdown(socket.SHUT_WR); s.recv(1); s.close()
 print(sent, h.hexdigest(), flush=True)
 """
 
 
-def transfer(ov: Overlay, src: str, dst: str, port: int, nbytes: int, timeout: float = 120) -> tuple[str, str]:
+def transfer(ov: Overlay, src: str, dst: str, port: int, nbytes: int, timeout: float = 120,
+             rate: float = 0) -> tuple[str, str]:
     """Send nbytes from node src to node dst's overlay address:port over TCP."""
-    return transfer_between(ov.lab, ov.nodes[src].ns, ov.nodes[dst].ns, ov.address(dst), port, nbytes, timeout)
+    return transfer_between(ov.lab, ov.nodes[src].ns, ov.nodes[dst].ns, ov.address(dst), port, nbytes, timeout,
+                            rate)
 
 
 def transfer_between(lab: Lab, src_ns: str, dst_ns: str, dst_addr: str, port: int, nbytes: int,
-                     timeout: float = 120) -> tuple[str, str]:
-    """Send nbytes from namespace src_ns to dst_addr:port, served in dst_ns, over TCP.
-    Returns (sent, received) as "length sha256" each: equal when the stream arrived byte-exact."""
+                     timeout: float = 120, rate: float = 0) -> tuple[str, str]:
+    """Send nbytes from namespace src_ns to dst_addr:port, served in dst_ns, over TCP, at up to
+    `rate` bytes a second (0: as fast as it goes). Returns (sent, received) as "length sha256"
+    each: equal when the stream arrived byte-exact."""
     sink = subprocess.Popen(["ip", "netns", "exec", dst_ns, sys.executable, "-c", SINK, dst_addr,
                              str(port), str(timeout)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     lab.processes.append(sink)
@@ -166,7 +173,8 @@ def transfer_between(lab: Lab, src_ns: str, dst_ns: str, dst_addr: str, port: in
         if sink.stdout.readline().strip() != b"listening":
             raise LabError(f"sink did not start: {sink.stderr.read().decode()}")
         sent = lab.nsexec(src_ns, sys.executable, "-c", SOURCE, dst_addr, str(port), str(nbytes),
-                          hashlib.sha256(os.urandom(8)).hexdigest(), str(timeout), timeout=timeout + 10)
+                          hashlib.sha256(os.urandom(8)).hexdigest(), str(timeout), str(rate),
+                          timeout=timeout + 10)
         out, err = sink.communicate(timeout=timeout)
         if sink.returncode != 0:
             raise LabError(f"sink failed: {err.decode()}")

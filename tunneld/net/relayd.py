@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -75,21 +76,44 @@ class RelayDaemon(Daemon):
 
     async def run(self) -> tuple[int, str]:
         s = self.settings
-        state_dir = prepare_dir(s.state_dir)
-        identity = load_identity(state_dir)
+        # Bind first: a wrong --listen must fail before anything is written to the state dir.
+        udp, tcp = self._bind()
         try:
-            store = SqliteStore(os.path.join(state_dir, DB_FILE))
-        except StoreError as exc:
-            raise ConfigError(str(exc)) from None
+            state_dir = prepare_dir(s.state_dir)
+            identity = load_identity(state_dir)
+            try:
+                store = SqliteStore(os.path.join(state_dir, DB_FILE))
+            except StoreError as exc:
+                raise ConfigError(str(exc)) from None
+        except BaseException:
+            udp.close()
+            tcp.close()
+            raise
         try:
-            return await self._serve(store, identity, state_dir)
+            return await self._serve(store, identity, state_dir, udp, tcp)
         finally:
             store.close()
 
-    async def _serve(self, store, identity, state_dir) -> tuple[int, str]:
+    def _bind(self) -> tuple[socket.socket, socket.socket]:
         s = self.settings
+        udp = udp_socket(s.listen_host, s.port, "--listen")
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            tcp.bind((s.listen_host, s.port))
+        except OSError as exc:
+            tcp.close()
+            udp.close()
+            raise bind_error(exc, s.listen_host, s.port, "TCP", "--listen") from None
+        return udp, tcp
+
+    async def _serve(self, store, identity, state_dir, udp, tcp_sock) -> tuple[int, str]:
+        s = self.settings
+        self.sock = udp
         known = store.get_meta("network")
         if known is not None and known != str(s.network) and store.nodes():
+            udp.close()
+            tcp_sock.close()
             raise ConfigError(f"this state dir serves --network {known}, which has nodes; "
                               f"run with --network {known}, or use a new --state-dir")
         store.set_meta("network", str(s.network))
@@ -98,18 +122,9 @@ class RelayDaemon(Daemon):
         listen = f"{s.listen_host}:{s.port}"
         self.engine = Relay(identity, Registry(store, s.network), self._send, monotonic(), listen=listen,
                             relay_mtu=self._underlay_mtu(s.listen_host))
-        self.sock = udp_socket(s.listen_host, s.port, "--listen")
         self.gro = enable_gro(self.sock)
         self.stats = Counter()
         self.batch = Batch(self.sock, self.engine.drops, self.stats)
-        tcp_sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        tcp_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            tcp_sock.bind((s.listen_host, s.port))
-        except OSError as exc:
-            tcp_sock.close()
-            self.sock.close()
-            raise bind_error(exc, s.listen_host, s.port, "TCP", "--listen") from None
         server = await loop.create_server(lambda: RelayStream(self), sock=tcp_sock, backlog=1024)
         ctl = await ctlsock.serve(os.path.join(state_dir, SOCKET_FILE), self._control)
         loop.add_reader(self.sock.fileno(), self._on_udp)
@@ -186,6 +201,7 @@ class RelayDaemon(Daemon):
         if request.get("cmd") == "status":
             status = self.engine.status()
             status["tcp_streams"] = len(self.streams)
+            status["tasks"] = len(asyncio.all_tasks())
             status["offload"] = {"udp_gso": self.batch.gso, "udp_gro": self.gro, **self.stats}
             return status
         if request.get("cmd") == "revoke" and isinstance(request.get("name"), str):

@@ -21,6 +21,7 @@ Messages on an established node <-> relay session (one per DATA plaintext):
                          "gone": [addr bin4, ...]}
          base nil: chunk i of c of a full snapshot at version v; else a delta from base to v.
   bye    node -> relay  {"t": "bye"}                               the node is shutting down
+  revoked relay -> node {"t": "revoked"}                           the operator revoked this node
 
 decode() validates the shape of every message: a peer is authenticated, not trusted.
 Anything else raises ProtocolError.
@@ -102,6 +103,7 @@ _CONTROL = {
     "dir": {"v": (int, 0), "base": ((int, _NONE), 0), "i": (int, 4096), "c": (int, 4096),
             "mtu": (int, 65535), "nodes": (list, 0), "gone": (list, 0)},
     "bye": {},
+    "revoked": {},
 }
 
 

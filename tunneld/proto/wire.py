@@ -68,6 +68,9 @@ re-handshake, never tear anything down)
   |   type = 5    |    reason     |          reserved = 0         |
   |                     index (4)                                 |
   +---------------------------------------------------------------+
+
+Cookie reply, type 6 (relay -> node, 52 bytes): the relay under a handshake flood
+asks for proof of the source address before any public-key work; drawn in cookie.py.
 """
 
 from __future__ import annotations
@@ -83,6 +86,7 @@ RESP = 2
 DATA = 3
 RELAYED = 4
 HINT = 5
+COOKIE = 6
 
 SUITE_AESGCM = 1
 SUITE_CHACHAPOLY = 2
@@ -99,6 +103,7 @@ INDEX_LEN = 4
 DATA_HEADER_LEN = 16
 RELAYED_HEADER_LEN = 8
 HINT_LEN = 8
+COOKIE_REPLY_LEN = 4 + 4 + 12 + 16 + TAG_LEN  # cookie.py
 INIT_FIXED = 8 + 32 + 48 + TAG_LEN + 2 * MAC_LEN  # 136: INIT with an empty payload
 RESP_FIXED = 12 + 32 + TAG_LEN + 2 * MAC_LEN  # 92: RESP with an empty payload
 MAX_HANDSHAKE = 1280  # a handshake never needs IP fragmentation
@@ -218,4 +223,8 @@ def parse(msg: bytes):
         return (RELAYED, address, fields)
     if t == HINT:
         return (HINT, *parse_hint(msg))
+    if t == COOKIE:
+        if len(msg) != COOKIE_REPLY_LEN:
+            raise ProtocolError("malformed cookie reply")
+        return (COOKIE, bytes(msg[4:8]))
     raise ProtocolError(f"unknown message type {t}")
