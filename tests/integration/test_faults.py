@@ -478,3 +478,21 @@ def test_a_listen_address_that_is_not_ours_changes_nothing(lab):
     err = proc.stderr.decode().strip().splitlines()
     assert proc.returncode == 2 and len(err) == 1 and "--listen" in err[0], err
     assert not os.path.exists(state)
+
+
+def test_keys_rotate_on_time_under_traffic_without_a_pause(attacked):
+    """130 s of pings every 0.1 s through the relay: longer than REKEY_AFTER_TIME (120 s), so
+    both the peers' session and each node's session with the relay rotate under the traffic."""
+    ov = attacked
+    src, dst = relayed_pair(ov)
+    before = {n: ov.node_status(n)["counters"] for n in (src, dst)}
+    r = ov.lab.nsexec(ov.nodes[src].ns, "ping", "-n", "-q", "-c", "1300", "-i", "0.1", "-W", "2",
+                      ov.address(dst), check=False, timeout=200)
+    after = {n: ov.node_status(n)["counters"] for n in (src, dst)}
+    transmitted, received = ping_stats(r)
+    grew = {n: {k: after[n].get(k, 0) - before[n].get(k, 0) for k in ("peer_handshakes_sent",
+                                                                     "relay_handshakes_sent")} for n in after}
+    assert sum(g["peer_handshakes_sent"] for g in grew.values()) >= 1, grew  # the pair's keys changed
+    assert all(g["relay_handshakes_sent"] >= 1 for g in grew.values()), grew  # and each node's with the relay
+    # No pause: a stall of 0.3 s would have cost three pings in a row.
+    assert transmitted - received <= 2, (transmitted, received)
