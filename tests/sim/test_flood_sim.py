@@ -84,3 +84,13 @@ def test_without_load_nobody_is_asked_for_a_cookie():
     assert net.relay.counts["cookie_replies"] == 0
     assert all(n.counts["cookies"] == 0 for n in net.nodes.values())
     assert all(n.counts["relay_handshakes_sent"] >= 2 for n in net.nodes.values())
+
+
+def test_sources_are_addresses_for_limits_and_address_and_port_for_cookies():
+    from tunneld.engine.relay import source_of
+
+    class Stream:  # what the daemon's TCP stream carries
+        host, label = "198.51.100.7", "tcp:198.51.100.7:40001"
+
+    assert source_of(("203.0.113.9", 4000)) == ("203.0.113.9", b"203.0.113.9:4000")
+    assert source_of(Stream()) == ("198.51.100.7", b"tcp:198.51.100.7:40001")

@@ -36,6 +36,7 @@ class RelayStream(FramedStream):
         self.endpoint = self
         self.opened = 0.0
         self.label = "tcp"
+        self.host = "tcp"  # the peer's address: its share of handshakes under load (engine/relay.py)
 
     def connection_made(self, transport):
         super().connection_made(transport)
@@ -43,6 +44,7 @@ class RelayStream(FramedStream):
         self.opened = monotonic()
         peer = transport.get_extra_info("peername")
         self.label = f"tcp:{peer[0]}:{peer[1]}" if peer else "tcp"
+        self.host = peer[0] if peer else "tcp"
         if len(d.streams) >= MAX_STREAMS:
             d.engine.drops["tcp_too_many_streams"] += 1
             transport.abort()
