@@ -207,6 +207,7 @@ def kube_env(state_dir):
     from .host.links import Links
     from .kube import kube_env as render, node_ip_problem
     from .net.ctlsock import request
+    from .engine.node import Assignment
     from .state import load_node_cache
     state_dir = os.path.abspath(state_dir)
     path = os.path.join(state_dir, SOCKET_FILE)
@@ -214,8 +215,10 @@ def kube_env(state_dir):
         st = request(path, {"cmd": "status"})
         name, address, interface, mtu = st.get("name"), st.get("address"), st.get("interface"), st.get("mtu")
     else:  # the daemon is down: what it last configured is still on the interface
-        cache = load_node_cache(state_dir) or {}
-        name, address, mtu, interface = cache.get("name"), cache.get("address"), cache.get("mtu"), None
+        cache = load_node_cache(state_dir)
+        saved = Assignment.from_cache(cache)
+        name, address, interface = (saved.name, saved.address, None) if saved else (None, None, None)
+        mtu = cache.get("mtu") if saved and type(cache.get("mtu")) is int else None
     if not address:
         raise TunneldError(f"this node has no overlay address yet (state dir {state_dir}); "
                            "start 'tunneld join' and let it reach the relay")

@@ -115,3 +115,18 @@ def test_tcp_stream_of_mutated_frames_one_byte_at_a_time(mutations, piece):
         pass  # the daemon closes such a stream
     net.queue.clear()
     still_works(net)
+
+
+@SETTINGS
+@given(name=st.text(max_size=70), routes=st.lists(st.text(max_size=24), max_size=4),
+       lan=st.lists(st.text(max_size=30), max_size=4), mtu=st.integers(0, 65535))
+def test_a_member_may_say_anything_in_its_join_request(name, routes, lan, mtu):
+    """Authenticated, with a valid token, and hostile: the relay takes the join or refuses it,
+    and never fails on what the request says."""
+    net = SimNet()
+    node = net.add_node(name or "x", routes=tuple(routes), lan=tuple(lan))
+    node.underlay_mtu = mtu
+    net.advance(1)
+    # joined, refused with a reason, or (a request the decoder rejects) dropped and counted
+    assert node.assignment is not None or net.ios[name or "x"].refusals or net.relay.drops["join_malformed"]
+    assert "internal_error" not in net.relay.drops

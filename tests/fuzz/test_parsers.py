@@ -6,6 +6,7 @@ captured from a simulated overlay, encodings the code itself produces.
 """
 
 import functools
+import json
 import os
 import tempfile
 
@@ -22,6 +23,8 @@ from tunneld.proto.errors import ProtocolError
 from tunneld.proto.framing import Deframer, frame
 from tunneld.proto.handshake import Identity, read_initiation
 from tunneld.proto.token import JoinToken, TokenError
+from tunneld.engine.node import Assignment
+from tunneld.state import NODE_FILE, load_node_cache
 from tests.fuzz.test_engine_fuzz import captured
 
 RELAY = Identity.generate()
@@ -46,6 +49,17 @@ def _toml(data):
         return config.load_file(f.name, {"relay", "token", "name", "state_dir", "mtu"})
     finally:
         os.unlink(f.name)
+
+
+def _node_cache(data):
+    """node.json as a node reads it at start (and kube-env with the daemon down)."""
+    with tempfile.TemporaryDirectory() as d:
+        with open(os.path.join(d, NODE_FILE), "wb") as f:
+            f.write(data)
+        cache = load_node_cache(d)
+    saved = Assignment.from_cache(cache, "ab" * 32)
+    assert saved is None or saved.interface_address.ip in saved.interface_address.network
+    return saved
 
 
 def _deframe(data):
@@ -81,10 +95,13 @@ def parsers():
         "HOST:PORT": (_text(lambda t: config.parse_hostport(t, "--relay")), (ConfigError,),
                       [b"192.0.2.1:7000", b"[2001:db8::1]:7000"]),
         "--network": (_text(config.parse_network), (ConfigError,), [b"100.64.0.0/10"]),
-        "--ttl": (_text(config.parse_duration), (ConfigError,), [b"24h", b"0"]),
+        "--ttl": (_text(config.parse_duration), (ConfigError,), [b"24h", b"7d"]),
         "--advertise-routes": (_text(config.parse_routes), (ConfigError,), [b"198.18.0.0/16,198.19.0.0/16"]),
         "--config file": (_toml, (ConfigError,), [b'relay = "192.0.2.1:7000"\nname = "alpha"\nmtu = 1400\n']),
         "endpoint": (_text(parse_endpoint), (), [b"203.0.113.5:4000"]),
+        "node.json": (_node_cache, (), [json.dumps({
+            "relay_key": "ab" * 32, "relay": "192.0.2.1:7000", "name": "alpha", "address": "100.64.0.7",
+            "network": "100.64.0.0/10", "mtu": 1432}, indent=1).encode()]),
     }
 
 
@@ -102,8 +119,8 @@ def outcome(name, data):
 @pytest.mark.parametrize("name", NAMES)
 def test_every_real_sample_parses(name):
     parse, _, samples = parsers()[name]
-    for sample in samples:
-        parse(sample)  # a parser that refuses its own kind's real input would make the rest vacuous
+    for sample in samples:  # a parser that refuses its own kind's real input would make the rest vacuous
+        assert parse(sample) is not None
 
 
 @pytest.mark.parametrize("name", NAMES)

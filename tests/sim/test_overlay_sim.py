@@ -349,3 +349,21 @@ def test_keys_rotate_by_time_and_volume_without_a_lost_packet(monkeypatch, limit
     assert len(indexes) >= 3  # the keys did change, more than once
     for io in net.ios.values():
         assert len(io.tun) == len(set(io.tun))  # and nothing came twice
+
+
+def test_a_lan_endpoint_with_foreign_digits_is_ignored_not_fatal(net):
+    """'4000²' passes str.isdigit() but not int(): once a member could crash its own join."""
+    from tunneld.control.paths import parse_endpoint
+    assert parse_endpoint("198.19.0.5:4000\u00b2") is None and parse_endpoint("198.19.0.\u0665:4000") is None
+    node = net.add_node("delta", lan=("198.19.0.5:4000\u00b2", "198.19.0.6:4000"))
+    net.advance(2)
+    assert node.assignment is not None and net.relay.drops.get("internal_error", 0) == 0
+    assert net.relay.members[node.identity.public].lan == ("198.19.0.6:4000",)
+
+
+def test_a_member_cannot_shrink_the_overlay_mtu_below_a_tunnels_minimum(net):
+    mtu = net.relay.directory.mtu
+    tiny = net.add_node("tiny", underlay_mtu=300)
+    net.advance(2)
+    assert tiny.assignment is None and net.ios["tiny"].refusals[0][0] == "bad_mtu"
+    assert net.relay.directory.mtu == mtu and all(n.mtu == mtu for k, n in net.nodes.items() if k != "tiny")

@@ -109,9 +109,10 @@ class PathState:
 def parse_endpoint(text: str) -> tuple | None:
     """'203.0.113.5:4000' -> ('203.0.113.5', 4000); anything else (a TCP stream, IPv6) -> None."""
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    # isdecimal() alone takes other scripts' digits, which int() then refuses: ASCII only.
+    if not sep or not (port.isascii() and port.isdecimal()) or not 0 < int(port) < 65536:
         return None
     parts = host.split(".")
-    if len(parts) != 4 or not all(p.isdigit() and int(p) < 256 for p in parts):
+    if len(parts) != 4 or not all(p.isascii() and p.isdecimal() and int(p) < 256 for p in parts):
         return None
     return (host, int(port))

@@ -103,6 +103,22 @@ class Assignment:
     def interface_address(self) -> ipaddress.IPv4Interface:
         return ipaddress.IPv4Interface(f"{self.address}/{ipaddress.IPv4Network(self.network).prefixlen}")
 
+    @classmethod
+    def from_cache(cls, cache, relay_key_hex: str | None = None) -> "Assignment | None":
+        """The assignment a node saved (state.py's node.json), if it is whole and, when
+        relay_key_hex is given, from that relay; None for anything else."""
+        if not isinstance(cache, dict) or (relay_key_hex is not None and cache.get("relay_key") != relay_key_hex):
+            return None
+        name, address, network = cache.get("name"), cache.get("address"), cache.get("network")
+        if not all(isinstance(v, str) and 0 < len(v) <= 64 for v in (name, address, network)):
+            return None
+        try:
+            if ipaddress.IPv4Address(address) not in ipaddress.IPv4Network(network):
+                return None
+        except ValueError:
+            return None
+        return cls(name, address, network)
+
 
 class Peer:
     __slots__ = ("name", "addr", "address", "key", "online", "endpoint", "tx", "previous", "pending",

@@ -251,6 +251,9 @@ class Relay:
         routes = check_routes(request["routes"], self.registry.network)
         if isinstance(routes, Refusal):
             decision = routes
+        elif request["mtu"] < wire.MIN_UNDERLAY_MTU:  # it would shrink every node's MTU with its own
+            decision = Refusal("bad_mtu", f"the node reports a path MTU of {request['mtu']}, below the "
+                               f"{wire.MIN_UNDERLAY_MTU} a tunnel needs; fix the node's link MTU")
         else:
             decision = self.registry.join(key, request["name"], request["token"], self.wall(), request["mtu"])
         index = self._new_index()

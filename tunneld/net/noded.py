@@ -38,7 +38,7 @@ from .udpio import Batch, enable_gro, read as udp_read
 
 log = logging.getLogger("tunneld.node")
 
-MIN_MTU = 576
+MIN_MTU = wire.MIN_OVERLAY_MTU
 TCP_CONNECT_TIMEOUT = 5.0
 TCP_QUEUE = 256
 TUN_READS = 64  # reads per readiness callback; each may carry a 64 KB TCP super-packet
@@ -120,15 +120,11 @@ class NodeDaemon(Daemon):
         if route.mtu - OVERHEAD < MIN_MTU:
             raise HostError(f"the path to the relay has an MTU of {route.mtu}, too small for a tunnel")
         cache = load_node_cache(self.state_dir)
-        assignment, mtu = None, None
-        if cache and cache.get("relay_key") == token.relay_public.hex():
-            try:
-                assignment = Assignment(cache["name"], cache["address"], cache["network"])
-                assignment.interface_address
-                if isinstance(cache.get("mtu"), int) and MIN_MTU <= cache["mtu"] <= route.mtu - OVERHEAD:
-                    mtu = cache["mtu"]  # the overlay's, as last known: pods may already use it
-            except (KeyError, TypeError, ValueError):
-                assignment = None
+        assignment, mtu = Assignment.from_cache(cache, token.relay_public.hex()), None
+        if assignment is not None:
+            cached_mtu = cache.get("mtu")
+            if type(cached_mtu) is int and MIN_MTU <= cached_mtu <= route.mtu - OVERHEAD:
+                mtu = cached_mtu  # the overlay's, as last known: pods may already use it
         self.tun = Tun.open(s.interface)
         self.start_base()
         loop = self.loop

@@ -120,6 +120,9 @@ PARTIAL_HEADER_LEN = 5
 UDP_OVERHEAD_IPV4 = 20 + 8
 UDP_OVERHEAD_IPV6 = 40 + 8
 TUNNEL_OVERHEAD = RELAYED_HEADER_LEN + DATA_HEADER_LEN + TAG_LEN
+# The smallest overlay MTU (IPv4's minimum datagram), and so the smallest underlay a node may report.
+MIN_OVERLAY_MTU = 576
+MIN_UNDERLAY_MTU = MIN_OVERLAY_MTU + UDP_OVERHEAD_IPV4 + TUNNEL_OVERHEAD
 
 DATA_HEADER = struct.Struct("!B3x4sQ")
 _HINT = struct.Struct("!BBxx4s")
