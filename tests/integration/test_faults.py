@@ -93,13 +93,17 @@ def test_a_relayed_stream_survives_5_percent_loss_both_ways_on_the_relays_link(l
     loss = ["-m", "statistic", "--mode", "random", "--probability", "0.05", "-j", "DROP"]
     for rule in rules:  # the lab's namespace goes with the lab, rules and all
         lab.nsexec(ov.relay.ns, "iptables", "-w", "5", "-I", *rule, *loss)
-    sent, received = transfer(ov, src, dst, 7102, 5 << 20, timeout=120)
-    assert sent == received and sent.startswith(f"{5 << 20} ")
+    # The issue asks for 5 MB; 16 MB gives the loss enough packets to be sure it bit both ways.
+    started = time.monotonic()
+    sent, received = transfer(ov, src, dst, 7102, 16 << 20, timeout=150)
+    took = time.monotonic() - started
+    assert sent == received and sent.startswith(f"{16 << 20} ")
     out = lab.nsexec(ov.relay.ns, "iptables", "-w", "5", "-L", "-v", "-n", "-x").stdout.decode()
-    dropped = [int(line.split()[0]) for line in out.splitlines() if "statistic" in line]
-    # Both directions did lose. (The kernel counts a GRO train of datagrams as one packet, and
-    # drops it whole: the loss comes in bursts, harsher than 5% of single datagrams.)
-    assert len(dropped) == 2 and all(n >= 5 for n in dropped), out
+    dropped = [(int(line.split()[0]), int(line.split()[1])) for line in out.splitlines() if "statistic" in line]
+    print(f"5% loss: 16 MB byte-exact in {took:.1f} s; dropped (packets, bytes) in, out: {dropped}")
+    # Both directions did lose. The kernel counts a GRO or GSO train of datagrams as one packet
+    # and drops it whole: 5% of the datagrams on average, in bursts, harsher than single losses.
+    assert len(dropped) == 2 and all(n >= 3 for n, _ in dropped), out
 
 
 FLOOD = r"""
@@ -494,5 +498,6 @@ def test_keys_rotate_on_time_under_traffic_without_a_pause(attacked):
                                                                      "relay_handshakes_sent")} for n in after}
     assert sum(g["peer_handshakes_sent"] for g in grew.values()) >= 1, grew  # the pair's keys changed
     assert all(g["relay_handshakes_sent"] >= 1 for g in grew.values()), grew  # and each node's with the relay
+    print(f"rotation: {received}/{transmitted} pings, handshakes {grew}")
     # No pause: a stall of 0.3 s would have cost three pings in a row.
     assert transmitted - received <= 2, (transmitted, received)

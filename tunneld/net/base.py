@@ -100,6 +100,11 @@ class FramedStream(asyncio.Protocol):
     def send_frame(self, msg: bytes) -> None:
         self.transport.write(frame(msg))
 
+    def count_truncated(self) -> None:
+        """At close: a frame begun and never finished is a drop like any other."""
+        if self.deframer.pending:
+            self.daemon.engine.drops["tcp_truncated_frame"] += 1
+
 
 class Daemon:
     """A stop future, signal handlers and a periodic tick; subclasses fill in the rest."""

@@ -64,6 +64,7 @@ class RelayStream(FramedStream):
 
     def connection_lost(self, exc):
         self.closed = True
+        self.count_truncated()
         self.daemon.stream_lost(self)
 
     def write(self, msg: bytes) -> None:

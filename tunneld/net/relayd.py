@@ -53,6 +53,7 @@ class RelayStream(FramedStream):
 
     def connection_lost(self, exc):
         d = self.daemon
+        self.count_truncated()
         d.streams.discard(self)
         d.engine.link_closed(self)
 
