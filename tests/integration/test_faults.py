@@ -170,6 +170,36 @@ def test_a_handshake_flood_gets_cookies_and_does_not_starve_the_nodes(lab):
     assert after["drops"].get("internal_error", 0) == 0
 
 
+def test_a_node_flooded_on_its_public_port_keeps_its_peers(lab):
+    """The same flood, at a node with a public address, by someone who learnt its key."""
+    from tunneld.engine.node import PEER_UNDER_LOAD_INITS
+    ov = standard(lab)
+    target = ov.node_status("public")
+    endpoint = next(n["endpoint"] for n in ov.status(ov.relay)["nodes"] if n["name"] == "public")
+    host, port = endpoint.rsplit(":", 1)
+    for other in ("natted", "hidden"):
+        ov.ping(other, target["address"], count=2)
+    stranger = lab.public_host("flooder")
+    flood = subprocess.Popen(["ip", "netns", "exec", stranger.ns, sys.executable, "-c", FLOOD, target["public_key"],
+                              host, port, "3000", "6"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lab.processes.append(flood)
+    assert flood.stdout.readline().strip() == b"ready", flood.stderr.read()
+    time.sleep(1)
+    pings = {n: in_background(ov.ping, n, target["address"], count=40, timeout=40) for n in ("natted", "hidden")}
+    out, err = flood.communicate(timeout=30)
+    sent = int(out.split()[-1])
+    results = {n: ping_stats(p(60)) for n, p in pings.items()}
+    after = ov.node_status("public")
+    processed = after["counters"].get("peer_initiations_processed", 0) - \
+        target["counters"].get("peer_initiations_processed", 0)
+    asked = after["drops"].get("handshake_needs_cookie", 0)
+    print(f"node flood: {sent} INITs; node did {processed} handshakes, sent {asked} cookies; pings {results}")
+    assert ov.node_procs["public"].poll() is None and sent >= 10000, err
+    assert all(rx >= 0.95 * tx for tx, rx in results.values()), results
+    assert processed <= PEER_UNDER_LOAD_INITS + 20, processed
+    assert asked >= 0.8 * (sent - processed), (asked, sent)
+
+
 SNIFF_AND_REPLAY = r"""
 import socket, struct, sys, time
 dst_ip, dst_port, want, times = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])

@@ -94,3 +94,31 @@ def test_sources_are_addresses_for_limits_and_address_and_port_for_cookies():
 
     assert source_of(("203.0.113.9", 4000)) == ("203.0.113.9", b"203.0.113.9:4000")
     assert source_of(Stream()) == ("198.51.100.7", b"tcp:198.51.100.7:40001")
+
+
+def test_a_node_flooded_with_initiations_answers_cookies_and_its_peers_still_rekey():
+    """A node with a public endpoint, flooded by strangers who learnt its key; its real peer
+    rekeys (through the relay, as blocked NATs do here) in the middle of it."""
+    from tunneld.engine.node import PEER_UNDER_LOAD_INITS
+    net = SimNet()
+    alpha, bravo = net.add_node("alpha"), net.add_node("bravo")
+    net.advance(2)
+    net.send_ip("alpha", "bravo")
+    net.advance(1)
+    flood = flood_inits(bravo.identity.public, 300)
+    before = bravo.counts["peer_initiations_processed"]
+    for i, msg in enumerate(flood):
+        bravo.receive(msg, (f"198.51.100.{i % 250}", 2000 + i), net.now)
+    net.queue.clear()
+    processed = bravo.counts["peer_initiations_processed"] - before
+    assert processed <= PEER_UNDER_LOAD_INITS
+    assert bravo.drops["handshake_needs_cookie"] == 300 - processed
+    # alpha starts a new handshake while bravo is under load: a cookie, then the session.
+    peer = next(iter(alpha.peers.values()))
+    old = peer.tx
+    alpha._initiate(peer, net.now)
+    net.deliver()
+    assert alpha.counts["cookies"] == 1 and peer.tx is not old and peer.tx is not None
+    packet = net.send_ip("alpha", "bravo", b"after the flood's cookie")
+    net.advance(0.25)
+    assert packet in net.ios["bravo"].tun

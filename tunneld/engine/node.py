@@ -14,15 +14,17 @@ The receive pipeline (receive), per message from the relay:
   RELAYED -> the inner message of a peer: DATA is opened, checked (replay
              window; the inner source address must be the peer's, or in a
              prefix it advertises that we accept) and written to the TUN
-             device; INIT/RESP advance a handshake with that peer.
-  DATA    -> a control message from the relay (pong, directory).
+             device; INIT/RESP/COOKIE advance a handshake with that peer.
+  DATA    -> a control message from the relay (pong, directory, revoked).
   RESP    -> the relay's answer to our join handshake.
   HINT    -> the relay lost our session: handshake again (rate-limited).
   COOKIE  -> the relay is under a handshake flood: keep its cookie, send the
              INIT again with mac2 (proto/cookie.py).
-Messages straight from a peer (hole-punched UDP) are DATA, INIT or RESP of the
-same sessions; a peer is recognised by its session index or its key, never by
+Messages straight from a peer (hole-punched UDP) are DATA, INIT, RESP or COOKIE of
+the same sessions; a peer is recognised by its session index or its key, never by
 its address, and any authenticated packet teaches us where it can be reached.
+Under a flood of INITs a node asks for cookies before any public-key work, as
+the relay does.
 Every drop is counted by reason in `drops`; nothing here raises on bad input.
 
 The relay link reconnects forever, with backoff and jitter, over UDP first and
@@ -43,8 +45,9 @@ from typing import Callable, Protocol
 from ..control.backoff import Backoff
 from ..control.directory import DirectoryMirror, Entry
 from ..control.paths import PathState, parse_endpoint
+from ..control.ratelimit import LoadMeter, SourceLimiter
 from ..proto import messages, wire
-from ..proto.cookie import CookieJar
+from ..proto.cookie import CookieChecker, CookieJar
 from ..proto.errors import ProtocolError
 from ..proto.handshake import Identity, Initiation, read_initiation, tai64n, TIMESTAMP_LEN
 from ..proto.session import Session
@@ -75,6 +78,12 @@ PROBE_INTERVAL = 5.0  # round-trip probes over the relay while a peer is in use
 PROBES_KEPT = 32  # probes awaiting a reply, per peer
 QUEUE_LIMIT = 128  # packets held per peer while its handshake runs
 HINT_INTERVAL = 1.0
+# A node's share of the relay's flood defence (engine/relay.py): peers rekey every two minutes,
+# so more than this many INITs a second is a flood, and then each source needs a cookie and
+# gets at most PEER_SOURCE_RATE handshakes a second.
+PEER_UNDER_LOAD_INITS = 50
+PEER_SOURCE_RATE = 10.0
+PEER_SOURCE_BURST = 20.0
 TCP_AFTER_FAILURES = 2
 
 
@@ -125,7 +134,7 @@ class Peer:
                  "initiation", "hs_attempts", "hs_next", "last_ts", "queue", "tx_bytes", "rx_bytes",
                  "last_rx", "last_tx", "rtt_relay", "probe_seq", "probe_at", "probes", "relayed_prefix",
                  "tx_ep", "tx_prefix", "path", "lan", "underlay_mtu", "routes", "path_mtu", "direct_mtu", "mss",
-                 "vxlan_mss", "sources", "unreadable_at")
+                 "vxlan_mss", "sources", "unreadable_at", "cookies", "cookie_resent")
 
     def __init__(self, entry: Entry, now: float):
         self.name = entry.name
@@ -151,6 +160,8 @@ class Peer:
         self.probe_at = 0.0  # engine time of the last probe over the relay, for the interval
         self.probes: dict[int, tuple] = {}  # seq -> (where it went, clock reading when sent)
         self.relayed_prefix = wire.relayed_header(entry.addr)
+        self.cookies = CookieJar(entry.key)  # the peer's cookie, should it be under a flood
+        self.cookie_resent: Initiation | None = None
         # Where data goes now: the relay (with the relayed header), or a direct endpoint.
         self.tx_ep = RELAY
         self.tx_prefix = self.relayed_prefix
@@ -256,6 +267,9 @@ class Node:
         self.counts: Counter = Counter()
         self.stopped = False
         self._last_ts = b""
+        self._cookie_checker = CookieChecker(identity.public, now)
+        self._init_load = LoadMeter(PEER_UNDER_LOAD_INITS)
+        self._init_limiter = SourceLimiter(PEER_SOURCE_RATE, PEER_SOURCE_BURST, limit=4096)
 
     # -- the hot path: TUN -> wire -----------------------------------------------------
 
@@ -339,6 +353,12 @@ class Node:
                 self.drops["unexpected_response"] += 1
                 return
             self._peer_resp(peer, data, now, ep)
+        elif t == wire.COOKIE:
+            peer = self._initiating.get(data[4:8])
+            if peer is None:
+                self.drops["unexpected_cookie"] += 1
+                return
+            self._peer_cookie(peer, data, now)
         else:
             self.drops["direct_bad_type"] += 1
 
@@ -400,6 +420,8 @@ class Node:
             self._peer_init(peer, msg, now, via)
         elif t == wire.RESP:
             self._peer_resp(peer, msg, now, via)
+        elif t == wire.COOKIE:
+            self._peer_cookie(peer, msg, now)
         else:
             self.drops["bad_type"] += 1
 
@@ -485,9 +507,12 @@ class Node:
         peer.hs_attempts += 1
         peer.hs_next = now + HANDSHAKE_RETRY * (0.8 + 0.4 * secrets.randbelow(1000) / 1000)
         self.counts["peer_handshakes_sent"] += 1
-        self.io.send(peer.tx_ep, peer.tx_prefix + init.message)
+        self.io.send(peer.tx_ep, peer.tx_prefix + peer.cookies.stamp(init.message, now))
 
     def _peer_init(self, peer: Peer | None, msg: bytes, now: float, via) -> None:
+        if not self._init_allowed(peer, msg, now, via):
+            return
+        self.counts["peer_initiations_processed"] += 1
         try:
             incoming = read_initiation(self.identity, msg)
         except ProtocolError:
@@ -514,6 +539,46 @@ class Node:
             self.sessions.pop(peer.pending.local_index, None)
         peer.pending = s
         self.io.send(via, (peer.relayed_prefix if via is RELAY else b"") + resp)
+
+    def _init_allowed(self, peer: Peer | None, msg: bytes, now: float, via) -> bool:
+        """The relay's flood defence, on a node: under load, no Diffie-Hellman for an INIT
+        without a cookie, and a share per source (proto/cookie.py)."""
+        try:
+            wire.parse_init(msg)
+        except ProtocolError:
+            self.drops["handshake_invalid"] += 1
+            return False
+        if not wire.mac1_valid(msg, self.identity.mac1_key):
+            self.drops["handshake_invalid"] += 1
+            return False
+        if not self._init_load.event(now):
+            return True
+        if via is RELAY:  # the relay vouches for the sender's overlay address
+            host = source = peer.addr
+        else:
+            host, source = via[0], f"{via[0]}:{via[1]}".encode()
+        if not self._cookie_checker.mac2_valid(msg, source, now):
+            self.drops["handshake_needs_cookie"] += 1
+            reply = self._cookie_checker.reply(msg, msg[4:8], source, now)
+            self.io.send(via, (peer.relayed_prefix if via is RELAY else b"") + reply)
+            return False
+        if not self._init_limiter.allow(host, now):
+            self.drops["handshake_rate_limited"] += 1
+            return False
+        return True
+
+    def _peer_cookie(self, peer: Peer, msg: bytes, now: float) -> None:
+        init = peer.initiation
+        if init is None or msg[4:8] != init.local_index:
+            self.drops["unexpected_cookie"] += 1
+            return
+        if not peer.cookies.take(msg, init.message, now):
+            self.drops["bad_cookie"] += 1
+            return
+        self.counts["cookies"] += 1
+        if peer.cookie_resent is not init:  # once per INIT, as with the relay's cookies
+            peer.cookie_resent = init
+            self.io.send(peer.tx_ep, peer.tx_prefix + peer.cookies.stamp(init.message, now))
 
     def _peer_resp(self, peer: Peer, msg: bytes, now: float, via) -> None:
         init = peer.initiation

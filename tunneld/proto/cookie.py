@@ -1,9 +1,11 @@
-"""Cookies: how the relay stays responsive under a flood of handshake initiations.
+"""Cookies: how a responder stays responsive under a flood of handshake initiations.
 
 An INIT costs the relay four Diffie-Hellmans before it knows who sent it; mac1
 only proves the sender knows the relay's public key, which every join token
 contains. So, as WireGuard does, a relay under load stops doing that work for
-an INIT unless its mac2 proves the sender receives at its source address:
+an INIT unless its mac2 proves the sender receives at its source address. A
+node does the same for INITs from peers (its source, for one that comes through
+the relay, is the sender's overlay address, which the relay vouches for):
 
   initiator                                        relay (under load)
   INIT (mac2 = 0) ------------------------------>  no DH: answer with a cookie

@@ -58,7 +58,7 @@ Relayed, type 4 (node <-> relay; the relay never looks past byte 8)
   +---------------+-----------------------------------------------+
   |  peer overlay address (4): destination to the relay,          |
   |                            source from the relay              |
-  |  inner message: a type 1, 2 or 3 message between two nodes   |
+  |  inner message: a type 1, 2, 3 or 6 message between two nodes|
   +---------------------------------------------------------------+
 
 Hint, type 5 (relay -> node, unauthenticated: it may only prompt a rate-limited
@@ -69,8 +69,9 @@ re-handshake, never tear anything down)
   |                     index (4)                                 |
   +---------------------------------------------------------------+
 
-Cookie reply, type 6 (relay -> node, 52 bytes): the relay under a handshake flood
-asks for proof of the source address before any public-key work; drawn in cookie.py.
+Cookie reply, type 6 (52 bytes): a responder under a handshake flood (the relay, or
+a node, whose cookie may come relayed) asks for proof of the source address before
+any public-key work; drawn in cookie.py.
 """
 
 from __future__ import annotations
@@ -221,7 +222,7 @@ def parse(msg: bytes):
     if t == RELAYED:
         address, inner = parse_relayed(msg)
         fields = parse(inner)
-        if fields[0] not in (INIT, RESP, DATA):
+        if fields[0] not in (INIT, RESP, DATA, COOKIE):
             raise ProtocolError("relayed message carries a relay-only type")
         return (RELAYED, address, fields)
     if t == HINT:
