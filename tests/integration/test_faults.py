@@ -229,19 +229,8 @@ print(len(captured), flush=True)
 """
 
 
-@pytest.fixture(scope="module")
-def attacked():
-    """The seeds' topology for the attacks that leave it as it was."""
-    from tunneld.lab import Lab
-    lab = Lab()
-    try:
-        yield standard(lab)
-    finally:
-        lab.close()
-
-
-def test_a_captured_data_packet_replayed_is_dropped(attacked):
-    ov = attacked
+def test_a_captured_data_packet_replayed_is_dropped(overlay):
+    ov = overlay
     src, dst = relayed_pair(ov)
     endpoint = next(n["endpoint"] for n in ov.status(ov.relay)["nodes"] if n["name"] == dst)
     host, port = endpoint.rsplit(":", 1)
@@ -259,8 +248,8 @@ def test_a_captured_data_packet_replayed_is_dropped(attacked):
     assert ov.ping(src, ov.address(dst), count=2).returncode == 0
 
 
-def test_a_node_cannot_send_as_another_nodes_address(attacked):
-    ov = attacked
+def test_a_node_cannot_send_as_another_nodes_address(overlay):
+    ov = overlay
     src, dst = relayed_pair(ov)
     victim = ov.address("public")
     ns = ov.nodes[src].ns
@@ -292,8 +281,8 @@ except socket.timeout:
 """
 
 
-def test_an_unknown_key_gets_nothing_from_a_node(attacked):
-    ov = attacked
+def test_an_unknown_key_gets_nothing_from_a_node(overlay):
+    ov = overlay
     target = ov.node_status("public")
     endpoint = next(n["endpoint"] for n in ov.status(ov.relay)["nodes"] if n["name"] == "public")
     host, port = endpoint.rsplit(":", 1)
@@ -514,10 +503,10 @@ def test_a_listen_address_that_is_not_ours_changes_nothing(lab):
     assert not os.path.exists(state)
 
 
-def test_keys_rotate_on_time_under_traffic_without_a_pause(attacked):
+def test_keys_rotate_on_time_under_traffic_without_a_pause(overlay):
     """130 s of pings every 0.1 s through the relay: longer than REKEY_AFTER_TIME (120 s), so
     both the peers' session and each node's session with the relay rotate under the traffic."""
-    ov = attacked
+    ov = overlay
     src, dst = relayed_pair(ov)
     before = {n: ov.node_status(n)["counters"] for n in (src, dst)}
     r = ov.lab.nsexec(ov.nodes[src].ns, "ping", "-n", "-q", "-c", "1300", "-i", "0.1", "-W", "2",

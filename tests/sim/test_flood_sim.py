@@ -87,7 +87,7 @@ def test_without_load_nobody_is_asked_for_a_cookie():
 
 
 def test_sources_are_addresses_for_limits_and_address_and_port_for_cookies():
-    from tunneld.engine.relay import source_of
+    from tunneld.control.ratelimit import source_of
 
     class Stream:  # what the daemon's TCP stream carries
         host, label = "198.51.100.7", "tcp:198.51.100.7:40001"

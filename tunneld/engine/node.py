@@ -45,9 +45,9 @@ from typing import Callable, Protocol
 from ..control.backoff import Backoff
 from ..control.directory import DirectoryMirror, Entry
 from ..control.paths import PathState, parse_endpoint
-from ..control.ratelimit import LoadMeter, SourceLimiter
+from ..control.ratelimit import NEEDS_COOKIE, HandshakeGuard, source_of
 from ..proto import messages, wire
-from ..proto.cookie import CookieChecker, CookieJar
+from ..proto.cookie import CookieJar
 from ..proto.errors import ProtocolError
 from ..proto.handshake import Identity, Initiation, read_initiation, tai64n, TIMESTAMP_LEN
 from ..proto.session import Session
@@ -267,9 +267,8 @@ class Node:
         self.counts: Counter = Counter()
         self.stopped = False
         self._last_ts = b""
-        self._cookie_checker = CookieChecker(identity.public, now)
-        self._init_load = LoadMeter(PEER_UNDER_LOAD_INITS)
-        self._init_limiter = SourceLimiter(PEER_SOURCE_RATE, PEER_SOURCE_BURST, limit=4096)
+        self._guard = HandshakeGuard(identity.public, now, PEER_UNDER_LOAD_INITS, PEER_SOURCE_RATE,
+                                     PEER_SOURCE_BURST, sources=4096)
 
     # -- the hot path: TUN -> wire -----------------------------------------------------
 
@@ -325,7 +324,7 @@ class Node:
         elif t == wire.HINT:
             self._relay_hint(data, now)
         elif t == wire.COOKIE:
-            self._relay_cookie(data, now)
+            self._take_cookie(self.relay, data, now, RELAY)
         else:
             self.drops["bad_type"] += 1
 
@@ -358,7 +357,7 @@ class Node:
             if peer is None:
                 self.drops["unexpected_cookie"] += 1
                 return
-            self._peer_cookie(peer, data, now)
+            self._take_cookie(peer, data, now, peer.tx_ep, peer.tx_prefix)
         else:
             self.drops["direct_bad_type"] += 1
 
@@ -421,7 +420,7 @@ class Node:
         elif t == wire.RESP:
             self._peer_resp(peer, msg, now, via)
         elif t == wire.COOKIE:
-            self._peer_cookie(peer, msg, now)
+            self._take_cookie(peer, msg, now, peer.tx_ep, peer.tx_prefix)
         else:
             self.drops["bad_type"] += 1
 
@@ -551,34 +550,31 @@ class Node:
         if not wire.mac1_valid(msg, self.identity.mac1_key):
             self.drops["handshake_invalid"] += 1
             return False
-        if not self._init_load.event(now):
-            return True
-        if via is RELAY:  # the relay vouches for the sender's overlay address
-            host = source = peer.addr
-        else:
-            host, source = via[0], f"{via[0]}:{via[1]}".encode()
-        if not self._cookie_checker.mac2_valid(msg, source, now):
-            self.drops["handshake_needs_cookie"] += 1
-            reply = self._cookie_checker.reply(msg, msg[4:8], source, now)
-            self.io.send(via, (peer.relayed_prefix if via is RELAY else b"") + reply)
-            return False
-        if not self._init_limiter.allow(host, now):
-            self.drops["handshake_rate_limited"] += 1
+        # Through the relay, the relay vouches for the sender's overlay address.
+        host, source = (peer.addr, peer.addr) if via is RELAY else source_of(via)
+        refused = self._guard.check(msg, host, source, now)
+        if refused:
+            self.drops[refused] += 1
+            if refused == NEEDS_COOKIE:
+                reply = self._guard.cookie_reply(msg, source, now)
+                self.io.send(via, (peer.relayed_prefix if via is RELAY else b"") + reply)
             return False
         return True
 
-    def _peer_cookie(self, peer: Peer, msg: bytes, now: float) -> None:
-        init = peer.initiation
+    def _take_cookie(self, holder, msg: bytes, now: float, ep, prefix: bytes = b"") -> None:
+        """A cookie for our INIT in flight to holder (a Peer, or the RelayLink): keep it and
+        send that INIT again with mac2, once per INIT, so that a cookie never makes us send more."""
+        init = holder.initiation
         if init is None or msg[4:8] != init.local_index:
             self.drops["unexpected_cookie"] += 1
             return
-        if not peer.cookies.take(msg, init.message, now):
+        if not holder.cookies.take(msg, init.message, now):
             self.drops["bad_cookie"] += 1
             return
         self.counts["cookies"] += 1
-        if peer.cookie_resent is not init:  # once per INIT, as with the relay's cookies
-            peer.cookie_resent = init
-            self.io.send(peer.tx_ep, peer.tx_prefix + peer.cookies.stamp(init.message, now))
+        if holder.cookie_resent is not init:
+            holder.cookie_resent = init
+            self.io.send(ep, prefix + holder.cookies.stamp(init.message, now))
 
     def _peer_resp(self, peer: Peer, msg: bytes, now: float, via) -> None:
         init = peer.initiation
@@ -822,20 +818,6 @@ class Node:
         # Unauthenticated: at most a new handshake, and never more than once a second.
         if r.initiation is None or now - r.initiation.created >= HINT_INTERVAL:
             self._relay_handshake(now)
-
-    def _relay_cookie(self, data: bytes, now: float) -> None:
-        r = self.relay
-        init = r.initiation
-        if init is None or data[4:8] != init.local_index:
-            self.drops["unexpected_cookie"] += 1
-            return
-        if not r.cookies.take(data, init.message, now):
-            self.drops["bad_cookie"] += 1
-            return
-        self.counts["cookies"] += 1
-        if r.cookie_resent is not init:  # once per INIT: a cookie never makes us send more
-            r.cookie_resent = init
-            self.io.send(RELAY, r.cookies.stamp(init.message, now))
 
     def _drop_all(self) -> None:
         """Forget every key: a revoked node must not go on talking to its peers directly."""

@@ -28,10 +28,9 @@ from typing import Callable
 
 from ..control.directory import Directory, Entry
 from ..control.paths import parse_endpoint
-from ..control.ratelimit import LoadMeter, SourceLimiter
+from ..control.ratelimit import NEEDS_COOKIE, HandshakeGuard, source_of
 from ..control.registry import Refusal, Registry, check_routes
 from ..proto import messages, wire
-from ..proto.cookie import CookieChecker
 from ..proto.errors import ProtocolError
 from ..proto.handshake import Identity, read_initiation
 from ..proto.session import REJECT_AFTER_TIME, Session
@@ -50,14 +49,6 @@ UNDER_LOAD_INITS = 200
 # handshakes a second, in bursts of up to SOURCE_BURST (a site of nodes rejoining at once).
 SOURCE_RATE = 100.0
 SOURCE_BURST = 200.0
-
-
-def source_of(ep) -> tuple[str, bytes]:
-    """(host, host and port as bytes) of an adapter endpoint, for rate limits and cookies."""
-    if ep.__class__ is tuple:
-        return ep[0], f"{ep[0]}:{ep[1]}".encode()
-    host = getattr(ep, "host", "tcp")
-    return host, getattr(ep, "label", host).encode()
 
 
 def format_endpoint(ep) -> str:
@@ -128,9 +119,7 @@ class Relay:
         self.directory.publish()
         self._next_publish = now
         self._hint_budget = HINTS_PER_SECOND
-        self.cookies = CookieChecker(identity.public, now)
-        self.load = LoadMeter(UNDER_LOAD_INITS)
-        self.limiter = SourceLimiter(SOURCE_RATE, SOURCE_BURST)
+        self.guard = HandshakeGuard(identity.public, now, UNDER_LOAD_INITS, SOURCE_RATE, SOURCE_BURST)
         self._seen: dict[str, float] = {}
         self._next_seen_flush = now + SEEN_FLUSH
 
@@ -220,18 +209,16 @@ class Relay:
             self.drops["handshake_wrong_key"] += 1
             self._hint(ep, wire.HINT_NOT_MY_KEY, bytes(4))
             return
-        if self.load.event(now):
-            # Under load: no Diffie-Hellman for a sender that has not shown it receives at
-            # its address, and no more than its share for one that has.
-            host, source = source_of(ep)
-            if not self.cookies.mac2_valid(data, source, now):
-                self.drops["handshake_needs_cookie"] += 1
+        # Under load: no Diffie-Hellman for a sender that has not shown it receives at its
+        # address, and no more than its share for one that has.
+        host, source = source_of(ep)
+        refused = self.guard.check(data, host, source, now)
+        if refused:
+            self.drops[refused] += 1
+            if refused == NEEDS_COOKIE:
                 self.counts["cookie_replies"] += 1
-                self.send(ep, self.cookies.reply(data, data[4:8], source, now))
-                return
-            if not self.limiter.allow(host, now):
-                self.drops["handshake_rate_limited"] += 1
-                return
+                self.send(ep, self.guard.cookie_reply(data, source, now))
+            return
         self.counts["initiations_processed"] += 1  # the public-key work the cookies bound
         try:
             incoming = read_initiation(self.identity, data)
@@ -383,8 +370,7 @@ class Relay:
 
     def tick(self, now: float) -> None:
         self._hint_budget = HINTS_PER_SECOND
-        if len(self.limiter) and not self.load.under_load(now):
-            self.limiter.prune(now)
+        self.guard.tick(now)
         for m in self.members.values():
             if m.online and now - m.last_rx > OFFLINE_AFTER:
                 self._offline(m)
