@@ -18,7 +18,7 @@ from tunneld.control.directory import DirectoryMirror
 from tunneld.control.paths import parse_endpoint
 from tunneld.errors import ConfigError
 from tunneld.proto import messages, wire
-from tunneld.proto.cookie import CookieChecker, parse_reply
+from tunneld.proto.cookie import CookieChecker
 from tunneld.proto.errors import ProtocolError
 from tunneld.proto.framing import Deframer, frame
 from tunneld.proto.handshake import Identity, read_initiation
@@ -80,7 +80,7 @@ def parsers():
     return {
         "wire.parse": (wire.parse, wire_errors, wire_samples + [cookie]),
         "read_initiation": (lambda d: read_initiation(net.relay_identity, d), wire_errors, [init]),
-        "cookie.parse_reply": (parse_reply, wire_errors, [cookie]),
+        "wire.parse_cookie": (wire.parse_cookie, wire_errors, [cookie]),
         "control + directory": (_control_then_mirror, wire_errors,
                                 [directory, messages.encode({"t": "ping", "n": 3, "v": 7}),
                                  messages.encode({"t": "pong", "n": 3, "ep": "198.51.100.4:7000"})]),

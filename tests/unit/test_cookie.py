@@ -4,7 +4,7 @@ from hypothesis import given, strategies as st
 
 from tunneld.control.ratelimit import LoadMeter, SourceLimiter
 from tunneld.proto import wire
-from tunneld.proto.cookie import COOKIE_LIFETIME, SECRET_LIFETIME, CookieChecker, CookieJar, parse_reply
+from tunneld.proto.cookie import COOKIE_LIFETIME, SECRET_LIFETIME, CookieChecker, CookieJar
 from tunneld.proto.errors import ProtocolError
 from tunneld.proto.handshake import Identity, Initiation
 
@@ -23,7 +23,7 @@ def test_a_cookie_proves_the_source_that_asked_for_it():
     assert not checker.mac2_valid(msg, here, 1.0)  # mac2 is zero until a cookie is given
     reply = checker.reply(msg, msg[4:8], here, 1.0)
     assert len(reply) == wire.COOKIE_REPLY_LEN < len(msg)  # never an amplifier
-    assert parse_reply(reply) == msg[4:8] and wire.parse(reply) == (wire.COOKIE, msg[4:8])
+    assert wire.parse_cookie(reply) == msg[4:8] and wire.parse(reply) == (wire.COOKIE, msg[4:8])
     assert jar.take(reply, msg, 1.0)
     stamped = jar.stamp(msg, 1.5)
     assert stamped[:-16] == msg[:-16]  # mac2 is all that changes; mac1 still holds
@@ -61,7 +61,7 @@ def test_any_bytes_are_a_value_or_a_protocol_error(data, source):
     assert checker.mac2_valid(data, source, 1.0) is False
     assert jar.take(data, init(), 1.0) is False
     try:
-        assert len(parse_reply(data)) == 4
+        assert len(wire.parse_cookie(data)) == 4
     except ProtocolError:
         pass
 

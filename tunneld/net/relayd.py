@@ -81,21 +81,20 @@ class RelayDaemon(Daemon):
         s = self.settings
         # Bind first: a wrong --listen must fail before anything is written to the state dir.
         udp, tcp = self._bind()
-        try:
+        try:  # closing twice is harmless: _serve closes them too when it stops
             state_dir = prepare_dir(s.state_dir)
             identity = load_identity(state_dir)
             try:
                 store = SqliteStore(os.path.join(state_dir, DB_FILE))
             except StoreError as exc:
                 raise ConfigError(str(exc)) from None
-        except BaseException:
+            try:
+                return await self._serve(store, identity, state_dir, udp, tcp)
+            finally:
+                store.close()
+        finally:
             udp.close()
             tcp.close()
-            raise
-        try:
-            return await self._serve(store, identity, state_dir, udp, tcp)
-        finally:
-            store.close()
 
     def _bind(self) -> tuple[socket.socket, socket.socket]:
         s = self.settings
@@ -115,8 +114,6 @@ class RelayDaemon(Daemon):
         self.sock = udp
         known = store.get_meta("network")
         if known is not None and known != str(s.network) and store.nodes():
-            udp.close()
-            tcp_sock.close()
             raise ConfigError(f"this state dir serves --network {known}, which has nodes; "
                               f"run with --network {known}, or use a new --state-dir")
         store.set_meta("network", str(s.network))

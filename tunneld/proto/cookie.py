@@ -18,7 +18,7 @@ two minutes, so the relay keeps no state per sender. It travels encrypted,
 bound (as associated data) to the mac1 of the INIT it answers, so that only
 the initiator of that INIT can use it and nobody can forge one for it.
 
-Cookie reply, type 6 (relay -> node)
+Cookie reply, type 6 (responder -> initiator: relay -> node, or node -> node)
 
   +---------------+-----------------------------------------------+
   |   type = 6    |                reserved = 0                   |
@@ -44,7 +44,6 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from . import wire
-from .errors import ProtocolError
 
 COOKIE = wire.COOKIE
 COOKIE_LEN = 16
@@ -110,13 +109,6 @@ class CookieChecker:
         return bytes((COOKIE, 0, 0, 0)) + receiver + nonce + sealed
 
 
-def parse_reply(msg: bytes) -> bytes:
-    """The receiver index of a COOKIE, or ProtocolError."""
-    if len(msg) != COOKIE_REPLY_LEN or msg[0] != COOKIE:
-        raise ProtocolError("malformed cookie reply")
-    return bytes(msg[4:8])
-
-
 class CookieJar:
     """The initiator's side: keeps the cookie a responder gave, and stamps mac2 with it."""
 
@@ -147,4 +139,4 @@ class CookieJar:
         return msg[:end] + _mac(self._cookie, msg[:end])
 
 
-__all__ = ["COOKIE", "COOKIE_REPLY_LEN", "CookieChecker", "CookieJar", "parse_reply", "macs"]
+__all__ = ["COOKIE", "COOKIE_REPLY_LEN", "CookieChecker", "CookieJar", "macs"]

@@ -189,6 +189,13 @@ def parse_hint(msg: bytes) -> tuple[int, bytes]:
     return reason, index
 
 
+def parse_cookie(msg: bytes) -> bytes:
+    """The receiver index of a COOKIE (its fields: cookie.py), or ProtocolError."""
+    if len(msg) != COOKIE_REPLY_LEN or msg[0] != COOKIE:
+        raise ProtocolError("malformed cookie reply")
+    return bytes(msg[4:8])
+
+
 def relayed_header(address: bytes) -> bytes:
     return bytes((RELAYED, 0, 0, 0)) + address
 
@@ -228,7 +235,5 @@ def parse(msg: bytes):
     if t == HINT:
         return (HINT, *parse_hint(msg))
     if t == COOKIE:
-        if len(msg) != COOKIE_REPLY_LEN:
-            raise ProtocolError("malformed cookie reply")
-        return (COOKIE, bytes(msg[4:8]))
+        return (COOKIE, parse_cookie(msg))
     raise ProtocolError(f"unknown message type {t}")
