@@ -17,8 +17,11 @@ Cells, each measured `--repeat` times (min / median / max kept):
 And the relay's scale: --nodes lightweight nodes (bench/swarm.py: the node engine without
 per-peer state) join one relay; the time until all have joined, its RSS and idle CPU.
 
+And, with --compare REV, tunneld at another revision of this repository (a release tag, say),
+measured in the same run as rows "tunneld REV direct" and "tunneld REV relayed".
+
 Usage: bin/bench [--quick | --full] [--seconds N] [--repeat N] [--only ROW] [--nodes N]
-                 [--json FILE] [--chart FILE]
+                 [--compare REV] [--json FILE] [--chart FILE]
 """
 
 from __future__ import annotations
@@ -33,15 +36,15 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # bench/'s modules, and the lab in tests/
 
 import systems  # noqa: E402
-from tunneld.lab import Lab, LabError  # noqa: E402
+from tests.lab import Lab, LabError  # noqa: E402
 
 CELLS = ("tcp1", "tcp4", "pod", "loss1", "udp64", "rtt", "cpu")
 UNITS = {"tcp1": "Gbit/s", "tcp4": "Gbit/s", "pod": "Gbit/s", "loss1": "Gbit/s", "udp64": "kpps",
          "rtt": "ms", "cpu": "% core"}
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def iperf(lab: Lab, pair: systems.Pair, seconds: float, streams: int = 1, udp64: bool = False) -> dict:
@@ -117,14 +120,15 @@ ALL = ("tcp1", "tcp4", "pod", "loss1", "udp64", "rtt", "cpu")
 NODE = ("tcp1", "tcp4", "loss1", "udp64", "rtt", "cpu")
 
 
-def measure(seconds: float, repeat: int, only=None) -> dict:
+def measure(seconds: float, repeat: int, only=None, compare: str | None = None) -> dict:
     rows = {}
+    drops = {}
     with Lab() as lab:
-        def run(name, pair, cells, pods=None):
+        def run(name, pair, cells, pods=None, in_lab=lab):
             if only and not any(o in name for o in only):
                 return
             print(f"  {name} ...", file=sys.stderr, flush=True)
-            rows[name] = measure_pair(lab, pair, cells, seconds, repeat, pods)
+            rows[name] = measure_pair(in_lab, pair, cells, seconds, repeat, pods)
 
         run("raw veth", systems.raw_veth(lab), ("tcp1", "tcp4", "udp64", "rtt"))
         bridged, natted = systems.underlay(lab)
@@ -141,6 +145,13 @@ def measure(seconds: float, repeat: int, only=None) -> dict:
         run("tunneld relayed", td_relayed, ALL, systems.vxlan(lab, td_relayed))
         drops = {n: ov.node_status(n)["drops"] for n in ov.nodes}
         drops["relay"] = ov.status(ov.relay)["drops"]
+    if compare:  # another release of tunneld, from this repository's history, in the same run
+        from tests.lab.release import release_python
+        python = release_python(compare)
+        with Lab() as lab:
+            _, old_direct, old_relayed = systems.tunneld(lab, python)
+            run(f"tunneld {compare} direct", old_direct, ALL, systems.vxlan(lab, old_direct), in_lab=lab)
+            run(f"tunneld {compare} relayed", old_relayed, ALL, systems.vxlan(lab, old_relayed), in_lab=lab)
     return {"rows": rows, "drops": drops}
 
 
@@ -153,7 +164,7 @@ def scale_line(s: dict) -> str:
 def relay_scale(count: int, timeout: float = 60.0) -> dict:
     """One relay, `count` joined nodes (bench/swarm.py): time until all have joined, the relay's
     memory, and its CPU over 10 s while they sit idle (pinging every 5 s, as nodes do)."""
-    from tunneld.lab.overlay import Overlay
+    from tests.lab.overlay import Overlay
     with Lab() as lab:
         ov = Overlay(lab)
         ov.start_relay()
@@ -246,6 +257,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, help="runs per cell")
     ap.add_argument("--only", action="append", help="rows whose name contains this (repeatable)")
     ap.add_argument("--nodes", type=int, default=500, help="joined nodes for the relay's scale cell [500]; 0 skips it")
+    ap.add_argument("--compare", metavar="REV", help="also measure tunneld at REV (a tag such as v0.1.0, or a "
+                    "commit of this repository) in the same run, in a venv of its own")
     ap.add_argument("--json", metavar="FILE", help="write the run here [bench/results/DATE.json]")
     ap.add_argument("--chart", metavar="FILE", help="draw the table here [bench/results/DATE.png]")
     args = ap.parse_args(argv)
@@ -257,11 +270,11 @@ def main(argv=None) -> int:
     started = time.strftime("%Y-%m-%d %H:%M")
     stamp = time.strftime("%Y-%m-%d-%H%M")
     try:
-        result = measure(seconds, repeat, args.only)
+        result = measure(seconds, repeat, args.only, args.compare)
         if args.nodes > 0:
             print(f"  relay scale, {args.nodes} nodes ...", file=sys.stderr, flush=True)
             result["scale"] = relay_scale(args.nodes)
-    except (LabError, subprocess.SubprocessError, KeyError, ValueError) as exc:
+    except (LabError, subprocess.SubprocessError, KeyError, ValueError, OSError) as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
     machine = (f"{platform.node()} ({platform.machine()}, {len(os.sched_getaffinity(0))} cores, "

@@ -1,10 +1,10 @@
 """Many lightweight nodes in one process, for the relay's scale cell.
 
-Each is tunneld's own sans-IO node engine (proto, handshake, join, directory, pings)
-on a UDP socket of its own; only the per-peer state a real node keeps for direct
-paths is left out (`_sync_peers`), so that one process can hold hundreds of them.
-Prints one JSON line when all have joined (or the time is up), then keeps them
-connected, pinging the relay as real nodes do, until it is stopped.
+Each is tunneld's own relay link (engine/relaylink.py: handshake, join, directory,
+pings, rekeys) on a UDP socket of its own, without the peers a real node keeps, so
+that one process can hold hundreds of them. Prints one JSON line when all have
+joined (or the time is up), then keeps them connected, pinging the relay as real
+nodes do, until it is stopped.
 
 Usage: python bench/swarm.py RELAY_IP:PORT TOKEN COUNT TIMEOUT
 """
@@ -17,26 +17,24 @@ import socket
 import sys
 import time
 
-from tunneld.engine.node import Node
-from tunneld.net.base import run
+from tunneld.engine.relaylink import JOINED, REFUSED, JoinRequest, RelayLink
+from tunneld.net.base import real_env, run
 from tunneld.proto.handshake import Identity
 from tunneld.proto.token import JoinToken
 
 
-class LightNode(Node):
-    def _sync_peers(self, now: float) -> None:
-        pass
+class SwarmNode:
+    """One relay link on its own socket; it is its own Transmit (there is no TUN)."""
 
-
-class Member:
     def __init__(self, swarm: "Swarm", i: int):
         self.swarm = swarm
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
         self.sock.bind(("0.0.0.0", 0))
         self.joined_at: float | None = None
-        self.engine = LightNode(Identity.generate(), swarm.token.relay_public, f"swarm-{i:04d}",
-                                swarm.token.credential, self, time.monotonic())
+        token = swarm.token
+        self.link = RelayLink(Identity.generate(), token.relay_public, JoinRequest(f"swarm-{i:04d}", token.credential),
+                              self, real_env(), time.monotonic())
 
     def send(self, ep, data: bytes) -> None:
         try:
@@ -47,21 +45,7 @@ class Member:
     def write_tun(self, packet: bytes) -> None:
         pass
 
-    def joined(self, assignment) -> None:
-        if self.joined_at is None:
-            self.joined_at = time.monotonic()
-            self.swarm.joined += 1
-
-    def refused(self, code: str, message: str) -> None:
-        self.swarm.refusals.append(message)
-
     def relay_transport(self, tcp: bool) -> None:
-        pass
-
-    def set_mtu(self, mtu: int) -> None:
-        pass
-
-    def set_routes(self, prefixes) -> None:
         pass
 
     def readable(self) -> None:
@@ -71,12 +55,14 @@ class Member:
                 data, _addr = self.sock.recvfrom(65535)
             except BlockingIOError:
                 return
-            self.engine.receive(data, self.engine_relay, now)
-
-    @property
-    def engine_relay(self):
-        from tunneld.engine.node import RELAY
-        return RELAY
+            event = self.link.receive(data, now)
+            if event is None:
+                continue
+            if event[0] == JOINED and self.joined_at is None:
+                self.joined_at = time.monotonic()
+                self.swarm.joined += 1
+            elif event[0] == REFUSED:
+                self.swarm.refusals.append(event[1][1])
 
 
 class Swarm:
@@ -93,16 +79,16 @@ class Swarm:
         started = time.monotonic()
         members = []
         for i in range(self.count):
-            m = Member(self, i)
+            m = SwarmNode(self, i)
             loop.add_reader(m.sock.fileno(), m.readable)
-            m.engine.tick(time.monotonic())
+            m.link.tick(time.monotonic())
             members.append(m)
         reported = False
         while True:
             await asyncio.sleep(0.25)
             now = time.monotonic()
             for m in members:
-                m.engine.tick(now)
+                m.link.tick(now)
             if not reported and (self.joined == self.count or now - started > timeout):
                 reported = True
                 times = sorted(m.joined_at - started for m in members if m.joined_at is not None)

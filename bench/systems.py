@@ -15,8 +15,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from tunneld.lab import Lab, LabError, wait_for
-from tunneld.lab.overlay import Overlay
+from tests.lab import Lab, LabError, wait_for
+from tests.lab.overlay import Overlay
 
 WG_NET = "100.127.0."  # overlay ranges of the peers; tunneld's own is 100.64.0.0/10
 NEBULA_NET = "100.126.0."
@@ -138,14 +138,15 @@ def peer_path(ov: Overlay, src: str, dst: str) -> str:
     return next(p["path"] for p in ov.node_status(src)["peers"] if p["name"] == dst)
 
 
-def tunneld(lab: Lab) -> tuple[Overlay, Pair, Pair]:
-    ov = Overlay(lab)
+def tunneld(lab: Lab, python: str | None = None) -> tuple[Overlay, Pair, Pair]:
+    """python: another release's (tests/lab/release.py), for --compare."""
+    ov = Overlay(lab, relay_python=python)
     ov.start_relay()
     hosts = {"pub-a": lab.public_host("pub-a"), "pub-b": lab.public_host("pub-b"),
              "sender": lab.nat_host("sender", "cone"), "receiver": lab.nat_host("receiver", "no-inbound")}
     token = ov.token()
     for name, host in hosts.items():
-        ov.join(host, name, token)
+        ov.join(host, name, token, python=python)
     ov.wait_connected()
     pairs = []
     for src, dst, path in (("pub-a", "pub-b", "direct"), ("sender", "receiver", "relay")):

@@ -1,13 +1,14 @@
-"""tunneld's command line: parse, validate, call the library, exit with DESIGN.md's codes.
+"""tunneld's command line: parse, validate, call the library, exit.
 
   0 ok, 1 unexpected failure, 2 usage or configuration error, 3 refused by the relay.
 Every error is one line on stderr that says what to do; no traceback for an
-operator's mistake.
+operator's mistake. The names of commands and options are a contract (README,
+"Commands"): add, never rename.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import asyncio
 import json
 import logging
 import os
@@ -39,6 +40,43 @@ def _open_store(state_dir: str):
         return SqliteStore(os.path.join(state_dir, DB_FILE))
     except StoreError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _offline_registry(state_dir: str):
+    """The store and a registry read from it, for when no relay runs on this state dir."""
+    from .control.registry import Registry
+    store = _open_store(state_dir)
+    snapshot = asyncio.run(store.load())
+    return store, Registry(parse_network(snapshot.meta.get("network") or DEFAULT_NETWORK), snapshot)
+
+
+def _offline_change(state_dir: str, change, missing: str) -> None:
+    """With no relay running: one change, decided by a registry read from the store, written
+    to it; ConfigError(missing) when change() finds nothing to change."""
+    store, registry = _offline_registry(state_dir)
+    try:
+        write = change(registry)
+        if write is None:
+            raise ConfigError(missing)
+        asyncio.run(write.apply(store))
+    finally:
+        store.close_now()
+
+
+def _relay_request(state_dir: str, req: dict) -> dict | None:
+    """Ask the relay running on this state dir, if one does. None if none runs, or if it is a
+    release that does not know the command (0.1.0 read its store at every join, so writing
+    the store ourselves is what it expects)."""
+    from .net.ctlsock import request, running
+    path = os.path.join(state_dir, SOCKET_FILE)
+    if not running(path):
+        return None
+    answer = request(path, req, timeout=40.0)
+    if "error" in answer:
+        if answer["error"].startswith("unknown command"):
+            return None
+        raise ConfigError(answer["error"])
+    return answer
 
 
 def _finish(result: tuple[int, str]) -> int:
@@ -93,33 +131,53 @@ def token(state_dir, ttl, list_, revoke):
         raise ConfigError("use --list or --revoke, not both")
     seconds = parse_duration(ttl)
     state_dir = prepare_dir(state_dir)
-    store = _open_store(state_dir)
-    try:
-        if list_:
-            now = time.time()
-            click.echo(f"{'ID':<17} {'CREATED':<20} {'EXPIRES':<20} {'USES':>4}  STATE")
-            for t in store.tokens():
-                expires = "never" if t.expires is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t.expires))
-                state = "revoked" if t.revoked else ("expired" if t.expires is not None and t.expires <= now else "valid")
-                click.echo(f"{t.token_id.hex():<17} {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(t.created)):<20} "
-                           f"{expires:<20} {t.uses:>4}  {state}")
-            return 0
-        if revoke:
-            try:
-                token_id = bytes.fromhex(revoke)
-            except ValueError:
-                raise ConfigError(f"--revoke {revoke!r} is not a token ID; see 'tunneld token --list'") from None
-            if not store.revoke_token(token_id):
-                raise ConfigError(f"no valid token with ID {revoke}; see 'tunneld token --list'")
-            click.echo(f"revoked token {revoke}", err=True)
-            return 0
-        from .control.registry import Registry
-        identity = load_identity(state_dir)
-        registry = Registry(store, ipaddress.IPv4Network(store.get_meta("network") or DEFAULT_NETWORK))
-        click.echo(registry.issue_token(identity.public, seconds, time.time()).encode())
+    if revoke:
+        try:
+            bytes.fromhex(revoke)
+        except ValueError:
+            raise ConfigError(f"--revoke {revoke!r} is not a token ID; see 'tunneld token --list'") from None
+    # A running relay decides from memory: ask it. Without one, the store is ours alone.
+    if list_:
+        answer = _relay_request(state_dir, {"cmd": "tokens"})
+        if answer is None:
+            store, registry = _offline_registry(state_dir)
+            store.close_now()
+            tokens = [{"id": t.token_id.hex(), "created": t.created, "expires": t.expires, "uses": t.uses,
+                       "revoked": t.revoked} for t in sorted(registry.tokens.values(), key=lambda t: t.created)]
+        else:
+            tokens = answer["tokens"]
+        _print_tokens(tokens)
         return 0
+    if revoke:
+        if _relay_request(state_dir, {"cmd": "revoke-token", "id": revoke}) is None:
+            _offline_change(state_dir, lambda registry: registry.revoke_token(bytes.fromhex(revoke)),
+                            f"no valid token with ID {revoke}; see 'tunneld token --list'")
+        click.echo(f"revoked token {revoke}", err=True)
+        return 0
+    answer = _relay_request(state_dir, {"cmd": "token", "ttl": seconds})
+    if answer is not None:
+        click.echo(answer["token"])
+        return 0
+    identity = load_identity(state_dir)
+    store, registry = _offline_registry(state_dir)
+    try:
+        token, write = registry.issue_token(identity.public, seconds, time.time(), os.urandom)
+        asyncio.run(write.apply(store))
     finally:
-        store.close()
+        store.close_now()
+    click.echo(token.encode())
+    return 0
+
+
+def _print_tokens(tokens: list[dict]) -> None:
+    now = time.time()
+    click.echo(f"{'ID':<17} {'CREATED':<20} {'EXPIRES':<20} {'USES':>4}  STATE")
+    for t in tokens:
+        expires = "never" if t["expires"] is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t["expires"]))
+        state = "revoked" if t["revoked"] else ("expired" if t["expires"] is not None and t["expires"] <= now
+                                                else "valid")
+        click.echo(f"{t['id']:<17} {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(t['created'])):<20} "
+                   f"{expires:<20} {t['uses']:>4}  {state}")
 
 
 @cli.command()
@@ -207,18 +265,16 @@ def kube_env(state_dir):
     from .host.links import Links
     from .kube import kube_env as render, node_ip_problem
     from .net.ctlsock import request
-    from .engine.node import Assignment
-    from .state import load_node_cache
+    from .state import load_node_state
     state_dir = os.path.abspath(state_dir)
     path = os.path.join(state_dir, SOCKET_FILE)
     if os.path.exists(path):
         st = request(path, {"cmd": "status"})
         name, address, interface, mtu = st.get("name"), st.get("address"), st.get("interface"), st.get("mtu")
     else:  # the daemon is down: what it last configured is still on the interface
-        cache = load_node_cache(state_dir)
-        saved = Assignment.from_cache(cache)
-        name, address, interface = (saved.name, saved.address, None) if saved else (None, None, None)
-        mtu = cache.get("mtu") if saved and type(cache.get("mtu")) is int else None
+        saved = load_node_state(state_dir)
+        name, address, interface = (saved.assignment.name, saved.assignment.address, None) if saved else (None,) * 3
+        mtu = saved.mtu if saved else None
     if not address:
         raise TunneldError(f"this node has no overlay address yet (state dir {state_dir}); "
                            "start 'tunneld join' and let it reach the relay")
@@ -240,19 +296,10 @@ def kube_env(state_dir):
               help="The relay's state dir.")
 def revoke(name, state_dir):
     """Revoke a node's key (run on the relay): it is disconnected and refused from now on."""
-    from .net.ctlsock import request
-    path = os.path.join(os.path.abspath(state_dir), SOCKET_FILE)
-    if os.path.exists(path):
-        answer = request(path, {"cmd": "revoke", "name": name})
-        if "error" in answer:
-            raise ConfigError(answer["error"])
-    else:
-        store = _open_store(prepare_dir(state_dir))
-        try:
-            if not store.revoke_node(name, time.time()):
-                raise ConfigError(f"no node named {name!r} with a key on this relay; see 'tunneld status'")
-        finally:
-            store.close()
+    state_dir = prepare_dir(state_dir)
+    if _relay_request(state_dir, {"cmd": "revoke", "name": name}) is None:
+        _offline_change(state_dir, lambda registry: registry.revoke(name, time.time())[1],
+                        f"no node named {name!r} with a key on this relay; see 'tunneld status'")
     click.echo(f"revoked {name}; its name and address are free for a new key", err=True)
     return 0
 

@@ -132,24 +132,15 @@ class JoinSettings:
 
 
 def parse_routes(value) -> tuple[str, ...]:
-    """--advertise-routes: CIDRs, given repeatedly, comma-separated, or as a TOML list."""
+    """--advertise-routes: CIDRs, given repeatedly, comma-separated, or as a TOML list; checked
+    as the relay checks them (control/registry.py)."""
+    from .control.registry import RouteError, check_routes
     items = value if isinstance(value, (list, tuple)) else [value]
-    out = []
-    for item in items:
-        for text in str(item).split(","):
-            text = text.strip()
-            if not text:
-                continue
-            try:
-                prefix = ipaddress.IPv4Network(text, strict=True)
-            except ValueError:
-                raise ConfigError(f"--advertise-routes {text!r} is not an IPv4 prefix like 198.18.0.0/16") from None
-            if prefix.prefixlen == 0:
-                raise ConfigError("--advertise-routes may not carry the default route 0.0.0.0/0")
-            out.append(str(prefix))
-    if len(set(out)) > 16:
-        raise ConfigError("--advertise-routes takes at most 16 prefixes; summarise them")
-    return tuple(sorted(set(out)))
+    texts = [t.strip() for item in items for t in str(item).split(",") if t.strip()]
+    try:
+        return check_routes(texts)
+    except RouteError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def check_log_level(level) -> str:

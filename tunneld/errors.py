@@ -1,4 +1,4 @@
-"""Errors an operator sees: one line on stderr, and an exit code (DESIGN.md)."""
+"""Errors an operator sees: one line on stderr, and an exit code (README, "Commands")."""
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -23,8 +23,3 @@ class HostError(TunneldError):
 
     exit_code = EXIT_FAILURE
 
-
-class Refused(TunneldError):
-    """The relay refused this node (bad, expired or revoked token or key)."""
-
-    exit_code = EXIT_REFUSED

@@ -3,6 +3,8 @@
   <state-dir>/private.key   base64 of the X25519 private key, made on first start
   <state-dir>/node.json     node: the relay key and the address it assigned, so that a
                             restarted node brings tunneld0 up before the relay answers
+                            {"relay_key": hex, "relay": "host:port", "name", "address",
+                             "network", "mtu": int}
   <state-dir>/relay.db      relay: the SQLite store
   <state-dir>/tunneld.sock  the control socket of the running daemon
 """
@@ -11,13 +13,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import json
 import os
 import stat
+from dataclasses import dataclass
 
+from .engine.effects import Assignment
 from .errors import ConfigError
 from .proto.handshake import Identity
 from .proto.noise import KeyPair
+from .proto.wire import MIN_OVERLAY_MTU
 
 KEY_FILE = "private.key"
 NODE_FILE = "node.json"
@@ -68,18 +74,49 @@ def load_identity(state_dir: str, create: bool = True) -> Identity:
     return Identity(KeyPair.from_private_bytes(raw))
 
 
-def load_node_cache(state_dir: str) -> dict | None:
+@dataclass(frozen=True)
+class NodeState:
+    """What a node remembers between runs (node.json)."""
+    relay_key: str  # hex
+    assignment: Assignment
+    mtu: int | None  # tunneld0's, as last set; None when the file holds no usable one
+
+
+def parse_node_state(data) -> NodeState | None:
+    """node.json's content, checked field by field; None for anything that is not whole."""
+    if not isinstance(data, dict):
+        return None
+    name, address, network, key = data.get("name"), data.get("address"), data.get("network"), data.get("relay_key")
+    if not all(isinstance(v, str) and 0 < len(v) <= 64 for v in (name, address, network, key)):
+        return None
+    try:
+        if ipaddress.IPv4Address(address) not in ipaddress.IPv4Network(network):
+            return None
+    except ValueError:
+        return None
+    mtu = data.get("mtu")
+    if type(mtu) is not int or not MIN_OVERLAY_MTU <= mtu <= 65535:
+        mtu = None
+    return NodeState(key, Assignment(name, address, network), mtu)
+
+
+def load_node_state(state_dir: str, relay_key: bytes | None = None) -> NodeState | None:
+    """The node's remembered assignment (from this relay, when relay_key is given), or None."""
     try:
         with open(os.path.join(state_dir, NODE_FILE)) as f:
-            data = json.load(f)
+            state = parse_node_state(json.load(f))
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) else None
+    if state is None or (relay_key is not None and state.relay_key != relay_key.hex()):
+        return None
+    return state
 
 
-def save_node_cache(state_dir: str, data: dict) -> None:
+def save_node_state(state_dir: str, relay_key: bytes, relay: str, assignment: Assignment, mtu: int) -> None:
     path = os.path.join(state_dir, NODE_FILE)
     tmp = path + ".tmp"
+    data = {"relay_key": relay_key.hex(), "relay": relay, "name": assignment.name, "address": assignment.address,
+            "network": assignment.network, "mtu": mtu}
     with open(tmp, "w") as f:
         json.dump(data, f, indent=1)
         f.flush()

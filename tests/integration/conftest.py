@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from tunneld.lab import Lab
-from tunneld.lab.overlay import standard
+from tests.lab import Lab
+from tests.lab.overlay import standard
 
 
 def pytest_collection_modifyitems(items):

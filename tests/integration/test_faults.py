@@ -13,8 +13,8 @@ import time
 import pytest
 
 from tunneld.engine.relay import UNDER_LOAD_INITS
-from tunneld.lab import wait_for
-from tunneld.lab.overlay import Overlay, standard, transfer
+from tests.lab import wait_for
+from tests.lab.overlay import Overlay, standard, transfer
 
 RELAYED = ("natted", "hidden")  # two NATs that each let in only what they sent to: the relay carries it
 
@@ -114,7 +114,7 @@ relay_key, host, port, rate, seconds = bytes.fromhex(sys.argv[1]), sys.argv[2], 
     float(sys.argv[4]), float(sys.argv[5])
 inits = []
 for i in range(1000):  # well-formed initiations from 1000 keys the relay never saw
-    payload = messages.encode({"ts": tai64n(), "name": f"flood{i}", "token": None, "mtu": 1500,
+    payload = messages.encode({"ts": tai64n(time.time_ns()), "name": f"flood{i}", "token": None, "mtu": 1500,
                                "routes": [], "lan": []})
     inits.append(Initiation(Identity.generate(), relay_key, wire.SUITE_AESGCM, i.to_bytes(4, "big"),
                             payload, 0.0).message)
@@ -172,7 +172,7 @@ def test_a_handshake_flood_gets_cookies_and_does_not_starve_the_nodes(lab):
 
 def test_a_node_flooded_on_its_public_port_keeps_its_peers(lab):
     """The same flood, at a node with a public address, by someone who learnt its key."""
-    from tunneld.engine.node import PEER_UNDER_LOAD_INITS
+    from tunneld.engine.peers import PEER_UNDER_LOAD_INITS
     ov = standard(lab)
     target = ov.node_status("public")
     endpoint = next(n["endpoint"] for n in ov.status(ov.relay)["nodes"] if n["name"] == "public")
@@ -266,11 +266,11 @@ def test_a_node_cannot_send_as_another_nodes_address(overlay):
 
 
 STRANGER_INIT = r"""
-import socket, sys
+import socket, sys, time
 from tunneld.proto import wire
 from tunneld.proto.handshake import Identity, Initiation, tai64n
 msg = Initiation(Identity.generate(), bytes.fromhex(sys.argv[1]), wire.SUITE_AESGCM, b"\x00\x00\x00\x07",
-                 tai64n(), 0.0).message
+                 tai64n(time.time_ns()), 0.0).message
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(2)
 for _ in range(3):
     u.sendto(msg, (sys.argv[2], int(sys.argv[3])))
@@ -293,39 +293,35 @@ def test_an_unknown_key_gets_nothing_from_a_node(overlay):
     assert ov.node_status("public")["drops"].get("handshake_unknown_key", 0) - before == 3
 
 
-CYCLES = r"""
+# A relay link driven by hand (engine/relaylink.py, the node's join without its peers): what
+# it sends waits in `out` for the script's own socket.
+LINK = r"""
 import select, socket, sys, time
-from tunneld.control.backoff import Backoff
-from tunneld.engine.node import RELAY, Node
+from tunneld.engine.relaylink import JOINED, REFUSED, JoinRequest, RelayLink
+from tunneld.net.base import real_env
 from tunneld.proto.framing import Deframer, frame
 from tunneld.proto.handshake import Identity
 from tunneld.proto.noise import KeyPair
 from tunneld.proto.token import JoinToken
 
 
-class IO:
-    def __init__(self): self.out = []; self.refusal = None
+class Out:  # the link's Transmit
+    def __init__(self): self.out = []
     def send(self, ep, data): self.out.append(data)
     def write_tun(self, packet): pass
-    def joined(self, assignment): pass
-    def refused(self, code, message): self.refusal = message
     def relay_transport(self, tcp): pass
-    def set_mtu(self, mtu): pass
-    def set_routes(self, prefixes): pass
+"""
 
-
-class Light(Node):
-    def _sync_peers(self, now): pass  # one node: no peers to keep
-
-
+CYCLES = LINK + r"""
 relay = (sys.argv[1], int(sys.argv[2])); token = JoinToken.parse(sys.argv[3]); cycles = int(sys.argv[4])
 # one node, connecting and leaving again and again
 identity = Identity(KeyPair.from_private_bytes(bytes.fromhex(sys.argv[5])))
 
 
 def cycle(i, tcp):
-    io = IO()
-    node = Light(identity, token.relay_public, "cycler", token.credential, io, time.monotonic(), backoff=Backoff())
+    out = Out()
+    link = RelayLink(identity, token.relay_public, JoinRequest("cycler", token.credential), out, real_env(),
+                     time.monotonic())
     if tcp:
         s = socket.create_connection(relay, timeout=5); deframer = Deframer()
     else:
@@ -333,21 +329,23 @@ def cycle(i, tcp):
     s.setblocking(False)
 
     def flush():
-        for data in io.out:
+        for data in out.out:
             s.send(frame(data) if tcp else data)
-        io.out.clear()
+        out.out.clear()
 
     deadline = time.monotonic() + 20
-    while not (node.relay.up and node.relay.rtt is not None):  # joined, and its ping answered
-        if time.monotonic() > deadline or io.refusal:
-            raise SystemExit(f"cycle {i} ({'tcp' if tcp else 'udp'}) failed: {io.refusal} {dict(node.drops)}")
-        node.tick(time.monotonic()); flush()
+    while not (link.up and link.rtt is not None):  # joined, and its ping answered
+        if time.monotonic() > deadline:
+            raise SystemExit(f"cycle {i} ({'tcp' if tcp else 'udp'}) failed: {dict(link.drops)}")
+        link.tick(time.monotonic()); flush()
         if select.select([s], [], [], 0.02)[0]:
             data = s.recv(65536)
             for msg in (deframer.feed(data) if tcp else [data]):
-                node.receive(msg, RELAY, time.monotonic())
+                event = link.receive(msg, time.monotonic())
+                if event is not None and event[0] == REFUSED:
+                    raise SystemExit(f"cycle {i} refused: {event[1]}")
             flush()
-    node.bye(); flush(); s.close()
+    link.bye(); flush(); s.close()
 
 
 for i in range(cycles):
@@ -385,48 +383,31 @@ def test_a_thousand_reconnects_leave_the_relay_as_it_was(lab):
     assert ov.status(ov.relay)["drops"].get("internal_error", 0) == 0
 
 
-REGISTER = r"""
-import socket, sys, time
-from tunneld.control.backoff import Backoff
-from tunneld.engine.node import RELAY, Node
-from tunneld.proto.handshake import Identity
-from tunneld.proto.token import JoinToken
-
-
-class IO:
-    def __init__(self): self.out = []; self.assignment = None
-    def send(self, ep, data): self.out.append(data)
-    def write_tun(self, packet): pass
-    def joined(self, assignment): self.assignment = assignment
-    def refused(self, code, message): raise SystemExit(message)
-    def relay_transport(self, tcp): pass
-    def set_mtu(self, mtu): pass
-    def set_routes(self, prefixes): pass
-
-
-class Light(Node):
-    def _sync_peers(self, now): pass
-
-
+REGISTER = LINK + r"""
 relay = (sys.argv[1], int(sys.argv[2])); token = JoinToken.parse(sys.argv[3])
 for i in range(int(sys.argv[4])):  # new nodes, one after another, each with a key of its own
-    io = IO()
-    node = Light(Identity.generate(), token.relay_public, f"reg{i:04d}", token.credential, io, time.monotonic(),
-                 backoff=Backoff())
+    out = Out()
+    link = RelayLink(Identity.generate(), token.relay_public, JoinRequest(f"reg{i:04d}", token.credential), out,
+                     real_env(), time.monotonic())
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.connect(relay); s.settimeout(0.05)
     deadline = time.monotonic() + 3
-    while io.assignment is None:
+    reply = None
+    while reply is None:
         if time.monotonic() > deadline:
             raise SystemExit(0)  # the relay is gone: what was printed is what was confirmed
-        node.tick(time.monotonic())
-        for data in io.out:
+        link.tick(time.monotonic())
+        for data in out.out:
             s.send(data)
-        io.out.clear()
+        out.out.clear()
         try:
-            node.receive(s.recv(65536), RELAY, time.monotonic())
+            event = link.receive(s.recv(65536), time.monotonic())
         except (socket.timeout, ConnectionRefusedError):
-            pass
-    print(io.assignment.name, io.assignment.address, flush=True)  # the relay answered: it is registered
+            continue
+        if event is not None and event[0] == REFUSED:
+            raise SystemExit(str(event[1]))
+        if event is not None and event[0] == JOINED:
+            reply = event[1]
+    print(reply["name"], reply["address"], flush=True)  # the relay answered: it is registered
     s.close()
 """
 

@@ -10,9 +10,9 @@ import time
 import pytest
 
 from tunneld.kube import node_ip_problem
-from tunneld.lab import Lab, wait_for
-from tunneld.lab import flannel
-from tunneld.lab.overlay import Overlay, transfer_between
+from tests.lab import Lab, wait_for
+from tests.lab import flannel
+from tests.lab.overlay import Overlay, transfer_between
 
 NODES = ("control-plane", "worker", "edge")
 

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from tunneld.lab import wait_for
-from tunneld.lab.overlay import Overlay, standard, transfer
+from tests.lab import wait_for
+from tests.lab.overlay import Overlay, standard, transfer
 from tunneld.proto.token import JoinToken
 
 

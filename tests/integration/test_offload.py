@@ -7,8 +7,8 @@ back), natted -> hidden cannot and crosses the relay.
 
 import pytest
 
-from tunneld.lab import wait_for
-from tunneld.lab.overlay import transfer, transfer_between
+from tests.lab import wait_for
+from tests.lab.overlay import transfer, transfer_between
 
 PAIRS = {"direct": ("public", "hidden"), "relay": ("natted", "hidden")}
 

@@ -8,8 +8,8 @@ import subprocess
 import sys
 import time
 
-from tunneld.lab import wait_for
-from tunneld.lab.overlay import transfer
+from tests.lab import wait_for
+from tests.lab.overlay import transfer
 
 NODES = ("public", "natted", "hidden")
 

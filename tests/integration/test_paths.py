@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from tunneld.lab import Lab, wait_for
-from tunneld.lab.overlay import Overlay, transfer
+from tests.lab import Lab, wait_for
+from tests.lab.overlay import Overlay, transfer
 
 DIRECT = ("pub1", "pub2", "cone1", "cone2")
 

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from tunneld.lab.overlay import Overlay
-from tunneld.lab.overlay import transfer
+from tests.lab.overlay import Overlay
+from tests.lab.overlay import transfer
 
 UNITS = pathlib.Path(__file__).resolve().parents[2] / "systemd"
 CAP_NET_ADMIN = 1 << 12

@@ -1,5 +1,6 @@
 """A flood of handshake initiations at the relay: cookies, per-source limits, no starvation."""
 
+from tunneld.engine.peers import PEER_UNDER_LOAD_INITS
 from tunneld.engine.relay import SOURCE_BURST, SOURCE_RATE, UNDER_LOAD_INITS
 from tunneld.proto import messages, wire
 from tunneld.proto.cookie import CookieJar
@@ -11,7 +12,7 @@ def flood_inits(relay_public, count):
     """Well-formed INITs from unknown keys, valid mac1 and a plausible join request."""
     out = []
     for i in range(count):
-        payload = messages.encode({"ts": tai64n(), "name": f"x{i}", "token": bytes(32), "mtu": 1500,
+        payload = messages.encode({"ts": tai64n(1_700_000_000 * 10**9 + i), "name": f"x{i}", "token": bytes(32), "mtu": 1500,
                                    "routes": [], "lan": []})
         out.append(Initiation(Identity.generate(), relay_public, wire.SUITE_AESGCM, i.to_bytes(4, "big"),
                               payload, 0.0).message)
@@ -87,19 +88,19 @@ def test_without_load_nobody_is_asked_for_a_cookie():
 
 
 def test_sources_are_addresses_for_limits_and_address_and_port_for_cookies():
-    from tunneld.control.ratelimit import source_of
+    from tunneld.proto.endpoint import source
 
     class Stream:  # what the daemon's TCP stream carries
         host, label = "198.51.100.7", "tcp:198.51.100.7:40001"
 
-    assert source_of(("203.0.113.9", 4000)) == ("203.0.113.9", b"203.0.113.9:4000")
-    assert source_of(Stream()) == ("198.51.100.7", b"tcp:198.51.100.7:40001")
+    assert source(("203.0.113.9", 4000)) == ("203.0.113.9", b"203.0.113.9:4000")
+    assert source(("2001:db8::9", 4000)) == ("2001:db8::9", b"[2001:db8::9]:4000")
+    assert source(Stream()) == ("198.51.100.7", b"tcp:198.51.100.7:40001")
 
 
 def test_a_node_flooded_with_initiations_answers_cookies_and_its_peers_still_rekey():
     """A node with a public endpoint, flooded by strangers who learnt its key; its real peer
     rekeys (through the relay, as blocked NATs do here) in the middle of it."""
-    from tunneld.engine.node import PEER_UNDER_LOAD_INITS
     net = SimNet()
     alpha, bravo = net.add_node("alpha"), net.add_node("bravo")
     net.advance(2)
@@ -115,10 +116,10 @@ def test_a_node_flooded_with_initiations_answers_cookies_and_its_peers_still_rek
     assert bravo.drops["handshake_needs_cookie"] == 300 - processed
     # alpha starts a new handshake while bravo is under load: a cookie, then the session.
     peer = next(iter(alpha.peers.values()))
-    old = peer.tx
-    alpha._initiate(peer, net.now)
+    old = peer.keys.current
+    alpha.handshakes.initiate(peer, net.now)
     net.deliver()
-    assert alpha.counts["cookies"] == 1 and peer.tx is not old and peer.tx is not None
+    assert alpha.counts["cookies"] == 1 and peer.keys.current is not old and peer.keys.current is not None
     packet = net.send_ip("alpha", "bravo", b"after the flood's cookie")
     net.advance(0.25)
     assert packet in net.ios["bravo"].tun

@@ -11,7 +11,7 @@ def test_every_node_takes_the_smallest_path_as_overlay_mtu():
     net.add_node("big1")
     net.add_node("big2")
     net.advance(2)
-    assert {n: node.mtu for n, node in net.nodes.items()} == {"small": 1382, "big1": 1382, "big2": 1382}
+    assert {n: node.mtu.interface for n, node in net.nodes.items()} == {"small": 1382, "big1": 1382, "big2": 1382}
     status = net.nodes["big1"].status()
     assert status["mtu"] == 1382 and status["network_mtu"] == 1382
     paths = {p["name"]: p["mtu"] for p in status["peers"]}
@@ -22,20 +22,20 @@ def test_a_smaller_late_joiner_lowers_running_nodes_but_nothing_ever_raises_them
     net = SimNet()
     big = net.add_node("big")
     net.advance(2)
-    assert big.mtu == 1432 and net.ios["big"].mtus == []
+    assert big.mtu.interface == 1432 and net.ios["big"].mtus == []
     net.add_node("small", underlay_mtu=1400)
     net.advance(2)
-    assert big.mtu == 1332 and net.ios["big"].mtus == [1332]
+    assert big.mtu.interface == 1332 and net.ios["big"].mtus == [1332]
     net.relay.revoke("small")
     net.advance(2)
-    assert big.mtu == 1332  # stays down while running: pods may already use it
+    assert big.mtu.interface == 1332  # stays down while running: pods may already use it
 
 
 def test_the_first_join_may_raise_a_cached_mtu():
     net = SimNet()
     node = net.add_node("a", mtu=1300)  # e.g. cached from a time with a smaller member
     net.advance(2)
-    assert node.mtu == 1432 and net.ios["a"].mtus == [1432]
+    assert node.mtu.interface == 1432 and net.ios["a"].mtus == [1432]
 
 
 def test_mtu_survives_a_relay_restart_from_the_store():
@@ -46,7 +46,7 @@ def test_mtu_survives_a_relay_restart_from_the_store():
     net.restart_relay()
     assert net.relay.directory.mtu == 1382
     net.advance(8)
-    assert net.nodes["big"].mtu == 1382
+    assert net.nodes["big"].mtu.interface == 1382
 
 
 def gateway_net(**accept):

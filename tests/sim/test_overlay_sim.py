@@ -138,7 +138,7 @@ def test_taken_name_is_refused():
     net = SimNet()
     net.add_node("alpha")
     net.advance(2)
-    net.add_node("alpha-two").name = "alpha"
+    net.add_node("alpha-two", join_as="alpha")
     net.advance(2)
     assert net.ios["alpha-two"].refusals[0][0] == "name_taken"
 
@@ -200,9 +200,11 @@ def test_garbage_to_a_node_is_counted_not_raised(net):
 
 
 def test_last_seen_reaches_the_store_without_a_write_per_connect(net):
-    assert all(r.last_seen is None for r in net.store.nodes())  # not yet: connects do not write
+    writes = net.store.writes
+    assert all(r.last_seen is None for r in net.store.nodes.values())  # not yet: connects do not write
     net.advance(61)
-    assert all(r.last_seen is not None for r in net.store.nodes())
+    assert all(r.last_seen is not None for r in net.store.nodes.values())
+    assert net.store.writes == writes + 1  # all three in one write
 
 
 def test_a_udp_blocked_node_stays_on_tcp_across_rekeys():
@@ -223,9 +225,7 @@ def test_a_udp_blocked_node_stays_on_tcp_across_rekeys():
 
 def test_a_retryable_refusal_backs_off():
     import ipaddress
-    from tunneld.control.registry import Registry
-    net = SimNet()
-    net.registry = net.relay.registry = Registry(net.store, ipaddress.IPv4Network("100.64.0.0/30"))
+    net = SimNet(network=ipaddress.IPv4Network("100.64.0.0/30"))
     token = net.token()
     for name in ("alpha", "bravo", "charlie"):  # a /30 holds two
         net.add_node(name, token=token)
@@ -298,7 +298,7 @@ def test_revoking_a_node_stops_it_at_once_and_its_peers_forget_it(net):
     assert net.relay.revoke("charlie")
     net.deliver()  # no tick, no ping: the relay told it over its session
     assert net.ios["charlie"].refusals == [("key_revoked", net.ios["charlie"].refusals[0][1])]
-    assert charlie.stopped and not charlie.sessions
+    assert charlie.stopped and not charlie.table.sessions
     net.advance(1)  # the directory without charlie reaches the others
     for name in ("alpha", "bravo"):
         assert all(p.name != "charlie" for p in net.nodes[name].peers.values())
@@ -341,8 +341,8 @@ def test_keys_rotate_by_time_and_volume_without_a_lost_packet(monkeypatch, limit
             sent.append((dst, packet))
         net.deliver()
         for p in net.nodes["alpha"].peers.values():
-            if p.tx is not None:
-                indexes.add(p.tx.local_index)
+            if p.keys.current is not None:
+                indexes.add(p.keys.current.local_index)
     net.advance(1)
     for dst, packet in sent:
         assert packet in net.ios[dst].tun
@@ -353,8 +353,8 @@ def test_keys_rotate_by_time_and_volume_without_a_lost_packet(monkeypatch, limit
 
 def test_a_lan_endpoint_with_foreign_digits_is_ignored_not_fatal(net):
     """'4000²' passes str.isdigit() but not int(): once a member could crash its own join."""
-    from tunneld.control.paths import parse_endpoint
-    assert parse_endpoint("198.19.0.5:4000\u00b2") is None and parse_endpoint("198.19.0.\u0665:4000") is None
+    from tunneld.proto.endpoint import parse
+    assert parse("198.19.0.5:4000\u00b2") is None and parse("198.19.0.\u0665:4000") is None
     node = net.add_node("delta", lan=("198.19.0.5:4000\u00b2", "198.19.0.6:4000"))
     net.advance(2)
     assert node.assignment is not None and net.relay.drops.get("internal_error", 0) == 0
@@ -366,4 +366,4 @@ def test_a_member_cannot_shrink_the_overlay_mtu_below_a_tunnels_minimum(net):
     tiny = net.add_node("tiny", underlay_mtu=300)
     net.advance(2)
     assert tiny.assignment is None and net.ios["tiny"].refusals[0][0] == "bad_mtu"
-    assert net.relay.directory.mtu == mtu and all(n.mtu == mtu for k, n in net.nodes.items() if k != "tiny")
+    assert net.relay.directory.mtu == mtu and all(n.mtu.interface == mtu for k, n in net.nodes.items() if k != "tiny")

@@ -5,7 +5,7 @@ from hypothesis import given, settings, strategies as st
 
 from tunneld.proto import wire
 from tunneld.proto.errors import HandshakeError, ProtocolError
-from tunneld.proto.handshake import Identity, Initiation, read_initiation, tai64n
+from tunneld.proto.handshake import Identity, Initiation, Timestamper, read_initiation, tai64n
 
 ALICE, BOB = Identity.generate(), Identity.generate()
 
@@ -49,7 +49,15 @@ def test_response_from_an_impostor_is_refused():
 def test_tai64n_orders_like_time():
     assert tai64n(1_000_000_000_000_000_001) > tai64n(1_000_000_000_000_000_000)
     assert tai64n(2 * 10**18) > tai64n(10**18 + 999_999_999)
-    assert len(tai64n()) == 12
+    assert len(tai64n(1_700_000_000 * 10**9)) == 12
+
+
+def test_timestamps_only_ever_go_up_even_when_the_clock_steps_back():
+    clock = iter([2 * 10**18, 2 * 10**18, 10**18, 3 * 10**18])
+    stamp = Timestamper(lambda: next(clock))
+    first, second, third, fourth = stamp(), stamp(), stamp(), stamp()
+    assert first < second < third < fourth  # equal, then earlier readings still give newer stamps
+    assert fourth == tai64n(3 * 10**18)
 
 
 @settings(max_examples=200)

@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from tunneld.proto import messages
+from tunneld.proto.version import LEGACY, MIN_PROTOCOL, OURS, PROTOCOL, Hello
 from tunneld.proto.errors import ProtocolError
 
 NODE = ["alpha", b"\x64\x40\x00\x01", b"k" * 32, True, "203.0.113.5:4000", 1500, ["198.18.0.0/16"],
@@ -51,7 +52,13 @@ def test_invalid_control_is_refused(msg):
 def test_join_request_and_replies():
     req = {"ts": b"t" * 12, "name": "alpha", "token": b"x" * 24, "mtu": 1500, "routes": ["198.18.0.0/16"],
            "lan": ["198.19.1.2:4000"]}
-    assert messages.decode_join_request(messages.encode(req)) == req
+    assert messages.decode_join_request(messages.encode(req)) == {**req, "hello": LEGACY}  # a 0.1.0 node
+    hello = messages.decode_join_request(messages.encode({**req, **OURS.wire()}))["hello"]
+    assert hello == OURS and hello.has("hello") and hello.problem() is None
+    for bad in ({"pv": 0, "pm": 0, "caps": []}, {"pv": 2, "pm": 3, "caps": []}, {"pv": 2, "pm": 1, "caps": "x"},
+                {"pv": 2, "pm": 1, "caps": [""]}, {"pv": True, "pm": 1, "caps": []}, {"pv": 2}):
+        with pytest.raises(ProtocolError):
+            messages.decode_join_request(messages.encode({**req, **bad}))
     assert messages.decode_join_request(messages.encode({**req, "token": None}))["token"] is None
     with pytest.raises(ProtocolError):
         messages.decode_join_request(messages.encode({**req, "token": b"short"}))
@@ -59,11 +66,26 @@ def test_join_request_and_replies():
         messages.decode_join_request(messages.encode({**req, "routes": [1]}))
     ok = {"ok": True, "name": "a", "address": "100.64.0.1", "network": "100.64.0.0/10", "endpoint": "x:1",
           "mtu": 1382, "relay_mtu": 1500}
-    assert messages.decode_join_reply(messages.encode(ok)) == ok
-    no = {"ok": False, "code": "bad_token", "error": "no", "retry": False}
-    assert messages.decode_join_reply(messages.encode(no)) == no
+    assert messages.decode_join_reply(messages.encode(ok)) == {**ok, "hello": LEGACY}
+    no = {"ok": False, "code": "bad_token", "error": "no", "retry": False, **OURS.wire()}
+    assert messages.decode_join_reply(messages.encode(no)) == {**no, "hello": OURS}
     with pytest.raises(ProtocolError):
         messages.decode_join_reply(messages.encode({"ok": 1}))
+
+
+def test_peer_hellos_and_what_a_range_that_misses_ours_says():
+    assert messages.decode_hello(b"") == LEGACY  # a 0.1.0 responder's empty RESP payload
+    assert messages.decode_hello(messages.encode_hello(OURS)) == OURS
+    for bad in (b"\x01", messages.encode({"v": 2}), messages.encode([2, 1, []])):
+        with pytest.raises(ProtocolError):
+            messages.decode_hello(bad)
+    newer = Hello(PROTOCOL + 3, PROTOCOL + 1)
+    assert newer.problem() == (f"it speaks protocol {PROTOCOL + 1}..{PROTOCOL + 3}, newer than this tunneld's "
+                               f"{MIN_PROTOCOL}..{PROTOCOL}: upgrade this tunneld")
+    older = Hello(0, 0)  # nothing speaks protocol 0, but a hello may say anything
+    assert older.problem(us="the relay", them="this node").endswith("older than the relay's "
+                                                                    f"{MIN_PROTOCOL}..{PROTOCOL}: upgrade this node")
+    assert OURS.problem() is None and LEGACY.problem() is None  # 0.1.0 is still spoken
 
 
 def test_oversized_and_garbage():

@@ -1,7 +1,7 @@
 """Path selection as a pure state machine, driven by an injected clock."""
 
 from tunneld.control import paths
-from tunneld.control.paths import PathState, parse_endpoint
+from tunneld.control.paths import PathState
 
 A = ("203.0.113.11", 4000)
 B = ("198.19.1.2", 4000)
@@ -94,12 +94,6 @@ def test_new_candidates_punch_again_fast():
     assert p.due(100.0) == [A, B] and p.fast_left == paths.FAST_TRIES - 1
     p.set_candidates([A, B], 101.0)  # the same again changes nothing
     assert p.due(100.5) == []
-
-
-def test_parse_endpoint():
-    assert parse_endpoint("203.0.113.5:4000") == ("203.0.113.5", 4000)
-    for bad in ("", "tcp:203.0.113.5:4000", "[2001:db8::1]:7", "1.2.3:4", "1.2.3.4:0", "1.2.3.4:x", "a.b.c.d:5"):
-        assert parse_endpoint(bad) is None, bad
 
 
 def test_hearing_again_from_a_path_that_had_gone_quiet_reports_the_change():

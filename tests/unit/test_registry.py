@@ -1,5 +1,8 @@
-"""Who may join, under which name and address: against SQLite and its in-memory twin alike."""
+"""Who may join, under which name and address (control/registry.py, decided in memory), and
+the stores that keep it (SQLite and its in-memory twin alike, through the writes the
+registry hands out)."""
 
+import asyncio
 import ipaddress
 import os
 import sqlite3
@@ -7,7 +10,7 @@ import sqlite3
 import pytest
 
 from tunneld.control.registry import Refusal, Registry, allocate, valid_name
-from tunneld.store.base import StoreError
+from tunneld.store.base import Conflict, NodeRecord, Register, StoreError
 from tunneld.store.memory import MemoryStore
 from tunneld.store.sqlite import SqliteStore
 
@@ -15,77 +18,140 @@ NET = ipaddress.IPv4Network("100.64.0.0/10")
 NOW = 1_700_000_000.0
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request, tmp_path):
-    s = MemoryStore() if request.param == "memory" else SqliteStore(str(tmp_path / "relay.db"))
-    yield s
-    s.close()
-
-
 def key(i):
     return bytes([i]) * 32
 
 
-def test_first_join_needs_a_valid_token(store):
-    reg = Registry(store, NET)
-    token = reg.issue_token(key(0), 3600, NOW)
-    assert reg.join(key(1), "alpha", None, NOW).code == "unknown_key"
-    assert reg.join(key(1), "alpha", token.token_id + bytes(16), NOW).code == "bad_token"
-    assert reg.join(key(1), "alpha", bytes(8) + token.secret, NOW).code == "bad_token"
-    rec = reg.join(key(1), "alpha", token.credential, NOW)
+class Relay:
+    """A registry and a store, kept in step the way the relay daemon keeps them."""
+
+    def __init__(self, store, network=NET):
+        self.store = store
+        self.reg = Registry(network, asyncio.run(store.load()))
+
+    def write(self, write):
+        if write is not None:
+            asyncio.run(write.apply(self.store))
+            self.reg.written(write)
+
+    def join(self, k, name, credential, now=NOW, mtu=None):
+        decision, write = self.reg.join(k, name, credential, now, mtu)
+        self.write(write)
+        return decision
+
+    def token(self, ttl):
+        token, write = self.reg.issue_token(key(0), ttl, NOW, os.urandom)
+        self.write(write)
+        return token
+
+    def reopened(self):
+        return Registry(self.reg.network, asyncio.run(self.store.load()))
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def relay(request, tmp_path):
+    store = MemoryStore() if request.param == "memory" else SqliteStore(str(tmp_path / "relay.db"))
+    yield Relay(store)
+    asyncio.run(store.close())
+
+
+def test_first_join_needs_a_valid_token(relay):
+    token = relay.token(3600)
+    assert relay.join(key(1), "alpha", None).code == "unknown_key"
+    assert relay.join(key(1), "alpha", token.token_id + bytes(16)).code == "bad_token"
+    assert relay.join(key(1), "alpha", bytes(8) + token.secret).code == "bad_token"
+    rec = relay.join(key(1), "alpha", token.credential)
     assert (rec.name, rec.address, rec.public_key) == ("alpha", "100.64.0.1", key(1))
-    assert store.token(token.token_id).uses == 1
+    assert relay.reopened().tokens[token.token_id].uses == 1  # counted in the store, with the registration
 
 
-def test_same_key_same_address_forever(store):
-    reg = Registry(store, NET)
-    token = reg.issue_token(key(0), 60, NOW)
-    a = reg.join(key(1), "alpha", token.credential, NOW)
-    b = reg.join(key(2), "bravo", token.credential, NOW)
+def test_same_key_same_address_forever(relay):
+    token = relay.token(60)
+    a = relay.join(key(1), "alpha", token.credential)
+    b = relay.join(key(2), "bravo", token.credential)
     assert (a.address, b.address) == ("100.64.0.1", "100.64.0.2")
     later = NOW + 86400  # the token expired long ago: the key is what counts now
-    assert reg.join(key(1), "alpha", token.credential, later).address == a.address
-    assert reg.join(key(1), "alpha", None, later).address == a.address
-    assert reg.join(key(2), "renamed", None, later).name == "bravo"
+    assert relay.join(key(1), "alpha", token.credential, later).address == a.address
+    assert relay.join(key(1), "alpha", None, later).address == a.address
+    assert relay.join(key(2), "renamed", None, later).name == "bravo"
+    again = relay.reopened()  # and so it is after a restart
+    assert again.join(key(1), "alpha", None, later)[0].address == a.address
 
 
-def test_expired_and_revoked_tokens(store):
-    reg = Registry(store, NET)
-    short = reg.issue_token(key(0), 10, NOW)
-    assert reg.join(key(1), "alpha", short.credential, NOW + 11).code == "token_expired"
-    forever = reg.issue_token(key(0), None, NOW)
-    assert store.revoke_token(forever.token_id)
-    assert not store.revoke_token(forever.token_id)
-    assert reg.join(key(1), "alpha", forever.credential, NOW).code == "token_revoked"
+def test_expired_and_revoked_tokens(relay):
+    short = relay.token(10)
+    assert relay.join(key(1), "alpha", short.credential, NOW + 11).code == "token_expired"
+    forever = relay.token(None)
+    write = relay.reg.revoke_token(forever.token_id)
+    relay.write(write)
+    assert relay.reg.revoke_token(forever.token_id) is None
+    assert relay.join(key(1), "alpha", forever.credential).code == "token_revoked"
+    assert relay.reopened().join(key(1), "alpha", forever.credential, NOW)[0].code == "token_revoked"
 
 
-def test_name_taken_until_revoked_then_address_passes_on(store):
-    reg = Registry(store, NET)
-    token = reg.issue_token(key(0), None, NOW)
-    old = reg.join(key(1), "alpha", token.credential, NOW)
-    refusal = reg.join(key(2), "alpha", token.credential, NOW)
+def test_name_taken_until_revoked_then_address_passes_on(relay):
+    token = relay.token(None)
+    old = relay.join(key(1), "alpha", token.credential)
+    refusal = relay.join(key(2), "alpha", token.credential)
     assert refusal.code == "name_taken" and "tunneld revoke alpha" in refusal.message
-    assert store.revoke_node("alpha", NOW)
-    assert reg.join(key(1), "alpha", token.credential, NOW).code == "key_revoked"
-    new = reg.join(key(2), "alpha", token.credential, NOW)
+    revoked, write = relay.reg.revoke("alpha", NOW)
+    relay.write(write)
+    assert revoked.public_key == key(1)
+    assert relay.join(key(1), "alpha", token.credential).code == "key_revoked"
+    new = relay.join(key(2), "alpha", token.credential)
     assert new.address == old.address and new.public_key == key(2)
+    again = relay.reopened()
+    assert again.join(key(1), "alpha", token.credential, NOW)[0].code == "key_revoked"
+    assert again.join(key(2), "alpha", None, NOW)[0].address == old.address
 
 
-def test_bad_names(store):
-    reg = Registry(store, NET)
-    token = reg.issue_token(key(0), None, NOW)
+def test_bad_names(relay):
+    token = relay.token(None)
     for name in ("", "UPPER", "-lead", "trail-", "a..b", "x" * 254, "sp ace"):
-        assert reg.join(key(1), name, token.credential, NOW).code == "bad_name", name
+        assert relay.join(key(1), name, token.credential).code == "bad_name", name
     assert valid_name("node-1.example.com")
 
 
-def test_network_full(store):
-    reg = Registry(store, ipaddress.IPv4Network("100.64.0.0/30"))
-    token = reg.issue_token(key(0), None, NOW)
-    assert reg.join(key(1), "a", token.credential, NOW).address == "100.64.0.1"
-    assert reg.join(key(2), "b", token.credential, NOW).address == "100.64.0.2"
-    full = reg.join(key(3), "c", token.credential, NOW)
+def test_network_full(tmp_path):
+    relay = Relay(MemoryStore(), ipaddress.IPv4Network("100.64.0.0/30"))
+    token = relay.token(None)
+    assert relay.join(key(1), "a", token.credential).address == "100.64.0.1"
+    assert relay.join(key(2), "b", token.credential).address == "100.64.0.2"
+    full = relay.join(key(3), "c", token.credential)
     assert isinstance(full, Refusal) and full.code == "network_full" and full.retry
+
+
+def test_a_registration_is_unwritten_until_the_store_has_it_and_taken_back_if_it_fails(relay):
+    token = relay.token(None)
+    reg = relay.reg
+    rec, write = reg.join(key(1), "alpha", token.credential, NOW)
+    assert isinstance(write, Register) and reg.registering(key(1))
+    reg.failed(write)  # the store said no: as if it had never happened
+    assert not reg.registering(key(1)) and key(1) not in reg.by_key and "alpha" not in reg.by_name
+    assert reg.tokens[token.token_id].uses == 0
+    again, write = reg.join(key(1), "alpha", token.credential, NOW)
+    assert again.address == rec.address  # the address was given back too
+    relay.write(write)
+    assert not reg.registering(key(1))
+
+
+def test_a_failed_registration_of_a_revoked_name_leaves_the_name_waiting(relay):
+    token = relay.token(None)
+    relay.join(key(1), "alpha", token.credential)
+    relay.write(relay.reg.revoke("alpha", NOW)[1])
+    _, write = relay.reg.join(key(2), "alpha", token.credential, NOW)
+    relay.reg.failed(write)
+    assert relay.reg.by_name["alpha"].public_key is None and key(2) not in relay.reg.by_key
+    assert relay.join(key(3), "alpha", token.credential).address == "100.64.0.1"
+
+
+def test_the_stores_refuse_a_second_binding(relay):
+    asyncio.run(relay.store.register(NodeRecord("alpha", "100.64.0.1", key(1), NOW), None))
+    for record in (NodeRecord("alpha", "100.64.0.1", key(2), NOW), NodeRecord("bravo", "100.64.0.1", key(3), NOW),
+                   NodeRecord("charlie", "100.64.0.9", key(1), NOW)):
+        with pytest.raises(Conflict):
+            asyncio.run(relay.store.register(record, None))
+    assert [r.name for r in asyncio.run(relay.store.load()).nodes] == ["alpha"]
 
 
 def test_allocate_fills_gaps():
@@ -97,16 +163,16 @@ def test_allocate_fills_gaps():
 
 def test_sqlite_survives_reopen(tmp_path):
     path = str(tmp_path / "relay.db")
-    s = SqliteStore(path)
-    reg = Registry(s, NET)
-    token = reg.issue_token(key(0), None, NOW)
-    rec = reg.join(key(1), "alpha", token.credential, NOW)
-    s.close()
+    relay = Relay(SqliteStore(path))
+    token = relay.token(None)
+    rec = relay.join(key(1), "alpha", token.credential, mtu=1450)
+    asyncio.run(relay.store.close())
     assert oct(os.stat(path).st_mode & 0o777) == "0o600"
-    s2 = SqliteStore(path)
-    assert s2.node_by_key(key(1)) == rec
-    assert s2.token(token.token_id).uses == 1
-    s2.close()
+    store = SqliteStore(path)
+    snapshot = asyncio.run(store.load())
+    assert snapshot.nodes == [rec] and snapshot.nodes[0].mtu == 1450
+    assert snapshot.tokens[0].uses == 1
+    asyncio.run(store.close())
 
 
 def test_sqlite_refuses_a_corrupt_file_and_leaves_it_alone(tmp_path):
@@ -127,14 +193,13 @@ def test_sqlite_refuses_a_newer_schema(tmp_path):
         SqliteStore(str(path))
 
 
-def test_last_seen_is_written_in_one_batch(store):
-    reg = Registry(store, NET)
-    token = reg.issue_token(key(0), None, NOW)
-    reg.join(key(1), "alpha", token.credential, NOW)
-    reg.join(key(2), "bravo", token.credential, NOW)
-    store.touch({"alpha": NOW + 5, "bravo": NOW + 6, "ghost": NOW})
-    assert store.node_by_name("alpha").last_seen == NOW + 5
-    assert store.node_by_name("bravo").last_seen == NOW + 6
+def test_last_seen_is_written_in_one_batch(relay):
+    token = relay.token(None)
+    relay.join(key(1), "alpha", token.credential)
+    relay.join(key(2), "bravo", token.credential)
+    relay.write(relay.reg.touch({"alpha": NOW + 5, "bravo": NOW + 6, "ghost": NOW}))
+    seen = {r.name: r.last_seen for r in asyncio.run(relay.store.load()).nodes}
+    assert seen == {"alpha": NOW + 5, "bravo": NOW + 6}
 
 
 def test_a_version_1_database_is_migrated_in_place(tmp_path):
@@ -149,10 +214,10 @@ def test_a_version_1_database_is_migrated_in_place(tmp_path):
     """)
     db.close()
     s = SqliteStore(str(path))
-    rec = s.node_by_name("alpha")
+    (rec,) = asyncio.run(s.load()).nodes
     assert rec.address == "100.64.0.1" and rec.mtu is None
-    s.set_mtu("alpha", 1450)
-    s.close()
+    asyncio.run(s.set_mtu("alpha", 1450))
+    asyncio.run(s.close())
     s = SqliteStore(str(path))
-    assert s.node_by_key(key(1)).mtu == 1450
-    s.close()
+    assert asyncio.run(s.load()).nodes[0].mtu == 1450
+    asyncio.run(s.close())

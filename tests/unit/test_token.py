@@ -1,5 +1,7 @@
 """Join tokens: round trip, damage, and the secret check."""
 
+import os
+
 import pytest
 from hypothesis import given, strategies as st
 
@@ -7,7 +9,7 @@ from tunneld.proto.token import JoinToken, TokenError, secret_hash, secret_match
 
 
 def test_round_trip():
-    t = JoinToken.new(b"k" * 32)
+    t = JoinToken.new(b"k" * 32, os.urandom)
     text = t.encode()
     assert text.startswith("tdj1.") and "=" not in text
     assert JoinToken.parse(text) == t
@@ -26,7 +28,7 @@ def test_bad_tokens_say_what_to_do(text, why):
 
 
 def test_truncated_real_token():
-    text = JoinToken.new(b"k" * 32).encode()
+    text = JoinToken.new(b"k" * 32, os.urandom).encode()
     with pytest.raises(TokenError):
         JoinToken.parse(text[:-3])
 

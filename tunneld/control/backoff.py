@@ -6,11 +6,12 @@ a restarted relay is not hit by all of them at once.
 
 from __future__ import annotations
 
-import random
+from typing import Callable
 
 
 class Backoff:
-    def __init__(self, base: float = 0.5, cap: float = 8.0, rng=random.random):
+    def __init__(self, rng: Callable[[], float], base: float = 0.5, cap: float = 8.0):
+        """rng: a float in [0, 1) for the jitter (engine/effects.py's Env.uniform)."""
         self.base = base
         self.cap = cap
         self._rng = rng

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..proto.messages import MAX_NODES_PER_CHUNK
+from ..proto.version import LEGACY, Hello
 
 
 @dataclass(frozen=True)
@@ -23,11 +24,19 @@ class Entry:
     endpoint: str  # as the relay observes it, "" when unknown
     mtu: int = 0  # the node's underlay MTU, 0 when unknown
     routes: tuple = ()  # prefixes (CIDR strings) the node routes for others
-    lan: tuple = ()  # "ip:port" endpoints on its own LAN, direct-path candidates for its neighbours
+    lan: tuple = ()  # endpoints on its own LAN, direct-path candidates for its neighbours
+    hello: Hello = LEGACY  # the protocol range and capabilities it announced when it joined
 
     def wire(self) -> list:
         return [self.name, self.addr, self.key, self.online, self.endpoint, self.mtu, list(self.routes),
                 list(self.lan)]
+
+
+def _message(version: int, base: int | None, i: int, count: int, mtu: int, entries: list[Entry],
+             gone: list[bytes]) -> dict:
+    return {"t": "dir", "v": version, "base": base, "i": i, "c": count, "mtu": mtu,
+            "nodes": [e.wire() for e in entries], "gone": gone,
+            "hellos": [[e.hello.newest, e.hello.oldest, sorted(e.hello.caps)] for e in entries]}
 
 
 class Directory:
@@ -68,16 +77,14 @@ class Directory:
             return []
         d = self.last_delta
         if d is not None and d[0] == held_version and len(d[2]) <= MAX_NODES_PER_CHUNK:
-            return [{"t": "dir", "v": d[1], "base": d[0], "i": 0, "c": 1, "mtu": self.mtu,
-                     "nodes": [e.wire() for e in d[2]], "gone": d[3]}]
+            return [_message(d[1], d[0], 0, 1, self.mtu, d[2], d[3])]
         return self.snapshot()
 
     def snapshot(self) -> list[dict]:
         entries = list(self.entries.values())
         chunks = [entries[i : i + MAX_NODES_PER_CHUNK] for i in range(0, len(entries), MAX_NODES_PER_CHUNK)]
         chunks = chunks or [[]]
-        return [{"t": "dir", "v": self.version, "base": None, "i": i, "c": len(chunks), "mtu": self.mtu,
-                 "nodes": [e.wire() for e in chunk], "gone": []} for i, chunk in enumerate(chunks)]
+        return [_message(self.version, None, i, len(chunks), self.mtu, chunk, []) for i, chunk in enumerate(chunks)]
 
 
 class DirectoryMirror:
@@ -92,7 +99,8 @@ class DirectoryMirror:
 
     def apply(self, msg: dict) -> bool:
         self.mtu = msg["mtu"]
-        nodes = [Entry(*n) for n in msg["nodes"]]
+        hellos = msg.get("hellos") or [LEGACY] * len(msg["nodes"])
+        nodes = [Entry(*n, hello) for n, hello in zip(msg["nodes"], hellos)]
         if msg["base"] is not None:
             if msg["base"] != self.version:
                 return False  # our next ping reports our version; the relay sends a snapshot

@@ -97,22 +97,3 @@ class PathState:
         else:
             self.next_probe = now + SLOW_INTERVAL
         return list(self.candidates)
-
-    def reset(self) -> None:
-        """The session is gone (the peer left or rekeyed from scratch): start over."""
-        self.chosen = None
-        self.answered_at.clear()
-        self.fast_left = FAST_TRIES
-        self.next_probe = 0.0
-
-
-def parse_endpoint(text: str) -> tuple | None:
-    """'203.0.113.5:4000' -> ('203.0.113.5', 4000); anything else (a TCP stream, IPv6) -> None."""
-    host, sep, port = text.rpartition(":")
-    # isdecimal() alone takes other scripts' digits, which int() then refuses: ASCII only.
-    if not sep or not (port.isascii() and port.isdecimal()) or not 0 < int(port) < 65536:
-        return None
-    parts = host.split(".")
-    if len(parts) != 4 or not all(p.isascii() and p.isdecimal() and int(p) < 256 for p in parts):
-        return None
-    return (host, int(port))

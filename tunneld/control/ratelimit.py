@@ -8,41 +8,32 @@ table past its limit.
 
 from __future__ import annotations
 
+from typing import Callable
+
+from ..drops import Drop
 from ..proto.cookie import CookieChecker
-
-NEEDS_COOKIE = "handshake_needs_cookie"
-RATE_LIMITED = "handshake_rate_limited"
-
-
-def source_of(ep) -> tuple[object, bytes]:
-    """(host, host and port as bytes) of an adapter's endpoint: (ip, port) for UDP, or a
-    stream that knows its peer's `host` and `label`. The host gets the rate limit (a NAT
-    holds many nodes behind one address); the host and port get the cookie."""
-    if ep.__class__ is tuple:
-        return ep[0], f"{ep[0]}:{ep[1]}".encode()
-    host = getattr(ep, "host", "tcp")
-    return host, getattr(ep, "label", host).encode()
 
 
 class HandshakeGuard:
     """Counts INITs; under load, an INIT must carry a cookie (mac2, proto/cookie.py), and
-    each source gets its share. check() names the reason to drop one, or is empty."""
+    each source (proto/endpoint.py's source()) gets its share. check() names the reason
+    to drop one, or is empty."""
 
     __slots__ = ("load", "cookies", "limiter")
 
-    def __init__(self, responder_public: bytes, now: float, threshold: int, rate: float, burst: float,
-                 sources: int = 16384):
+    def __init__(self, responder_public: bytes, now: float, threshold: int, rate: float, burst: float, *,
+                 random: Callable[[int], bytes], sources: int = 16384):
         self.load = LoadMeter(threshold)
-        self.cookies = CookieChecker(responder_public, now)
+        self.cookies = CookieChecker(responder_public, now, random)
         self.limiter = SourceLimiter(rate, burst, sources)
 
     def check(self, msg: bytes, host, source: bytes, now: float) -> str:
         if not self.load.event(now):
             return ""
         if not self.cookies.mac2_valid(msg, source, now):
-            return NEEDS_COOKIE  # answer with cookie_reply(): it costs no public-key work
+            return Drop.HANDSHAKE_NEEDS_COOKIE  # answer with cookie_reply(): it costs no public-key work
         if not self.limiter.allow(host, now):
-            return RATE_LIMITED
+            return Drop.HANDSHAKE_RATE_LIMITED
         return ""
 
     def cookie_reply(self, msg: bytes, source: bytes, now: float) -> bytes:

@@ -4,19 +4,30 @@ A node's key is its identity. The first join needs a valid token; the relay then
 binds name and address to the key for good, so the same key gets the same address
 after any restart, with or without a token. A name held by another key is refused
 until an operator revokes that key; the name's next key then inherits its address.
-Pure: state goes through a Store, time comes in as an argument.
+
+Pure and in memory: built from the store's snapshot at start (store/base.py), it
+answers every join without touching the store, and returns each change it makes as
+a write for the daemon to carry out, in order. A new registration is `unwritten`
+until the daemon reports it durable (written), and the relay answers the node only
+then; if the write fails, failed() takes the registration back.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 from dataclasses import dataclass
+from typing import Callable, Iterable
 
 from ..proto.token import ID_LEN, JoinToken, secret_hash, secret_matches
-from ..store.base import Conflict, NodeRecord, Store, TokenRecord
+from ..store.base import AddToken, NodeRecord, Register, RevokeNode, RevokeToken, SaveMtu, Snapshot, \
+    TokenRecord, Touch
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
+MAX_ROUTES = 16
+REVOKED_MESSAGE = ("this node's key was revoked on the relay; delete the key file in the node's state dir "
+                   "and join again with a new token")
 
 
 @dataclass(frozen=True)
@@ -26,25 +37,32 @@ class Refusal:
     retry: bool = False  # True: not the node's fault, it should try again later
 
 
+class RouteError(ValueError):
+    """A prefix a node may not advertise; the message names the fix."""
+
+
 def valid_name(name: str) -> bool:
     """A Kubernetes node name: a lower-case DNS subdomain."""
     return bool(_NAME.match(name)) and ".." not in name
 
 
-def check_routes(routes: list[str], network: ipaddress.IPv4Network) -> tuple[str, ...] | Refusal:
+def check_routes(texts: Iterable[str], overlay: ipaddress.IPv4Network | None = None) -> tuple[str, ...]:
     """The prefixes a node may offer to route: real IPv4 prefixes, not the default route,
-    not inside or around the overlay itself. Normalised, sorted, without duplicates."""
+    not inside or around the overlay; normalised, sorted, without duplicates; else RouteError.
+    The command line checks them with this as the relay does."""
     out = set()
-    for text in routes:
+    for text in texts:
         try:
             prefix = ipaddress.IPv4Network(text, strict=True)
         except ValueError:
-            return Refusal("bad_route", f"--advertise-routes {text[:20]!r} is not an IPv4 prefix like 198.18.0.0/16")
+            raise RouteError(f"--advertise-routes {text[:20]!r} is not an IPv4 prefix like 198.18.0.0/16") from None
         if prefix.prefixlen == 0:
-            return Refusal("bad_route", "--advertise-routes may not carry the default route")
-        if prefix.overlaps(network):
-            return Refusal("bad_route", f"--advertise-routes {prefix} overlaps the overlay network {network}")
+            raise RouteError("--advertise-routes may not carry the default route 0.0.0.0/0")
+        if overlay is not None and prefix.overlaps(overlay):
+            raise RouteError(f"--advertise-routes {prefix} overlaps the overlay network {overlay}")
         out.add(prefix)
+    if len(out) > MAX_ROUTES:
+        raise RouteError(f"--advertise-routes takes at most {MAX_ROUTES} prefixes; summarise them")
     return tuple(str(p) for p in sorted(out))
 
 
@@ -61,59 +79,135 @@ def allocate(network: ipaddress.IPv4Network, used: set[str]) -> str | None:
 
 
 class Registry:
-    def __init__(self, store: Store, network: ipaddress.IPv4Network):
-        self.store = store
+    def __init__(self, network: ipaddress.IPv4Network, snapshot: Snapshot | None = None):
+        snapshot = snapshot or Snapshot()
         self.network = network
+        self.by_name: dict[str, NodeRecord] = {r.name: r for r in snapshot.nodes}
+        self.by_key: dict[bytes, NodeRecord] = {r.public_key: r for r in snapshot.nodes if r.public_key is not None}
+        self.revoked: set[bytes] = set(snapshot.revoked_keys)
+        self.tokens: dict[bytes, TokenRecord] = {t.token_id: t for t in snapshot.tokens}
+        self.unwritten: set[bytes] = set()  # keys whose registration is not durable yet
+        self._before: dict[bytes, NodeRecord | None] = {}  # what an unwritten registration replaced
+
+    def nodes(self) -> list[NodeRecord]:
+        return sorted(self.by_name.values(), key=lambda r: r.name)
+
+    # -- joins ---------------------------------------------------------------------------
 
     def join(self, key: bytes, name: str, credential: bytes | None, now: float,
-             mtu: int | None = None) -> NodeRecord | Refusal:
-        decision = self._join(key, name, credential, now)
-        if isinstance(decision, NodeRecord) and mtu is not None and decision.mtu != mtu:
-            self.store.set_mtu(decision.name, mtu)
+             mtu: int | None = None) -> tuple[NodeRecord | Refusal, object | None]:
+        """The decision on a join, and the write it needs (None: nothing changed)."""
+        decision, write = self._join(key, name, credential, now, mtu)
+        if write is None and isinstance(decision, NodeRecord) and mtu is not None and decision.mtu != mtu:
             decision.mtu = mtu
-        return decision
+            write = SaveMtu(decision.name, mtu)
+        return decision, write
 
-    def _join(self, key: bytes, name: str, credential: bytes | None, now: float) -> NodeRecord | Refusal:
-        store = self.store
-        if store.key_revoked(key):
-            return Refusal("key_revoked", "this node's key was revoked on the relay; delete the key "
-                           "file in the node's state dir and join again with a new token")
-        known = store.node_by_key(key)
+    def _join(self, key, name, credential, now, mtu):
+        if key in self.revoked:
+            return Refusal("key_revoked", REVOKED_MESSAGE), None
+        known = self.by_key.get(key)
         if known is not None:
-            return known
+            return known, None
         if credential is None:
             return Refusal("unknown_key", "this node is not registered with the relay; "
-                           "join with a token from 'tunneld token' on the relay")
-        token = store.token(credential[:ID_LEN])
+                           "join with a token from 'tunneld token' on the relay"), None
+        token = self.tokens.get(credential[:ID_LEN])
         if token is None or not secret_matches(credential[ID_LEN:], token.secret_hash):
             return Refusal("bad_token", "the join token is not valid on this relay; "
-                           "print a new one on the relay with 'tunneld token'")
+                           "print a new one on the relay with 'tunneld token'"), None
         if token.revoked:
             return Refusal("token_revoked", "the join token was revoked on the relay; "
-                           "print a new one with 'tunneld token'")
+                           "print a new one with 'tunneld token'"), None
         if token.expires is not None and now >= token.expires:
             return Refusal("token_expired", "the join token has expired; "
-                           "print a new one on the relay with 'tunneld token'")
+                           "print a new one on the relay with 'tunneld token'"), None
         if not valid_name(name):
             return Refusal("bad_name", f"the node name {name[:64]!r} is not a lower-case DNS name; "
-                           "set a valid one with --name")
-        holder = store.node_by_name(name)
-        if holder is not None and holder.public_key is not None:
-            return Refusal("name_taken", f"the name {name!r} belongs to another node's key; pick "
-                           f"another --name, or run 'tunneld revoke {name}' on the relay first")
-        try:
-            record = store.register(name, key, lambda used: allocate(self.network, used), now)
-        except Conflict:
-            return Refusal("name_taken", f"the name {name!r} was just taken by another node; "
-                           "pick another --name")
-        if record is None:
-            return Refusal("network_full", f"no free address left in {self.network}; "
-                           "the relay operator must revoke nodes or widen --network", retry=True)
-        store.use_token(token.token_id)
-        return record
+                           "set a valid one with --name"), None
+        holder = self.by_name.get(name)
+        if holder is not None:
+            if holder.public_key is not None:
+                return Refusal("name_taken", f"the name {name!r} belongs to another node's key; pick "
+                               f"another --name, or run 'tunneld revoke {name}' on the relay first"), None
+            record = dataclasses.replace(holder, public_key=key, mtu=mtu)  # a revoked name's next key
+        else:
+            address = allocate(self.network, {r.address for r in self.by_name.values()})
+            if address is None:
+                return Refusal("network_full", f"no free address left in {self.network}; "
+                               "the relay operator must revoke nodes or widen --network", retry=True), None
+            record = NodeRecord(name, address, key, now, mtu=mtu)
+        self._before[key] = holder
+        self.by_name[name] = record
+        self.by_key[key] = record
+        self.unwritten.add(key)
+        token.uses += 1
+        return record, Register(dataclasses.replace(record), token.token_id)
 
-    def issue_token(self, relay_public: bytes, ttl: float | None, now: float) -> JoinToken:
-        token = JoinToken.new(relay_public)
-        self.store.add_token(TokenRecord(token.token_id, secret_hash(token.secret), now,
-                                         None if ttl is None else now + ttl))
-        return token
+    def registering(self, key: bytes) -> bool:
+        """A registration of key is on its way to the store: no answer until it is there."""
+        return key in self.unwritten
+
+    def written(self, write) -> None:
+        if isinstance(write, Register):
+            self.unwritten.discard(write.record.public_key)
+            self._before.pop(write.record.public_key, None)
+
+    def failed(self, write) -> None:
+        """A write did not reach the store. A registration or a new token is taken back: what
+        the store does not hold must not admit anyone. A revocation stays in force in memory
+        (the operator is told it is not stored)."""
+        if isinstance(write, AddToken):
+            self.tokens.pop(write.token.token_id, None)
+            return
+        if not isinstance(write, Register):
+            return
+        key, name = write.record.public_key, write.record.name
+        self.unwritten.discard(key)
+        before = self._before.pop(key, None)
+        record = self.by_name.get(name)
+        if record is None or record.public_key != key:
+            return  # revoked meanwhile: that write follows this one
+        self.by_key.pop(key, None)
+        if before is None:
+            del self.by_name[name]
+        else:
+            self.by_name[name] = before
+        token = self.tokens.get(write.token_id)
+        if token is not None:
+            token.uses -= 1
+
+    # -- what operators do ---------------------------------------------------------------
+
+    def revoke(self, name: str, now: float) -> tuple[NodeRecord | None, RevokeNode | None]:
+        """Refuse this name's key from now on; its name and address wait for a new key."""
+        record = self.by_name.get(name)
+        if record is None or record.public_key is None:
+            return None, None
+        key = record.public_key
+        self.revoked.add(key)
+        self.by_key.pop(key, None)
+        self.unwritten.discard(key)
+        revoked = dataclasses.replace(record)
+        record.public_key = None
+        return revoked, RevokeNode(name, key, now)
+
+    def issue_token(self, relay_public: bytes, ttl: float | None, now: float,
+                    random: Callable[[int], bytes]) -> tuple[JoinToken, AddToken]:
+        token = JoinToken.new(relay_public, random)
+        record = TokenRecord(token.token_id, secret_hash(token.secret), now, None if ttl is None else now + ttl)
+        self.tokens[token.token_id] = record
+        return token, AddToken(dataclasses.replace(record))
+
+    def revoke_token(self, token_id: bytes) -> RevokeToken | None:
+        t = self.tokens.get(token_id)
+        if t is None or t.revoked:
+            return None
+        t.revoked = True
+        return RevokeToken(token_id)
+
+    def touch(self, seen: dict[str, float]) -> Touch:
+        for name, when in seen.items():
+            if name in self.by_name:
+                self.by_name[name].last_seen = when
+        return Touch(dict(seen))

@@ -16,8 +16,7 @@ SYNs are rare, so checksums are recomputed rather than patched.
 
 from __future__ import annotations
 
-import struct
-from array import array
+from . import checksum
 
 VXLAN_PORT = b"\x21\x18"  # 8472, big-endian
 _ETH_IPV4 = b"\x08\x00"
@@ -81,36 +80,15 @@ def _clamp_syn(packet: bytes, ip: int, limit: int, udp_ihl: int | None) -> bytes
     return packet
 
 
-def _sum16(data) -> int:
-    # RFC 1071: the one's complement sum does not depend on byte order, so sum native
-    # 16-bit words and store the result natively.
-    if len(data) % 2:
-        data = bytes(data) + b"\x00"
-    s = sum(array("H", bytes(data)))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
-
-
 def _tcp_checksum(buf: bytearray, ip: int, tcp: int, end: int) -> None:
     buf[tcp + 16 : tcp + 18] = b"\x00\x00"
-    pseudo = bytes(buf[ip + 12 : ip + 20]) + b"\x00\x06" + (end - tcp).to_bytes(2, "big")
-    total = _sum16(pseudo) + _sum16(buf[tcp:end])
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    buf[tcp + 16 : tcp + 18] = struct.pack("=H", ~total & 0xFFFF)
+    buf[tcp + 16 : tcp + 18] = checksum.pack(checksum.l4(buf, ip, tcp, end, 6))
 
 
 def _udp_checksum(buf: bytearray, ihl: int) -> None:
     udp = ihl
     if buf[udp + 6 : udp + 8] == b"\x00\x00":
         return  # the sender did not checksum (Linux VXLAN's default); keep it that way
-    length = int.from_bytes(buf[udp + 4 : udp + 6], "big")
-    end = min(len(buf), udp + length)
+    end = min(len(buf), udp + int.from_bytes(buf[udp + 4 : udp + 6], "big"))
     buf[udp + 6 : udp + 8] = b"\x00\x00"
-    pseudo = bytes(buf[12:20]) + b"\x00\x11" + length.to_bytes(2, "big")
-    total = _sum16(pseudo) + _sum16(buf[udp:end])
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    value = ~total & 0xFFFF
-    buf[udp + 6 : udp + 8] = struct.pack("=H", value) if value else b"\xff\xff"
+    buf[udp + 6 : udp + 8] = checksum.pack(checksum.l4(buf, 0, udp, end, 17) or 0xFFFF)

@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import struct
 
+from ..drops import Drop
 from ..proto.wire import PARTIAL, PARTIAL_HEADER_LEN
+from .checksum import finish, fold, ip_header, pseudo_sum, sum16
 
 VNET_HDR_LEN = 10
 NEEDS_CSUM = 1
@@ -56,28 +58,10 @@ _PSH_FIN = 0x09
 _ACK = 0x10
 
 
-def _fold(s: int) -> int:
-    s = (s & 0xFFFF) + (s >> 16)
-    s = (s & 0xFFFF) + (s >> 16)
-    return s
-
-
-def ip_header_checksum(hdr) -> int:
-    s = sum(struct.unpack_from(f"!{len(hdr) // 2}H", hdr))
-    return ~_fold(s) & 0xFFFF
-
-
-def pseudo_sum(packet, proto: int, length: int) -> int:
-    """Folded (not complemented) IPv4 pseudo-header sum: what NEEDS_CSUM expects in the field."""
-    src = int.from_bytes(packet[12:16], "big")
-    dst = int.from_bytes(packet[16:20], "big")
-    return _fold((src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + proto + length)
-
-
 def split(buf: bytes) -> tuple[list[bytes], str]:
     """One read from the TUN device -> its IP packets, and a drop reason when it has none."""
     if len(buf) <= VNET_HDR_LEN + 20:
-        return [], "tun_short"
+        return [], Drop.TUN_SHORT
     flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = _VNET.unpack_from(buf)
     gso_type &= ~GSO_ECN
     if gso_type == GSO_NONE:
@@ -86,7 +70,7 @@ def split(buf: bytes) -> tuple[list[bytes], str]:
             packet = _complete(packet, csum_start, csum_offset)
         return [packet], ""
     if gso_type != GSO_TCPV4 or gso_size == 0:
-        return [], "tun_gso_unsupported"
+        return [], Drop.TUN_GSO_UNSUPPORTED
     return _split_tcp4(memoryview(buf)[VNET_HDR_LEN:], gso_size)
 
 
@@ -106,12 +90,8 @@ def _complete_here(packet: bytes, start: int, offset: int) -> bytes:
     at = start + offset
     if at + 2 > len(packet) or start >= len(packet):
         return packet
-    data = packet[start:]
-    if len(data) & 1:
-        data += b"\x00"
-    s = int.from_bytes(data, "big") % 0xFFFF  # 2**16 = 1 (mod 0xFFFF): the sum of the 16-bit words
     b = bytearray(packet)
-    b[at : at + 2] = _H.pack(~s & 0xFFFF or 0xFFFF)
+    b[at : at + 2] = _H.pack(finish(sum16(b[start:])) or 0xFFFF)  # the field holds the partial sum
     return bytes(b)
 
 
@@ -119,10 +99,10 @@ def _split_tcp4(pkt: memoryview, gso_size: int) -> tuple[list[bytes], str]:
     n = len(pkt)
     ihl = (pkt[0] & 0x0F) * 4
     if pkt[0] >> 4 != 4 or ihl < 20 or pkt[9] != 6 or n < ihl + 20:
-        return [], "tun_gso_malformed"
+        return [], Drop.TUN_GSO_MALFORMED
     h = ihl + (pkt[ihl + 12] >> 4) * 4
     if h > n or h < ihl + 20:
-        return [], "tun_gso_malformed"
+        return [], Drop.TUN_GSO_MALFORMED
     hdr = bytearray(pkt[:h])
     seq0 = _I.unpack_from(hdr, ihl + 4)[0]
     ident0 = _H.unpack_from(hdr, 4)[0]
@@ -141,7 +121,7 @@ def _split_tcp4(pkt: memoryview, gso_size: int) -> tuple[list[bytes], str]:
         ident = (ident0 + i) & 0xFFFF
         _H.pack_into(hdr, 2, total)
         _H.pack_into(hdr, 4, ident)
-        _H.pack_into(hdr, 10, ~_fold(base + total + ident) & 0xFFFF)
+        _H.pack_into(hdr, 10, finish(fold(base + total + ident)))
         _I.pack_into(hdr, ihl + 4, (seq0 + off - h) & 0xFFFFFFFF)
         f = flags
         if i:
@@ -255,7 +235,7 @@ def _merge(flow: _Flow) -> list:
     total = flow.total
     _H.pack_into(hdr, 2, total)
     hdr[10:12] = b"\x00\x00"
-    _H.pack_into(hdr, 10, ip_header_checksum(hdr[:20]))
+    _H.pack_into(hdr, 10, ip_header(hdr[:20]))
     if flow.psh:
         hdr[33] |= 0x08
     _H.pack_into(hdr, 36, pseudo_sum(hdr, 6, total - 20))

@@ -1,4 +1,5 @@
-"""What the CPU offers, for choosing the AEAD (DESIGN.md: AES-GCM only with AES instructions)."""
+"""What the CPU offers, for choosing the AEAD: AES-GCM only where the CPU has AES instructions
+(constant time, and fast), ChaCha20-Poly1305 elsewhere."""
 
 from __future__ import annotations
 

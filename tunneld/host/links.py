@@ -66,9 +66,6 @@ class Links:
     def index(self, ifname: str) -> int:
         return self._call(self._index, ifname)
 
-    def link_mtu(self, ifname: str) -> int:
-        return self._call(self._link_mtu, ifname)
-
     def addresses(self, ifname: str) -> list[ipaddress.IPv4Interface]:
         return self._call(self._addresses, ifname)
 

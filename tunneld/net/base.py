@@ -1,4 +1,5 @@
-"""What both daemons share: the event loop, the UDP socket, signals, the tick.
+"""What both daemons share: the event loop, the UDP socket, signals, the tick, and the
+real clocks and randomness the engines are given.
 
 Times handed to the engines come from time.monotonic(): uvloop's loop.time()
 counts whole milliseconds, too coarse to measure a round trip on a LAN.
@@ -9,10 +10,15 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import signal
 import socket
+import time
+from collections import Counter
 from time import monotonic
 
+from ..drops import Drop
+from ..engine.effects import Env
 from ..errors import ConfigError
 from ..proto.errors import ProtocolError
 from ..proto.framing import Deframer, frame
@@ -24,6 +30,11 @@ IP_MTU_DISCOVER = 10  # <linux/in.h>; Python's socket module does not always exp
 IP_PMTUDISC_DONT = 0
 TICK = 0.25
 READ_BATCH = 256  # messages per readiness callback, so one busy socket cannot starve the others
+
+
+def real_env() -> Env:
+    """The machine's clocks, and the kernel's cryptographic randomness."""
+    return Env(time.monotonic, time.time_ns, os.urandom)
 
 
 def run(coro):
@@ -90,12 +101,13 @@ class FramedStream(asyncio.Protocol):
         try:
             frames = self.deframer.feed(data)
         except ProtocolError:
-            d.engine.drops["tcp_bad_framing"] += 1
+            d.drops[Drop.TCP_BAD_FRAMING] += 1
             self.transport.abort()
             return
         now = monotonic()
         for msg in frames:
             d.receive(msg, self.endpoint, now)
+        d.after_input()
 
     def send_frame(self, msg: bytes) -> None:
         self.transport.write(frame(msg))
@@ -103,7 +115,7 @@ class FramedStream(asyncio.Protocol):
     def count_truncated(self) -> None:
         """At close: a frame begun and never finished is a drop like any other."""
         if self.deframer.pending:
-            self.daemon.engine.drops["tcp_truncated_frame"] += 1
+            self.daemon.drops[Drop.TCP_TRUNCATED_FRAME] += 1
 
 
 class Daemon:
@@ -111,7 +123,8 @@ class Daemon:
 
     def __init__(self):
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.engine = None  # the sans-IO engine; it has a `drops` counter
+        self.engine = None  # the sans-IO engine
+        self.drops: Counter = Counter()  # what the daemon itself dropped: sockets, streams, the TUN
         self._done: asyncio.Future | None = None
         self._ticker: asyncio.TimerHandle | None = None
 
@@ -143,17 +156,27 @@ class Daemon:
 
     def internal_error(self) -> None:
         """A bug, not a peer's fault: count it, log the first few, keep running."""
-        drops = self.engine.drops
-        drops["internal_error"] += 1
-        if drops["internal_error"] <= 5:
+        drops = self.drops
+        drops[Drop.INTERNAL_ERROR] += 1
+        if drops[Drop.INTERNAL_ERROR] <= 5:
             log.exception("internal error while handling a message")
+
+    def all_drops(self) -> dict:
+        """The engine's drops and the daemon's, for status."""
+        merged = Counter(self.engine.drops)
+        merged.update(self.drops)
+        return {str(k): v for k, v in merged.items()}
 
     def _tick(self) -> None:
         try:
             self.tick(monotonic())
+            self.after_input()
         except Exception:  # a bug must not stop the clock of a daemon kubelet depends on
             log.exception("internal error in the periodic tick")
         self._ticker = self.loop.call_later(TICK, self._tick)
 
     def tick(self, now: float) -> None:
         raise NotImplementedError
+
+    def after_input(self) -> None:
+        """After a batch of input: carry out what the engine asked for besides sending."""

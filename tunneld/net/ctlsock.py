@@ -1,12 +1,15 @@
-"""The control socket: `tunneld status` asks the running daemon over a unix socket.
+"""The control socket: `tunneld status` (and, on a relay, `tunneld token` and `tunneld
+revoke`) ask the running daemon over a unix socket.
 
 One JSON request line in, one JSON response line out. The socket is mode 0600
-in the state dir: only the daemon's user (root) may ask.
+in the state dir: only the daemon's user (root) may ask. A handler may answer at
+once or with a coroutine (an answer that waits for the store).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 import socket
@@ -40,6 +43,8 @@ async def serve(path: str, handler: Callable[[dict], dict]) -> asyncio.AbstractS
             try:
                 request = json.loads(line)
                 response = handler(request) if isinstance(request, dict) else {"error": "not a JSON object"}
+                if inspect.isawaitable(response):
+                    response = await response
             except ValueError:
                 response = {"error": "not JSON"}
             writer.write(json.dumps(response).encode() + b"\n")
@@ -55,6 +60,11 @@ async def serve(path: str, handler: Callable[[dict], dict]) -> asyncio.AbstractS
     finally:
         os.umask(old)
     return server
+
+
+def running(path: str) -> bool:
+    """Is a daemon answering on this control socket?"""
+    return os.path.exists(path) and _alive(path)
 
 
 def request(path: str, req: dict, timeout: float = 5.0) -> dict:

@@ -1,4 +1,4 @@
-"""`tunneld join`: the node engine between the TUN device and the relay.
+"""`tunneld join`: the node engine between the TUN device, the UDP socket and the relay.
 
 Start-up order, because kubelet depends on it:
   1. key, token and the route to the relay (which must not use the overlay);
@@ -7,33 +7,41 @@ Start-up order, because kubelet depends on it:
      systemd READY at once, before the relay answers (the relay may be down);
   4. otherwise READY follows the relay's first answer.
 The node then reconnects forever; only a refusal (exit 3) or a signal ends it.
+
+The engine's host changes (engine/effects.py) are carried out in order on a thread of
+their own, never inside the receive loop: netlink, nft and fsync may take their time
+while packets keep flowing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 import shutil
 import socket
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 from time import monotonic
 
 from ..config import JoinSettings
-from ..engine.node import OVERHEAD, RELAY, Assignment, Node
+from ..drops import Drop
+from ..engine import effects as fx
+from ..engine.node import Node, NodeConfig
 from ..engine.offload import VNET_HDR_LEN, Coalescer, single, split
-from ..errors import ConfigError, HostError
-from ..host.cpu import has_aes
+from ..engine.routes import OVERHEAD
+from ..errors import EXIT_FAILURE, EXIT_REFUSED, ConfigError, HostError
 from ..host import nat
+from ..host.cpu import has_aes
 from ..host.links import Links
 from ..host.notify import notify
 from ..host.tun import Tun
 from ..proto import wire
+from ..proto.endpoint import RELAY
 from ..proto.token import JoinToken, TokenError
-from ..state import SOCKET_FILE, load_identity, load_node_cache, prepare_dir, save_node_cache
+from ..state import SOCKET_FILE, load_identity, load_node_state, prepare_dir, save_node_state
 from . import ctlsock
-from .base import READ_BATCH, Daemon, FramedStream, udp_socket
+from .base import READ_BATCH, Daemon, FramedStream, real_env, udp_socket
 from .udpio import Batch, enable_gro, read as udp_read
 
 log = logging.getLogger("tunneld.node")
@@ -87,16 +95,17 @@ class NodeDaemon(Daemon):
         self.relay_addr = (settings.relay_ip, settings.relay_port)
         self.relay_label = f"{settings.relay_ip}:{settings.relay_port}"
         self.ready = False
-        self.accepted_routes: list[str] = []
         self.use_tcp = False
         self.stream: RelayStream | None = None
-        self._stream_started = -1.0
         self.state_dir = ""
         self.batch: Batch | None = None
         self.gro = False
         self.coalescer = Coalescer()
         self._coalescing = False
         self.stats = Counter()  # offload at work, counted per batch (never per packet)
+        self._host = ThreadPoolExecutor(1, thread_name_prefix="host")
+        self._host_queue: deque = deque()
+        self._host_wake: asyncio.Event | None = None
 
     async def run(self) -> tuple[int, str]:
         s = self.settings
@@ -110,6 +119,7 @@ class NodeDaemon(Daemon):
         try:
             return await self._run(identity, token)
         finally:
+            self._host.shutdown(wait=True)
             self.links.close()
 
     async def _run(self, identity, token: JoinToken) -> tuple[int, str]:
@@ -120,38 +130,39 @@ class NodeDaemon(Daemon):
                               "the relay must be reachable without the overlay")
         if route.mtu - OVERHEAD < MIN_MTU:
             raise HostError(f"the path to the relay has an MTU of {route.mtu}, too small for a tunnel")
-        cache = load_node_cache(self.state_dir)
-        assignment, mtu = Assignment.from_cache(cache, token.relay_public.hex()), None
-        if assignment is not None:
-            cached_mtu = cache.get("mtu")
-            if type(cached_mtu) is int and MIN_MTU <= cached_mtu <= route.mtu - OVERHEAD:
-                mtu = cached_mtu  # the overlay's, as last known: pods may already use it
+        remembered = load_node_state(self.state_dir, token.relay_public)
+        assignment = mtu = None
+        if remembered is not None:
+            assignment = remembered.assignment
+            if remembered.mtu is not None and remembered.mtu <= route.mtu - OVERHEAD:
+                mtu = remembered.mtu  # the overlay's, as last known: pods may already use it
         self.tun = Tun.open(s.interface)
         self.start_base()
         loop = self.loop
+        self._host_wake = asyncio.Event()
+        host_worker = loop.create_task(self._host_worker())
         try:
             self.sock = udp_socket("0.0.0.0", s.port, "--port")
             self.gro = enable_gro(self.sock)
             lan = self._lan_endpoints(route.ifname, self.sock.getsockname()[1])
-            self.engine = Node(identity, token.relay_public, s.name, token.credential, self, monotonic(),
-                               suite=wire.SUITE_AESGCM if has_aes() else wire.SUITE_CHACHAPOLY,
-                               underlay_mtu=route.mtu, assignment=assignment, relay_label=self.relay_label,
-                               mtu=mtu, routes=s.advertise_routes, accept_routes=s.accept_routes,
-                               protected=(s.relay_ip,), lan=lan)
-            self.batch = Batch(self.sock, self.engine.drops, self.stats)
-            if assignment is not None:
-                self._configure(assignment)
+            config = NodeConfig(s.name, token.credential, wire.SUITE_AESGCM if has_aes() else wire.SUITE_CHACHAPOLY,
+                                route.mtu, mtu, assignment, s.advertise_routes, s.accept_routes, (s.relay_ip,), lan,
+                                self.relay_label)
+            self.engine = Node(identity, token.relay_public, config, self, real_env(), monotonic())
+            self.batch = Batch(self.sock, self.drops, self.stats)
+            self.after_input()  # a remembered address goes on the interface now
             ctl = await ctlsock.serve(os.path.join(self.state_dir, SOCKET_FILE), self._control)
             loop.add_reader(self.sock.fileno(), self._on_udp)
             loop.add_reader(self.tun.fd, self._on_tun)
             log.info("joining relay %s as %s via %s (underlay MTU %d)",
                      self.relay_label, s.name, route.ifname, route.mtu)
             self.engine.tick(monotonic())
+            self.after_input()
             try:
                 code, message = await self.wait()
             finally:
                 notify("STOPPING=1")
-                if self.engine.relay.up and code == 0:
+                if self.engine.connected and code == 0:
                     self.engine.bye()
                 loop.remove_reader(self.sock.fileno())
                 loop.remove_reader(self.tun.fd)
@@ -163,13 +174,14 @@ class NodeDaemon(Daemon):
                     pass
             return code, message
         finally:
+            host_worker.cancel()
             if self.stream is not None and self.stream.transport is not None:
                 self.stream.transport.abort()
             if self.sock is not None:
                 self.sock.close()
             self.tun.close()  # the interface persists, with its address and routes
 
-    # -- NodeIO ------------------------------------------------------------------------
+    # -- Transmit: what the engine sends, at once -----------------------------------------
 
     def send(self, ep, data: bytes) -> None:
         if ep is RELAY:
@@ -189,38 +201,7 @@ class NodeDaemon(Daemon):
         try:
             os.writev(self.tun.fd, bufs)
         except OSError:
-            self.engine.drops["tun_write_error"] += 1
-
-    def joined(self, assignment: Assignment) -> None:
-        net = ipaddress.IPv4Network(assignment.network)
-        if ipaddress.IPv4Address(self.settings.relay_ip) in net:
-            self.finish(2, f"the relay's address {self.settings.relay_ip} lies inside the overlay "
-                        f"network {net}; give the relay an address outside it")
-            return
-        try:
-            self._configure(assignment)
-        except HostError as exc:
-            self.finish(1, str(exc))
-            return
-        self._save_cache()
-
-    def set_mtu(self, mtu: int) -> None:
-        if self.ready:
-            try:
-                self.links.set_mtu(self.settings.interface, mtu)
-            except HostError as exc:
-                log.error("%s", exc)
-                return
-            log.info("%s MTU is now %d", self.settings.interface, mtu)
-            self._save_cache()
-
-    def set_routes(self, prefixes: list[str]) -> None:
-        self.accepted_routes = list(prefixes)
-        if self.ready:
-            self._install_routes()
-
-    def refused(self, code: str, message: str) -> None:
-        self.finish(3, f"refused by the relay at {self.relay_label}: {message}")
+            self.drops[Drop.TUN_WRITE_ERROR] += 1
 
     def relay_transport(self, tcp: bool) -> None:
         if tcp == self.use_tcp:
@@ -232,39 +213,81 @@ class NodeDaemon(Daemon):
                 self.stream.transport.close()
             self.stream = None
 
-    # -- adapters ----------------------------------------------------------------------
+    # -- effects: what the engine asks of the host, in order, off the receive path --------
 
-    def _configure(self, assignment: Assignment) -> None:
-        mtu = self.engine.mtu
-        s = self.settings
-        self.links.configure(s.interface, assignment.interface_address, mtu)
-        if s.accept_routes:
-            self._install_routes()
-        self._gateway(assignment)
-        if not self.ready:
-            self.ready = True
-            log.info("%s is up with %s, MTU %d", self.settings.interface, assignment.interface_address, mtu)
-            notify(f"READY=1\nSTATUS={self.settings.interface} {assignment.address}")
-
-    def _gateway(self, assignment: Assignment) -> None:
-        """As a gateway into the advertised prefixes: forwarding on, overlay traffic masqueraded."""
-        s = self.settings
-        if s.advertise_routes:
-            if nat.enable_forwarding():
-                log.info("turned on IPv4 forwarding for the advertised routes")
-            if s.snat_routes:
-                nat.masquerade(assignment.network, list(s.advertise_routes), s.interface)
-                log.info("masquerading overlay traffic into %s", ", ".join(s.advertise_routes))
-        elif shutil.which("nft"):
-            nat.remove()  # a rule left from a run that advertised routes
-
-    def _install_routes(self) -> None:
-        try:
-            self.links.set_routes(self.settings.interface, self.accepted_routes)
-        except HostError as exc:
-            log.error("%s", exc)
+    def after_input(self) -> None:
+        engine = self.engine
+        if engine is None or not engine.effects:
             return
-        log.info("routes through %s: %s", self.settings.interface, ", ".join(self.accepted_routes) or "none")
+        for effect in engine.take_effects():
+            if isinstance(effect, fx.Stop):
+                self._stop(effect)
+                return
+            self._host_queue.append(effect)
+        self._host_wake.set()
+
+    def _stop(self, effect: fx.Stop) -> None:
+        if effect.exit_code == EXIT_REFUSED:
+            self.finish(EXIT_REFUSED, f"refused by the relay at {self.relay_label}: {effect.message}")
+        else:
+            self.finish(effect.exit_code, effect.message)
+
+    async def _host_worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._host_wake.wait()
+            self._host_wake.clear()
+            while self._host_queue:
+                effect = self._host_queue.popleft()
+                try:
+                    said = await loop.run_in_executor(self._host, self._apply, effect)
+                except HostError as exc:
+                    if isinstance(effect, fx.SetAddress):  # without its address the node is no use
+                        self.finish(EXIT_FAILURE, str(exc))
+                        return
+                    log.error("%s", exc)
+                    continue
+                except OSError as exc:
+                    log.error("cannot write %s: %s", os.path.join(self.state_dir, "node.json"), exc)
+                    continue
+                if said:
+                    log.info("%s", said)
+                if isinstance(effect, fx.SetAddress) and not self.ready:
+                    self.ready = True
+                    notify(f"READY=1\nSTATUS={self.settings.interface} {effect.interface.ip}")
+
+    def _apply(self, effect) -> str:
+        """On the host thread: one change to the host; what it did, for the log."""
+        s = self.settings
+        if isinstance(effect, fx.SetAddress):
+            self.links.configure(s.interface, effect.interface, effect.mtu)
+            return f"{s.interface} is up with {effect.interface}, MTU {effect.mtu}"
+        if isinstance(effect, fx.SetMtu):
+            self.links.set_mtu(s.interface, effect.mtu)
+            return f"{s.interface} MTU is now {effect.mtu}"
+        if isinstance(effect, fx.SetRoutes):
+            self.links.set_routes(s.interface, list(effect.prefixes))
+            return f"routes through {s.interface}: {', '.join(effect.prefixes) or 'none'}"
+        if isinstance(effect, fx.SetGateway):
+            return self._gateway(effect)
+        if isinstance(effect, fx.SaveState):
+            save_node_state(self.state_dir, effect.relay_key, self.relay_label, effect.assignment, effect.mtu)
+            return ""
+        raise HostError(f"unknown effect {effect!r}")
+
+    def _gateway(self, effect: fx.SetGateway) -> str:
+        """As a gateway into the advertised prefixes: forwarding on, overlay traffic masqueraded."""
+        if effect.prefixes:
+            said = "turned on IPv4 forwarding for the advertised routes" if nat.enable_forwarding() else ""
+            if self.settings.snat_routes:
+                nat.masquerade(effect.network, list(effect.prefixes), self.settings.interface)
+                said = "; ".join(filter(None, (said, f"masquerading overlay traffic into {', '.join(effect.prefixes)}")))
+            return said
+        if shutil.which("nft"):
+            nat.remove()  # a rule left from a run that advertised routes
+        return ""
+
+    # -- adapters ------------------------------------------------------------------------
 
     def _lan_endpoints(self, underlay: str, port: int) -> tuple[str, ...]:
         """Where neighbours on our LAN may reach us directly: the underlay interface's addresses.
@@ -275,14 +298,6 @@ class NodeDaemon(Daemon):
             if not (iface.ip.is_loopback or iface.ip.is_link_local):
                 out.append(f"{iface.ip}:{port}")
         return tuple(out[:8])
-
-    def _save_cache(self) -> None:
-        a = self.engine.assignment
-        if a is not None:
-            save_node_cache(self.state_dir, {
-                "relay_key": self.engine.relay.key.hex(), "relay": self.relay_label, "name": a.name,
-                "address": a.address, "network": a.network, "mtu": self.engine.mtu,
-            })
 
     def _stream(self) -> RelayStream:
         stream = self.stream
@@ -297,7 +312,7 @@ class NodeDaemon(Daemon):
                                    TCP_CONNECT_TIMEOUT)
         except (OSError, asyncio.TimeoutError):
             stream.closed = True
-            self.engine.drops["tcp_connect_failed"] += 1
+            self.drops[Drop.TCP_CONNECT_FAILED] += 1
 
     def stream_lost(self, stream: RelayStream) -> None:
         if stream is self.stream:
@@ -316,7 +331,7 @@ class NodeDaemon(Daemon):
         self._coalescing = self.batch.active = True
         try:
             for _ in range(READ_BATCH):
-                got = udp_read(sock, gro, self.engine.drops, self.stats)
+                got = udp_read(sock, gro, self.drops, self.stats)
                 if got is None:
                     break
                 datagrams, addr = got
@@ -331,6 +346,8 @@ class NodeDaemon(Daemon):
         finally:
             self._coalescing = self.batch.active = False
             self._flush()
+        if self.engine.effects:
+            self.after_input()
 
     def _flush(self) -> None:
         for bufs in self.coalescer.flush():
@@ -346,7 +363,7 @@ class NodeDaemon(Daemon):
         read = os.read
         fd = self.tun.fd
         from_tun = self.engine.from_tun
-        drops = self.engine.drops
+        drops = self.drops
         self.batch.active = True
         try:
             for _ in range(TUN_READS):
@@ -355,7 +372,7 @@ class NodeDaemon(Daemon):
                 except BlockingIOError:
                     break
                 except OSError:
-                    drops["tun_read_error"] += 1
+                    drops[Drop.TUN_READ_ERROR] += 1
                     break
                 packets, reason = split(buf)
                 if reason:
@@ -370,6 +387,8 @@ class NodeDaemon(Daemon):
         finally:
             self.batch.active = False
             self.batch.flush()
+        if self.engine.effects:
+            self.after_input()
 
     def tick(self, now: float) -> None:
         self.engine.tick(now)
@@ -379,6 +398,7 @@ class NodeDaemon(Daemon):
             status = self.engine.status()
             status["interface"] = self.settings.interface
             status["ready"] = self.ready
+            status["drops"] = self.all_drops()
             status["offload"] = {"tun": self.tun.offload, "udp_gso": self.batch.gso, "udp_gro": self.gro,
                                  **self.stats}
             return status

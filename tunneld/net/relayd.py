@@ -1,4 +1,11 @@
-"""`tunneld serve`: the relay engine on a UDP socket and a TCP listener of the same port."""
+"""`tunneld serve`: the relay engine on a UDP socket and a TCP listener of the same port,
+and its store.
+
+The store is read once at start. From then on the engine decides from memory and
+hands its writes (store/base.py) to the StoreWriter, which carries them out one after
+another on the store's own thread, never on the packet path; a new node's answer
+waits for its registration to be durable.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +18,16 @@ from time import monotonic
 
 from ..config import ServeSettings
 from ..control.registry import Registry
+from ..drops import Drop
 from ..engine.relay import Relay
 from ..errors import ConfigError
+from ..host.links import Links
 from ..host.notify import notify
 from ..state import DB_FILE, SOCKET_FILE, load_identity, prepare_dir
 from ..store.base import StoreError
 from ..store.sqlite import SqliteStore
 from . import ctlsock
-from .base import READ_BATCH, Daemon, FramedStream, bind_error, udp_socket
+from .base import READ_BATCH, Daemon, FramedStream, bind_error, real_env, udp_socket
 from .udpio import Batch, enable_gro, read as udp_read
 
 log = logging.getLogger("tunneld.relay")
@@ -26,10 +35,11 @@ log = logging.getLogger("tunneld.relay")
 TCP_WRITE_LIMIT = 4 << 20  # a node that does not read: drop rather than buffer without end
 TCP_AUTH_TIMEOUT = 30.0  # a stream that never authenticates is closed
 MAX_STREAMS = 4096
+STORE_TIMEOUT = 30.0  # an operator's command waits this long for the store
 
 
-class RelayStream(FramedStream):
-    """One node's TCP stream; it is its own endpoint to the engine."""
+class NodeStream(FramedStream):
+    """One node's TCP stream to the relay; it is its own endpoint to the engine."""
 
     def __init__(self, daemon: "RelayDaemon"):
         super().__init__(daemon)
@@ -46,7 +56,7 @@ class RelayStream(FramedStream):
         self.label = f"tcp:{peer[0]}:{peer[1]}" if peer else "tcp"
         self.host = peer[0] if peer else "tcp"
         if len(d.streams) >= MAX_STREAMS:
-            d.engine.drops["tcp_too_many_streams"] += 1
+            d.drops[Drop.TCP_TOO_MANY_STREAMS] += 1
             transport.abort()
             return
         d.streams.add(self)
@@ -56,23 +66,78 @@ class RelayStream(FramedStream):
         self.count_truncated()
         d.streams.discard(self)
         d.engine.link_closed(self)
+        d.after_input()
 
     def write(self, msg: bytes) -> None:
         t = self.transport
         if t is None or t.is_closing():
             return
         if t.get_write_buffer_size() > TCP_WRITE_LIMIT:
-            self.daemon.engine.drops["tcp_backpressure"] += 1
+            self.daemon.drops[Drop.TCP_BACKPRESSURE] += 1
             return
         self.send_frame(msg)
+
+
+class StoreWriter:
+    """Carries out the engine's writes in order, one at a time, and tells the engine how
+    each went (written, or failed: then the engine takes it back)."""
+
+    def __init__(self, engine: Relay, store):
+        self.engine = engine
+        self.store = store
+        self.wake = asyncio.Event()
+        self.done = 0  # writes finished so far, failed ones included
+        self.failures: list[tuple[int, str]] = []  # (its number, why) of recent failures
+        self._busy = False
+        self._progress = asyncio.Event()
+
+    async def run(self) -> None:
+        writes = self.engine.writes
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while writes:
+                write = writes.popleft()
+                self._busy = True
+                try:
+                    await write.apply(self.store)
+                except Exception as exc:  # the store's or the disk's: the engine takes the write back
+                    self.failures = [*self.failures[-15:], (self.done + 1, str(exc))]
+                    self.engine.failed(write, str(exc))
+                else:
+                    self.engine.written(write)
+                finally:
+                    self.done += 1
+                    self._busy = False
+                    self._progress.set()
+
+    async def drained(self, timeout: float = STORE_TIMEOUT) -> str | None:
+        """Wait until every write asked for so far is done; why one of them failed, or None."""
+        start = self.done
+        target = start + len(self.engine.writes) + (1 if self._busy else 0)
+        self.wake.set()
+        try:
+            await asyncio.wait_for(self._reach(target), timeout)
+        except asyncio.TimeoutError:
+            return f"the store did not answer within {timeout:.0f} s"
+        for number, why in self.failures:
+            if start < number <= target:
+                return why
+        return None
+
+    async def _reach(self, target: int) -> None:
+        while self.done < target:
+            self._progress.clear()
+            await self._progress.wait()
 
 
 class RelayDaemon(Daemon):
     def __init__(self, settings: ServeSettings):
         super().__init__()
         self.settings = settings
-        self.streams: set[RelayStream] = set()
+        self.streams: set[NodeStream] = set()
         self.engine: Relay | None = None
+        self.writer: StoreWriter | None = None
         self.sock: socket.socket | None = None
         self.batch: Batch | None = None
         self.gro = False
@@ -84,14 +149,15 @@ class RelayDaemon(Daemon):
         try:  # closing twice is harmless: _serve closes them too when it stops
             state_dir = prepare_dir(s.state_dir)
             identity = load_identity(state_dir)
+            loop = asyncio.get_running_loop()
             try:
-                store = SqliteStore(os.path.join(state_dir, DB_FILE))
+                store = await loop.run_in_executor(None, SqliteStore, os.path.join(state_dir, DB_FILE))
             except StoreError as exc:
                 raise ConfigError(str(exc)) from None
             try:
                 return await self._serve(store, identity, state_dir, udp, tcp)
             finally:
-                store.close()
+                await store.close()
         finally:
             udp.close()
             tcp.close()
@@ -112,20 +178,24 @@ class RelayDaemon(Daemon):
     async def _serve(self, store, identity, state_dir, udp, tcp_sock) -> tuple[int, str]:
         s = self.settings
         self.sock = udp
-        known = store.get_meta("network")
-        if known is not None and known != str(s.network) and store.nodes():
+        snapshot = await store.load()
+        known = snapshot.meta.get("network")
+        if known is not None and known != str(s.network) and snapshot.nodes:
             raise ConfigError(f"this state dir serves --network {known}, which has nodes; "
                               f"run with --network {known}, or use a new --state-dir")
-        store.set_meta("network", str(s.network))
+        if known != str(s.network):
+            await store.set_meta("network", str(s.network))
         self.start_base()
         loop = self.loop
         listen = f"{s.listen_host}:{s.port}"
-        self.engine = Relay(identity, Registry(store, s.network), self._send, monotonic(), listen=listen,
-                            relay_mtu=self._underlay_mtu(s.listen_host))
+        self.engine = Relay(identity, Registry(s.network, snapshot), self._send, real_env(), monotonic(),
+                            listen=listen, relay_mtu=self._underlay_mtu(s.listen_host))
+        self.writer = StoreWriter(self.engine, store)
+        writer = loop.create_task(self.writer.run())
         self.gro = enable_gro(self.sock)
         self.stats = Counter()
-        self.batch = Batch(self.sock, self.engine.drops, self.stats)
-        server = await loop.create_server(lambda: RelayStream(self), sock=tcp_sock, backlog=1024)
+        self.batch = Batch(self.sock, self.drops, self.stats)
+        server = await loop.create_server(lambda: NodeStream(self), sock=tcp_sock, backlog=1024)
         ctl = await ctlsock.serve(os.path.join(state_dir, SOCKET_FILE), self._control)
         loop.add_reader(self.sock.fileno(), self._on_udp)
         log.info("relay listening on %s (UDP and TCP), network %s, key %s",
@@ -135,7 +205,6 @@ class RelayDaemon(Daemon):
             return await self.wait()
         finally:
             notify("STOPPING=1")
-            self.engine.flush_seen()
             loop.remove_reader(self.sock.fileno())
             self.stop_base()
             ctl.close()
@@ -143,6 +212,11 @@ class RelayDaemon(Daemon):
             for stream in list(self.streams):
                 stream.transport.abort()
             self.sock.close()
+            self.engine.flush_seen()
+            failed = await self.writer.drained(10.0)
+            if failed:
+                log.error("not every change reached the store before stopping: %s", failed)
+            writer.cancel()
             try:
                 os.unlink(os.path.join(state_dir, SOCKET_FILE))
             except OSError:
@@ -151,7 +225,6 @@ class RelayDaemon(Daemon):
     @staticmethod
     def _underlay_mtu(host: str) -> int:
         """The relay's own link MTU, one of the paths the overlay MTU must fit."""
-        from ..host.links import Links
         with Links() as links:
             mtu = links.local_mtu(host)
         if mtu is None:
@@ -175,7 +248,7 @@ class RelayDaemon(Daemon):
         batch.active = True
         try:
             for _ in range(READ_BATCH):
-                got = udp_read(sock, gro, self.engine.drops, self.stats)
+                got = udp_read(sock, gro, self.drops, self.stats)
                 if got is None:
                     break
                 datagrams, addr = got
@@ -187,25 +260,52 @@ class RelayDaemon(Daemon):
         finally:
             batch.active = False
             batch.flush()
+        if self.engine.writes:
+            self.writer.wake.set()
+
+    def after_input(self) -> None:
+        if self.engine is not None and self.engine.writes:
+            self.writer.wake.set()
 
     def tick(self, now: float) -> None:
         self.engine.tick(now)
-        bound = self.engine.by_endpoint
         for stream in list(self.streams):
-            if stream not in bound and now - stream.opened > TCP_AUTH_TIMEOUT:
-                self.engine.drops["tcp_unauthenticated_timeout"] += 1
+            if not self.engine.bound(stream) and now - stream.opened > TCP_AUTH_TIMEOUT:
+                self.drops[Drop.TCP_UNAUTHENTICATED_TIMEOUT] += 1
                 stream.transport.abort()
                 self.streams.discard(stream)
 
-    def _control(self, request: dict) -> dict:
-        if request.get("cmd") == "status":
+    def _control(self, request: dict):
+        cmd = request.get("cmd")
+        if cmd == "status":
             status = self.engine.status()
+            status["drops"] = self.all_drops()
             status["tcp_streams"] = len(self.streams)
             status["tasks"] = len(asyncio.all_tasks())
             status["offload"] = {"udp_gso": self.batch.gso, "udp_gro": self.gro, **self.stats}
             return status
-        if request.get("cmd") == "revoke" and isinstance(request.get("name"), str):
-            if self.engine.revoke(request["name"]):
-                return {"ok": True}
-            return {"error": f"no node named {request['name'][:64]!r} with a key on this relay"}
-        return {"error": f"unknown command {str(request.get('cmd'))[:40]!r}"}
+        if cmd == "revoke" and isinstance(request.get("name"), str):
+            if not self.engine.revoke(request["name"]):
+                return {"error": f"no node named {request['name'][:64]!r} with a key on this relay"}
+            return self._stored({"ok": True})
+        if cmd == "token" and (request.get("ttl") is None or isinstance(request.get("ttl"), (int, float))):
+            return self._stored({"token": self.engine.issue_token(request.get("ttl"))})
+        if cmd == "tokens":
+            return {"tokens": [{"id": t.token_id.hex(), "created": t.created, "expires": t.expires,
+                                "uses": t.uses, "revoked": t.revoked} for t in self.engine.tokens()]}
+        if cmd == "revoke-token" and isinstance(request.get("id"), str):
+            try:
+                token_id = bytes.fromhex(request["id"])
+            except ValueError:
+                token_id = b""
+            if not self.engine.revoke_token(token_id):
+                return {"error": f"no valid token with ID {request['id'][:40]}; see 'tunneld token --list'"}
+            return self._stored({"ok": True})
+        return {"error": f"unknown command {str(cmd)[:40]!r}"}
+
+    async def _stored(self, answer: dict) -> dict:
+        """The answer, once the store holds what the command changed."""
+        failed = await self.writer.drained()
+        if failed:
+            return {"error": f"the change is in effect on the running relay but not stored: {failed}"}
+        return answer

@@ -18,6 +18,8 @@ import logging
 import socket
 import struct
 
+from ..drops import Drop
+
 log = logging.getLogger("tunneld")
 
 SOL_UDP = 17
@@ -57,7 +59,7 @@ def read(sock: socket.socket, gro: bool, drops, stats):
     except BlockingIOError:
         return None
     except OSError:
-        drops["udp_recv_error"] += 1
+        drops[Drop.UDP_RECV_ERROR] += 1
         return None
     if len(datagrams) > 1:
         stats["udp_gro_reads"] += 1
@@ -77,7 +79,7 @@ class Batch:
         self.addr = None
         self.size = 0
         self.total = 0
-        self.closed = False
+        self.ended = False  # the train's last datagram was short: nothing more may join it
 
     def send(self, data: bytes, addr) -> None:
         if not self.active:
@@ -85,19 +87,19 @@ class Batch:
             return
         bufs = self.bufs
         n = len(data)
-        if (bufs and addr == self.addr and not self.closed and n <= self.size
+        if (bufs and addr == self.addr and not self.ended and n <= self.size
                 and len(bufs) < MAX_SEGMENTS and self.total + n <= MAX_BYTES):
             bufs.append(data)
             self.total += n
             if n < self.size:
-                self.closed = True  # only the last segment may be short
+                self.ended = True  # only the last segment may be short
             return
         if bufs:
             self.flush()
         self.bufs = [data]
         self.addr = addr
         self.size = self.total = n
-        self.closed = False
+        self.ended = False
 
     def flush(self) -> None:
         bufs = self.bufs
@@ -112,7 +114,7 @@ class Batch:
             self.sock.sendmsg(bufs, [(SOL_UDP, UDP_SEGMENT, _H.pack(self.size))], 0, self.addr)
             self.stats["udp_gso_sends"] += 1
         except BlockingIOError:
-            self.drops["udp_send_full"] += len(bufs)
+            self.drops[Drop.UDP_SEND_FULL] += len(bufs)
         except OSError as exc:
             if exc.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
                 self.gso = False
@@ -121,12 +123,12 @@ class Batch:
                 for b in bufs:
                     self._sendto(b, self.addr)
             else:
-                self.drops["udp_send_error"] += len(bufs)
+                self.drops[Drop.UDP_SEND_ERROR] += len(bufs)
 
     def _sendto(self, data: bytes, addr) -> None:
         try:
             self.sock.sendto(data, addr)
         except BlockingIOError:
-            self.drops["udp_send_full"] += 1
+            self.drops[Drop.UDP_SEND_FULL] += 1
         except OSError:
-            self.drops["udp_send_error"] += 1
+            self.drops[Drop.UDP_SEND_ERROR] += 1

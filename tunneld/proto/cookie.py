@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 from typing import Callable
 
 from cryptography.exceptions import InvalidTag
@@ -70,7 +69,8 @@ def macs(msg: bytes) -> tuple[bytes, bytes, bytes]:
 class CookieChecker:
     """The responder's side: checks mac2 and writes cookie replies. No state per sender."""
 
-    def __init__(self, responder_public: bytes, now: float, rand: Callable[[int], bytes] = os.urandom):
+    def __init__(self, responder_public: bytes, now: float, rand: Callable[[int], bytes]):
+        """rand: a cryptographic source (os.urandom): the secret is what makes cookies unforgeable."""
         self._aead = ChaCha20Poly1305(_reply_key(responder_public))
         self._rand = rand
         self._secret = rand(32)

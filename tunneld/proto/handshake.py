@@ -19,7 +19,7 @@ responder can drop noise with one hash instead of four Diffie-Hellmans.
 from __future__ import annotations
 
 import struct
-import time
+from typing import Callable
 
 from . import wire
 from .errors import HandshakeError, ProtocolError
@@ -32,12 +32,29 @@ _TAI64 = struct.Struct("!QI")
 TIMESTAMP_LEN = 12
 
 
-def tai64n(unix_ns: int | None = None) -> bytes:
+def tai64n(unix_ns: int) -> bytes:
     """A TAI64N label: big-endian, so newer timestamps compare greater as bytes."""
-    if unix_ns is None:
-        unix_ns = time.time_ns()
     sec, nsec = divmod(unix_ns, 1_000_000_000)
     return _TAI64.pack(0x400000000000000A + sec, nsec)
+
+
+class Timestamper:
+    """The timestamps of one identity's initiations: TAI64N of the wall clock it is given,
+    strictly increasing, so that a responder never takes a fresh handshake for a replay
+    (even when the clock steps back, or two initiations fall in one nanosecond)."""
+
+    __slots__ = ("_wall_ns", "_last")
+
+    def __init__(self, wall_ns: Callable[[], int]):
+        self._wall_ns = wall_ns
+        self._last = b""
+
+    def __call__(self) -> bytes:
+        ts = tai64n(self._wall_ns())
+        if ts <= self._last:
+            ts = (int.from_bytes(self._last, "big") + 1).to_bytes(TIMESTAMP_LEN, "big")
+        self._last = ts
+        return ts
 
 
 class Identity:
@@ -53,6 +70,10 @@ class Identity:
     @classmethod
     def generate(cls) -> "Identity":
         return cls(KeyPair.generate())
+
+    @classmethod
+    def from_random(cls, random: Callable[[int], bytes]) -> "Identity":
+        return cls(KeyPair.from_private_bytes(random(32)))
 
 
 class Initiation:
@@ -128,5 +149,5 @@ def read_initiation(identity: Identity, msg: bytes) -> Incoming:
     return Incoming(hs, sender, payload, suite)
 
 
-__all__ = ["Identity", "Initiation", "Incoming", "read_initiation", "tai64n", "ProtocolError",
+__all__ = ["Identity", "Initiation", "Incoming", "read_initiation", "tai64n", "Timestamper", "ProtocolError",
            "HandshakeError", "TIMESTAMP_LEN", "PROLOGUE"]

@@ -1,15 +1,26 @@
-"""Control messages between a node and the relay: msgpack maps, always encrypted.
+"""Control messages between a node and the relay, and handshake payloads: msgpack maps,
+always encrypted.
 
 Handshake payloads (inside the Noise messages of the node <-> relay handshake):
 
   join request  {"ts": bin12 TAI64N, "name": str, "token": bin24 | nil, "mtu": int,
-                 "routes": [str CIDR, ...], "lan": [str "ip:port", ...]}
+                 "routes": [str CIDR, ...], "lan": [str endpoint, ...], HELLO}
                                                 mtu: the node's underlay MTU towards the relay;
                                                 routes: prefixes it offers to route for others;
                                                 lan: its LAN endpoints, for direct paths
   join reply    {"ok": true, "name": str, "address": str, "network": str, "endpoint": str,
-                 "mtu": int, "relay_mtu": int}  mtu: the overlay MTU every tunneld0 should use
-                {"ok": false, "code": str, "error": str, "retry": bool}
+                 "mtu": int, "relay_mtu": int, HELLO}
+                                                mtu: the overlay MTU every tunneld0 should use
+                {"ok": false, "code": str, "error": str, "retry": bool, HELLO}
+
+  HELLO: "pv": int, "pm": int, "caps": [str, ...]   (version.py; absent from 0.1.0, which
+         speaks protocol 1; a decoder takes a message with or without them)
+
+Handshake payloads of the node <-> node handshake:
+
+  INIT          bin12 TAI64N timestamp, then (to a peer that announced "hello") a msgpack
+                map {HELLO}
+  RESP          empty (0.1.0), or a msgpack map {HELLO}
 
 Messages on an established node <-> relay session (one per DATA plaintext):
 
@@ -18,8 +29,10 @@ Messages on an established node <-> relay session (one per DATA plaintext):
   dir    relay -> node  {"t": "dir", "v": int, "base": int | nil, "i": int, "c": int, "mtu": int,
                          "nodes": [[name, addr bin4, key bin32, online bool, endpoint str,
                                     mtu int, routes [str CIDR, ...], lan [str, ...]], ...],
-                         "gone": [addr bin4, ...]}
+                         "gone": [addr bin4, ...],
+                         "hellos": [[pv int, pm int, [cap str, ...]], ...]}
          base nil: chunk i of c of a full snapshot at version v; else a delta from base to v.
+         hellos (since 0.2.0, absent before): what each of "nodes" announced, in order.
   bye    node -> relay  {"t": "bye"}                               the node is shutting down
   revoked relay -> node {"t": "revoked"}                           the operator revoked this node
 
@@ -32,6 +45,7 @@ from __future__ import annotations
 import msgpack
 
 from .errors import ProtocolError
+from .version import LEGACY, MAX_CAP_LEN, MAX_CAPS, Hello
 
 MAX_NAME = 253
 MAX_ENDPOINT = 64
@@ -114,10 +128,40 @@ def _check_strings(items, most: int, longest: int, what: str) -> list:
     return items
 
 
+def _hello(pv, pm, caps, what: str) -> Hello:
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v < 65536 for v in (pv, pm)) or pm > pv:
+        raise ProtocolError(f"{what}: bad protocol versions")
+    if not isinstance(caps, list):
+        raise ProtocolError(f"{what}: bad capabilities")
+    return Hello(pv, pm, frozenset(_check_strings(caps, MAX_CAPS, MAX_CAP_LEN, what)))
+
+
+def hello_of(msg: dict, what: str) -> Hello:
+    """The hello in a join request or reply; protocol 1 when it carries none (0.1.0)."""
+    if "pv" not in msg:
+        return LEGACY
+    return _hello(msg.get("pv"), msg.get("pm"), msg.get("caps"), what)
+
+
+def encode_hello(hello: Hello) -> bytes:
+    return encode(hello.wire())
+
+
+def decode_hello(data: bytes) -> Hello:
+    """A node <-> node handshake's hello: empty (0.1.0) or a map with pv, pm and caps."""
+    if not data:
+        return LEGACY
+    msg = _unpack(data)
+    if not isinstance(msg, dict) or "pv" not in msg:
+        raise ProtocolError("hello: not a map with a protocol version")
+    return hello_of(msg, "hello")
+
+
 def decode_join_request(data: bytes) -> dict:
     msg = _check(_unpack(data), _JOIN_REQUEST, "join request")
     _check_strings(msg["routes"], MAX_ROUTES, MAX_CIDR, "join request routes")
     _check_strings(msg["lan"], MAX_LAN, MAX_ENDPOINT, "join request lan")
+    msg["hello"] = hello_of(msg, "join request")
     return msg
 
 
@@ -125,7 +169,9 @@ def decode_join_reply(data: bytes) -> dict:
     msg = _unpack(data)
     if not isinstance(msg, dict) or not isinstance(msg.get("ok"), bool):
         raise ProtocolError("join reply: no 'ok'")
-    return _check(msg, _JOIN_OK if msg["ok"] else _JOIN_REFUSED, "join reply")
+    _check(msg, _JOIN_OK if msg["ok"] else _JOIN_REFUSED, "join reply")
+    msg["hello"] = hello_of(msg, "join reply")
+    return msg
 
 
 def _check_node(entry) -> tuple:
@@ -165,4 +211,17 @@ def decode_control(data: bytes) -> dict:
         gone = msg["gone"]
         if any(not (isinstance(a, bytes) and len(a) == 4) for a in gone):
             raise ProtocolError("dir: bad gone address")
+        hellos = msg.get("hellos")
+        if hellos is None:  # a 0.1.0 relay: nobody announced anything
+            msg["hellos"] = [LEGACY] * len(msg["nodes"])
+        elif not isinstance(hellos, list) or len(hellos) != len(msg["nodes"]):
+            raise ProtocolError("dir: hellos do not match the nodes")
+        else:
+            msg["hellos"] = [_dir_hello(h) for h in hellos]
     return msg
+
+
+def _dir_hello(h) -> Hello:
+    if not (isinstance(h, list) and len(h) == 3):
+        raise ProtocolError("dir: a hello is not a 3-list")
+    return _hello(*h, "dir")

@@ -12,6 +12,7 @@ from __future__ import annotations
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
+from ..drops import Drop
 from . import wire
 from .replay import ReplayWindow
 
@@ -44,7 +45,7 @@ class Session:
         self.owner = None
         self.send_counter = 0
         self.replay = ReplayWindow()
-        self.last_drop = ""
+        self.last_drop = Drop.AUTH
         self._hdr = _DATA_TYPE + remote_index
         aead = AESGCM if suite == wire.SUITE_AESGCM else ChaCha20Poly1305
         self._encrypt = aead(send_key).encrypt
@@ -65,18 +66,18 @@ class Session:
 
     def open(self, msg: bytes) -> bytes | None:
         if len(msg) < _MIN_DATA:
-            self.last_drop = "short"
+            self.last_drop = Drop.SHORT
             return None
         ctr = msg[8:16]
         n = int.from_bytes(ctr, "big")
         if not self.replay.fresh(n):
-            self.last_drop = "replay"
+            self.last_drop = Drop.REPLAY
             return None
         nonce = _ZERO4 + (ctr if self._big_endian_nonce else n.to_bytes(8, "little"))
         try:
             plaintext = self._decrypt(nonce, msg[16:], msg[:16])
         except InvalidTag:
-            self.last_drop = "auth"
+            self.last_drop = Drop.AUTH
             return None
         self.replay.mark(n)
         return plaintext

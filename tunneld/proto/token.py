@@ -16,8 +16,8 @@ import base64
 import binascii
 import hashlib
 import hmac
-import secrets
 from dataclasses import dataclass
+from typing import Callable
 
 PREFIX = "tdj1."
 ID_LEN = 8
@@ -36,8 +36,9 @@ class JoinToken:
     secret: bytes
 
     @classmethod
-    def new(cls, relay_public: bytes) -> "JoinToken":
-        return cls(relay_public, secrets.token_bytes(ID_LEN), secrets.token_bytes(SECRET_LEN))
+    def new(cls, relay_public: bytes, random: Callable[[int], bytes]) -> "JoinToken":
+        """random: a cryptographic source (os.urandom); the secret is what admits a node."""
+        return cls(relay_public, random(ID_LEN), random(SECRET_LEN))
 
     def encode(self) -> str:
         raw = self.relay_public + self.token_id + self.secret

@@ -119,13 +119,11 @@ PARTIAL_HEADER_LEN = 5
 
 # Tunnel overhead per inner packet, for the MTU: IP + UDP + relayed + data header + tag.
 UDP_OVERHEAD_IPV4 = 20 + 8
-UDP_OVERHEAD_IPV6 = 40 + 8
 TUNNEL_OVERHEAD = RELAYED_HEADER_LEN + DATA_HEADER_LEN + TAG_LEN
 # The smallest overlay MTU (IPv4's minimum datagram), and so the smallest underlay a node may report.
 MIN_OVERLAY_MTU = 576
 MIN_UNDERLAY_MTU = MIN_OVERLAY_MTU + UDP_OVERHEAD_IPV4 + TUNNEL_OVERHEAD
 
-DATA_HEADER = struct.Struct("!B3x4sQ")
 _HINT = struct.Struct("!BBxx4s")
 
 _MAC1_LABEL = b"mac1----"
@@ -189,51 +187,5 @@ def parse_hint(msg: bytes) -> tuple[int, bytes]:
     return reason, index
 
 
-def parse_cookie(msg: bytes) -> bytes:
-    """The receiver index of a COOKIE (its fields: cookie.py), or ProtocolError."""
-    if len(msg) != COOKIE_REPLY_LEN or msg[0] != COOKIE:
-        raise ProtocolError("malformed cookie reply")
-    return bytes(msg[4:8])
-
-
 def relayed_header(address: bytes) -> bytes:
     return bytes((RELAYED, 0, 0, 0)) + address
-
-
-def parse_relayed(msg: bytes) -> tuple[bytes, bytes]:
-    """(peer address, inner message) of a RELAYED message, or ProtocolError."""
-    if len(msg) < RELAYED_HEADER_LEN + 1 or msg[0] != RELAYED:
-        raise ProtocolError("malformed relayed message")
-    return bytes(msg[4:8]), bytes(msg[8:])
-
-
-def parse_data(msg: bytes) -> tuple[bytes, int]:
-    """(receiver index, counter) of a DATA message, or ProtocolError."""
-    if len(msg) < DATA_HEADER_LEN + TAG_LEN or msg[0] != DATA:
-        raise ProtocolError("malformed data message")
-    _, index, counter = DATA_HEADER.unpack_from(msg)
-    return index, counter
-
-
-def parse(msg: bytes):
-    """Classify any message: (type, fields...), or ProtocolError. Used off the hot path."""
-    if not msg:
-        raise ProtocolError("empty message")
-    t = msg[0]
-    if t == INIT:
-        return (INIT, *parse_init(msg))
-    if t == RESP:
-        return (RESP, *parse_resp(msg))
-    if t == DATA:
-        return (DATA, *parse_data(msg))
-    if t == RELAYED:
-        address, inner = parse_relayed(msg)
-        fields = parse(inner)
-        if fields[0] not in (INIT, RESP, DATA, COOKIE):
-            raise ProtocolError("relayed message carries a relay-only type")
-        return (RELAYED, address, fields)
-    if t == HINT:
-        return (HINT, *parse_hint(msg))
-    if t == COOKIE:
-        return (COOKIE, parse_cookie(msg))
-    raise ProtocolError(f"unknown message type {t}")

@@ -1,14 +1,23 @@
-"""The relay's durable state, behind a small interface.
+"""The relay's durable state, behind a small async interface.
 
-SQLite (sqlite.py) by default; memory.py is the in-memory twin for unit tests; a
-deployment with several relays can implement the same methods over etcd.
-The decisions (who may join, which address) live in control/registry.py, not here.
+The relay reads everything once at start (load), decides from memory
+(control/registry.py), and writes each change as one of the writes below, in order,
+off the packet path (net/relayd.py). A registration is durable before the node hears
+that it is in. SQLite (sqlite.py) by default; memory.py is the twin for tests; a
+networked store implements the same methods and the engine does not change.
+
+  load()                      everything: meta, nodes, revoked keys, tokens
+  register(record, token_id)  one transaction: bind record.public_key to record.name at
+                              record.address (a new row, or the row of a revoked node
+                              of that name), and count one use of the token. Conflict
+                              if the name, key or address is bound elsewhere.
+  set_mtu, touch, revoke_node, add_token, revoke_token, set_meta    one write each
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Protocol
+from dataclasses import dataclass, field
+from typing import Protocol
 
 
 class StoreError(Exception):
@@ -39,27 +48,76 @@ class TokenRecord:
     uses: int = 0
 
 
+@dataclass
+class Snapshot:
+    meta: dict[str, str] = field(default_factory=dict)
+    nodes: list[NodeRecord] = field(default_factory=list)
+    revoked_keys: set[bytes] = field(default_factory=set)
+    tokens: list[TokenRecord] = field(default_factory=list)
+
+
 class Store(Protocol):
-    def get_meta(self, key: str) -> str | None: ...
-    def set_meta(self, key: str, value: str) -> None: ...
-
-    def node_by_key(self, key: bytes) -> NodeRecord | None: ...
-    def node_by_name(self, name: str) -> NodeRecord | None: ...
-    def nodes(self) -> list[NodeRecord]: ...
-    def register(self, name: str, key: bytes, allocate: Callable[[set[str]], str | None],
-                 now: float) -> NodeRecord | None:
-        """Bind key to name: reuse the row of a revoked node of that name (and its
-        address), or insert one with allocate(addresses in use). None: no address left."""
-    def set_mtu(self, name: str, mtu: int) -> None: ...
-    def touch(self, seen: dict[str, float]) -> None:
+    async def load(self) -> Snapshot: ...
+    async def register(self, record: NodeRecord, token_id: bytes | None) -> None: ...
+    async def set_mtu(self, name: str, mtu: int) -> None: ...
+    async def touch(self, seen: dict[str, float]) -> None:
         """Record when these nodes were last connected (one write for many)."""
-    def revoke_node(self, name: str, now: float) -> bool: ...
-    def key_revoked(self, key: bytes) -> bool: ...
+    async def revoke_node(self, name: str, key: bytes, now: float) -> None: ...
+    async def add_token(self, token: TokenRecord) -> None: ...
+    async def revoke_token(self, token_id: bytes) -> None: ...
+    async def set_meta(self, key: str, value: str) -> None: ...
+    async def close(self) -> None: ...
 
-    def add_token(self, token: TokenRecord) -> None: ...
-    def token(self, token_id: bytes) -> TokenRecord | None: ...
-    def tokens(self) -> list[TokenRecord]: ...
-    def revoke_token(self, token_id: bytes) -> bool: ...
-    def use_token(self, token_id: bytes) -> None: ...
 
-    def close(self) -> None: ...
+# The writes the relay engine asks for, carried out in order by the daemon.
+
+@dataclass(frozen=True)
+class Register:
+    record: NodeRecord
+    token_id: bytes | None
+
+    async def apply(self, store: Store) -> None:
+        await store.register(self.record, self.token_id)
+
+
+@dataclass(frozen=True)
+class SaveMtu:
+    name: str
+    mtu: int
+
+    async def apply(self, store: Store) -> None:
+        await store.set_mtu(self.name, self.mtu)
+
+
+@dataclass(frozen=True)
+class Touch:
+    seen: dict
+
+    async def apply(self, store: Store) -> None:
+        await store.touch(self.seen)
+
+
+@dataclass(frozen=True)
+class RevokeNode:
+    name: str
+    key: bytes
+    when: float
+
+    async def apply(self, store: Store) -> None:
+        await store.revoke_node(self.name, self.key, self.when)
+
+
+@dataclass(frozen=True)
+class AddToken:
+    token: TokenRecord
+
+    async def apply(self, store: Store) -> None:
+        await store.add_token(self.token)
+
+
+@dataclass(frozen=True)
+class RevokeToken:
+    token_id: bytes
+
+    async def apply(self, store: Store) -> None:
+        await store.revoke_token(self.token_id)

@@ -1,94 +1,90 @@
-"""In-memory Store: the twin of sqlite.py for unit and simulation tests."""
+"""In-memory Store: the twin of sqlite.py for unit and simulation tests.
+
+Its methods never wait, so a simulation without an event loop can carry out a write
+at once with run_now(write.apply(store)). Setting `fail` makes the next write raise
+it, so that tests can show what the relay does after a write failed.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 
-from .base import Conflict, NodeRecord, TokenRecord
+from .base import Conflict, NodeRecord, Snapshot, TokenRecord
 
 
 class MemoryStore:
     def __init__(self):
-        self._meta: dict[str, str] = {}
-        self._nodes: dict[str, NodeRecord] = {}
-        self._revoked: set[bytes] = set()
-        self._tokens: dict[bytes, TokenRecord] = {}
+        self.meta: dict[str, str] = {}
+        self.nodes: dict[str, NodeRecord] = {}
+        self.revoked: set[bytes] = set()
+        self.tokens: dict[bytes, TokenRecord] = {}
+        self.fail: Exception | None = None  # raised by the next write, once
+        self.writes = 0
 
-    def get_meta(self, key):
-        return self._meta.get(key)
+    async def load(self) -> Snapshot:
+        return Snapshot(dict(self.meta), [dataclasses.replace(r) for r in sorted(self.nodes.values(),
+                                                                                key=lambda r: r.name)],
+                        set(self.revoked),
+                        [dataclasses.replace(t) for t in sorted(self.tokens.values(), key=lambda t: t.created)])
 
-    def set_meta(self, key, value):
-        self._meta[key] = value
+    def _write(self) -> None:
+        if self.fail is not None:
+            exc, self.fail = self.fail, None
+            raise exc
+        self.writes += 1
 
-    def node_by_key(self, key):
-        for rec in self._nodes.values():
-            if rec.public_key == key:
-                return dataclasses.replace(rec)
-        return None
+    async def register(self, record: NodeRecord, token_id: bytes | None) -> None:
+        self._write()
+        held = self.nodes.get(record.name)
+        if held is not None and (held.public_key is not None or held.address != record.address):
+            raise Conflict(f"name {record.name!r} is taken")
+        if any(r.name != record.name and (r.public_key == record.public_key or r.address == record.address)
+               for r in self.nodes.values()):
+            raise Conflict("key or address already registered")
+        self.nodes[record.name] = dataclasses.replace(record)
+        if token_id is not None and token_id in self.tokens:
+            self.tokens[token_id].uses += 1
 
-    def node_by_name(self, name):
-        rec = self._nodes.get(name)
-        return dataclasses.replace(rec) if rec else None
+    async def set_mtu(self, name: str, mtu: int) -> None:
+        self._write()
+        if name in self.nodes:
+            self.nodes[name].mtu = mtu
 
-    def nodes(self):
-        return [dataclasses.replace(r) for r in sorted(self._nodes.values(), key=lambda r: r.name)]
-
-    def register(self, name, key, allocate, now):
-        if self.node_by_key(key) is not None:
-            raise Conflict("key already registered")
-        rec = self._nodes.get(name)
-        if rec is not None:
-            if rec.public_key is not None:
-                raise Conflict(f"name {name!r} is taken")
-            rec.public_key = key
-            return dataclasses.replace(rec)
-        address = allocate({r.address for r in self._nodes.values()})
-        if address is None:
-            return None
-        rec = NodeRecord(name, address, key, now)
-        self._nodes[name] = rec
-        return dataclasses.replace(rec)
-
-    def set_mtu(self, name, mtu):
-        if name in self._nodes:
-            self._nodes[name].mtu = mtu
-
-    def touch(self, seen):
+    async def touch(self, seen: dict[str, float]) -> None:
+        self._write()
         for name, when in seen.items():
-            if name in self._nodes:
-                self._nodes[name].last_seen = when
+            if name in self.nodes:
+                self.nodes[name].last_seen = when
 
-    def revoke_node(self, name, now):
-        rec = self._nodes.get(name)
-        if rec is None or rec.public_key is None:
-            return False
-        self._revoked.add(rec.public_key)
-        rec.public_key = None
-        return True
+    async def revoke_node(self, name: str, key: bytes, now: float) -> None:
+        self._write()
+        self.revoked.add(key)
+        rec = self.nodes.get(name)
+        if rec is not None and rec.public_key == key:
+            rec.public_key = None
 
-    def key_revoked(self, key):
-        return key in self._revoked
+    async def add_token(self, token: TokenRecord) -> None:
+        self._write()
+        self.tokens[token.token_id] = dataclasses.replace(token)
 
-    def add_token(self, token):
-        self._tokens[token.token_id] = dataclasses.replace(token)
+    async def revoke_token(self, token_id: bytes) -> None:
+        self._write()
+        if token_id in self.tokens:
+            self.tokens[token_id].revoked = True
 
-    def token(self, token_id):
-        t = self._tokens.get(token_id)
-        return dataclasses.replace(t) if t else None
+    async def set_meta(self, key: str, value: str) -> None:
+        self._write()
+        self.meta[key] = value
 
-    def tokens(self):
-        return [dataclasses.replace(t) for t in sorted(self._tokens.values(), key=lambda t: t.created)]
-
-    def revoke_token(self, token_id):
-        t = self._tokens.get(token_id)
-        if t is None or t.revoked:
-            return False
-        t.revoked = True
-        return True
-
-    def use_token(self, token_id):
-        if token_id in self._tokens:
-            self._tokens[token_id].uses += 1
-
-    def close(self):
+    async def close(self) -> None:
         pass
+
+
+def run_now(coro):
+    """Run a coroutine that never waits (a MemoryStore's) to its end, without a loop."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise RuntimeError("run_now: the coroutine waited for something")

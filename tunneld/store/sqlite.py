@@ -1,15 +1,20 @@
-"""Store in an embedded SQLite file (WAL mode: a crash loses no committed registration).
+"""Store in an embedded SQLite file (WAL, synchronous=FULL: a crash loses no committed
+registration). Every statement runs on one thread of the store's own, never on the
+event loop; each method is one transaction.
 
-`tunneld token` and `tunneld serve` open the same file from two processes;
-SQLite's locking and a busy timeout serialise them.
+Only one process writes it while a relay runs: `tunneld token` and `tunneld revoke`
+go through the running relay's control socket, and open the file themselves only
+when no relay runs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 
-from .base import Conflict, NodeRecord, StoreError, TokenRecord
+from .base import Conflict, NodeRecord, Snapshot, StoreError, TokenRecord
 
 SCHEMA_VERSION = 2  # 2: nodes.mtu
 _SCHEMA = """
@@ -34,83 +39,65 @@ CREATE TABLE IF NOT EXISTS tokens (
     uses INTEGER NOT NULL DEFAULT 0
 );
 """
+_NODE_COLUMNS = "name, address, public_key, created, last_seen, mtu"
+_TOKEN_COLUMNS = "token_id, secret_hash, created, expires, revoked, uses"
 
 
-def _node(row) -> NodeRecord | None:
-    return None if row is None else NodeRecord(*row)
-
-
-def _token(row) -> TokenRecord | None:
-    return None if row is None else TokenRecord(row[0], row[1], row[2], row[3], bool(row[4]), row[5])
+def _token(row) -> TokenRecord:
+    return TokenRecord(row[0], row[1], row[2], row[3], bool(row[4]), row[5])
 
 
 class SqliteStore:
     def __init__(self, path: str):
+        """Opens (creating, or migrating, as needed) the file; StoreError if it is damaged or
+        newer than this tunneld. Blocking: call it before serving, or from a thread."""
         self.path = path
-        fresh = not os.path.exists(path)
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite")
         try:
-            self._db = sqlite3.connect(path, timeout=10.0, isolation_level=None)
-            self._db.execute("PRAGMA busy_timeout = 10000")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            self._db = self._thread.submit(self._open).result()
+        except BaseException:
+            self._thread.shutdown()
+            raise
+
+    def _open(self) -> sqlite3.Connection:
+        path = self.path
+        fresh = not os.path.exists(path)
+        db = None
+        try:
+            db = sqlite3.connect(path, timeout=10.0, isolation_level=None)
+            db.execute("PRAGMA busy_timeout = 10000")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise StoreError(f"{path} was written by a newer tunneld (schema {version}); upgrade tunneld")
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = FULL")
-            self._db.executescript(_SCHEMA)
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = FULL")
+            db.executescript(_SCHEMA)
             if 0 < version < 2:
-                self._db.execute("ALTER TABLE nodes ADD COLUMN mtu INTEGER")
-            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                db.execute("ALTER TABLE nodes ADD COLUMN mtu INTEGER")
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             # Touch every table so that a damaged file fails here, not mid-join.
-            self._db.execute("SELECT count(*) FROM nodes").fetchone()
-            self._db.execute("PRAGMA quick_check").fetchone()
+            db.execute("SELECT count(*) FROM nodes").fetchone()
+            db.execute("PRAGMA quick_check").fetchone()
         except sqlite3.DatabaseError as exc:
-            raise StoreError(
-                f"state database {path} is unreadable ({exc}); restore it from a backup, "
-                "or move it away to start with no nodes"
-            ) from None
+            if db is not None:
+                db.close()
+            raise StoreError(f"state database {path} is unreadable ({exc}); restore it from a backup, "
+                             "or move it away to start with no nodes") from None
+        except StoreError:
+            db.close()
+            raise
         if fresh:
             os.chmod(path, 0o600)
+        return db
 
-    def _one(self, sql, *args):
-        return self._db.execute(sql, args).fetchone()
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
-    def get_meta(self, key):
-        row = self._one("SELECT value FROM meta WHERE key = ?", key)
-        return row[0] if row else None
-
-    def set_meta(self, key, value):
-        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
-
-    def node_by_key(self, key):
-        return _node(self._one("SELECT name, address, public_key, created, last_seen, mtu FROM nodes "
-                               "WHERE public_key = ?", key))
-
-    def node_by_name(self, name):
-        return _node(self._one("SELECT name, address, public_key, created, last_seen, mtu FROM nodes "
-                               "WHERE name = ?", name))
-
-    def nodes(self):
-        rows = self._db.execute("SELECT name, address, public_key, created, last_seen, mtu FROM nodes "
-                                "ORDER BY name").fetchall()
-        return [_node(r) for r in rows]
-
-    def register(self, name, key, allocate, now):
+    def _transaction(self, fn, *args):
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            row = db.execute("SELECT public_key FROM nodes WHERE name = ?", (name,)).fetchone()
-            if row is not None:
-                if row[0] is not None:
-                    raise Conflict(f"name {name!r} is taken")
-                db.execute("UPDATE nodes SET public_key = ? WHERE name = ?", (key, name))
-            else:
-                used = {r[0] for r in db.execute("SELECT address FROM nodes")}
-                address = allocate(used)
-                if address is None:
-                    db.execute("ROLLBACK")
-                    return None
-                db.execute("INSERT INTO nodes (name, address, public_key, created) VALUES (?, ?, ?, ?)",
-                           (name, address, key, now))
+            result = fn(db, *args)
             db.execute("COMMIT")
         except sqlite3.IntegrityError as exc:
             db.execute("ROLLBACK")
@@ -118,57 +105,76 @@ class SqliteStore:
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        return self.node_by_name(name)
+        return result
 
-    def set_mtu(self, name, mtu):
-        self._db.execute("UPDATE nodes SET mtu = ? WHERE name = ?", (mtu, name))
+    # -- reads ---------------------------------------------------------------------------
 
-    def touch(self, seen):
-        with self._db:  # one transaction, one fsync, for all of them
-            self._db.execute("BEGIN")
-            self._db.executemany("UPDATE nodes SET last_seen = ? WHERE name = ?",
-                                 [(when, name) for name, when in seen.items()])
-
-    def revoke_node(self, name, now):
+    def _load(self) -> Snapshot:
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            row = db.execute("SELECT public_key FROM nodes WHERE name = ?", (name,)).fetchone()
-            if row is None or row[0] is None:
-                db.execute("ROLLBACK")
-                return False
-            db.execute("INSERT OR REPLACE INTO revoked_keys VALUES (?, ?, ?)", (row[0], name, now))
-            db.execute("UPDATE nodes SET public_key = NULL WHERE name = ?", (name,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return True
+        return Snapshot(
+            meta=dict(db.execute("SELECT key, value FROM meta").fetchall()),
+            nodes=[NodeRecord(*r) for r in db.execute(f"SELECT {_NODE_COLUMNS} FROM nodes ORDER BY name")],
+            revoked_keys={r[0] for r in db.execute("SELECT public_key FROM revoked_keys")},
+            tokens=[_token(r) for r in db.execute(f"SELECT {_TOKEN_COLUMNS} FROM tokens ORDER BY created")],
+        )
 
-    def key_revoked(self, key):
-        return self._one("SELECT 1 FROM revoked_keys WHERE public_key = ?", key) is not None
+    async def load(self) -> Snapshot:
+        return await self._run(self._load)
 
-    def add_token(self, token):
-        self._db.execute("INSERT INTO tokens VALUES (?, ?, ?, ?, ?, ?)",
-                         (token.token_id, token.secret_hash, token.created, token.expires,
-                          int(token.revoked), token.uses))
+    # -- writes --------------------------------------------------------------------------
 
-    def token(self, token_id):
-        return _token(self._one("SELECT token_id, secret_hash, created, expires, revoked, uses "
-                                "FROM tokens WHERE token_id = ?", token_id))
+    @staticmethod
+    def _register(db, record: NodeRecord, token_id: bytes | None) -> None:
+        row = db.execute("SELECT public_key, address FROM nodes WHERE name = ?", (record.name,)).fetchone()
+        if row is not None:
+            if row[0] is not None or row[1] != record.address:
+                raise Conflict(f"name {record.name!r} is taken")
+            db.execute("UPDATE nodes SET public_key = ?, mtu = ? WHERE name = ?",
+                       (record.public_key, record.mtu, record.name))
+        else:
+            db.execute(f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                       (record.name, record.address, record.public_key, record.created, record.last_seen,
+                        record.mtu))
+        if token_id is not None:
+            db.execute("UPDATE tokens SET uses = uses + 1 WHERE token_id = ?", (token_id,))
 
-    def tokens(self):
-        rows = self._db.execute("SELECT token_id, secret_hash, created, expires, revoked, uses "
-                                "FROM tokens ORDER BY created").fetchall()
-        return [_token(r) for r in rows]
+    async def register(self, record: NodeRecord, token_id: bytes | None) -> None:
+        await self._run(self._transaction, self._register, record, token_id)
 
-    def revoke_token(self, token_id):
-        cur = self._db.execute("UPDATE tokens SET revoked = 1 WHERE token_id = ? AND revoked = 0",
-                               (token_id,))
-        return cur.rowcount == 1
+    async def set_mtu(self, name: str, mtu: int) -> None:
+        await self._run(self._db.execute, "UPDATE nodes SET mtu = ? WHERE name = ?", (mtu, name))
 
-    def use_token(self, token_id):
-        self._db.execute("UPDATE tokens SET uses = uses + 1 WHERE token_id = ?", (token_id,))
+    @staticmethod
+    def _touch(db, seen: dict[str, float]) -> None:
+        db.executemany("UPDATE nodes SET last_seen = ? WHERE name = ?", [(when, name) for name, when in seen.items()])
 
-    def close(self):
-        self._db.close()
+    async def touch(self, seen: dict[str, float]) -> None:
+        await self._run(self._transaction, self._touch, seen)  # one transaction, one fsync, for all
+
+    @staticmethod
+    def _revoke_node(db, name: str, key: bytes, now: float) -> None:
+        db.execute("INSERT OR REPLACE INTO revoked_keys VALUES (?, ?, ?)", (key, name, now))
+        db.execute("UPDATE nodes SET public_key = NULL WHERE name = ? AND public_key = ?", (name, key))
+
+    async def revoke_node(self, name: str, key: bytes, now: float) -> None:
+        await self._run(self._transaction, self._revoke_node, name, key, now)
+
+    async def add_token(self, token: TokenRecord) -> None:
+        await self._run(self._db.execute, f"INSERT INTO tokens ({_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                        (token.token_id, token.secret_hash, token.created, token.expires, int(token.revoked),
+                         token.uses))
+
+    async def revoke_token(self, token_id: bytes) -> None:
+        await self._run(self._db.execute, "UPDATE tokens SET revoked = 1 WHERE token_id = ?", (token_id,))
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await self._run(self._db.execute, "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    async def close(self) -> None:
+        await self._run(self._db.close)
+        self._thread.shutdown()
+
+    def close_now(self) -> None:
+        """Close without an event loop (the command line's)."""
+        self._thread.submit(self._db.close).result()
+        self._thread.shutdown()

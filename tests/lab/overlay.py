@@ -7,17 +7,19 @@ import os
 import subprocess
 import sys
 
-from ..net.ctlsock import request
-from ..state import SOCKET_FILE
-from . import Host, Lab, LabError, wait_for
+from tunneld.net.ctlsock import request
+from tunneld.state import SOCKET_FILE
+from . import Host, Lab, LabError, tunneld_command, wait_for
 
 RELAY_PORT = 7000
 
 
 class Overlay:
-    def __init__(self, lab: Lab, port: int = RELAY_PORT):
+    def __init__(self, lab: Lab, port: int = RELAY_PORT, relay_python: str | None = None):
+        """relay_python: run another release's relay (tests/lab/release.py)."""
         self.lab = lab
         self.port = port
+        self.relay_python = relay_python
         self.relay = lab.public_host("relay", "relay")
         self.relay_proc: subprocess.Popen | None = None
         self.nodes: dict[str, Host] = {}
@@ -30,7 +32,7 @@ class Overlay:
     def start_relay(self, *extra: str, timeout: float = 20, wrap: tuple[str, ...] = ()) -> subprocess.Popen:
         self.relay_proc = self.lab.tunneld(self.relay, "serve", "--listen", self.relay_endpoint,
                                            "--state-dir", self.relay.state_dir, *extra, log_name="relay",
-                                           wrap=wrap)
+                                           wrap=wrap, python=self.relay_python)
         proc = self.relay_proc
 
         def started():
@@ -50,14 +52,15 @@ class Overlay:
             self.relay_proc = None
 
     def token(self, *extra: str) -> str:
-        proc = self.lab.nsexec(self.relay.ns, sys.executable, "-m", "tunneld", "token",
+        proc = self.lab.nsexec(self.relay.ns, *tunneld_command(self.relay_python), "token",
                                "--state-dir", self.relay.state_dir, *extra)
         return proc.stdout.decode().strip()
 
     def join(self, host: Host, name: str, token: str | None = None, *extra: str,
-             wrap: tuple[str, ...] = ()) -> subprocess.Popen:
+             wrap: tuple[str, ...] = (), python: str | None = None) -> subprocess.Popen:
         proc = self.lab.tunneld(host, "join", "--relay", self.relay_endpoint, "--token", token or self.token(),
-                                "--name", name, "--state-dir", host.state_dir, *extra, log_name=name, wrap=wrap)
+                                "--name", name, "--state-dir", host.state_dir, *extra, log_name=name, wrap=wrap,
+                                python=python)
         self.nodes[name] = host
         self.node_procs[name] = proc
         return proc

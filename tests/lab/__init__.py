@@ -1,4 +1,6 @@
 """A small internet in network namespaces, for the demo, the tests and the benchmarks.
+Test tooling, not part of the installed package: bin/demo, tests/ and bench/ use it
+from the checkout.
 
     relay 192.0.2.1 ─┐
                      │ br-relay 192.0.2.254
@@ -16,10 +18,15 @@ NAT kinds (iptables in the router's namespace):
   "no-udp"      MASQUERADE, and all UDP is dropped both ways
 Several hosts can share one NAT's LAN (nat_host(..., behind=another_host)).
 
-Addresses come only from DESIGN.md's test ranges, and nothing leaves the
-namespaces. This is test tooling: it shells out to ip and iptables on purpose, so
-that what it builds reads like the commands an operator would type. Processes
-are stopped by their own PID; close() removes everything, also after a failure.
+Addresses come only from ranges reserved for documentation and testing, and nothing
+leaves the namespaces:
+  "public" underlay   192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24 (RFC 5737)
+  LANs behind NAT     198.19.0.0/16 (RFC 2544's benchmarking range)
+  pod networks        198.18.0.0/16 (likewise)
+  the overlay         100.64.0.0/10 (RFC 6598), tunneld's default
+It shells out to ip and iptables on purpose, so that what it builds reads like the
+commands an operator would type. Processes are stopped by their own PID; close()
+removes everything, also after a failure.
 """
 
 from __future__ import annotations
@@ -198,11 +205,12 @@ class Lab:
         return proc
 
     def tunneld(self, host: Host, *args: str, log_name: str | None = None, env: dict | None = None,
-                wrap: tuple[str, ...] = ()):
+                wrap: tuple[str, ...] = (), python: str | None = None):
         """Start `tunneld ARGS` in host's namespace (ip netns exec execs it: proc.pid is tunneld),
-        optionally under a wrapper that execs too (e.g. setpriv, to drop capabilities)."""
+        optionally under a wrapper that execs too (e.g. setpriv, to drop capabilities), and
+        optionally another release's python (release.py)."""
         log = os.path.join(self.tmp, f"{log_name or os.path.basename(host.state_dir)}.log")
-        proc = self.spawn(host.ns, *wrap, sys.executable, "-m", "tunneld", *args, log=log,
+        proc = self.spawn(host.ns, *wrap, *tunneld_command(python), *args, log=log,
                           env={"PYTHONUNBUFFERED": "1", **(env or {})})
         host.procs.append(proc)
         return proc
@@ -243,6 +251,12 @@ class Lab:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def tunneld_command(python: str | None = None) -> list[str]:
+    """How to run tunneld: this checkout's, or (python given) another release's, isolated from
+    the checkout in the current directory."""
+    return [sys.executable, "-m", "tunneld"] if python is None else [python, "-I", "-m", "tunneld"]
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):

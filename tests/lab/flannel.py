@@ -8,7 +8,7 @@
               route to its pod subnet via its .0
   cni0        a bridge holding the subnet's .1, and one pod namespace behind a veth
               at .2, default route via .1
-Pod subnets are 198.18.N.0/24 (DESIGN.md's pod range), N from 1 in node order.
+Pod subnets are 198.18.N.0/24 (the lab's pod range), N from 1 in node order.
 """
 
 from __future__ import annotations

@@ -1,0 +1,67 @@
+"""Rolling upgrades: the previous release (the newest tag older than this version, installed
+from this repository's own history into a venv of its own) and this checkout in one
+network, as a cluster looks while it is upgraded node by node.
+
+Each network has, besides its relay (old or new):
+  old-public, new-public    public addresses: they go direct
+  old-hidden, new-hidden    behind NATs that let nothing in: they can only be relayed
+and traffic must pass between every old and every new node, both ways, on the path the
+NATs allow: old <-> new direct, and old <-> new through the relay.
+"""
+
+import pytest
+
+from tests.lab import wait_for
+from tests.lab.overlay import Overlay, transfer
+from tests.lab.release import previous_release, release_python
+
+NODES = ("old-public", "new-public", "old-hidden", "new-hidden")
+
+
+@pytest.fixture(scope="module")
+def old_python():
+    return release_python(previous_release())
+
+
+def path(ov, src, dst):
+    return next(p["path"] for p in ov.node_status(src)["peers"] if p["name"] == dst)
+
+
+def mixed(lab, old_python, old_relay: bool) -> Overlay:
+    ov = Overlay(lab, relay_python=old_python if old_relay else None)
+    ov.start_relay()
+    token = ov.token("--ttl", "1h")
+    for name in NODES:
+        host = lab.public_host(name) if name.endswith("public") else lab.nat_host(name, "no-inbound")
+        ov.join(host, name, token, python=old_python if name.startswith("old") else None)
+    ov.wait_connected(timeout=60)
+    return ov
+
+
+@pytest.mark.parametrize("relay", ["old relay", "new relay"])
+def test_old_and_new_talk_both_ways_direct_and_relayed(lab, old_python, relay):
+    ov = mixed(lab, old_python, relay == "old relay")
+    version = ov.status(ov.relay).get("protocol")
+    assert (version is None) == (relay == "old relay")  # 0.1.0 says nothing of its protocol
+    # The side that sends first starts the end-to-end handshake: the new release starts it
+    # with the old one on two pairs, the old release on the other two.
+    for old, new, expected, first in (("old-public", "new-public", "direct", "new"),
+                                      ("old-hidden", "new-hidden", "relay", "new"),
+                                      ("old-public", "new-hidden", "direct", "old"),
+                                      ("old-hidden", "new-public", "direct", "old")):
+        for src, dst in ((new, old), (old, new)) if first == "new" else ((old, new), (new, old)):
+            result = ov.ping(src, ov.address(dst), count=3)
+            assert result.returncode == 0, f"{src} -> {dst}: {result.stdout.decode()}"
+        wait_for(lambda: path(ov, old, new) == path(ov, new, old) == expected, 30,
+                 what=f"{old} <-> {new} to be {expected}")
+    sent, received = transfer(ov, "old-hidden", "new-hidden", 10250, 3_000_000)
+    assert sent == received  # through the relay, old to new
+    sent, received = transfer(ov, "new-public", "old-public", 10250, 3_000_000)
+    assert sent == received  # direct, new to old
+    assert ov.ping("new-public", ov.address("new-hidden"), count=2).returncode == 0  # new and new
+    st = ov.node_status("new-public")
+    peers = {p["name"]: p for p in st["peers"]}
+    assert all(p["problem"] is None for p in peers.values())
+    assert peers["new-hidden"]["protocol"] == "1..2" and peers["old-hidden"]["protocol"] == "1"
+    assert st["relay"]["protocol"] == ("1" if relay == "old relay" else "1..2")
+    assert not st["drops"].get("internal_error") and not ov.status(ov.relay)["drops"].get("internal_error")

@@ -1,0 +1,212 @@
+"""The daemons' socket adapters (net/) against fake sockets: what Batch sends in one sendmsg
+(UDP GSO), what receive_batch cuts a GRO read into, and what a FramedStream hands its
+daemon. No kernel: the fakes record every call."""
+
+import errno
+from collections import Counter
+
+from hypothesis import given, strategies as st
+
+from tunneld.drops import Drop
+from tunneld.net import udpio
+from tunneld.net.base import FramedStream
+from tunneld.net.udpio import MAX_BYTES, MAX_SEGMENTS, Batch, receive_batch
+from tunneld.proto.framing import frame
+
+A, B = ("198.51.100.1", 4000), ("198.51.100.2", 4000)
+
+
+class FakeSocket:
+    def __init__(self, fail_gso: int | None = None, full: bool = False):
+        self.sent: list[tuple] = []  # ("gso", size, [datagrams], addr) or ("one", datagram, addr)
+        self.fail_gso = fail_gso
+        self.full = full
+        self.inbox: list[tuple] = []
+
+    def sendmsg(self, bufs, ancillary, flags, addr):
+        if self.fail_gso is not None:
+            raise OSError(self.fail_gso, "refused")
+        (level, kind, value), = ancillary
+        assert (level, kind) == (udpio.SOL_UDP, udpio.UDP_SEGMENT)
+        self.sent.append(("gso", int.from_bytes(value, "little"), list(bufs), addr))
+
+    def sendto(self, data, addr):
+        if self.full:
+            raise BlockingIOError
+        self.sent.append(("one", data, addr))
+
+    def recvmsg(self, size, ancsize):
+        return self.inbox.pop(0)
+
+    def recvfrom(self, size):
+        data, _, _, addr = self.inbox.pop(0)
+        return data, addr
+
+
+def datagrams_on_the_wire(sock: FakeSocket) -> list[tuple[bytes, tuple]]:
+    """What the kernel would put on the wire: a GSO send is cut at its segment size."""
+    out = []
+    for kind, *rest in sock.sent:
+        if kind == "one":
+            out.append((rest[0], rest[1]))
+        else:
+            size, bufs, addr = rest
+            whole = b"".join(bufs)
+            out += [(whole[i:i + size], addr) for i in range(0, len(whole), size)]
+    return out
+
+
+def batch(sock):
+    drops, stats = Counter(), Counter()
+    b = Batch(sock, drops, stats)
+    b.active = True
+    return b, drops, stats
+
+
+def test_equal_datagrams_to_one_endpoint_leave_in_one_sendmsg():
+    sock = FakeSocket()
+    b, _, stats = batch(sock)
+    for i in range(10):
+        b.send(bytes([i]) * 1400, A)
+    b.send(b"short", A)  # the last of a train may be short
+    b.flush()
+    assert [s[0] for s in sock.sent] == ["gso"] and sock.sent[0][1] == 1400
+    assert datagrams_on_the_wire(sock) == [(bytes([i]) * 1400, A) for i in range(10)] + [(b"short", A)]
+    assert stats["udp_gso_sends"] == 1
+
+
+def test_a_train_ends_at_another_endpoint_a_larger_datagram_or_after_a_short_one():
+    sock = FakeSocket()
+    b, _, _ = batch(sock)
+    sent = [(b"a" * 1000, A), (b"b" * 1000, A), (b"c" * 1000, B), (b"d" * 500, B), (b"e" * 500, B),
+            (b"f" * 900, B), (b"g" * 100, B), (b"h" * 100, B)]
+    for data, addr in sent:
+        b.send(data, addr)
+    b.flush()
+    # Trains: [a b] to A; [c d] to B (d is short: it ends the train); [e] alone, because the
+    # next one is larger; [f g] (g short); [h].
+    assert datagrams_on_the_wire(sock) == sent  # nothing lost, nothing reordered, nothing merged
+    trains = [len(s[2]) if s[0] == "gso" else 1 for s in sock.sent]
+    assert trains == [2, 2, 1, 2, 1]
+
+
+def test_a_train_holds_at_most_its_segments_and_bytes():
+    sock = FakeSocket()
+    b, _, _ = batch(sock)
+    for _ in range(MAX_SEGMENTS + 5):
+        b.send(b"x" * 100, A)
+    for _ in range(MAX_BYTES // 1400 + 3):
+        b.send(b"y" * 1400, B)
+    b.flush()
+    for kind, *rest in sock.sent:
+        if kind == "gso":
+            assert len(rest[1]) <= MAX_SEGMENTS and sum(map(len, rest[1])) <= MAX_BYTES
+    assert len(datagrams_on_the_wire(sock)) == MAX_SEGMENTS + 5 + MAX_BYTES // 1400 + 3
+
+
+def test_without_gso_the_batch_falls_back_to_single_sends_for_good():
+    sock = FakeSocket(fail_gso=errno.EIO)
+    b, _, _ = batch(sock)
+    for _ in range(3):
+        b.send(b"z" * 1000, A)
+    b.flush()
+    assert not b.gso and [s[0] for s in sock.sent] == ["one"] * 3  # none lost
+    sock.fail_gso = None
+    for _ in range(3):
+        b.send(b"z" * 1000, A)
+    b.flush()
+    assert [s[0] for s in sock.sent] == ["one"] * 6  # it does not try again
+
+
+def test_a_full_socket_is_counted_not_raised():
+    sock = FakeSocket(full=True)
+    b, drops, _ = batch(sock)
+    b.active = False
+    b.send(b"x", A)  # outside a batch: sent at once
+    assert drops[Drop.UDP_SEND_FULL] == 1 and not sock.sent
+
+
+@given(st.lists(st.tuples(st.integers(1, 1500), st.sampled_from([A, B])), max_size=200))
+def test_any_sequence_arrives_whole_and_in_order(sends):
+    sock = FakeSocket()
+    b, _, _ = batch(sock)
+    sent = [(bytes([i % 256]) * n, addr) for i, (n, addr) in enumerate(sends)]
+    for data, addr in sent:
+        b.send(data, addr)
+    b.flush()
+    assert datagrams_on_the_wire(sock) == sent
+
+
+def test_a_gro_read_is_cut_back_into_its_datagrams():
+    sock = FakeSocket()
+    gro = [(udpio.SOL_UDP, udpio.UDP_GRO, (1400).to_bytes(4, "little"))]
+    sock.inbox = [(b"a" * 1400 + b"b" * 1400 + b"c" * 10, gro, 0, A), (b"plain", [], 0, B)]
+    assert receive_batch(sock, True) == ([b"a" * 1400, b"b" * 1400, b"c" * 10], A)
+    assert receive_batch(sock, True) == ((b"plain",), B)
+
+
+class FakeDaemon:
+    def __init__(self):
+        self.drops = Counter()
+        self.got = []
+        self.batches = 0
+
+    def receive(self, data, ep, now):
+        self.got.append((data, ep))
+
+    def after_input(self):
+        self.batches += 1
+
+
+class FakeTransport:
+    def __init__(self):
+        self.aborted = False
+        self.written = b""
+
+    def get_extra_info(self, name):
+        return None
+
+    def abort(self):
+        self.aborted = True
+
+    def write(self, data):
+        self.written += data
+
+
+@given(st.lists(st.binary(min_size=1, max_size=300), min_size=1, max_size=10), st.integers(1, 50))
+def test_a_framed_stream_hands_whole_messages_to_its_daemon_in_any_pieces(msgs, piece):
+    d = FramedStream(FakeDaemon())
+    d.endpoint = "stream"
+    d.connection_made(FakeTransport())
+    stream = b"".join(frame(m) for m in msgs)
+    for i in range(0, len(stream), piece):
+        d.data_received(stream[i:i + piece])
+    assert d.daemon.got == [(m, "stream") for m in msgs]
+    assert d.daemon.batches == -(-len(stream) // piece)  # after every read, the daemon gets its turn
+    d.count_truncated()
+    assert not d.daemon.drops
+
+
+def test_a_stream_that_breaks_the_framing_is_cut_and_counted():
+    d = FramedStream(FakeDaemon())
+    t = FakeTransport()
+    d.connection_made(t)
+    d.data_received(frame(b"ok") + b"\x00\x00")  # a zero length: nothing legitimate is empty
+    assert t.aborted and d.daemon.drops[Drop.TCP_BAD_FRAMING] == 1 and d.daemon.got == []
+
+
+def test_a_frame_cut_off_at_close_is_counted():
+    d = FramedStream(FakeDaemon())
+    d.connection_made(FakeTransport())
+    d.data_received(frame(b"whole") + frame(b"half")[:3])
+    d.count_truncated()
+    assert d.daemon.got == [(b"whole", None)] and d.daemon.drops[Drop.TCP_TRUNCATED_FRAME] == 1
+
+
+def test_send_frame_writes_the_length_first():
+    d = FramedStream(FakeDaemon())
+    t = FakeTransport()
+    d.connection_made(t)
+    d.send_frame(b"abc")
+    assert t.written == b"\x00\x03abc"
+

@@ -1,0 +1,285 @@
+"""A node's link to its relay, without I/O: the join, rekeys, pings, and reconnecting.
+
+In:  receive(data, now)   a message from the relay (DATA, RESP, HINT or COOKIE)
+     tick(now)            time passes
+Out: Transmit.send(RELAY, ...), Transmit.relay_transport(tcp), and what receive()
+     returns for the node to act on:
+       (JOINED, reply)      the relay took us: our name, address, overlay MTU
+       (REFUSED, (code, message))  the relay refused us for good
+       (DIRECTORY, msg)     a directory update (control/directory.py)
+       (REVOKED, None)      the operator revoked our key
+     (pongs are the link's own business: round trip, and how the relay sees us)
+
+    down ──(INIT; RESP ok)──> up ──(no word for RELAY_DEAD_AFTER)──> down
+    While down it handshakes again after a backoff with jitter, forever, over UDP
+    first, switching between UDP and TCP after every TCP_AFTER_FAILURES unanswered
+    attempts and starting from the transport that worked last. While up it rekeys
+    on the session's schedule on the transport that works, and pings every
+    PING_INTERVAL (every second for FAST_PINGS after connecting): pings keep the NAT
+    mapping open and carry the directory version we hold, so that the relay repairs
+    what we missed.
+
+A node is this link plus its peers (node.py); bench/swarm.py drives links alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from collections import Counter
+
+from ..control.backoff import Backoff
+from ..drops import Drop
+from ..proto import messages, wire
+from ..proto.endpoint import RELAY
+from ..proto.errors import ProtocolError
+from ..proto.handshake import Identity, Timestamper
+from ..proto.version import OURS
+from .channel import decode_control, open_data, seal_control
+from .effects import Env, Transmit
+from .initiator import Initiator
+from .sessions import IndexTable, KeyRing
+
+log = logging.getLogger("tunneld.node")
+
+PING_INTERVAL = 5.0  # also keeps the NAT mapping to the relay open
+FAST_PINGS = 3  # after (re)connecting, ping every second a few times: fresh RTT, quick directory repair
+RELAY_DEAD_AFTER = 16.0  # no word from the relay for this long: handshake again
+HINT_INTERVAL = 1.0
+TCP_AFTER_FAILURES = 2
+WRONG_KEY_HINTS = 3  # before the first join, this many "not my key" hints end the node
+
+JOINED, REFUSED, DIRECTORY, REVOKED = "joined", "refused", "directory", "revoked"
+
+
+@dataclass(frozen=True)
+class JoinRequest:
+    """What a node tells the relay about itself in every handshake."""
+    name: str
+    credential: bytes | None  # the join token's id and secret: needed for the first join only
+    underlay_mtu: int = 1500
+    routes: tuple[str, ...] = ()
+    lan: tuple[str, ...] = ()
+
+
+class RelayLink:
+    def __init__(self, identity: Identity, relay_public: bytes, request: JoinRequest, out: Transmit, env: Env,
+                 now: float, *, table: IndexTable | None = None, drops=None, counts=None,
+                 timestamps: Timestamper | None = None, backoff: Backoff | None = None,
+                 suite: int = wire.SUITE_AESGCM):
+        self.key = relay_public
+        self.request = request
+        self.out = out
+        self.env = env
+        self.table = table if table is not None else IndexTable(env.random)
+        self.drops = drops if drops is not None else Counter()
+        self.counts = counts if counts is not None else Counter()
+        self.timestamps = timestamps or Timestamper(env.wall_ns)
+        self.backoff = backoff or Backoff(rng=env.uniform)
+        self.keys = KeyRing(self.table, self)
+        self.hs = Initiator(self.table, self, identity, relay_public, suite, env)
+        self.next_attempt = now
+        self.failures = 0
+        self.up = False
+        self.ever_joined = False
+        self.last_rx = 0.0
+        self.ping_seq = 0
+        self.ping_at = 0.0  # engine time of the last ping, for the interval
+        self.ping_sent = 0.0  # clock reading, for the round trip
+        self.fast_pings = 0
+        self.rtt: float | None = None
+        self.hint_at = -HINT_INTERVAL
+        self.wrong_key_hints = 0
+        self.seen_as = ""  # our address as the relay sees it
+        self.tcp = False
+        self.good_tcp = False  # the transport of the last successful handshake
+        self.hello = None  # what the relay announced when it took us
+        self.problem = ""  # why the relay cannot take us now, when it said so
+        self.directory_version: int | None = None  # what the node holds; pings report it
+
+    # -- messages from the relay --------------------------------------------------------
+
+    def receive(self, data: bytes, now: float):
+        t = data[0] if data else 0
+        if t == wire.DATA:
+            return self._data(data, now)
+        if t == wire.RESP:
+            return self._resp(data, now)
+        if t == wire.HINT:
+            return self._hint(data, now)
+        if t == wire.COOKIE:
+            again = self.hs.take_cookie(data, now, self.drops, self.counts)
+            if again is not None:
+                self.out.send(RELAY, again)
+        else:
+            self.drops[Drop.BAD_TYPE] += 1
+        return None
+
+    def _data(self, data: bytes, now: float):
+        _, plaintext = open_data(self.table, data, self.drops, self)
+        if plaintext is None:
+            return None
+        self.last_rx = now
+        msg = decode_control(plaintext, self.drops)
+        if msg is None:
+            return None
+        kind = msg["t"]
+        if kind == "pong":
+            if msg["n"] == self.ping_seq:
+                self.rtt = self.env.monotonic() - self.ping_sent
+            self.seen_as = msg["ep"]
+        elif kind == "dir":
+            return DIRECTORY, msg
+        elif kind == "revoked":  # authenticated: only the relay holds this session's keys
+            self.drop()
+            return REVOKED, None
+        else:
+            self.drops[Drop.UNEXPECTED_CONTROL] += 1
+        return None
+
+    def _resp(self, data: bytes, now: float):
+        if self.hs.initiation is None or data[8:12] != self.hs.index:
+            self.drops[Drop.UNEXPECTED_RESPONSE] += 1
+            return None
+        try:
+            s, payload = self.hs.complete(data, now)
+            reply = messages.decode_join_reply(payload)
+        except ProtocolError:
+            self.drops[Drop.HANDSHAKE_INVALID] += 1
+            return None
+        problem = reply["hello"].problem(us="this node", them="the relay")
+        if problem is not None:
+            reply = {"ok": False, "code": "protocol_version", "retry": True, "hello": reply["hello"],
+                     "error": problem}
+        if not reply["ok"]:
+            if reply["retry"]:
+                self.problem = reply["error"]
+                log.warning("the relay cannot take this node now (%s); retrying", reply["error"])
+                return None
+            return REFUSED, (reply["code"], reply["error"])
+        self.failures = 0
+        self.backoff.reset()
+        self.wrong_key_hints = 0
+        self.good_tcp = self.tcp
+        self.keys.install(s)
+        self.last_rx = now
+        if not self.up:
+            log.info("connected to the relay over %s as %s (%s)", "TCP" if self.tcp else "UDP",
+                     reply["name"], reply["address"])
+        self.up = True
+        self.ever_joined = True
+        self.hello = reply["hello"]
+        self.problem = ""
+        self.fast_pings = FAST_PINGS
+        # Ping first: it confirms the new session to the relay, and its round trip must not
+        # include what the node does with the reply.
+        self.ping(now)
+        return JOINED, reply
+
+    def _hint(self, data: bytes, now: float):
+        try:
+            reason, _ = wire.parse_hint(data)
+        except ProtocolError:
+            self.drops[Drop.BAD_HINT] += 1
+            return None
+        if now - self.hint_at < HINT_INTERVAL:
+            self.drops[Drop.HINT_RATE_LIMITED] += 1
+            return None
+        self.hint_at = now
+        self.counts["hints"] += 1
+        if reason == wire.HINT_NOT_MY_KEY:
+            self.wrong_key_hints += 1
+            if not self.ever_joined and self.wrong_key_hints >= WRONG_KEY_HINTS:
+                return REFUSED, ("wrong_relay_key", "the relay does not hold the key named in the join token; "
+                                 "the token belongs to another relay, or --relay points elsewhere")
+            return None
+        # Unauthenticated: at most a new handshake, and never more than once a second.
+        init = self.hs.initiation
+        if init is None or now - init.created >= HINT_INTERVAL:
+            self.handshake(now)
+        return None
+
+    # -- what we send -------------------------------------------------------------------
+
+    def handshake(self, now: float) -> None:
+        if not self.up:
+            # Reconnecting: start with the transport that worked last, and switch between UDP
+            # and TCP after every TCP_AFTER_FAILURES unanswered attempts. While the link is up
+            # (a rekey), stay on the transport that works.
+            flip = (self.failures // TCP_AFTER_FAILURES) % 2 == 1
+            tcp = self.good_tcp != flip
+            if tcp != self.tcp:
+                self.tcp = tcp
+                self.out.relay_transport(tcp)
+        r = self.request
+        payload = messages.encode({"ts": self.timestamps(), "name": r.name, "token": r.credential,
+                                   "mtu": r.underlay_mtu, "routes": list(r.routes), "lan": list(r.lan),
+                                   **OURS.wire()})
+        init = self.hs.start(payload, now)
+        self.next_attempt = now + self.backoff.next()
+        self.counts["relay_handshakes_sent"] += 1
+        self.out.send(RELAY, init)
+
+    def control(self, msg: dict) -> None:
+        sealed = seal_control(self.keys, msg)
+        if sealed is not None:
+            self.out.send(RELAY, sealed)
+
+    def ping(self, now: float) -> None:
+        self.ping_seq += 1
+        self.ping_sent = self.env.monotonic()
+        self.ping_at = now
+        self.control({"t": "ping", "n": self.ping_seq, "v": self.directory_version})
+
+    def bye(self) -> None:
+        """Tell the relay we are leaving, so that peers see it at once."""
+        if self.up:
+            self.control({"t": "bye"})
+
+    def transport_lost(self, now: float) -> None:
+        """The adapter's TCP stream to the relay closed: reconnect now, not after a timeout."""
+        if self.up:
+            log.warning("lost the TCP connection to the relay; reconnecting")
+        self.up = False
+        self.hs.stop()
+        self.next_attempt = now
+
+    def drop(self) -> None:
+        """Forget every key (a revoked node)."""
+        self.keys.drop()
+        self.hs.stop()
+        self.up = False
+
+    # -- time ---------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        if self.up and now - self.last_rx > RELAY_DEAD_AFTER:
+            self.up = False
+            log.warning("no answer from the relay for %.0f s; reconnecting", now - self.last_rx)
+        if self.keys.expire(now, RELAY_DEAD_AFTER) and self.up:
+            self.up = False  # no rekey went through in time: the session may not be used any more
+            log.warning("the relay session expired without a rekey; reconnecting")
+        if not self.up:
+            # next_attempt is set when a handshake goes out, so a refusal that says "retry"
+            # waits its backoff too; transport_lost() and hints bring it forward.
+            if now >= self.next_attempt:
+                if self.hs.initiation is not None:
+                    self.failures += 1
+                self.handshake(now)
+            return
+        s = self.keys.current
+        if self.hs.initiation is None and s is not None and s.wants_rekey(now):
+            self.handshake(now)
+        elif self.hs.initiation is not None and now >= self.next_attempt:
+            self.handshake(now)
+        if now - self.ping_at >= (1.0 if self.fast_pings else PING_INTERVAL):
+            self.fast_pings = max(0, self.fast_pings - 1)
+            self.ping(now)
+
+    def status(self, label: str) -> dict:
+        return {"endpoint": label, "connected": self.up, "transport": "tcp" if self.tcp else "udp",
+                "rtt_ms": None if self.rtt is None or not self.up else round(self.rtt * 1000, 3),
+                "seen_as": self.seen_as or None,
+                "protocol": str(self.hello) if self.hello is not None else None,
+                "problem": self.problem or None}

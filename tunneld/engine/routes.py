@@ -1,0 +1,121 @@
+"""What a node routes through the overlay, and the MTUs that fit, without I/O.
+
+Routes. A node may route for others into prefixes it advertises (a gateway); a node
+that accepts routes takes each peer's prefixes into a longest-prefix table, and from
+then on also accepts packets from those prefixes from that peer. A prefix that would
+capture our own way to the relay (`protected` addresses), or overlap a prefix we
+advertise ourselves, is refused and counted.
+
+MTU. tunneld0's MTU is the overlay MTU the relay computes (the smallest underlay of
+any member, minus the tunnel's overhead), taken at the first join whatever it is, and
+after that only ever lowered, so that the interface never grows under running pods.
+Each peer's path MTU, and the MSS that SYNs towards it are clamped to (on tunneld0,
+and inside flannel's VXLAN), follow from the underlays on the way.
+
+Changes to the host leave as effects (effects.py): SetRoutes, SetMtu.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+
+from ..drops import Drop
+from ..proto import wire
+from .effects import SetMtu, SetRoutes
+
+log = logging.getLogger("tunneld.node")
+
+OVERHEAD = wire.UDP_OVERHEAD_IPV4 + wire.TUNNEL_OVERHEAD  # underlay MTU - overlay MTU
+VXLAN_OVERHEAD = 50  # flannel's: outer IPv4 + UDP + VXLAN + inner Ethernet
+TCPIP_HEADERS = 40
+
+
+class Routes:
+    """The routes we accept from peers: a longest-prefix table, and what it installed."""
+
+    def __init__(self, advertised: tuple[str, ...], accept: bool, protected: tuple[str, ...], effects: list,
+                 drops):
+        self.advertised = tuple(advertised)
+        self.accept = accept
+        self.protected = tuple(ipaddress.IPv4Address(a) for a in protected)
+        self.effects = effects
+        self.drops = drops
+        self.table: list[tuple[int, int, object]] = []  # (network, mask, peer), longest first
+        self.accepted: list[str] = []
+
+    def lookup(self, dst: bytes):
+        """The peer whose accepted prefix holds dst, longest prefix first; None if none."""
+        n = int.from_bytes(dst, "big")
+        for network, mask, peer in self.table:
+            if n & mask == network:
+                return peer
+        return None
+
+    def update(self, peers) -> None:
+        """Rebuild the table from the peers' advertised prefixes; SetRoutes if it changed."""
+        if not self.accept:
+            return
+        own = [ipaddress.IPv4Network(r) for r in self.advertised]
+        table = []
+        for peer in peers:
+            sources = []
+            for text in peer.routes:
+                prefix = ipaddress.IPv4Network(text)
+                if any(a in prefix for a in self.protected) or any(prefix.overlaps(o) for o in own):
+                    self.drops[Drop.ROUTE_REFUSED] += 1
+                    continue  # it would capture our way to the relay, or loop with our own
+                entry = (int(prefix.network_address), int(prefix.netmask))
+                sources.append(entry)
+                table.append((prefix.prefixlen, peer.name, *entry, peer))
+            peer.sources = tuple(sources)
+        table.sort(key=lambda t: (-t[0], t[1]))  # longest prefix first; ties go to the lower name
+        self.table = [(net, mask, peer) for _, _, net, mask, peer in table]
+        accepted = sorted({f"{ipaddress.IPv4Address(net)}/{bin(mask).count('1')}" for net, mask, _ in self.table})
+        if accepted != self.accepted:
+            self.accepted = accepted
+            self.effects.append(SetRoutes(tuple(accepted)))
+
+
+def within(address: bytes, prefixes) -> bool:
+    n = int.from_bytes(address, "big")
+    return any(n & mask == network for network, mask in prefixes)
+
+
+class Mtu:
+    """tunneld0's MTU, the overlay's, and each peer's path MTU and clamp limits."""
+
+    def __init__(self, underlay: int, cached: int | None, effects: list):
+        self.underlay = underlay  # our own path to the relay
+        self.interface = cached or underlay - OVERHEAD  # tunneld0's
+        self.network = 0  # the overlay MTU, as the relay last said
+        self.relay = 0  # the relay's own underlay
+        self.settled = False  # after the first join, the interface MTU only ever goes down
+        self.effects = effects
+
+    def adopt(self, network_mtu: int) -> bool:
+        """Take the overlay MTU: any value at the first join, then only ever a lower one (a
+        smaller node joined). True (and SetMtu) if the interface MTU changed."""
+        self.network = network_mtu
+        target = min(self.underlay - OVERHEAD, network_mtu or self.interface)
+        changed = target != self.interface and (target < self.interface or not self.settled)
+        if changed:
+            if self.settled:
+                log.warning("the overlay MTU fell to %d (a node with a smaller path joined): lowering "
+                            "the interface from %d; restart flannel on this node so that pods follow",
+                            target, self.interface)
+            self.interface = target
+            self.effects.append(SetMtu(target))
+        self.settled = True
+        return changed
+
+    def fit(self, peers) -> None:
+        """Each peer's path MTU, and the MSS that fits it, from the underlays on the way."""
+        own = self.underlay
+        relay = self.relay or own
+        for peer in peers:
+            peer.path_mtu = min(own, relay, peer.underlay_mtu or own) - OVERHEAD
+            peer.direct_mtu = min(own, peer.underlay_mtu or own) - OVERHEAD + wire.RELAYED_HEADER_LEN
+            limit = min(peer.path_mtu, self.interface)
+            peer.mss = limit - TCPIP_HEADERS
+            peer.vxlan_mss = limit - VXLAN_OVERHEAD - TCPIP_HEADERS
