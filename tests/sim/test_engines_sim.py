@@ -97,3 +97,24 @@ def test_host_changes_leave_as_effects_in_order():
     assert routes == [(), ("198.18.0.0/16",)]  # none at first, then the gateway's, once
     saved = next(e for e in seen if isinstance(e, fx.SaveState))
     assert saved.assignment == outside.assignment and saved.relay_key == net.relay_identity.public
+
+
+def test_the_relays_own_messages_count_only_from_the_relay():
+    """An authentic message of the relay link's session, sent to a node straight from some
+    endpoint instead of from the relay (say, captured before it arrived), is dropped: only
+    peers' sessions are taken direct, and the link's state does not move."""
+    net = SimNet()
+    alpha = net.add_node("alpha")
+    net.advance(2)
+    held = []
+    net.tap = lambda dst, data, src: (held.append(data), None)[1] if src == "relay" else data
+    alpha.relay.ping(net.now)
+    net.deliver()
+    net.tap = None
+    (pong,) = [d for d in held if d[0] == 3]
+    rx, rtt = alpha.relay.last_rx, alpha.relay.rtt
+    alpha.receive(pong, ("198.51.100.66", 4000), net.now + 1)
+    assert alpha.drops["direct_unknown_session"] == 1
+    assert (alpha.relay.last_rx, alpha.relay.rtt) == (rx, rtt)
+    alpha.receive(pong, RELAY, net.now + 1)  # the same message from the relay is taken
+    assert alpha.relay.last_rx == net.now + 1

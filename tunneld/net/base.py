@@ -161,9 +161,9 @@ class Daemon:
         if drops[Drop.INTERNAL_ERROR] <= 5:
             log.exception("internal error while handling a message")
 
-    def all_drops(self) -> dict:
-        """The engine's drops and the daemon's, for status."""
-        merged = Counter(self.engine.drops)
+    def all_drops(self, engine_drops: dict) -> dict:
+        """The engine's drops (from its status) and the daemon's own, for status."""
+        merged = Counter(engine_drops)
         merged.update(self.drops)
         return {str(k): v for k, v in merged.items()}
 

@@ -398,7 +398,7 @@ class NodeDaemon(Daemon):
             status = self.engine.status()
             status["interface"] = self.settings.interface
             status["ready"] = self.ready
-            status["drops"] = self.all_drops()
+            status["drops"] = self.all_drops(status["drops"])
             status["offload"] = {"tun": self.tun.offload, "udp_gso": self.batch.gso, "udp_gro": self.gro,
                                  **self.stats}
             return status

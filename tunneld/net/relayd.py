@@ -279,7 +279,7 @@ class RelayDaemon(Daemon):
         cmd = request.get("cmd")
         if cmd == "status":
             status = self.engine.status()
-            status["drops"] = self.all_drops()
+            status["drops"] = self.all_drops(status["drops"])
             status["tcp_streams"] = len(self.streams)
             status["tasks"] = len(asyncio.all_tasks())
             status["offload"] = {"udp_gso": self.batch.gso, "udp_gro": self.gro, **self.stats}
