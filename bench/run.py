@@ -155,18 +155,19 @@ def measure(seconds: float, repeat: int, only=None, compare: str | None = None) 
     return {"rows": rows, "drops": drops}
 
 
-def scale_line(s: dict) -> str:
-    return (f"relay scale: {s['joined']}/{s['nodes']} nodes joined, all within {s['all_joined_s']:.1f} s; "
+def scale_line(s: dict, label: str = "relay scale") -> str:
+    return (f"{label}: {s['joined']}/{s['nodes']} nodes joined, all within {s['all_joined_s']:.1f} s; "
             f"relay RSS {s['relay_rss_mb']:.0f} MB, idle CPU {s['relay_idle_cpu_pct']:.1f} % of a core"
-            if s.get("all_joined_s") is not None else f"relay scale: only {s['joined']}/{s['nodes']} nodes joined")
+            if s.get("all_joined_s") is not None else f"{label}: only {s['joined']}/{s['nodes']} nodes joined")
 
 
-def relay_scale(count: int, timeout: float = 60.0) -> dict:
+def relay_scale(count: int, timeout: float = 60.0, python: str | None = None) -> dict:
     """One relay, `count` joined nodes (bench/swarm.py): time until all have joined, the relay's
-    memory, and its CPU over 10 s while they sit idle (pinging every 5 s, as nodes do)."""
+    memory, and its CPU over 10 s while they sit idle (pinging every 5 s, as nodes do).
+    python: another release's relay (--compare)."""
     from tests.lab.overlay import Overlay
     with Lab() as lab:
-        ov = Overlay(lab)
+        ov = Overlay(lab, relay_python=python)
         ov.start_relay()
         token = ov.token("--ttl", "1h")
         host = lab.public_host("swarm")
@@ -274,6 +275,10 @@ def main(argv=None) -> int:
         if args.nodes > 0:
             print(f"  relay scale, {args.nodes} nodes ...", file=sys.stderr, flush=True)
             result["scale"] = relay_scale(args.nodes)
+            if args.compare:
+                from tests.lab.release import release_python
+                print(f"  relay scale, {args.nodes} nodes, tunneld {args.compare} ...", file=sys.stderr, flush=True)
+                result["scale_compare"] = relay_scale(args.nodes, python=release_python(args.compare))
     except (LabError, subprocess.SubprocessError, KeyError, ValueError, OSError) as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
@@ -284,6 +289,8 @@ def main(argv=None) -> int:
     print(table(result))
     if "scale" in result:
         print("\n" + scale_line(result["scale"]))
+    if "scale_compare" in result:
+        print(scale_line(result["scale_compare"], f"relay scale, tunneld {args.compare}"))
     nonzero = {k: v for k, v in result["drops"].items() if v}
     if nonzero:
         print("\ntunneld drops during the run:", json.dumps(nonzero))

@@ -1,8 +1,9 @@
 """Many lightweight nodes in one process, for the relay's scale cell.
 
-Each is tunneld's own relay link (engine/relaylink.py: handshake, join, directory,
-pings, rekeys) on a UDP socket of its own, without the peers a real node keeps, so
-that one process can hold hundreds of them. Prints one JSON line when all have
+Each is tunneld's own relay link (engine/relaylink.py: handshake, join, pings, rekeys)
+and directory mirror on a UDP socket of its own, without the peers a real node keeps,
+so that one process can hold hundreds of them. Like a real node, it reports the
+directory version it holds in every ping, so the relay sends it only what changed. Prints one JSON line when all have
 joined (or the time is up), then keeps them connected, pinging the relay as real
 nodes do, until it is stopped.
 
@@ -17,7 +18,8 @@ import socket
 import sys
 import time
 
-from tunneld.engine.relaylink import JOINED, REFUSED, JoinRequest, RelayLink
+from tunneld.control.directory import DirectoryMirror
+from tunneld.engine.relaylink import DIRECTORY, JOINED, REFUSED, JoinRequest, RelayLink
 from tunneld.net.base import real_env, run
 from tunneld.proto.handshake import Identity
 from tunneld.proto.token import JoinToken
@@ -32,6 +34,7 @@ class SwarmNode:
         self.sock.setblocking(False)
         self.sock.bind(("0.0.0.0", 0))
         self.joined_at: float | None = None
+        self.mirror = DirectoryMirror()
         token = swarm.token
         self.link = RelayLink(Identity.generate(), token.relay_public, JoinRequest(f"swarm-{i:04d}", token.credential),
                               self, real_env(), time.monotonic())
@@ -58,7 +61,10 @@ class SwarmNode:
             event = self.link.receive(data, now)
             if event is None:
                 continue
-            if event[0] == JOINED and self.joined_at is None:
+            if event[0] == DIRECTORY:
+                if self.mirror.apply(event[1]):
+                    self.link.directory_version = self.mirror.version
+            elif event[0] == JOINED and self.joined_at is None:
                 self.joined_at = time.monotonic()
                 self.swarm.joined += 1
             elif event[0] == REFUSED:

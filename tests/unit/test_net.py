@@ -17,10 +17,11 @@ A, B = ("198.51.100.1", 4000), ("198.51.100.2", 4000)
 
 
 class FakeSocket:
-    def __init__(self, fail_gso: int | None = None, full: bool = False):
+    def __init__(self, fail_gso: int | None = None, full: bool = False, mtu: int = 1500):
         self.sent: list[tuple] = []  # ("gso", size, [datagrams], addr) or ("one", datagram, addr)
         self.fail_gso = fail_gso
         self.full = full
+        self.mtu = mtu  # the route's, as the kernel checks a train's segments against it
         self.inbox: list[tuple] = []
 
     def sendmsg(self, bufs, ancillary, flags, addr):
@@ -28,7 +29,10 @@ class FakeSocket:
             raise OSError(self.fail_gso, "refused")
         (level, kind, value), = ancillary
         assert (level, kind) == (udpio.SOL_UDP, udpio.UDP_SEGMENT)
-        self.sent.append(("gso", int.from_bytes(value, "little"), list(bufs), addr))
+        size = int.from_bytes(value, "little")
+        if size + 28 > self.mtu:
+            raise OSError(errno.EMSGSIZE, "Message too long")  # what Linux says
+        self.sent.append(("gso", size, list(bufs), addr))
 
     def sendto(self, data, addr):
         if self.full:
@@ -116,6 +120,33 @@ def test_without_gso_the_batch_falls_back_to_single_sends_for_good():
         b.send(b"z" * 1000, A)
     b.flush()
     assert [s[0] for s in sock.sent] == ["one"] * 6  # it does not try again
+
+
+def test_datagrams_larger_than_a_frame_go_alone_in_order_and_never_make_a_train():
+    """Directory chunks of a large overlay are several KB: in a train the kernel refuses them
+    (EMSGSIZE), alone it fragments them. Seen with 500 nodes: every snapshot was lost."""
+    sock = FakeSocket()
+    b, drops, stats = batch(sock)
+    sent = [(b"s" * 100, A), (b"c" * 6000, A), (b"c" * 6000, A), (b"c" * 5000, A), (b"s" * 100, A)]
+    for data, addr in sent:
+        b.send(data, addr)
+    b.flush()
+    assert datagrams_on_the_wire(sock) == sent and not drops
+    assert [s[0] for s in sock.sent] == ["one"] * 5 and not stats  # not even tried as a train
+
+
+def test_a_train_too_big_for_a_smaller_route_goes_one_by_one_and_gso_stays_on():
+    sock = FakeSocket(mtu=1400)  # a 1400-byte path: 1472-byte datagrams fit no train on it
+    b, drops, stats = batch(sock)
+    sent = [(b"x" * 1472, A)] * 3
+    for data, addr in sent:
+        b.send(data, addr)
+    b.flush()
+    assert datagrams_on_the_wire(sock) == sent and not drops and stats["udp_gso_too_big"] == 1
+    for _ in range(3):
+        b.send(b"y" * 1000, A)
+    b.flush()
+    assert b.gso and sock.sent[-1][0] == "gso"  # smaller ones still leave as a train
 
 
 def test_a_full_socket_is_counted_not_raised():

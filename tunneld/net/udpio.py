@@ -9,6 +9,10 @@ its segment size; receive_batch() cuts it back into datagrams.
 
 Where the kernel or the route cannot do it (EIO: no checksum offload on the
 way out; EINVAL), the batch falls back to one sendto per datagram, for good.
+The kernel also refuses (EMSGSIZE) a train whose datagrams are larger than the
+route's MTU, where a lone datagram would simply be fragmented: so a datagram that
+cannot fit an Ethernet frame (a large control message, a directory chunk) never
+joins a train, and a train refused for its size goes out one datagram at a time.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ UDP_SEGMENT = 103  # <linux/udp.h>
 UDP_GRO = 104
 MAX_SEGMENTS = 64
 MAX_BYTES = 65000  # one IPv4 datagram's worth of payload, with room for headers
+MAX_SEGMENT = 1500 - 20 - 8  # the largest datagram that joins a train: one Ethernet frame
 _H = struct.Struct("=H")
 _CMSG_SPACE = socket.CMSG_SPACE(4)
 
@@ -87,6 +92,11 @@ class Batch:
             return
         bufs = self.bufs
         n = len(data)
+        if n > MAX_SEGMENT:  # alone, in order: the kernel fragments it, a train it would refuse
+            if bufs:
+                self.flush()
+            self._sendto(data, addr)
+            return
         if (bufs and addr == self.addr and not self.ended and n <= self.size
                 and len(bufs) < MAX_SEGMENTS and self.total + n <= MAX_BYTES):
             bufs.append(data)
@@ -116,7 +126,11 @@ class Batch:
         except BlockingIOError:
             self.drops[Drop.UDP_SEND_FULL] += len(bufs)
         except OSError as exc:
-            if exc.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+            if exc.errno == errno.EMSGSIZE:  # the route's MTU is smaller than these datagrams
+                self.stats["udp_gso_too_big"] += 1
+                for b in bufs:
+                    self._sendto(b, self.addr)
+            elif exc.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
                 self.gso = False
                 log.info("UDP segmentation offload unavailable (%s); sending datagrams one by one",
                          exc.strerror)
