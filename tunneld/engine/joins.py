@@ -117,7 +117,8 @@ class Joins:
         index = r.table.allocate()
         if isinstance(decision, Refusal):
             r.counts["join_refused"] += 1
-            log.warning("refused %s from %s: %s", request["name"][:64], endpoint.format(ep), decision.code)
+            log.warning("refused %s from %s: %s (%s)", request["name"][:64], endpoint.format(ep), decision.code,
+                        decision.message)
             reply = {"ok": False, "code": decision.code, "error": decision.message, "retry": decision.retry,
                      **OURS.wire()}
             resp, _ = incoming.accept(index, messages.encode(reply), now, ephemeral)

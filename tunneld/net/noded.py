@@ -149,7 +149,7 @@ class NodeDaemon(Daemon):
                                 route.mtu, mtu, assignment, s.advertise_routes, s.accept_routes, (s.relay_ip,), lan,
                                 self.relay_label)
             self.engine = Node(identity, token.relay_public, config, self, real_env(), monotonic())
-            self.batch = Batch(self.sock, self.drops, self.stats)
+            self.batch = Batch(self.sock, self.drops, self.stats, route.mtu - wire.UDP_OVERHEAD_IPV4)
             self.after_input()  # a remembered address goes on the interface now
             ctl = await ctlsock.serve(os.path.join(self.state_dir, SOCKET_FILE), self._control)
             loop.add_reader(self.sock.fileno(), self._on_udp)

@@ -23,6 +23,7 @@ from ..engine.relay import Relay
 from ..errors import ConfigError
 from ..host.links import Links
 from ..host.notify import notify
+from ..proto.wire import UDP_OVERHEAD_IPV4
 from ..state import DB_FILE, SOCKET_FILE, load_identity, prepare_dir
 from ..store.base import StoreError
 from ..store.sqlite import SqliteStore
@@ -102,14 +103,21 @@ class StoreWriter:
                 try:
                     await write.apply(self.store)
                 except Exception as exc:  # the store's or the disk's: the engine takes the write back
-                    self.failures = [*self.failures[-15:], (self.done + 1, str(exc))]
-                    self.engine.failed(write, str(exc))
+                    self.failures = [*self.failures[-15:], (self.done + 1, str(exc) or type(exc).__name__)]
+                    self._tell(self.engine.failed, write, str(exc) or type(exc).__name__)
                 else:
-                    self.engine.written(write)
+                    self._tell(self.engine.written, write)
                 finally:
                     self.done += 1
                     self._busy = False
                     self._progress.set()
+
+    @staticmethod
+    def _tell(fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception:  # a bug: the writer must go on, or no change would be stored again
+            log.exception("internal error after a store write")
 
     async def drained(self, timeout: float = STORE_TIMEOUT) -> str | None:
         """Wait until every write asked for so far is done; why one of them failed, or None."""
@@ -188,13 +196,14 @@ class RelayDaemon(Daemon):
         self.start_base()
         loop = self.loop
         listen = f"{s.listen_host}:{s.port}"
+        relay_mtu = self._underlay_mtu(s.listen_host)
         self.engine = Relay(identity, Registry(s.network, snapshot), self._send, real_env(), monotonic(),
-                            listen=listen, relay_mtu=self._underlay_mtu(s.listen_host))
+                            listen=listen, relay_mtu=relay_mtu)
         self.writer = StoreWriter(self.engine, store)
         writer = loop.create_task(self.writer.run())
         self.gro = enable_gro(self.sock)
         self.stats = Counter()
-        self.batch = Batch(self.sock, self.drops, self.stats)
+        self.batch = Batch(self.sock, self.drops, self.stats, relay_mtu - UDP_OVERHEAD_IPV4)
         server = await loop.create_server(lambda: NodeStream(self), sock=tcp_sock, backlog=1024)
         ctl = await ctlsock.serve(os.path.join(state_dir, SOCKET_FILE), self._control)
         loop.add_reader(self.sock.fileno(), self._on_udp)

@@ -31,7 +31,7 @@ UDP_SEGMENT = 103  # <linux/udp.h>
 UDP_GRO = 104
 MAX_SEGMENTS = 64
 MAX_BYTES = 65000  # one IPv4 datagram's worth of payload, with room for headers
-MAX_SEGMENT = 1500 - 20 - 8  # the largest datagram that joins a train: one Ethernet frame
+ETHERNET_SEGMENT = 1500 - 20 - 8  # the largest datagram in one Ethernet frame
 _H = struct.Struct("=H")
 _CMSG_SPACE = socket.CMSG_SPACE(4)
 
@@ -74,8 +74,11 @@ def read(sock: socket.socket, gro: bool, drops, stats):
 class Batch:
     """Outgoing datagrams, held while `active` and sent by flush(); sent at once otherwise."""
 
-    def __init__(self, sock: socket.socket, drops, stats):
+    def __init__(self, sock: socket.socket, drops, stats, max_segment: int = ETHERNET_SEGMENT):
+        """max_segment: the largest datagram that may join a train, what one frame of the
+        underlay carries (its MTU less the IPv4 and UDP headers)."""
         self.sock = sock
+        self.max_segment = max_segment
         self.drops = drops
         self.stats = stats
         self.gso = True
@@ -92,7 +95,7 @@ class Batch:
             return
         bufs = self.bufs
         n = len(data)
-        if n > MAX_SEGMENT:  # alone, in order: the kernel fragments it, a train it would refuse
+        if n > self.max_segment:  # alone, in order: the kernel fragments it, a train it would refuse
             if bufs:
                 self.flush()
             self._sendto(data, addr)
