@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import ipaddress
 
+from .engine.mss import VXLAN_OVERHEAD
+
 FLANNEL_ANNOTATION = "flannel.alpha.coreos.com/public-ip-overwrite"
-VXLAN_OVERHEAD = 50
 
 
 def node_ip_problem(address: str, local_addresses) -> str | None:

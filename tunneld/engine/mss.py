@@ -21,6 +21,7 @@ from . import checksum
 VXLAN_PORT = b"\x21\x18"  # 8472, big-endian
 _ETH_IPV4 = b"\x08\x00"
 _VXLAN_INNER = 8 + 8 + 14  # UDP header, VXLAN header, inner Ethernet header
+VXLAN_OVERHEAD = 20 + _VXLAN_INNER  # flannel's 50: what flannel.1's MTU is below its device's
 
 
 def clamp(packet: bytes, limit: int, vxlan_limit: int) -> bytes:

@@ -23,11 +23,11 @@ import logging
 from ..drops import Drop
 from ..proto import wire
 from .effects import SetMtu, SetRoutes
+from .mss import VXLAN_OVERHEAD
 
 log = logging.getLogger("tunneld.node")
 
 OVERHEAD = wire.UDP_OVERHEAD_IPV4 + wire.TUNNEL_OVERHEAD  # underlay MTU - overlay MTU
-VXLAN_OVERHEAD = 50  # flannel's: outer IPv4 + UDP + VXLAN + inner Ethernet
 TCPIP_HEADERS = 40
 
 
