@@ -32,6 +32,7 @@ removes everything, also after a failure.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import os
 import shutil
 import signal
@@ -65,8 +66,12 @@ class Host:
 
 
 class Lab:
+    _made = itertools.count(1)  # labs of this process: a module's lab may outlive several others
+
     def __init__(self, tag: str | None = None):
-        self.tag = tag or f"td{os.getpid() % 100000}x{int(time.time() * 1000) % 1000}"
+        # Unique among the labs alive at once: the process, and its count of labs (a clock's
+        # milliseconds once gave two labs of one test module the same namespaces).
+        self.tag = tag or f"td{os.getpid() % 100000}x{next(Lab._made)}"
         self.namespaces: list[str] = []
         self.processes: list[subprocess.Popen] = []
         self.tmp = tempfile.mkdtemp(prefix=f"tunneld-{self.tag}-")
