@@ -101,6 +101,8 @@ class Swarm:
                 print(json.dumps({"joined": self.joined, "count": self.count,
                                   "all_joined_s": times[-1] if len(times) == self.count else None,
                                   "median_s": times[len(times) // 2] if times else None,
+                                  "p90_s": times[len(times) * 9 // 10] if times else None,
+                                  "p99_s": times[len(times) * 99 // 100] if times else None,
                                   "refusals": self.refusals[:3]}), flush=True)
 
 

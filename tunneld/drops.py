@@ -43,7 +43,6 @@ class Drop(StrEnum):
     BAD_CONTROL = "bad_control"
     UNEXPECTED_CONTROL = "unexpected_control"
     JOIN_MALFORMED = "join_malformed"
-    JOIN_IN_PROGRESS = "join_in_progress"  # its registration is still being written
     BAD_HINT = "bad_hint"
     HINT_RATE_LIMITED = "hint_rate_limited"
 

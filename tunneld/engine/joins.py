@@ -13,8 +13,9 @@ A join, per INIT (Joins.on_init):
      the registry (control/registry.py, in memory) admits its key under that name;
   5. the answer: a RESP carrying its address and the overlay MTU, or the refusal and
      what to do about it. A new registration's answer waits until the store holds it
-     (written); if the store fails, the registration is taken back (failed), and the
-     node, which heard nothing, asks again after its backoff.
+     (written), and if the node asks again meanwhile, the answer to its newest
+     handshake waits instead; if the store fails, the registration is taken back
+     (failed), and the node, which heard nothing, asks again after its backoff.
 """
 
 from __future__ import annotations
@@ -109,9 +110,7 @@ class Joins:
         if m is not None and request["ts"] <= m.last_ts:
             r.drops[Drop.HANDSHAKE_REPLAY] += 1
             return
-        if r.registry.registering(key):
-            r.drops[Drop.JOIN_IN_PROGRESS] += 1  # the answer goes out once its registration is stored
-            return
+        waiting = r.registry.registering(key)  # it asked again before its registration was stored
         decision, write = self._decide(key, request)
         ephemeral = KeyPair.from_private_bytes(r.env.random(32))
         index = r.table.allocate()
@@ -144,8 +143,11 @@ class Joins:
         r.counts["handshakes"] += 1
         if write is not None:
             r.writes.append(write)
-        if isinstance(write, Register):
-            self._held[key] = (ep, resp)  # durable first, then the node may know it is in
+        if isinstance(write, Register) or waiting:
+            # Durable first, then the node may know it is in; if it asks again meanwhile, the
+            # answer to its newest handshake is the one that goes out.
+            self._held[key] = (ep, resp)
+            r.counts["joins_held"] += 1
         else:
             r.send(ep, resp)
 

@@ -25,7 +25,7 @@ from ..host.links import Links
 from ..host.notify import notify
 from ..proto.wire import UDP_OVERHEAD_IPV4
 from ..state import DB_FILE, SOCKET_FILE, load_identity, prepare_dir
-from ..store.base import StoreError
+from ..store.base import Register, StoreError
 from ..store.sqlite import SqliteStore
 from . import ctlsock
 from .base import READ_BATCH, Daemon, FramedStream, bind_error, real_env, udp_socket
@@ -37,6 +37,8 @@ TCP_WRITE_LIMIT = 4 << 20  # a node that does not read: drop rather than buffer 
 TCP_AUTH_TIMEOUT = 30.0  # a stream that never authenticates is closed
 MAX_STREAMS = 4096
 STORE_TIMEOUT = 30.0  # an operator's command waits this long for the store
+REGISTER_BATCH = 64  # registrations in one transaction at most
+SLICE = 0.01  # the longest the socket holds the loop (a flood of handshakes costs ~1 ms each)
 
 
 class NodeStream(FramedStream):
@@ -80,8 +82,9 @@ class NodeStream(FramedStream):
 
 
 class StoreWriter:
-    """Carries out the engine's writes in order, one at a time, and tells the engine how
-    each went (written, or failed: then the engine takes it back)."""
+    """Carries out the engine's writes in order, and tells the engine how each went (written,
+    or failed: then the engine takes it back). Registrations waiting together share one
+    transaction."""
 
     def __init__(self, engine: Relay, store):
         self.engine = engine
@@ -89,7 +92,7 @@ class StoreWriter:
         self.wake = asyncio.Event()
         self.done = 0  # writes finished so far, failed ones included
         self.failures: list[tuple[int, str]] = []  # (its number, why) of recent failures
-        self._busy = False
+        self._busy = 0  # writes taken from the queue and not yet done
         self._progress = asyncio.Event()
 
     async def run(self) -> None:
@@ -98,19 +101,48 @@ class StoreWriter:
             await self.wake.wait()
             self.wake.clear()
             while writes:
-                write = writes.popleft()
-                self._busy = True
+                batch = [writes.popleft()]
+                # Registrations that queued up while the store was busy (a crowd of nodes
+                # joining at once) share one transaction, one fsync.
+                while isinstance(batch[0], Register) and writes and isinstance(writes[0], Register) \
+                        and len(batch) < REGISTER_BATCH:
+                    batch.append(writes.popleft())
+                self._busy = len(batch)
                 try:
-                    await write.apply(self.store)
-                except Exception as exc:  # the store's or the disk's: the engine takes the write back
-                    self.failures = [*self.failures[-15:], (self.done + 1, str(exc) or type(exc).__name__)]
-                    self._tell(self.engine.failed, write, str(exc) or type(exc).__name__)
-                else:
-                    self._tell(self.engine.written, write)
+                    if len(batch) > 1 and await self._together(batch):
+                        continue
+                    for write in batch:
+                        await self._one(write)
                 finally:
-                    self.done += 1
-                    self._busy = False
+                    self._busy = 0
                     self._progress.set()
+
+    async def _together(self, batch: list) -> bool:
+        """One transaction for all of them; False if it failed (then each goes on its own,
+        so that one bad registration does not hold up the rest)."""
+        try:
+            await self.store.register_many([(w.record, w.token_id) for w in batch])
+        except Exception:
+            return False
+        self.done += len(batch)
+        self._busy = 0
+        for write in batch:
+            self._tell(self.engine.written, write)
+        return True
+
+    async def _one(self, write) -> None:
+        try:
+            await write.apply(self.store)
+        except Exception as exc:  # the store's or the disk's: the engine takes the write back
+            why = str(exc) or type(exc).__name__
+            self.failures = [*self.failures[-15:], (self.done + 1, why)]
+            self._tell(self.engine.failed, write, why)
+        else:
+            self._tell(self.engine.written, write)
+        finally:
+            self.done += 1
+            self._busy -= 1
+            self._progress.set()
 
     @staticmethod
     def _tell(fn, *args) -> None:
@@ -122,7 +154,7 @@ class StoreWriter:
     async def drained(self, timeout: float = STORE_TIMEOUT) -> str | None:
         """Wait until every write asked for so far is done; why one of them failed, or None."""
         start = self.done
-        target = start + len(self.engine.writes) + (1 if self._busy else 0)
+        target = start + len(self.engine.writes) + self._busy
         self.wake.set()
         try:
             await asyncio.wait_for(self._reach(target), timeout)
@@ -251,6 +283,7 @@ class RelayDaemon(Daemon):
         """The relay's hot path: read (GRO trains cut apart) -> engine.receive rewrites the
         4-byte address field and sends on -> a train to one node leaves in one sendmsg."""
         now = monotonic()
+        deadline = now + SLICE
         sock, gro = self.sock, self.gro
         receive = self.engine.receive
         batch = self.batch
@@ -266,6 +299,8 @@ class RelayDaemon(Daemon):
                         receive(data, addr, now)
                     except Exception:  # inlined Daemon.receive: this loop is the relay's hot path
                         self.internal_error()
+                if monotonic() > deadline:
+                    break  # the rest waits a turn: the store's answers and the timers get theirs
         finally:
             batch.active = False
             batch.flush()

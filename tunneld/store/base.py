@@ -11,6 +11,8 @@ networked store implements the same methods and the engine does not change.
                               record.address (a new row, or the row of a revoked node
                               of that name), and count one use of the token. Conflict
                               if the name, key or address is bound elsewhere.
+  register_many(items)        several registrations in one transaction (one fsync for a
+                              crowd of nodes joining at once): all, or none and an error
   set_mtu, touch, revoke_node, add_token, revoke_token, set_meta    one write each
 """
 
@@ -59,6 +61,7 @@ class Snapshot:
 class Store(Protocol):
     async def load(self) -> Snapshot: ...
     async def register(self, record: NodeRecord, token_id: bytes | None) -> None: ...
+    async def register_many(self, items: list[tuple[NodeRecord, bytes | None]]) -> None: ...
     async def set_mtu(self, name: str, mtu: int) -> None: ...
     async def touch(self, seen: dict[str, float]) -> None:
         """Record when these nodes were last connected (one write for many)."""

@@ -45,6 +45,18 @@ class MemoryStore:
         if token_id is not None and token_id in self.tokens:
             self.tokens[token_id].uses += 1
 
+    async def register_many(self, items: list[tuple[NodeRecord, bytes | None]]) -> None:
+        before = (dict(self.nodes), {k: t.uses for k, t in self.tokens.items()}, self.writes)
+        try:
+            for record, token_id in items:
+                await self.register(record, token_id)
+        except Exception:  # all or none, as in one transaction
+            self.nodes, self.writes = before[0], before[2]
+            for k, uses in before[1].items():
+                self.tokens[k].uses = uses
+            raise
+        self.writes = before[2] + 1
+
     async def set_mtu(self, name: str, mtu: int) -> None:
         self._write()
         if name in self.nodes:

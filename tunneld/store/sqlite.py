@@ -141,6 +141,14 @@ class SqliteStore:
     async def register(self, record: NodeRecord, token_id: bytes | None) -> None:
         await self._run(self._transaction, self._register, record, token_id)
 
+    @classmethod
+    def _register_many(cls, db, items) -> None:
+        for record, token_id in items:
+            cls._register(db, record, token_id)
+
+    async def register_many(self, items: list[tuple[NodeRecord, bytes | None]]) -> None:
+        await self._run(self._transaction, self._register_many, items)
+
     async def set_mtu(self, name: str, mtu: int) -> None:
         await self._run(self._db.execute, "UPDATE nodes SET mtu = ? WHERE name = ?", (mtu, name))
 
