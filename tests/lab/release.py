@@ -47,13 +47,19 @@ def current_version() -> str:
 
 
 def previous_release() -> str:
-    """The newest release tag (vX.Y.Z) older than the version in pyproject.toml."""
+    """The newest release tag (vX.Y.Z) older than the version in pyproject.toml. A clone made
+    without tags or history gets them from its origin first."""
     here = _version(current_version())
-    tags = [t for t in _git("tag", "--list", "v[0-9]*").split() if _version(t) < here]
-    if not tags:
-        raise ReleaseError(f"no release tag older than {current_version()} in {ROOT}; "
-                           "a shallow clone has none: fetch the tags (git fetch --tags)")
-    return max(tags, key=_version)
+    for attempt in range(2):
+        tags = [t for t in _git("tag", "--list", "v[0-9]*").split() if _version(t) < here]
+        if tags:
+            return max(tags, key=_version)
+        if attempt == 0:
+            shallow = _git("rev-parse", "--is-shallow-repository") == "true"
+            subprocess.run(["git", "-C", ROOT, "fetch", "--quiet", "--tags", *(["--unshallow"] if shallow else []),
+                            "origin"], capture_output=True, timeout=120)
+    raise ReleaseError(f"no release tag older than {current_version()} in {ROOT}, nor at its origin; "
+                       "fetch the tags (git fetch --tags)")
 
 
 def release_python(tag: str) -> str:
