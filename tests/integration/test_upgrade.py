@@ -1,6 +1,6 @@
-"""Rolling upgrades: the previous release (the newest tag older than this version, installed
-from this repository's own history into a venv of its own) and this checkout in one
-network, as a cluster looks while it is upgraded node by node.
+"""Rolling upgrades: the previous release (the wheel in tests/releases/ of the newest release
+older than this version, installed into a venv of its own) and this checkout in one network,
+as a cluster looks while it is upgraded node by node.
 
 Each network has, besides its relay (old or new):
   old-public, new-public    public addresses: they go direct

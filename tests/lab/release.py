@@ -1,17 +1,21 @@
-"""An earlier release of tunneld, from this repository's own history, in a venv of its own.
+"""An earlier release of tunneld in a venv of its own.
 
-    python = release_python("v0.1.0")   # .venv/releases/v0.1.0/bin/python
+    python = release_python(previous_release())   # .venv/releases/0.1.0/bin/python
     lab.tunneld(host, "join", ..., python=python)
 
-The release's files come from `git archive TAG`; they are installed, without their
-dependencies, into a venv that sees the checkout's .venv for those (the same pinned
-cryptography, msgpack, pyroute2 ...: nothing is downloaded). The venv is kept and reused
-while the tag points at the same commit. previous_release() names the release a change
-must keep working with: the newest tag older than the version being built.
+Releases a change must keep working with are kept as the wheels operators installed, in
+tests/releases/ (a clone, however it was made, has them: tags and history may not travel with
+it). previous_release() names the newest one older than the version being built. The bench's
+--compare also takes any git revision, whose files come from `git archive REV`.
+
+Either is installed without its dependencies into a venv that sees the checkout's .venv for
+those (the same pinned cryptography, msgpack, pyroute2 ...: nothing is downloaded), and the
+venv is kept while its source is unchanged.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -24,6 +28,7 @@ from . import LabError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CACHE = os.path.join(ROOT, ".venv", "releases")
+WHEELS = os.path.join(ROOT, "tests", "releases")
 
 
 class ReleaseError(LabError):
@@ -47,29 +52,30 @@ def current_version() -> str:
 
 
 def previous_release() -> str:
-    """The newest release tag (vX.Y.Z) older than the version in pyproject.toml. A clone made
-    without tags or history gets them from its origin first."""
+    """The wheel of the newest release older than the version in pyproject.toml."""
     here = _version(current_version())
-    for attempt in range(2):
-        tags = [t for t in _git("tag", "--list", "v[0-9]*").split() if _version(t) < here]
-        if tags:
-            return max(tags, key=_version)
-        if attempt == 0:
-            shallow = _git("rev-parse", "--is-shallow-repository") == "true"
-            subprocess.run(["git", "-C", ROOT, "fetch", "--quiet", "--tags", *(["--unshallow"] if shallow else []),
-                            "origin"], capture_output=True, timeout=120)
-    raise ReleaseError(f"no release tag older than {current_version()} in {ROOT}, nor at its origin; "
-                       "fetch the tags (git fetch --tags)")
+    wheels = [os.path.join(WHEELS, n) for n in os.listdir(WHEELS) if re.fullmatch(r"tunneld-[\d.]+-py3-none-any\.whl", n)]
+    older = [w for w in wheels if _version(os.path.basename(w)) < here]
+    if not older:
+        raise ReleaseError(f"no release older than {current_version()} in {WHEELS}")
+    return max(older, key=lambda w: _version(os.path.basename(w)))
 
 
-def release_python(tag: str) -> str:
-    """A python that runs release `tag` as `python -I -m tunneld` (-I: the checkout's own
-    tunneld/ in the current directory must not shadow it)."""
-    commit = _git("rev-parse", f"{tag}^{{commit}}")
-    venv = os.path.join(CACHE, tag)
+def release_python(release: str) -> str:
+    """A python that runs `release` (a wheel file, or a git revision such as v0.1.0) as
+    `python -I -m tunneld` (-I: the checkout's own tunneld/ in the current directory must not
+    shadow it)."""
+    if release.endswith(".whl"):
+        with open(release, "rb") as f:
+            source = "sha256:" + hashlib.sha256(f.read()).hexdigest()
+        name = expected = os.path.basename(release).split("-")[1]
+    else:
+        source = _git("rev-parse", f"{release}^{{commit}}")
+        name, expected = release, (release.lstrip("v") if re.fullmatch(r"v\d+\.\d+\.\d+", release) else None)
+    venv = os.path.join(CACHE, name)
     python = os.path.join(venv, "bin", "python")
-    stamp = os.path.join(venv, ".commit")
-    if os.path.exists(stamp) and open(stamp).read() == commit:
+    stamp = os.path.join(venv, ".source")
+    if os.path.exists(stamp) and open(stamp).read() == source:
         return python
     shutil.rmtree(venv, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
@@ -79,18 +85,22 @@ def release_python(tag: str) -> str:
     with open(os.path.join(site, "tunneld-deps.pth"), "w") as f:
         f.write(sysconfig.get_path("purelib") + "\n")
     with tempfile.TemporaryDirectory() as src:
-        archive = subprocess.run(["git", "-C", ROOT, "archive", "--format=tar", commit], capture_output=True,
-                                 check=True).stdout
-        subprocess.run(["tar", "-x", "-C", src], input=archive, check=True)
+        if release.endswith(".whl"):
+            target = release
+        else:
+            archive = subprocess.run(["git", "-C", ROOT, "archive", "--format=tar", source], capture_output=True,
+                                     check=True).stdout
+            subprocess.run(["tar", "-x", "-C", src], input=archive, check=True)
+            target = src
         proc = subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                               "--disable-pip-version-check", src], capture_output=True, text=True)
+                               "--disable-pip-version-check", target], capture_output=True, text=True)
         if proc.returncode != 0:
-            raise ReleaseError(f"cannot install {tag}: {proc.stderr.strip()[-500:]}")
+            raise ReleaseError(f"cannot install {release}: {proc.stderr.strip()[-500:]}")
     check = subprocess.run([python, "-I", "-c", "import tunneld, sys; print(tunneld.__version__, tunneld.__file__)"],
                            capture_output=True, text=True, cwd=ROOT)
     version, _, where = check.stdout.strip().partition(" ")
-    if check.returncode != 0 or version != tag.lstrip("v") or not where.startswith(venv + "/"):
-        raise ReleaseError(f"the venv for {tag} does not run {tag}: {check.stdout.strip()} {check.stderr.strip()}")
+    if check.returncode != 0 or (expected and version != expected) or not where.startswith(venv + "/"):
+        raise ReleaseError(f"the venv for {release} does not run it: {check.stdout.strip()} {check.stderr.strip()}")
     with open(stamp, "w") as f:
-        f.write(commit)
+        f.write(source)
     return python
