@@ -142,8 +142,7 @@ def token(state_dir, ttl, list_, revoke):
         if answer is None:
             store, registry = _offline_registry(state_dir)
             store.close_now()
-            tokens = [{"id": t.token_id.hex(), "created": t.created, "expires": t.expires, "uses": t.uses,
-                       "revoked": t.revoked} for t in sorted(registry.tokens.values(), key=lambda t: t.created)]
+            tokens = registry.token_rows()
         else:
             tokens = answer["tokens"]
         _print_tokens(tokens)

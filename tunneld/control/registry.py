@@ -199,6 +199,12 @@ class Registry:
         self.tokens[token.token_id] = record
         return token, AddToken(dataclasses.replace(record))
 
+    def token_rows(self) -> list[dict]:
+        """The tokens, oldest first, as `tunneld token --list` shows them (and the control
+        socket carries them)."""
+        return [{"id": t.token_id.hex(), "created": t.created, "expires": t.expires, "uses": t.uses,
+                 "revoked": t.revoked} for t in sorted(self.tokens.values(), key=lambda t: t.created)]
+
     def revoke_token(self, token_id: bytes) -> RevokeToken | None:
         t = self.tokens.get(token_id)
         if t is None or t.revoked:

@@ -46,6 +46,7 @@ from ..drops import Drop
 from ..proto import endpoint, wire
 from ..proto.endpoint import RELAY
 from ..proto.handshake import Identity, Timestamper
+from .channel import open_data
 from .effects import Assignment, Env, SaveState, SetAddress, SetGateway, SetRoutes, Stop, Transmit
 from .mss import clamp
 from .peers import Peer, PeerHandshakes
@@ -199,14 +200,10 @@ class Node:
     def _from_peer(self, peer: Peer, msg: bytes, now: float, via) -> None:
         t = msg[0]
         if t == wire.DATA:
-            s = self.table.sessions.get(msg[4:8])
-            if s is None or s.owner is not peer:
-                self.drops[Drop.UNKNOWN_SESSION] += 1
-                self.handshakes.unreadable(peer, now)
-                return
-            plaintext = s.open(msg)
+            s, plaintext = open_data(self.table, msg, self.drops, peer)
             if plaintext is None:
-                self.drops[s.last_drop] += 1
+                if s is None:
+                    self.handshakes.unreadable(peer, now)
                 return
             peer.last_rx = now
             if via is not RELAY and via != peer.tx_ep:
@@ -251,7 +248,8 @@ class Node:
                 self.relay.directory_version = self.mirror.version
                 self._sync_peers(now)
             if value["mtu"] and value["mtu"] != self.mtu.network:
-                self._adopt_mtu(value["mtu"])
+                if self._adopt_mtu(value["mtu"]) and self.assignment is not None:
+                    self._save()
         elif kind == REVOKED:
             self._stop(EXIT_REFUSED, "key_revoked", REVOKED_MESSAGE)
         elif kind == REFUSED:
@@ -259,10 +257,12 @@ class Node:
 
     def _joined(self, reply: dict) -> None:
         self.mtu.relay = reply["relay_mtu"]
-        self._adopt_mtu(reply["mtu"])
+        mtu_changed = self._adopt_mtu(reply["mtu"])
         assignment = Assignment(reply["name"], reply["address"], reply["network"])
         if assignment != self.assignment:
-            self._assigned(assignment)
+            self._assigned(assignment)  # saves the new MTU with it
+        elif mtu_changed:
+            self._save()
 
     def _assigned(self, assignment: Assignment) -> None:
         net = ipaddress.IPv4Network(assignment.network)
@@ -281,10 +281,11 @@ class Node:
         self.effects.append(SetGateway(assignment.network, self.config.routes))
         self._save()
 
-    def _adopt_mtu(self, network_mtu: int) -> None:
-        if self.mtu.adopt(network_mtu) and self.assignment is not None:
-            self._save()
+    def _adopt_mtu(self, network_mtu: int) -> bool:
+        """The overlay MTU the relay says; True if tunneld0's changed (the caller saves it)."""
+        changed = self.mtu.adopt(network_mtu)
         self.mtu.fit(self.peers.values())
+        return changed
 
     def _save(self) -> None:
         self.effects.append(SaveState(self.relay.key, self.assignment, self.mtu.interface))

@@ -126,9 +126,13 @@ class Peer:
         """A handshake message to the peer, the way its data goes."""
         out.send(self.tx_ep, self.tx_prefix + msg)
 
+    def prefix(self, via) -> bytes:
+        """What goes before a message to it by way of via: the relayed header through the relay."""
+        return self.relayed_prefix if via is RELAY else b""
+
     def reply(self, out: Transmit, via, msg: bytes) -> None:
-        """A message back the way one came (through the relay: with the relayed header)."""
-        out.send(via, (self.relayed_prefix if via is RELAY else b"") + msg)
+        """A message back the way one came."""
+        out.send(via, self.prefix(via) + msg)
 
 
 class PeerHandshakes:

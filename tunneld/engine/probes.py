@@ -44,13 +44,13 @@ class Probes:
         peer.probe_seq += 1
         peer.probes[peer.probe_seq] = (via, self.env.monotonic())
         sealed = peer.keys.current.seal(bytes((wire.PROBE_REQUEST,)) + peer.probe_seq.to_bytes(8, "big"),
-                                        peer.relayed_prefix if via is RELAY else b"")
+                                        peer.prefix(via))
         if sealed is not None:
             self.out.send(via, sealed)
 
     def answer(self, peer: Peer, s: Session, plaintext: bytes, via) -> None:
         # Answer the way it came: that is the path being tested.
-        sealed = s.seal(bytes((wire.PROBE_REPLY,)) + plaintext[1:], peer.relayed_prefix if via is RELAY else b"")
+        sealed = s.seal(bytes((wire.PROBE_REPLY,)) + plaintext[1:], peer.prefix(via))
         if sealed is not None:
             self.out.send(via, sealed)
 

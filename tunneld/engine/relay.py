@@ -259,6 +259,9 @@ class Relay:
         self.writes.append(write)
         return token.encode()
 
+    def token_rows(self) -> list[dict]:
+        return self.registry.token_rows()
+
     def revoke_token(self, token_id: bytes) -> bool:
         write = self.registry.revoke_token(token_id)
         if write is None:
@@ -324,6 +327,3 @@ class Relay:
                 "public_key": self.identity.public.hex(), "nodes": nodes,
                 "sessions": len(self.table),
                 "counters": dict(self.counts), "drops": dict(self.drops)}
-
-    def tokens(self) -> list:
-        return sorted(self.registry.tokens.values(), key=lambda t: t.created)

@@ -107,6 +107,3 @@ class KeyRing:
         for s in (self.current, self.previous, self.pending):
             self._forget(s)
         self.current = self.previous = self.pending = None
-
-    def holds(self, s: Session) -> bool:
-        return s is self.current or s is self.previous or s is self.pending

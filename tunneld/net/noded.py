@@ -278,11 +278,13 @@ class NodeDaemon(Daemon):
     def _gateway(self, effect: fx.SetGateway) -> str:
         """As a gateway into the advertised prefixes: forwarding on, overlay traffic masqueraded."""
         if effect.prefixes:
-            said = "turned on IPv4 forwarding for the advertised routes" if nat.enable_forwarding() else ""
+            said = []
+            if nat.enable_forwarding():
+                said.append("turned on IPv4 forwarding for the advertised routes")
             if self.settings.snat_routes:
                 nat.masquerade(effect.network, list(effect.prefixes), self.settings.interface)
-                said = "; ".join(filter(None, (said, f"masquerading overlay traffic into {', '.join(effect.prefixes)}")))
-            return said
+                said.append(f"masquerading overlay traffic into {', '.join(effect.prefixes)}")
+            return "; ".join(said)
         if shutil.which("nft"):
             nat.remove()  # a rule left from a run that advertised routes
         return ""

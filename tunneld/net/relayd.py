@@ -335,8 +335,7 @@ class RelayDaemon(Daemon):
         if cmd == "token" and (request.get("ttl") is None or isinstance(request.get("ttl"), (int, float))):
             return self._stored({"token": self.engine.issue_token(request.get("ttl"))})
         if cmd == "tokens":
-            return {"tokens": [{"id": t.token_id.hex(), "created": t.created, "expires": t.expires,
-                                "uses": t.uses, "revoked": t.revoked} for t in self.engine.tokens()]}
+            return {"tokens": self.engine.token_rows()}
         if cmd == "revoke-token" and isinstance(request.get("id"), str):
             try:
                 token_id = bytes.fromhex(request["id"])

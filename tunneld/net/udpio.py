@@ -131,16 +131,15 @@ class Batch:
         except OSError as exc:
             if exc.errno == errno.EMSGSIZE:  # the route's MTU is smaller than these datagrams
                 self.stats["udp_gso_too_big"] += 1
-                for b in bufs:
-                    self._sendto(b, self.addr)
             elif exc.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
                 self.gso = False
                 log.info("UDP segmentation offload unavailable (%s); sending datagrams one by one",
                          exc.strerror)
-                for b in bufs:
-                    self._sendto(b, self.addr)
             else:
                 self.drops[Drop.UDP_SEND_ERROR] += len(bufs)
+                return
+            for b in bufs:
+                self._sendto(b, self.addr)
 
     def _sendto(self, data: bytes, addr) -> None:
         try:
