@@ -1,3 +1,3 @@
 """tunneld: an encrypted overlay that makes Kubernetes nodes on unconnected networks one cluster."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -23,14 +23,25 @@ from .config import (DEFAULT_INTERFACE, DEFAULT_NETWORK, DEFAULT_STATE_DIR, Join
                      check_log_level, merged, parse_duration, parse_hostport, parse_network, parse_routes,
                      resolve_ipv4)
 from .errors import EXIT_USAGE, ConfigError, TunneldError
-from .state import DB_FILE, SOCKET_FILE, load_identity, prepare_dir
+from .state import DB_FILE, KEY_FILE, SOCKET_FILE, load_identity, prepare_dir
 
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
+class OneLineFormatter(logging.Formatter):
+    """Every record is one line: text that came from the network (a refused node's name, an
+    error) is escaped, so it cannot forge log lines of its own."""
+
+    _ESCAPES = {c: f"\\x{c:02x}" for c in (*range(32), 127) if c != 9}
+
+    def formatMessage(self, record) -> str:
+        return super().formatMessage(record).translate(self._ESCAPES)
+
+
 def _logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLineFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
 
 
 def _open_store(state_dir: str):
@@ -40,6 +51,17 @@ def _open_store(state_dir: str):
         return SqliteStore(os.path.join(state_dir, DB_FILE))
     except StoreError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _relay_dir(state_dir: str) -> str:
+    """state_dir, if a relay has run there (its key and its database): the relay commands
+    must not make a new relay key in a mistyped or fresh directory, and hand out tokens for a
+    relay that does not exist."""
+    path = os.path.abspath(state_dir)
+    if not all(os.path.isfile(os.path.join(path, f)) for f in (KEY_FILE, DB_FILE)):
+        raise ConfigError(f"no relay in {path} (no {KEY_FILE} and {DB_FILE}): start 'tunneld serve' "
+                          "there first, or give the relay's --state-dir")
+    return prepare_dir(path)
 
 
 def _offline_registry(state_dir: str):
@@ -130,7 +152,7 @@ def token(state_dir, ttl, list_, revoke):
     if list_ and revoke:
         raise ConfigError("use --list or --revoke, not both")
     seconds = parse_duration(ttl)
-    state_dir = prepare_dir(state_dir)
+    state_dir = _relay_dir(state_dir)
     if revoke:
         try:
             bytes.fromhex(revoke)
@@ -157,7 +179,7 @@ def token(state_dir, ttl, list_, revoke):
     if answer is not None:
         click.echo(answer["token"])
         return 0
-    identity = load_identity(state_dir)
+    identity = load_identity(state_dir, create=False)
     store, registry = _offline_registry(state_dir)
     try:
         token, write = registry.issue_token(identity.public, seconds, time.time(), os.urandom)
@@ -295,7 +317,7 @@ def kube_env(state_dir):
               help="The relay's state dir.")
 def revoke(name, state_dir):
     """Revoke a node's key (run on the relay): it is disconnected and refused from now on."""
-    state_dir = prepare_dir(state_dir)
+    state_dir = _relay_dir(state_dir)
     if _relay_request(state_dir, {"cmd": "revoke", "name": name}) is None:
         _offline_change(state_dir, lambda registry: registry.revoke(name, time.time())[1],
                         f"no node named {name!r} with a key on this relay; see 'tunneld status'")

@@ -49,6 +49,9 @@ class Drop(StrEnum):
     # The relay's forwarding
     RELAYED_UNKNOWN_SOURCE = "relayed_unknown_source"
     RELAYED_NO_DESTINATION = "relayed_no_destination"
+    ENDPOINT_UNPROVEN = "endpoint_unproven"  # a member "moved" and has not yet proved the new address
+    ENDPOINT_IN_USE = "endpoint_in_use"  # ... onto another live member's endpoint, unproven
+    SNAPSHOT_RATE_LIMITED = "snapshot_rate_limited"
 
     # A node's receive side
     RELAYED_UNKNOWN_PEER = "relayed_unknown_peer"
@@ -58,6 +61,7 @@ class Drop(StrEnum):
     SPOOFED_SOURCE = "spoofed_source"
     BAD_INNER_PACKET = "bad_inner_packet"
     ROUTE_REFUSED = "route_refused"
+    PROBE_WRONG_PATH = "probe_wrong_path"  # a probe reply from elsewhere than the probe went
 
     # A node's TUN side
     TUN_NOT_IPV4 = "tun_not_ipv4"

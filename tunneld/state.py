@@ -15,6 +15,7 @@ import base64
 import binascii
 import ipaddress
 import json
+import logging
 import os
 import stat
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from .errors import ConfigError
 from .proto.handshake import Identity
 from .proto.noise import KeyPair
 from .proto.wire import MIN_OVERLAY_MTU
+
+log = logging.getLogger("tunneld.state")
 
 KEY_FILE = "private.key"
 NODE_FILE = "node.json"
@@ -45,6 +48,14 @@ def prepare_dir(path: str) -> str:
     if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
         raise ConfigError(f"state dir {path} is not writable by this user; "
                           "run as root or fix its permissions")
+    st = os.stat(path)
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        # It holds keys, token hashes and the registry: nobody else may list or read it.
+        if st.st_uid != os.geteuid():
+            raise ConfigError(f"state dir {path} is open to other users and owned by another; "
+                              f"run 'chmod 700 {path}' as its owner")
+        os.chmod(path, 0o700)
+        log.warning("state dir %s was open to other users (mode %o); made it 0700", path, stat.S_IMODE(st.st_mode))
     return path
 
 

@@ -156,15 +156,39 @@ def test_same_key_gets_same_address_on_rejoin():
     assert again.assignment.address == address
 
 
-def test_wrong_relay_key_makes_first_join_fail():
-    net = SimNet()
+def test_a_token_for_another_relay_is_said_not_fatal():
+    """The relay's "not my key" hint is unauthenticated: it may colour what the node says,
+    never end it. After a few attempts status and the log say what to check."""
+    from tunneld.engine.relaylink import WRONG_KEY_PROBLEM
     from tunneld.proto.handshake import Identity
     from tunneld.proto.token import JoinToken
+    net = SimNet()
     token = net.token()
     wrong = JoinToken(Identity.generate().public, token.token_id, token.secret)
-    net.add_node("alpha", token=wrong)
-    net.advance(10)
-    assert net.ios["alpha"].refusals[0][0] == "wrong_relay_key"
+    node = net.add_node("alpha", token=wrong)
+    net.advance(30)
+    assert net.ios["alpha"].refusals == []
+    assert node.status()["relay"]["problem"] == WRONG_KEY_PROBLEM
+
+
+def test_spoofed_hints_before_the_first_join_do_not_stop_a_node():
+    """Finding: three HINT_NOT_MY_KEY from the relay's address before the first join made the
+    node exit 3 for good. The relay is down while the node starts; anyone sends hints."""
+    from tunneld.engine.node import RELAY
+    from tunneld.proto import wire
+    net = SimNet()
+    net.relay_up = False
+    node = net.add_node("alpha")
+    for _ in range(40):  # 40 s of one spoofed hint every 250 ms, more than the rate limit lets through
+        for _ in range(4):
+            node.receive(wire.build_hint(wire.HINT_NOT_MY_KEY), RELAY, net.now)
+        net.advance(1)
+    assert net.ios["alpha"].refusals == []
+    assert node.status()["relay"]["problem"]  # it says it gets no proper answer
+    net.relay_up = True
+    net.advance(40)  # at most the backoff's cap
+    assert net.ios["alpha"].refusals == [] and node.status()["relay"]["connected"]
+    assert node.status()["relay"]["problem"] is None
 
 
 def test_garbage_to_the_relay_is_counted_not_raised(net):
@@ -367,3 +391,22 @@ def test_a_member_cannot_shrink_the_overlay_mtu_below_a_tunnels_minimum(net):
     net.advance(2)
     assert tiny.assignment is None and net.ios["tiny"].refusals[0][0] == "bad_mtu"
     assert net.relay.directory.mtu == mtu and all(n.mtu.interface == mtu for k, n in net.nodes.items() if k != "tiny")
+
+
+def test_a_refused_name_cannot_forge_log_lines(caplog):
+    """The relay logs refused joins; the name in one came from an unknown node."""
+    import logging
+    from tunneld.cli import OneLineFormatter
+    net = SimNet()
+    forged = "evil\nINFO tunneld.relay: mallory (100.64.0.9) connected from 192.0.2.1:1"
+    with caplog.at_level(logging.WARNING, logger="tunneld"):
+        net.add_node("evil", join_as=forged)
+        net.advance(2)
+    assert net.ios["evil"].refusals[0][0] == "bad_name"
+    formatter = OneLineFormatter("%(levelname)s %(name)s: %(message)s")
+    lines = [formatter.format(r) for r in caplog.records if "refused" in r.getMessage()]
+    assert lines and all("\n" not in line for line in lines)
+    assert not any(line.startswith("INFO") for line in "\n".join(lines).splitlines())
+    # the formatter alone holds even if a message were logged raw
+    raw = logging.LogRecord("tunneld.relay", logging.WARNING, __file__, 1, "refused %s", (forged,), None)
+    assert "\n" not in formatter.format(raw)

@@ -96,3 +96,35 @@ def test_state_dir_that_is_a_file(tmp_path):
     f.write_text("x")
     with pytest.raises(ConfigError, match="state dir"):
         prepare_dir(str(f))
+
+
+def test_a_state_dir_open_to_others_is_closed(tmp_path):
+    path = tmp_path / "state"
+    path.mkdir(mode=0o755)
+    os.chmod(path, 0o755)
+    prepare_dir(str(path))
+    assert os.stat(path).st_mode & 0o777 == 0o700
+
+
+def test_the_relay_database_and_its_wal_files_are_0600(tmp_path):
+    """SQLite makes relay.db-wal and -shm with the database's mode: none may be 0644."""
+    import asyncio
+    from tunneld.store.base import TokenRecord
+    from tunneld.store.sqlite import SqliteStore
+    state = prepare_dir(str(tmp_path / "relay"))
+    path = os.path.join(state, "relay.db")
+
+    async def main():
+        store = SqliteStore(path)
+        await store.add_token(TokenRecord(bytes(8), bytes(32), 0.0, None))
+        modes = {n: os.stat(os.path.join(state, n)).st_mode & 0o777 for n in os.listdir(state)}
+        await store.close()
+        return modes
+
+    umask = os.umask(0o022)  # what a shell gives a daemon started by hand
+    try:
+        modes = asyncio.run(main())
+    finally:
+        os.umask(umask)
+    assert {"relay.db", "relay.db-wal", "relay.db-shm"} <= set(modes)
+    assert set(modes.values()) == {0o600}, modes

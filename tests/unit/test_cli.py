@@ -23,8 +23,19 @@ def one_line_error(proc, code, *words):
     return lines[0]
 
 
+def relay_state(path) -> str:
+    """A state dir as `tunneld serve` leaves it: its key and its database."""
+    import asyncio
+    from tunneld.state import load_identity, prepare_dir
+    from tunneld.store.sqlite import SqliteStore
+    state = prepare_dir(str(path))
+    load_identity(state)
+    asyncio.run(SqliteStore(f"{state}/relay.db").close())
+    return state
+
+
 def test_token_prints_one_token_and_remembers_it(tmp_path):
-    state = str(tmp_path / "relay")
+    state = relay_state(tmp_path / "relay")
     proc = tunneld("token", "--state-dir", state, "--ttl", "2h")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
@@ -36,6 +47,19 @@ def test_token_prints_one_token_and_remembers_it(tmp_path):
     assert "revoked" in tunneld("token", "--state-dir", state, "--list").stdout
     again = tunneld("token", "--state-dir", state)
     assert JoinToken.parse(again.stdout.strip()).relay_public == token.relay_public  # same relay key
+
+
+@pytest.mark.parametrize("command", [["token"], ["token", "--list"], ["token", "--revoke", "00ff"],
+                                     ["revoke", "edge-1"]])
+def test_relay_commands_refuse_a_state_dir_that_holds_no_relay(tmp_path, command):
+    """Before: `tunneld token` there made a fresh relay key and printed a token for a relay
+    that does not exist. A node's state dir (a key, no database) is no relay's either."""
+    empty, node = tmp_path / "typo", tmp_path / "node"
+    node.mkdir(mode=0o700)
+    (node / "private.key").write_text("x")
+    for state in (empty, node):
+        one_line_error(tunneld(*command, "--state-dir", str(state)), 2, "no relay in", "tunneld serve")
+    assert not empty.exists() and sorted(p.name for p in node.iterdir()) == ["private.key"]
 
 
 def test_token_with_a_bad_ttl_changes_nothing(tmp_path):
@@ -83,8 +107,7 @@ def test_status_without_a_daemon(tmp_path):
 
 
 def test_revoke_unknown_node(tmp_path):
-    state = str(tmp_path / "relay")
-    assert tunneld("token", "--state-dir", state).returncode == 0
+    state = relay_state(tmp_path / "relay")
     one_line_error(tunneld("revoke", "ghost", "--state-dir", state), 2, "ghost")
 
 
@@ -127,13 +150,13 @@ def test_bad_listen_port_and_state_dir_that_is_a_file(tmp_path):
     assert not state.exists()
     afile = tmp_path / "afile"
     afile.write_text("x")
-    one_line_error(tunneld("token", "--state-dir", str(afile)), 2, "not a directory")
+    one_line_error(tunneld("token", "--state-dir", str(afile)), 2, "no relay in")
     assert afile.read_text() == "x"
 
 
 def test_a_key_readable_by_others_is_refused_and_left_alone(tmp_path):
     state = tmp_path / "relay"
-    assert tunneld("token", "--state-dir", str(state)).returncode == 0
+    relay_state(state)
     key = state / "private.key"
     key.chmod(0o644)
     before = key.read_bytes()

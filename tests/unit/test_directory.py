@@ -97,3 +97,41 @@ def test_a_restarted_relay_resynchronises_every_mirror():
     new.set(entry(2))
     new.publish()
     assert new.messages_for(m.version)  # the mirror's version means nothing to it
+
+
+def biggest_entry(i):
+    """A member that makes its entry as large as a join lets it: the longest name, all routes
+    and LAN endpoints, the longest endpoint, every capability."""
+    from tunneld.proto.version import MAX_CAP_LEN, MAX_CAPS, Hello
+    name = (f"{i:03d}" + "a" * 250)[:253]
+    routes = tuple(f"198.18.{r}.128/25" for r in range(messages.MAX_ROUTES))
+    lan = tuple(f"[2001:db8::{j:x}:ffff:ffff:ffff]:65535" for j in range(messages.MAX_LAN))
+    caps = frozenset(f"{c:02d}".ljust(MAX_CAP_LEN, "c") for c in range(MAX_CAPS))
+    return Entry(name, bytes([100, 64, 1, i]), bytes([i]) * 32, True, "[2001:db8::ffff:ffff:ffff]:65535",
+                 1500, routes, lan, Hello(2, 1, caps))
+
+
+def test_members_that_make_their_entries_huge_cannot_freeze_the_directory():
+    """Finding: chunks held 64 entries whatever their size, and 24 crafted members made a
+    chunk over the 16,384 bytes a node accepts: every node dropped it and the directory froze
+    for everyone, revocations and key changes included."""
+    from tunneld.control.directory import CHUNK_BYTES
+    assert biggest_entry(1).size() * 8 < CHUNK_BYTES  # what a join lets in is bounded: chunks hold several
+    d = Directory(1)
+    for i in range(100):
+        d.set(entry(i))
+    for i in range(24):
+        d.set(biggest_entry(i))
+    d.publish()
+    msgs = d.messages_for(None)
+    assert all(len(messages.encode(m)) <= messages.MAX_MESSAGE for m in msgs)
+    m = mirror_of(d)
+    assert m.version == d.version and m.entries == d.entries
+    # a delta with crafted members in it still reaches a mirror that holds the base
+    for i in range(24, 40):
+        d.set(biggest_entry(i))
+    d.remove(entry(5).addr)
+    d.publish()
+    for msg in through_the_wire(d.messages_for(m.version)):
+        m.apply(msg)
+    assert m.version == d.version and m.entries == d.entries

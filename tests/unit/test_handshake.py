@@ -46,6 +46,22 @@ def test_response_from_an_impostor_is_refused():
         init.complete(resp, 1.0)
 
 
+def test_a_forged_response_does_not_spoil_the_handshake_in_flight():
+    """mac1 of a RESP is keyed by the initiator's public key, so anyone can pass it. A forgery
+    that then fails Noise must leave the handshake as it was: the genuine response still
+    completes it (before: the forgery had already mixed its ephemeral key into the state)."""
+    init = Initiation(ALICE, BOB.public, wire.SUITE_AESGCM, b"ai00", b"", 1.0)
+    resp, bob_session = read_initiation(BOB, init.message).accept(b"bi00", b"ok", 1.0)
+    forged = wire.build_resp(wire.SUITE_AESGCM, b"xx00", b"ai00", Identity.generate().public + bytes(16),
+                             ALICE.mac1_key)
+    assert wire.mac1_valid(forged, ALICE.mac1_key)
+    for _ in range(3):
+        with pytest.raises(HandshakeError, match="does not authenticate"):
+            init.complete(forged, 1.0)
+    session, payload = init.complete(resp, 1.1)
+    assert payload == b"ok" and bob_session.open(session.seal(b"data")) == b"data"
+
+
 def test_tai64n_orders_like_time():
     assert tai64n(1_000_000_000_000_000_001) > tai64n(1_000_000_000_000_000_000)
     assert tai64n(2 * 10**18) > tai64n(10**18 + 999_999_999)

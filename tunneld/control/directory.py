@@ -11,8 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..proto.messages import MAX_NODES_PER_CHUNK
+from ..proto.messages import MAX_MESSAGE, MAX_NODES_PER_CHUNK, encode
 from ..proto.version import LEGACY, Hello
+
+# Entries per message, by bytes as well as by count: a node accepts at most MAX_MESSAGE bytes
+# and (before 0.3.0) MAX_NODES_PER_CHUNK entries, and members choose how long their names,
+# routes and LAN lists are. What is left of MAX_MESSAGE is for the message's own fields.
+CHUNK_BYTES = MAX_MESSAGE - 1024
 
 
 @dataclass(frozen=True)
@@ -31,12 +36,32 @@ class Entry:
         return [self.name, self.addr, self.key, self.online, self.endpoint, self.mtu, list(self.routes),
                 list(self.lan)]
 
+    def size(self) -> int:
+        """Bytes this entry takes in a message (its hello included)."""
+        return len(encode(self.wire())) + len(encode(_hello(self.hello)))
+
+
+def _hello(h: Hello) -> list:
+    return [h.newest, h.oldest, sorted(h.caps)]
+
+
+def _chunks(entries: list[Entry], sizes, budget: int) -> list[list[Entry]]:
+    chunks, chunk, used = [], [], 0
+    for e in entries:
+        size = sizes(e)
+        if chunk and (len(chunk) == MAX_NODES_PER_CHUNK or used + size > budget):
+            chunks.append(chunk)
+            chunk, used = [], 0
+        chunk.append(e)
+        used += size
+    return chunks + [chunk] if chunk else chunks
+
 
 def _message(version: int, base: int | None, i: int, count: int, mtu: int, entries: list[Entry],
              gone: list[bytes]) -> dict:
     return {"t": "dir", "v": version, "base": base, "i": i, "c": count, "mtu": mtu,
             "nodes": [e.wire() for e in entries], "gone": gone,
-            "hellos": [[e.hello.newest, e.hello.oldest, sorted(e.hello.caps)] for e in entries]}
+            "hellos": [_hello(e.hello) for e in entries]}
 
 
 class Directory:
@@ -44,6 +69,7 @@ class Directory:
         self.version = version
         self.mtu = 0  # the overlay MTU, sent with every message
         self.entries: dict[bytes, Entry] = {}
+        self._sizes: dict[Entry, int] = {}
         self._changed: dict[bytes, Entry | None] = {}
         self.last_delta: tuple[int, int, list[Entry], list[bytes]] | None = None
 
@@ -52,13 +78,22 @@ class Directory:
         return bool(self._changed)
 
     def set(self, entry: Entry) -> None:
-        if self.entries.get(entry.addr) != entry:
+        old = self.entries.get(entry.addr)
+        if old != entry:
+            self._sizes.pop(old, None)
+            self._sizes[entry] = entry.size()
             self.entries[entry.addr] = entry
             self._changed[entry.addr] = entry
 
     def remove(self, addr: bytes) -> None:
-        if self.entries.pop(addr, None) is not None:
+        old = self.entries.pop(addr, None)
+        if old is not None:
+            self._sizes.pop(old, None)
             self._changed[addr] = None
+
+    def _size(self, entry: Entry) -> int:
+        size = self._sizes.get(entry)
+        return entry.size() if size is None else size
 
     def publish(self) -> None:
         """Close the pending changes into one delta and a new version."""
@@ -76,14 +111,15 @@ class Directory:
         if held_version == self.version:
             return []
         d = self.last_delta
-        if d is not None and d[0] == held_version and len(d[2]) <= MAX_NODES_PER_CHUNK:
-            return [_message(d[1], d[0], 0, 1, self.mtu, d[2], d[3])]
+        if d is not None and d[0] == held_version:
+            # A delta is one message: one that would not fit goes as a snapshot.
+            budget = CHUNK_BYTES - 6 * len(d[3])
+            if len(_chunks(d[2], self._size, budget)) <= 1 and budget > 0:
+                return [_message(d[1], d[0], 0, 1, self.mtu, d[2], d[3])]
         return self.snapshot()
 
     def snapshot(self) -> list[dict]:
-        entries = list(self.entries.values())
-        chunks = [entries[i : i + MAX_NODES_PER_CHUNK] for i in range(0, len(entries), MAX_NODES_PER_CHUNK)]
-        chunks = chunks or [[]]
+        chunks = _chunks(list(self.entries.values()), self._size, CHUNK_BYTES) or [[]]
         return [_message(self.version, None, i, len(chunks), self.mtu, chunk, []) for i, chunk in enumerate(chunks)]
 
 

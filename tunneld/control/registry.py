@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import re
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from ..proto.messages import valid_name
 from ..proto.token import ID_LEN, JoinToken, secret_hash, secret_matches
 from ..store.base import AddToken, NodeRecord, Register, RevokeNode, RevokeToken, SaveMtu, Snapshot, \
     TokenRecord, Touch
 
-_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
 MAX_ROUTES = 16
 REVOKED_MESSAGE = ("this node's key was revoked on the relay; delete the key file in the node's state dir "
                    "and join again with a new token")
@@ -39,11 +38,6 @@ class Refusal:
 
 class RouteError(ValueError):
     """A prefix a node may not advertise; the message names the fix."""
-
-
-def valid_name(name: str) -> bool:
-    """A Kubernetes node name: a lower-case DNS subdomain."""
-    return bool(_NAME.match(name)) and ".." not in name
 
 
 def check_routes(texts: Iterable[str], overlay: ipaddress.IPv4Network | None = None) -> tuple[str, ...]:

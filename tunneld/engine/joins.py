@@ -40,7 +40,7 @@ log = logging.getLogger("tunneld.relay")
 class Member:
     __slots__ = ("name", "addr", "address", "key", "keys", "endpoint", "online", "last_rx", "last_ts",
                  "dir_version", "relayed_prefix", "rx_bytes", "tx_bytes", "rx_packets", "mtu", "routes", "lan",
-                 "hello")
+                 "hello", "resp_ep", "proof", "proof_ep", "proof_at", "snapshot_at")
 
     def __init__(self, name: str, address: str, key: bytes, table: IndexTable, mtu: int | None = None):
         self.name = name
@@ -59,6 +59,10 @@ class Member:
         self.routes: tuple[str, ...] = ()  # what it offers to route; only while it is connected
         self.lan: tuple[str, ...] = ()  # its LAN endpoints, likewise
         self.hello = LEGACY
+        self.resp_ep = None  # where the answer to its last handshake went
+        self.proof: bytes | None = None  # the endpoint proof in flight (relay.py), to proof_ep
+        self.proof_ep = None
+        self.proof_at = self.snapshot_at = float("-inf")
 
     def entry(self) -> Entry:
         return Entry(self.name, self.addr, self.key, self.online,
@@ -116,7 +120,7 @@ class Joins:
         index = r.table.allocate()
         if isinstance(decision, Refusal):
             r.counts["join_refused"] += 1
-            log.warning("refused %s from %s: %s (%s)", request["name"][:64], endpoint.format(ep), decision.code,
+            log.warning("refused %r from %s: %s (%s)", request["name"][:64], endpoint.format(ep), decision.code,
                         decision.message)
             reply = {"ok": False, "code": decision.code, "error": decision.message, "retry": decision.retry,
                      **OURS.wire()}
@@ -131,7 +135,7 @@ class Joins:
         m.last_ts = request["ts"]
         m.mtu = request["mtu"]
         m.routes = request["routes"]
-        m.lan = tuple(ep for ep in request["lan"] if endpoint.parse(ep) is not None)
+        m.lan = tuple(ep for ep in request["lan"] if (p := endpoint.parse(ep)) is not None and endpoint.reachable(p))
         m.hello = request["hello"]
         r.set_mtu(m.name, m.mtu)
         if m.online:
@@ -140,6 +144,7 @@ class Joins:
                  "endpoint": endpoint.format(ep), "mtu": r.directory.mtu, "relay_mtu": r.relay_mtu, **OURS.wire()}
         resp, s = incoming.accept(index, messages.encode(reply), now, ephemeral)
         m.keys.offer(s)
+        m.resp_ep = ep
         r.counts["handshakes"] += 1
         if write is not None:
             r.writes.append(write)

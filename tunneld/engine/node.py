@@ -98,7 +98,7 @@ class Node:
                                timestamps=timestamps, backoff=backoff, suite=config.suite)
         self.handshakes = PeerHandshakes(identity, self.table, out, env, timestamps, self.drops, self.counts,
                                          self.peers_by_key, now)
-        self.probes = Probes(out, env, self.handshakes, self.counts)
+        self.probes = Probes(out, env, self.handshakes, self.counts, self.drops)
         self.routes = Routes(config.routes, config.accept_routes, config.protected, self.effects, self.drops)
         self.mtu = Mtu(config.underlay_mtu, config.mtu, self.effects)
         self._overlay: tuple[int, int] | None = None  # (network, mask): never a direct endpoint
@@ -225,7 +225,7 @@ class Node:
             elif first == wire.PROBE_REQUEST and len(plaintext) == wire.PROBE_LEN:
                 self.probes.answer(peer, s, plaintext, via)
             elif first == wire.PROBE_REPLY and len(plaintext) == wire.PROBE_LEN:
-                self.probes.replied(peer, plaintext, now)
+                self.probes.replied(peer, plaintext, via, now)
             else:
                 self.drops[Drop.BAD_INNER_PACKET] += 1
         elif t == wire.INIT:

@@ -109,9 +109,10 @@ class Peer:
         self.path.set_candidates(self.candidates(), now)
 
     def candidates(self) -> list[tuple]:
-        """Where it may be reached directly: the address the relay sees, then its LAN addresses."""
+        """Where it may be reached directly: the address the relay sees, then its LAN addresses
+        (those a peer may be sent to at all)."""
         eps = [endpoint.parse(self.endpoint), *(endpoint.parse(a) for a in self.lan)]
-        return [ep for ep in eps if ep is not None]
+        return [ep for ep in eps if ep is not None and endpoint.reachable(ep)]
 
     @property
     def hello(self) -> Hello:

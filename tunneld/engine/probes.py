@@ -10,7 +10,8 @@ in clear, and nothing is renegotiated when the path changes.
                         the relay path every PROBE_INTERVAL for its round trip, and send
                         a keepalive where we only received
   answer(peer, ...)     a probe request: reply the way it came
-  replied(peer, ...)    a probe reply: a round trip on that path
+  replied(peer, ...)    a probe reply: a round trip on that path, if it came back from
+                        where the probe went
   retarget(peer)        send direct while a direct path answers, through the relay otherwise
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import logging
 
+from ..drops import Drop
 from ..proto import endpoint, wire
 from ..proto.endpoint import RELAY
 from ..proto.session import Session
@@ -32,11 +34,12 @@ IN_USE = 3 * KEEPALIVE  # a peer we heard from this recently is in use: its path
 
 
 class Probes:
-    def __init__(self, out: Transmit, env: Env, handshakes: PeerHandshakes, counts):
+    def __init__(self, out: Transmit, env: Env, handshakes: PeerHandshakes, counts, drops):
         self.out = out
         self.env = env
         self.handshakes = handshakes
         self.counts = counts
+        self.drops = drops
 
     def probe(self, peer: Peer, via, now: float) -> None:
         if len(peer.probes) >= PROBES_KEPT:
@@ -54,11 +57,18 @@ class Probes:
         if sealed is not None:
             self.out.send(via, sealed)
 
-    def replied(self, peer: Peer, plaintext: bytes, now: float) -> None:
-        sent = peer.probes.pop(int.from_bytes(plaintext[1:], "big"), None)
+    def replied(self, peer: Peer, plaintext: bytes, via, now: float) -> None:
+        seq = int.from_bytes(plaintext[1:], "big")
+        sent = peer.probes.get(seq)
         if sent is None:
             return
         where, at = sent
+        if via != where:
+            # A reply proves a path only from where the probe went: the peer itself could
+            # answer from elsewhere, and make us send its traffic to any address it names.
+            self.drops[Drop.PROBE_WRONG_PATH] += 1
+            return
+        del peer.probes[seq]
         rtt = self.env.monotonic() - at
         if where is RELAY:
             peer.rtt_relay = rtt

@@ -21,7 +21,12 @@ What it does with each message (proto/wire.py):
 Anything else, or anything that fails a check, is dropped and counted by reason.
 
 A member's endpoint is bound only by an authenticated message, so a spoofed or
-replayed packet can never redirect its traffic.
+replayed packet can never redirect its traffic. A member that can forge source
+addresses could still send its own authenticated messages "from" anywhere, so a UDP
+endpoint moves only after a round trip: the relay sends a proof, sealed for the member,
+to the new address, and moves when the member echoes it from there ("ep-proof",
+version.py). Members without that capability (0.2.0 and older) move at once, but never
+onto an endpoint another member was heard from within ENDPOINT_HELD.
 """
 
 from __future__ import annotations
@@ -57,6 +62,9 @@ UNDER_LOAD_INITS = 200
 # handshakes a second, in bursts of up to SOURCE_BURST (a site of nodes rejoining at once).
 SOURCE_RATE = 100.0
 SOURCE_BURST = 200.0
+ENDPOINT_HELD = 15.0  # a member heard from this recently keeps its endpoint (pings come every 5 s)
+PROOF_EVERY = 1.0  # a member gets at most one endpoint proof a second
+SNAPSHOT_EVERY = 2.0  # and a full directory at most this often: what a ping costs stays bounded
 
 
 class Relay:
@@ -134,21 +142,27 @@ class Relay:
             self.drops[s.last_drop] += 1
             return
         m: Member = s.owner
-        m.last_rx = now
+        msg = decode_control(plaintext, self.drops)
         if s is m.keys.pending:
             m.keys.confirm(s)  # the node used its new session: it holds the keys
-            self._bind(m, ep)
+            if ep == m.resp_ep:  # where its handshake's answer went: a round trip
+                self._bind(m, ep, now, proven=True)
+            else:
+                self._move(m, ep, msg, now)
         elif ep != m.endpoint and s is m.keys.current:
-            self._bind(m, ep)  # the node's NAT mapping changed: follow it
-        msg = decode_control(plaintext, self.drops)
+            self._move(m, ep, msg, now)  # the node's NAT mapping changed, or so it seems
+        if ep == m.endpoint:
+            m.last_rx = now
         if msg is None:
             return
         kind = msg["t"]
         if kind == "ping":
+            if ep != m.endpoint:
+                return  # answered by the proof that went to ep
             self._control(m, {"t": "pong", "n": msg["n"], "ep": endpoint.format(ep)})
             if msg["v"] != self.directory.version:
                 m.dir_version = msg["v"]
-                self._sync(m)
+                self._sync(m, now)
         elif kind == "bye":
             self._offline(m)
         else:  # includes "revoked", which only the relay sends
@@ -161,10 +175,35 @@ class Relay:
         if sealed is not None:
             self.send(m.endpoint, sealed)
 
-    def _sync(self, m: Member) -> None:
-        for msg in self.directory.messages_for(m.dir_version):
+    def _sync(self, m: Member, now: float) -> None:
+        msgs = self.directory.messages_for(m.dir_version)
+        if msgs and msgs[0]["base"] is None:
+            if now - m.snapshot_at < SNAPSHOT_EVERY:
+                self.drops[Drop.SNAPSHOT_RATE_LIMITED] += 1
+                return  # its next ping reports its version again
+            m.snapshot_at = now
+        for msg in msgs:
             self._control(m, msg)
         m.dir_version = self.directory.version
+
+    def _move(self, m: Member, ep, msg: dict | None, now: float) -> None:
+        """An authenticated message from m came from ep, not from its endpoint."""
+        if not isinstance(ep, tuple) or not m.hello.has("ep-proof"):
+            self._bind(m, ep, now, proven=not isinstance(ep, tuple))  # a TCP stream cannot be spoofed
+            return
+        if msg is not None and msg["t"] == "ping" and m.proof is not None and msg.get("proof") == m.proof \
+                and ep == m.proof_ep:
+            m.proof = None
+            self._bind(m, ep, now, proven=True)
+            return
+        self.drops[Drop.ENDPOINT_UNPROVEN] += 1
+        if now - m.proof_at < PROOF_EVERY:
+            return
+        m.proof, m.proof_ep, m.proof_at = self.env.random(8), ep, now
+        sealed = seal_control(m.keys, {"t": "pong", "n": msg["n"] if msg and msg["t"] == "ping" else 0,
+                                       "ep": endpoint.format(ep), "proof": m.proof})
+        if sealed is not None:
+            self.send(ep, sealed)
 
     # -- handshakes ----------------------------------------------------------------------
 
@@ -199,12 +238,15 @@ class Relay:
         underlay = min([self.relay_mtu, *self._mtus.values()])
         self.directory.mtu = underlay - wire.UDP_OVERHEAD_IPV4 - wire.TUNNEL_OVERHEAD
 
-    def _bind(self, m: Member, ep) -> None:
-        if m.endpoint is not None and self.by_endpoint.get(m.endpoint) is m:
-            del self.by_endpoint[m.endpoint]
+    def _bind(self, m: Member, ep, now: float, proven: bool) -> None:
         other = self.by_endpoint.get(ep)
         if other is not None and other is not m:
+            if not proven and now - other.last_rx < ENDPOINT_HELD:
+                self.drops[Drop.ENDPOINT_IN_USE] += 1
+                return
             self._offline(other)  # that address now belongs to someone else
+        if m.endpoint is not None and self.by_endpoint.get(m.endpoint) is m:
+            del self.by_endpoint[m.endpoint]
         m.endpoint = ep
         self.by_endpoint[ep] = m
         if not m.online:
@@ -302,7 +344,7 @@ class Relay:
             self.directory.publish()
             self._next_publish = now + PUBLISH_DELAY
             for m in list(self.by_addr.values()):
-                self._sync(m)
+                self._sync(m, now)
 
     # -- status --------------------------------------------------------------------------
 

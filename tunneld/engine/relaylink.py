@@ -48,7 +48,12 @@ FAST_PINGS = 3  # after (re)connecting, ping every second a few times: fresh RTT
 RELAY_DEAD_AFTER = 16.0  # no word from the relay for this long: handshake again
 HINT_INTERVAL = 1.0
 TCP_AFTER_FAILURES = 2
-WRONG_KEY_HINTS = 3  # before the first join, this many "not my key" hints end the node
+UNANSWERED_PROBLEM = 3  # unanswered attempts before status and log say what to check
+WRONG_KEY_PROBLEM = ("the relay at this address does not answer to the key in the join token (it says it "
+                     "holds another key): the token was made by another relay, or --relay points elsewhere; "
+                     "make a token with 'tunneld token' on this relay")
+SILENT_PROBLEM = ("no answer from the relay after {n} attempts over UDP and TCP: check --relay, that "
+                  "'tunneld serve' runs there, and that its port is open to UDP and TCP")
 
 JOINED, REFUSED, DIRECTORY, REVOKED = "joined", "refused", "directory", "revoked"
 
@@ -129,6 +134,9 @@ class RelayLink:
             if msg["n"] == self.ping_seq:
                 self.rtt = self.env.monotonic() - self.ping_sent
             self.seen_as = msg["ep"]
+            if "proof" in msg:  # the relay saw us at a new address: show it we are there
+                self.control({"t": "ping", "n": self.ping_seq, "v": self.directory_version,
+                              "proof": msg["proof"]})
         elif kind == "dir":
             return DIRECTORY, msg
         elif kind == "revoked":  # authenticated: only the relay holds this session's keys
@@ -189,10 +197,9 @@ class RelayLink:
         self.hint_at = now
         self.counts["hints"] += 1
         if reason == wire.HINT_NOT_MY_KEY:
+            # Anyone can send this from the relay's address: it only colours what we say about
+            # attempts that went unanswered (tick), and never ends or delays anything.
             self.wrong_key_hints += 1
-            if not self.ever_joined and self.wrong_key_hints >= WRONG_KEY_HINTS:
-                return REFUSED, ("wrong_relay_key", "the relay does not hold the key named in the join token; "
-                                 "the token belongs to another relay, or --relay points elsewhere")
             return None
         # Unauthenticated: at most a new handshake, and never more than once a second.
         init = self.hs.initiation
@@ -266,6 +273,8 @@ class RelayLink:
             if now >= self.next_attempt:
                 if self.hs.initiation is not None:
                     self.failures += 1
+                    if self.failures >= UNANSWERED_PROBLEM:
+                        self._unanswered()
                 self.handshake(now)
             return
         s = self.keys.current
@@ -276,6 +285,12 @@ class RelayLink:
         if now - self.ping_at >= (1.0 if self.fast_pings else PING_INTERVAL):
             self.fast_pings = max(0, self.fast_pings - 1)
             self.ping(now)
+
+    def _unanswered(self) -> None:
+        problem = WRONG_KEY_PROBLEM if self.wrong_key_hints else SILENT_PROBLEM.format(n=self.failures)
+        if problem.split(" after ")[0] != self.problem.split(" after ")[0]:
+            log.warning("%s; retrying", problem)
+        self.problem = problem
 
     def status(self, label: str) -> dict:
         return {"endpoint": label, "connected": self.up, "transport": "tcp" if self.tcp else "udp",

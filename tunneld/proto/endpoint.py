@@ -65,6 +65,15 @@ def parse(text) -> tuple[str, int] | None:
         return None
 
 
+def reachable(ep) -> bool:
+    """May a node send a peer's traffic to this UDP address? Not to a loopback, link-local,
+    multicast, broadcast or unspecified one: a member names its candidates, and must not
+    point its peers' traffic at their own host or their whole link."""
+    ip = ipaddress.ip_address(ep[0])
+    return not (ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified
+                or ip == ipaddress.IPv4Address("255.255.255.255"))
+
+
 def source(ep) -> tuple[object, bytes]:
     """(host, host and port as bytes) of an endpoint that sent us something. The host gets a
     responder's rate limit (a NAT holds many nodes behind one address); host and port get

@@ -24,8 +24,13 @@ Handshake payloads of the node <-> node handshake:
 
 Messages on an established node <-> relay session (one per DATA plaintext):
 
-  ping   node -> relay  {"t": "ping", "n": int, "v": int | nil}   v: directory version held
-  pong   relay -> node  {"t": "pong", "n": int, "ep": str}         ep: the node's address as seen
+  ping   node -> relay  {"t": "ping", "n": int, "v": int | nil, ["proof": bin8]}
+                                                v: directory version held
+  pong   relay -> node  {"t": "pong", "n": int, "ep": str, ["proof": bin8]}
+                                                ep: the node's address as seen
+         proof (since 0.3.0, to nodes that announce "ep-proof"): the relay saw the node at a
+         new address ep and sent this pong there; the node echoes proof in a ping at once,
+         and only then does the relay move the node's endpoint to ep.
   dir    relay -> node  {"t": "dir", "v": int, "base": int | nil, "i": int, "c": int, "mtu": int,
                          "nodes": [[name, addr bin4, key bin32, online bool, endpoint str,
                                     mtu int, routes [str CIDR, ...], lan [str, ...]], ...],
@@ -42,6 +47,8 @@ Anything else raises ProtocolError.
 
 from __future__ import annotations
 
+import re
+
 import msgpack
 
 from .errors import ProtocolError
@@ -54,19 +61,26 @@ MAX_NODES_PER_CHUNK = 64
 MAX_ROUTES = 16
 MAX_CIDR = 18  # "255.255.255.255/32"
 MAX_LAN = 8
-_MAX_MESSAGE = 16384
+MAX_MESSAGE = 16384
 _MAX_INT = 2**63 - 1
 
 _NONE = type(None)
+_NAME = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?")
+
+
+def valid_name(name) -> bool:
+    """A Kubernetes node name (a lower-case DNS subdomain). Names travel to every node and
+    end up in kubelet's environment and in logs: a node checks them as the relay does."""
+    return isinstance(name, str) and bool(_NAME.fullmatch(name)) and ".." not in name
 
 
 def _unpack(data: bytes):
-    if len(data) > _MAX_MESSAGE:
+    if len(data) > MAX_MESSAGE:
         raise ProtocolError("control message too large")
     try:
         return msgpack.unpackb(
             data, raw=False, strict_map_key=True, use_list=True,
-            max_str_len=_MAX_MESSAGE, max_bin_len=_MAX_MESSAGE,
+            max_str_len=MAX_MESSAGE, max_bin_len=MAX_MESSAGE,
             max_array_len=1024, max_map_len=32, max_ext_len=0,
         )
     except Exception as exc:  # msgpack raises many types; all mean "malformed"
@@ -170,6 +184,8 @@ def decode_join_reply(data: bytes) -> dict:
     if not isinstance(msg, dict) or not isinstance(msg.get("ok"), bool):
         raise ProtocolError("join reply: no 'ok'")
     _check(msg, _JOIN_OK if msg["ok"] else _JOIN_REFUSED, "join reply")
+    if msg["ok"] and not valid_name(msg["name"]):
+        raise ProtocolError("join reply: the name is not a node name")
     msg["hello"] = hello_of(msg, "join reply")
     return msg
 
@@ -178,7 +194,7 @@ def _check_node(entry) -> tuple:
     if not isinstance(entry, list) or len(entry) != 8:
         raise ProtocolError("dir: a node entry is not an 8-list")
     name, addr, key, online, endpoint, mtu, routes, lan = entry
-    if not (isinstance(name, str) and 0 < len(name) <= MAX_NAME):
+    if not valid_name(name):
         raise ProtocolError("dir: bad node name")
     if not (isinstance(addr, bytes) and len(addr) == 4):
         raise ProtocolError("dir: bad node address")
@@ -204,6 +220,9 @@ def decode_control(data: bytes) -> dict:
     if fields is None:
         raise ProtocolError(f"unknown control message {msg['t'][:20]!r}")
     _check(msg, fields, msg["t"])
+    if "proof" in msg and (msg["t"] not in ("ping", "pong") or not isinstance(msg["proof"], bytes)
+                           or len(msg["proof"]) != 8):
+        raise ProtocolError(f"{msg['t']}: bad proof")
     if msg["t"] == "dir":
         if len(msg["nodes"]) > MAX_NODES_PER_CHUNK or msg["i"] >= msg["c"]:
             raise ProtocolError("dir: bad chunking")

@@ -245,6 +245,19 @@ class HandshakeState:
         return b"".join(out)
 
     def read_message(self, message: bytes) -> bytes:
+        # A message that fails leaves the state as it was: anyone can send a forged response
+        # to an INIT in flight, and it must not spoil the handshake for the genuine one.
+        sym, cipher = self.sym, self.sym.cipher
+        saved = (sym.h, sym.ck, cipher.k, cipher.n, self.re, self.rs)
+        try:
+            return self._read_message(message)
+        except NoiseError:
+            sym.h, sym.ck, key, n, self.re, self.rs = saved
+            cipher.initialize_key(key)
+            cipher.n = n
+            raise
+
+    def _read_message(self, message: bytes) -> bytes:
         tokens = self._messages[self._step]
         pos = 0
         for token in tokens:

@@ -14,8 +14,10 @@ only when both announced it. A side whose range does not meet ours is refused wi
 reason that says which side to upgrade, never dropped in silence.
 
 Capabilities:
-  "hello"   takes a node <-> node INIT whose payload carries a hello after its
-            timestamp (a 0.1.0 node drops such an INIT: it wants the timestamp alone)
+  "hello"     takes a node <-> node INIT whose payload carries a hello after its
+              timestamp (a 0.1.0 node drops such an INIT: it wants the timestamp alone)
+  "ep-proof"  (0.3.0) a node that echoes a pong's proof (messages.py): the relay moves
+              its endpoint only after that round trip from the new address
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 
 PROTOCOL = 2
 MIN_PROTOCOL = 1
-CAPABILITIES: tuple[str, ...] = ("hello",)
+CAPABILITIES: tuple[str, ...] = ("hello", "ep-proof")
 
 MAX_CAPS = 16
 MAX_CAP_LEN = 32

@@ -61,9 +61,11 @@ class SqliteStore:
 
     def _open(self) -> sqlite3.Connection:
         path = self.path
-        fresh = not os.path.exists(path)
         db = None
         try:
+            # Created 0600 before SQLite opens it: SQLite gives the -wal and -shm files it
+            # makes beside it the database file's mode, and they hold the same secrets.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
             db = sqlite3.connect(path, timeout=10.0, isolation_level=None)
             db.execute("PRAGMA busy_timeout = 10000")
             version = db.execute("PRAGMA user_version").fetchone()[0]
@@ -83,11 +85,14 @@ class SqliteStore:
                 db.close()
             raise StoreError(f"state database {path} is unreadable ({exc}); restore it from a backup, "
                              "or move it away to start with no nodes") from None
+        except OSError as exc:
+            raise StoreError(f"cannot open the state database {path}: {exc.strerror}") from None
         except StoreError:
             db.close()
             raise
-        if fresh:
-            os.chmod(path, 0o600)
+        for name in (path, path + "-wal", path + "-shm"):  # those an older release made 0644
+            if os.path.exists(name) and os.stat(name).st_mode & 0o077:
+                os.chmod(name, 0o600)
         return db
 
     async def _run(self, fn, *args):

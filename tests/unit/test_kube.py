@@ -1,0 +1,48 @@
+"""kube-env's output is read by a root shell and by systemd: nothing in it may run."""
+
+import subprocess
+
+import pytest
+
+from tunneld.errors import TunneldError
+from tunneld.kube import kube_env
+from tunneld.proto import messages
+from tunneld.proto.errors import ProtocolError
+
+
+def sourced(text: str, tmp_path) -> dict:
+    env = tmp_path / "tunneld.env"
+    env.write_text(text)
+    out = subprocess.run(["bash", "-c", f"set -a; . {env}; env -0"], capture_output=True, text=True, check=True,
+                         env={"PATH": "/usr/bin:/bin"}, cwd=tmp_path).stdout
+    return dict(kv.split("=", 1) for kv in out.split("\0") if "=" in kv)
+
+
+def test_every_value_reads_back_literally_in_a_shell(tmp_path):
+    env = sourced(kube_env("edge-1.example", "100.64.0.7", "tunneld0", 1380), tmp_path)
+    assert env["KUBELET_EXTRA_ARGS"] == "--node-ip=100.64.0.7"
+    assert env["FLANNEL_MTU"] == "1330" and env["FLANNELD_ARGS"] == "--iface=tunneld0"
+    assert env["FLANNEL_ANNOTATE_COMMAND"] == ("kubectl annotate node edge-1.example "
+                                               "flannel.alpha.coreos.com/public-ip-overwrite=100.64.0.7 --overwrite")
+    for line in kube_env("edge-1.example", "100.64.0.7", "tunneld0", 1380).splitlines():
+        assert line.startswith("#") or line.count("'") == 2 and line.endswith("'")  # single quotes only
+
+
+@pytest.mark.parametrize("name", ["$(touch pwned)", "`touch pwned`", "a\"; touch pwned; \"", "a'b", "a\nB=1",
+                                  "UPPER", "a..b", "-a", "x" * 254])
+def test_a_hostile_name_from_the_relay_is_refused_not_written(name, tmp_path):
+    with pytest.raises(TunneldError, match="not a Kubernetes node name"):
+        kube_env(name, "100.64.0.7", "tunneld0", 1380)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_node_refuses_a_join_reply_or_directory_entry_with_a_hostile_name():
+    reply = {"ok": True, "name": "$(reboot)", "address": "100.64.0.7", "network": "100.64.0.0/10",
+             "endpoint": "192.0.2.1:7443", "mtu": 1380, "relay_mtu": 1500}
+    with pytest.raises(ProtocolError, match="not a node name"):
+        messages.decode_join_reply(messages.encode(reply))
+    assert messages.decode_join_reply(messages.encode({**reply, "name": "edge-1"}))["name"] == "edge-1"
+    entry = ["$(reboot)", bytes(4), bytes(32), True, "", 1380, [], []]
+    msg = {"t": "dir", "v": 1, "base": None, "i": 0, "c": 1, "mtu": 1380, "nodes": [entry], "gone": []}
+    with pytest.raises(ProtocolError, match="bad node name"):
+        messages.decode_control(messages.encode(msg))
