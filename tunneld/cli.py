@@ -19,9 +19,10 @@ import time
 import click
 
 from . import __version__
+from .cli_lock import lock_group
 from .config import (DEFAULT_INTERFACE, DEFAULT_NETWORK, DEFAULT_STATE_DIR, JoinSettings, ServeSettings,
-                     check_log_level, merged, parse_duration, parse_hostport, parse_network, parse_routes,
-                     resolve_ipv4)
+                     check_log_level, merged, parse_duration, parse_hostport, parse_network, parse_prefixes,
+                     parse_routes, resolve_ipv4)
 from .errors import EXIT_USAGE, ConfigError, TunneldError
 from .state import DB_FILE, KEY_FILE, SOCKET_FILE, load_identity, prepare_dir
 
@@ -124,16 +125,30 @@ def cli():
 @click.option("--state-dir", metavar="DIR", help=f"Key, node database, control socket [{DEFAULT_STATE_DIR}].")
 @click.option("--config", metavar="FILE", help="TOML file with the same settings.")
 @click.option("--log-level", metavar="LEVEL", help="debug, info, warning or error [info].")
-def serve(listen, network, state_dir, config, log_level):
+@click.option("--lock", metavar="PUBKEY", help="Lock the network: only keys endorsed by this lock key "
+                                               "(tdl1.…, from 'tunneld lock init') join.")
+@click.option("--auto-approve-routes", metavar="CIDR[,CIDR]", multiple=True,
+              help="Advertised routes inside these prefixes take effect without 'tunneld routes approve'.")
+def serve(listen, network, state_dir, config, log_level, lock, auto_approve_routes):
     """Run the relay (rendezvous and forwarder) in the foreground."""
-    s = merged(dict(listen=listen, network=network, state_dir=state_dir, log_level=log_level), config,
-               {"listen": None, "network": DEFAULT_NETWORK, "state_dir": DEFAULT_STATE_DIR, "log_level": "info"})
+    s = merged(dict(listen=listen, network=network, state_dir=state_dir, log_level=log_level, lock=lock,
+                    auto_approve_routes=list(auto_approve_routes) or None), config,
+               {"listen": None, "network": DEFAULT_NETWORK, "state_dir": DEFAULT_STATE_DIR, "log_level": "info",
+                "lock": None, "auto_approve_routes": []})
     if not s["listen"]:
         raise ConfigError("serve needs --listen HOST:PORT, e.g. --listen 0.0.0.0:7000")
     host, port = parse_hostport(s["listen"], "--listen")
     host = resolve_ipv4(host, "--listen")
+    lock_public = None
+    if s["lock"]:
+        from .proto.lock import LockError, parse_public
+        try:
+            lock_public = parse_public(str(s["lock"]))
+        except LockError as exc:
+            raise ConfigError(f"--lock: {exc}") from None
+    auto = parse_prefixes(s["auto_approve_routes"], "--auto-approve-routes")
     settings = ServeSettings(host, port, parse_network(s["network"]), s["state_dir"],
-                             check_log_level(s["log_level"]))
+                             check_log_level(s["log_level"]), auto, lock_public)
     _logging(settings.log_level)
     from .net.base import run
     from .net.relayd import RelayDaemon
@@ -147,7 +162,9 @@ def serve(listen, network, state_dir, config, log_level):
               help="Lifetime, e.g. 30m, 24h, 7d; 0 for a token that never expires.")
 @click.option("--list", "list_", is_flag=True, help="List the tokens instead of making one.")
 @click.option("--revoke", metavar="ID", help="Revoke the token with this ID (from --list).")
-def token(state_dir, ttl, list_, revoke):
+@click.option("--uses", metavar="N", type=click.IntRange(min=0), default=1, show_default=True,
+              help="How many nodes it admits; 0 for any number until it expires.")
+def token(state_dir, ttl, list_, revoke, uses):
     """Print a new join token, alone on stdout (run on the relay)."""
     if list_ and revoke:
         raise ConfigError("use --list or --revoke, not both")
@@ -175,14 +192,14 @@ def token(state_dir, ttl, list_, revoke):
                             f"no valid token with ID {revoke}; see 'tunneld token --list'")
         click.echo(f"revoked token {revoke}", err=True)
         return 0
-    answer = _relay_request(state_dir, {"cmd": "token", "ttl": seconds})
+    answer = _relay_request(state_dir, {"cmd": "token", "ttl": seconds, "uses": uses})
     if answer is not None:
         click.echo(answer["token"])
         return 0
     identity = load_identity(state_dir, create=False)
     store, registry = _offline_registry(state_dir)
     try:
-        token, write = registry.issue_token(identity.public, seconds, time.time(), os.urandom)
+        token, write = registry.issue_token(identity.public, seconds, time.time(), os.urandom, uses)
         asyncio.run(write.apply(store))
     finally:
         store.close_now()
@@ -196,9 +213,11 @@ def _print_tokens(tokens: list[dict]) -> None:
     for t in tokens:
         expires = "never" if t["expires"] is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t["expires"]))
         state = "revoked" if t["revoked"] else ("expired" if t["expires"] is not None and t["expires"] <= now
+                                                else "used" if t.get("max_uses") and t["uses"] >= t["max_uses"]
                                                 else "valid")
+        uses = f"{t['uses']}/{t['max_uses']}" if t.get("max_uses") else f"{t['uses']}/any"
         click.echo(f"{t['id']:<17} {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(t['created'])):<20} "
-                   f"{expires:<20} {t['uses']:>4}  {state}")
+                   f"{expires:<20} {uses:>6}  {state}")
 
 
 @cli.command()
@@ -230,8 +249,10 @@ def join(relay, token_, token_file, name, interface, state_dir, config, port, ad
     if not s["relay"]:
         raise ConfigError("join needs --relay HOST:PORT, the relay's public address")
     host, rport = parse_hostport(s["relay"], "--relay")
+    if not s["token"] and not s["token_file"] and os.environ.get("TUNNELD_TOKEN"):
+        s["token"] = os.environ["TUNNELD_TOKEN"]
     if bool(s["token"]) == bool(s["token_file"]):
-        raise ConfigError("join needs exactly one of --token TOKEN or --token-file FILE")
+        raise ConfigError("join needs exactly one of --token TOKEN, --token-file FILE or TUNNELD_TOKEN")
     text = s["token"]
     if s["token_file"]:
         try:
@@ -257,6 +278,14 @@ def join(relay, token_, token_file, name, interface, state_dir, config, port, ad
     settings = JoinSettings(host, resolve_ipv4(host, "--relay"), rport, text, node_name,
                             check_interface_name(s["interface"]), s["state_dir"], lport,
                             check_log_level(s["log_level"]), routes, s["accept_routes"], s["snat_routes"])
+    from .proto.token import JoinToken, TokenError
+    try:
+        JoinToken.parse(text)
+    except TokenError as exc:
+        raise ConfigError(str(exc)) from None
+    if token_:
+        click.echo("tunneld: warning: --token leaves the token in the process list for every local user; "
+                   "use --token-file FILE or the TUNNELD_TOKEN environment variable", err=True)
     _logging(settings.log_level)
     from .net.base import run
     from .net.noded import NodeDaemon
@@ -325,6 +354,81 @@ def revoke(name, state_dir):
     return 0
 
 
+@cli.group()
+def routes():
+    """Which advertised routes take effect (run on the relay)."""
+
+
+def _route_change(state_dir: str, cmd: str, name: str, prefix: str, change) -> None:
+    state_dir = _relay_dir(state_dir)
+    if _relay_request(state_dir, {"cmd": cmd, "name": name, "prefix": prefix}) is None:
+        from .control.approvals import ApprovalError
+        store, registry = _offline_registry(state_dir)
+        try:
+            write = change(registry)
+            if write is None:
+                raise ConfigError(f"{prefix} is not approved for {name!r}; see 'tunneld routes list'")
+            asyncio.run(write.apply(store))
+        except ApprovalError as exc:
+            raise ConfigError(str(exc)) from None
+        finally:
+            store.close_now()
+
+
+@routes.command("approve")
+@click.argument("name")
+@click.argument("prefix")
+@click.option("--state-dir", metavar="DIR", default=DEFAULT_STATE_DIR, show_default=True,
+              help="The relay's state dir.")
+def routes_approve(name, prefix, state_dir):
+    """Let NAME's advertised PREFIX (or any prefix inside it) take effect on the nodes."""
+    def change(registry):
+        from .control.approvals import ApprovalError
+        if name not in registry.by_name:
+            raise ApprovalError(f"no node named {name[:64]!r} on this relay; see 'tunneld routes list'")
+        listen = registry.meta.get("listen")  # the relay's address, as it last recorded it
+        return registry.approvals.approve(name, prefix, registry.network, [listen] if listen else [])
+    _route_change(state_dir, "approve-route", name, prefix, change)
+    click.echo(f"approved {prefix} for {name}", err=True)
+    return 0
+
+
+@routes.command("unapprove")
+@click.argument("name")
+@click.argument("prefix")
+@click.option("--state-dir", metavar="DIR", default=DEFAULT_STATE_DIR, show_default=True,
+              help="The relay's state dir.")
+def routes_unapprove(name, prefix, state_dir):
+    """Take an approval back: the prefix stops working on the nodes at once."""
+    _route_change(state_dir, "unapprove-route", name, prefix, lambda registry: registry.approvals.unapprove(name, prefix))
+    click.echo(f"{prefix} is no longer approved for {name}", err=True)
+    return 0
+
+
+@routes.command("list")
+@click.option("--state-dir", metavar="DIR", default=DEFAULT_STATE_DIR, show_default=True,
+              help="The relay's state dir.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def routes_list(state_dir, as_json):
+    """Advertised and approved routes, per node."""
+    state_dir = _relay_dir(state_dir)
+    answer = _relay_request(state_dir, {"cmd": "routes"})
+    if answer is None:  # no relay running: approvals only (what nodes advertise, only a relay knows)
+        store, registry = _offline_registry(state_dir)
+        store.close_now()
+        rows = registry.approvals.rows({})
+    else:
+        rows = answer["routes"]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return 0
+    click.echo(f"{'NODE':<24} {'ADVERTISED':<32} {'APPROVED':<32} IN EFFECT")
+    for r in rows:
+        click.echo(f"{r['name']:<24} {','.join(r['advertised']) or '-':<32} {','.join(r['approved']) or '-':<32} "
+                   f"{','.join(r['effective']) or '-'}")
+    return 0
+
+
 def _size(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
@@ -364,6 +468,9 @@ def format_status(st: dict) -> str:
     if drops:
         lines.append("dropped: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))
     return "\n".join(lines)
+
+
+cli.add_command(lock_group)
 
 
 def main(argv=None) -> None:

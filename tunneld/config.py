@@ -113,6 +113,8 @@ class ServeSettings:
     network: ipaddress.IPv4Network
     state_dir: str
     log_level: str
+    auto_approve_routes: tuple[str, ...] = ()
+    lock: bytes | None = None  # the network lock's public key
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,18 @@ def parse_routes(value) -> tuple[str, ...]:
         return check_routes(texts)
     except RouteError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def parse_prefixes(value, option: str) -> tuple[str, ...]:
+    """CIDRs, given repeatedly, comma-separated, or as a TOML list (the default route too)."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    out = []
+    for text in (t.strip() for item in items for t in str(item).split(",") if t.strip()):
+        try:
+            out.append(str(ipaddress.IPv4Network(text, strict=True)))
+        except ValueError:
+            raise ConfigError(f"{option} {text[:24]!r} is not an IPv4 prefix like 198.18.0.0/16") from None
+    return tuple(out)
 
 
 def check_log_level(level) -> str:

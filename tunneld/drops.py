@@ -61,6 +61,7 @@ class Drop(StrEnum):
     SPOOFED_SOURCE = "spoofed_source"
     BAD_INNER_PACKET = "bad_inner_packet"
     ROUTE_REFUSED = "route_refused"
+    PEER_UNENDORSED = "peer_unendorsed"  # a directory key the network lock does not endorse
     PROBE_WRONG_PATH = "probe_wrong_path"  # a probe reply from elsewhere than the probe went
 
     # A node's TUN side
@@ -80,6 +81,7 @@ class Drop(StrEnum):
     TCP_TRUNCATED_FRAME = "tcp_truncated_frame"
     TCP_BACKPRESSURE = "tcp_backpressure"
     TCP_TOO_MANY_STREAMS = "tcp_too_many_streams"
+    TCP_TOO_MANY_FROM_SOURCE = "tcp_too_many_from_source"
     TCP_UNAUTHENTICATED_TIMEOUT = "tcp_unauthenticated_timeout"
     TCP_CONNECT_FAILED = "tcp_connect_failed"
     STORE_ERROR = "store_error"  # a registration the relay's store refused or could not write

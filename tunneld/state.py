@@ -91,6 +91,8 @@ class NodeState:
     relay_key: str  # hex
     assignment: Assignment
     mtu: int | None  # tunneld0's, as last set; None when the file holds no usable one
+    lock: bytes | None = None  # the network lock pinned at an endorsed join
+    known: tuple = ()  # ((peer name, key), ...) as last accepted
 
 
 def parse_node_state(data) -> NodeState | None:
@@ -108,7 +110,21 @@ def parse_node_state(data) -> NodeState | None:
     mtu = data.get("mtu")
     if type(mtu) is not int or not MIN_OVERLAY_MTU <= mtu <= 65535:
         mtu = None
-    return NodeState(key, Assignment(name, address, network), mtu)
+    lock, peers = _hex(data.get("lock")), data.get("peers")
+    if data.get("lock") is not None and lock is None:
+        return None  # a pin we cannot read must not silently become no pin
+    known = tuple((n, k) for n, k in ((n, _hex(v)) for n, v in (peers.items() if isinstance(peers, dict) else ()))
+                  if isinstance(n, str) and k is not None)
+    return NodeState(key, Assignment(name, address, network), mtu, lock, known)
+
+
+def _hex(value) -> bytes | None:
+    """32 bytes from 64 hex digits, or None."""
+    try:
+        raw = bytes.fromhex(value) if isinstance(value, str) else b""
+    except ValueError:
+        return None
+    return raw if len(raw) == 32 else None
 
 
 def load_node_state(state_dir: str, relay_key: bytes | None = None) -> NodeState | None:
@@ -123,11 +139,13 @@ def load_node_state(state_dir: str, relay_key: bytes | None = None) -> NodeState
     return state
 
 
-def save_node_state(state_dir: str, relay_key: bytes, relay: str, assignment: Assignment, mtu: int) -> None:
+def save_node_state(state_dir: str, relay_key: bytes, relay: str, assignment: Assignment, mtu: int,
+                    lock: bytes | None = None, known: tuple = ()) -> None:
     path = os.path.join(state_dir, NODE_FILE)
     tmp = path + ".tmp"
     data = {"relay_key": relay_key.hex(), "relay": relay, "name": assignment.name, "address": assignment.address,
-            "network": assignment.network, "mtu": mtu}
+            "network": assignment.network, "mtu": mtu, "lock": lock.hex() if lock else None,
+            "peers": {name: key.hex() for name, key in known}}
     with open(tmp, "w") as f:
         json.dump(data, f, indent=1)
         f.flush()

@@ -33,6 +33,7 @@ def cluster():
         # A machine outside the cluster (seed 002's physical servers) that takes the gateway's routes.
         ov.join(lab.public_host("outside"), "outside", token, "--accept-routes")
         ov.wait_connected()
+        ov.approve("control-plane", "198.18.0.0/16").check_returncode()
         wait_for(lambda: all(ov.node_status(n)["mtu"] == 1382 for n in ov.nodes), 20,
                  what="every node to take the overlay MTU")
         ov.pods = flannel.setup(lab, ov, list(NODES))
@@ -180,6 +181,8 @@ def test_tcp_through_a_pmtu_blackhole_is_saved_by_mss_clamping(lab):
         ov.join(gw, name, token, "--advertise-routes", f"198.19.{n}.0/24", "--accept-routes", "--no-snat-routes")
         sides[name] = (host, f"198.19.{n}.2")
     ov.wait_connected()
+    for n, name in ((50, "site-a"), (60, "site-b")):
+        ov.approve(name, f"198.19.{n}.0/24").check_returncode()
     wait_for(lambda: all(ov.node_status(n)["accepted_routes"] for n in sides), 15, what="routes to be accepted")
     (a_host, a_ip), (b_host, b_ip) = sides["site-a"], sides["site-b"]
     assert lab.nsexec(a_host, "ping", "-c", "2", "-W", "2", b_ip, check=False).returncode == 0

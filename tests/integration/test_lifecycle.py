@@ -105,8 +105,8 @@ def test_second_daemon_on_the_same_interface_is_refused(lab):
     ov.join(host, "public")
     ov.wait_connected()
     other = os.path.join(lab.tmp, "other")
-    proc = lab.nsexec(host.ns, sys.executable, "-m", "tunneld", "join", "--relay", ov.relay_endpoint,
-                      "--token", ov.token(), "--name", "other", "--state-dir", other, check=False)
+    proc = lab.nsexec(host.ns, "env", f"TUNNELD_TOKEN={ov.token()}", sys.executable, "-m", "tunneld", "join",
+                      "--relay", ov.relay_endpoint, "--name", "other", "--state-dir", other, check=False)
     assert proc.returncode == 1
     err = proc.stderr.decode().strip().splitlines()
     assert len(err) == 1 and "tunneld0 is in use" in err[0], err
@@ -194,9 +194,8 @@ def test_after_a_reboot_the_node_is_ready_while_the_relay_is_unreachable(lab):
     sock.bind(notify_path)
     sock.settimeout(20)
     try:
-        lab.tunneld(host, "join", "--relay", ov.relay_endpoint, "--token", token,
-                    "--name", "hidden", "--state-dir", host.state_dir, log_name="hidden-again",
-                    env={"NOTIFY_SOCKET": notify_path})
+        lab.tunneld(host, "join", "--relay", ov.relay_endpoint, "--name", "hidden", "--state-dir", host.state_dir,
+                    log_name="hidden-again", env={"NOTIFY_SOCKET": notify_path, "TUNNELD_TOKEN": token})
         message = sock.recv(4096).decode()
     finally:
         sock.close()

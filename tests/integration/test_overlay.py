@@ -197,7 +197,7 @@ for i in range(300):
     # Every drop has its reason, and the reasons are the ones garbage earns.
     assert set(after) - {"empty", "bad_type", "relayed_unknown_source", "unknown_session", "handshake_wrong_key",
                          "handshake_malformed", "tcp_bad_framing", "tcp_truncated_frame",
-                         "relayed_no_destination"} <= set(before)
+                         "relayed_no_destination", "tcp_too_many_from_source"} <= set(before)
     grew = rss_kb() - rss_before
     print(f"garbage: relay RSS grew {grew} kB; drops {dict(after)}")
     assert grew < 100 * 1024

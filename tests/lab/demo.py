@@ -49,13 +49,14 @@ def main() -> int:
         _say("\n== the relay")
         ov.start_relay()
         _say(f"  [relay] $ tunneld serve --listen {ov.relay_endpoint} --state-dir {ov.relay.state_dir} &")
-        token = _cmd(lab, ov.relay, "token", "--state-dir", ov.relay.state_dir, "--ttl", "1h").strip()
+        token = _cmd(lab, ov.relay, "token", "--state-dir", ov.relay.state_dir, "--ttl", "1h",
+                     "--uses", str(len(hosts))).strip()
 
         _say("\n== three nodes join")
         started = time.monotonic()
         for name, host in hosts.items():
-            _say(f"  [{name}] $ tunneld join --relay {ov.relay_endpoint} --token {token[:12]}... "
-                 f"--name {name} --state-dir {host.state_dir} &")
+            _say(f"  [{name}] $ tunneld join --relay {ov.relay_endpoint} --token-file {name}.token "
+                 f"--name {name} --state-dir {host.state_dir} &      ({name}.token: {token[:12]}...)")
             ov.join(host, name, token)
         ov.wait_connected()
         _say(f"  all three connected and ready in {time.monotonic() - started:.1f} s")

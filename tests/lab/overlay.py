@@ -15,11 +15,15 @@ RELAY_PORT = 7000
 
 
 class Overlay:
-    def __init__(self, lab: Lab, port: int = RELAY_PORT, relay_python: str | None = None):
-        """relay_python: run another release's relay (tests/lab/release.py)."""
+    def __init__(self, lab: Lab, port: int = RELAY_PORT, relay_python: str | None = None,
+                 relay_module: str | None = None, relay_env: dict | None = None):
+        """relay_python: run another release's relay (tests/lab/release.py); relay_module: run
+        `python -m MODULE serve ...` instead of tunneld (tests/lab/evil_relay.py), with relay_env."""
         self.lab = lab
         self.port = port
         self.relay_python = relay_python
+        self.relay_module = relay_module
+        self.relay_env = relay_env or {}
         self.relay = lab.public_host("relay", "relay")
         self.relay_proc: subprocess.Popen | None = None
         self.nodes: dict[str, Host] = {}
@@ -30,9 +34,14 @@ class Overlay:
         return f"{self.relay.address}:{self.port}"
 
     def start_relay(self, *extra: str, timeout: float = 20, wrap: tuple[str, ...] = ()) -> subprocess.Popen:
-        self.relay_proc = self.lab.tunneld(self.relay, "serve", "--listen", self.relay_endpoint,
-                                           "--state-dir", self.relay.state_dir, *extra, log_name="relay",
-                                           wrap=wrap, python=self.relay_python)
+        args = ("serve", "--listen", self.relay_endpoint, "--state-dir", self.relay.state_dir, *extra)
+        if self.relay_module:
+            self.relay_proc = self.lab.spawn(self.relay.ns, sys.executable, "-m", self.relay_module, *args,
+                                             log=os.path.join(self.lab.tmp, "relay.log"),
+                                             env={"PYTHONUNBUFFERED": "1", **self.relay_env})
+        else:
+            self.relay_proc = self.lab.tunneld(self.relay, *args, log_name="relay", wrap=wrap,
+                                               python=self.relay_python)
         proc = self.relay_proc
 
         def started():
@@ -52,13 +61,27 @@ class Overlay:
             self.relay_proc = None
 
     def token(self, *extra: str) -> str:
+        """A token from the relay; one for any number of nodes unless extra says --uses (a
+        release before 0.3.0 knows no --uses: its tokens admit any number)."""
+        if self.relay_python is None and "--uses" not in extra:
+            extra = (*extra, "--uses", "0")
         proc = self.lab.nsexec(self.relay.ns, *tunneld_command(self.relay_python), "token",
                                "--state-dir", self.relay.state_dir, *extra)
         return proc.stdout.decode().strip()
 
+    def approve(self, name: str, prefix: str) -> subprocess.CompletedProcess:
+        """`tunneld routes approve NAME PREFIX` on the relay."""
+        return self.lab.nsexec(self.relay.ns, *tunneld_command(self.relay_python), "routes", "approve", name,
+                               prefix, "--state-dir", self.relay.state_dir, check=False)
+
     def join(self, host: Host, name: str, token: str | None = None, *extra: str,
              wrap: tuple[str, ...] = (), python: str | None = None) -> subprocess.Popen:
-        proc = self.lab.tunneld(host, "join", "--relay", self.relay_endpoint, "--token", token or self.token(),
+        # In a file, as the README says: a token in argv is readable by every local user.
+        token_file = os.path.join(self.lab.tmp, f"{name}.token")
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write((token or self.token()) + "\n")
+        proc = self.lab.tunneld(host, "join", "--relay", self.relay_endpoint, "--token-file", token_file,
                                 "--name", name, "--state-dir", host.state_dir, *extra, log_name=name, wrap=wrap,
                                 python=python)
         self.nodes[name] = host

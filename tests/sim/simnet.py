@@ -91,13 +91,16 @@ class SimNodeIO:
 
 
 class SimNet:
-    def __init__(self, store=None, relay_identity=None, seed: int = 1, network=NETWORK):
+    def __init__(self, store=None, relay_identity=None, seed: int = 1, network=NETWORK, auto_approve=(),
+                 lock: bytes | None = None):
         self.rng = random.Random(seed)
         self.now = 1000.0
         self.wall = 1_700_000_000.0
         self.queue: deque = deque()
         self.store = store or MemoryStore()
         self.network = network
+        self.auto_approve = auto_approve
+        self.lock = lock
         self.relay_identity = relay_identity or Identity.from_random(self.rng.randbytes)
         self.relay_up = True
         self.hold_writes = False  # the store is slow: writes wait in held_writes
@@ -115,7 +118,7 @@ class SimNet:
         return Env(lambda: self.now, lambda: int(self.wall * 1e9), self.rng.randbytes)
 
     def _new_relay(self) -> Relay:
-        registry = Registry(self.network, run_now(self.store.load()))
+        registry = Registry(self.network, run_now(self.store.load()), auto_approve=self.auto_approve, lock=self.lock)
         return Relay(self.relay_identity, registry, self._relay_send, self.env(), self.now, listen="192.0.2.1:7000")
 
     @property
@@ -125,8 +128,9 @@ class SimNet:
     def _relay_send(self, ep, data):
         self.queue.append((ep, data, "relay"))
 
-    def token(self, ttl=None) -> JoinToken:
-        token = JoinToken.parse(self.relay.issue_token(ttl))
+    def token(self, ttl=None, uses=0) -> JoinToken:
+        """A token for any number of nodes (uses=0), unless a test says otherwise."""
+        token = JoinToken.parse(self.relay.issue_token(ttl, uses))
         self.store_writes()
         return token
 

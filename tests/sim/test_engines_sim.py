@@ -73,7 +73,7 @@ def test_a_token_the_store_did_not_take_admits_nobody():
 
 
 def test_host_changes_leave_as_effects_in_order():
-    net = SimNet()
+    net = SimNet(auto_approve=("198.18.0.0/15",))
     net.add_node("gw", routes=("198.18.0.0/16",))
     outside = net.add_node("outside", accept_routes=True, protected=("192.0.2.1",))
     seen = []

@@ -55,6 +55,9 @@ def gateway_net(**accept):
     outside = net.add_node("outside", accept_routes=True, protected=("192.0.2.1",))
     plain = net.add_node("plain")
     net.advance(2)
+    net.relay.approve_route("gw", "198.18.0.0/16")  # as `tunneld routes approve gw 198.18.0.0/16`
+    net.store_writes()
+    net.advance(1)
     return net, gw, outside, plain
 
 
@@ -78,7 +81,7 @@ def test_advertised_routes_reach_through_the_gateway():
 
 
 def test_a_route_over_the_relay_is_never_accepted():
-    net = SimNet()
+    net = SimNet(auto_approve=("0.0.0.0/0",))  # whatever the relay lets through
     net.add_node("gw", routes=("192.0.2.0/24", "198.18.0.0/16"))
     outside = net.add_node("outside", accept_routes=True, protected=("192.0.2.1",))
     net.advance(2)

@@ -52,7 +52,12 @@ def test_invalid_control_is_refused(msg):
 def test_join_request_and_replies():
     req = {"ts": b"t" * 12, "name": "alpha", "token": b"x" * 24, "mtu": 1500, "routes": ["198.18.0.0/16"],
            "lan": ["198.19.1.2:4000"]}
-    assert messages.decode_join_request(messages.encode(req)) == {**req, "hello": LEGACY}  # a 0.1.0 node
+    assert messages.decode_join_request(messages.encode(req)) == {**req, "hello": LEGACY, "chain": None}  # 0.1.0
+    chain = bytes(range(168))
+    assert messages.decode_join_request(messages.encode({**req, "chain": chain}))["chain"] == chain
+    for bad in (b"short", "text", 7):
+        with pytest.raises(ProtocolError, match="chain"):
+            messages.decode_join_request(messages.encode({**req, "chain": bad}))
     hello = messages.decode_join_request(messages.encode({**req, **OURS.wire()}))["hello"]
     assert hello == OURS and hello.has("hello") and hello.problem() is None
     for bad in ({"pv": 0, "pm": 0, "caps": []}, {"pv": 2, "pm": 3, "caps": []}, {"pv": 2, "pm": 1, "caps": "x"},

@@ -241,3 +241,63 @@ def test_send_frame_writes_the_length_first():
     d.send_frame(b"abc")
     assert t.written == b"\x00\x03abc"
 
+
+
+class FakeEngine:
+    def __init__(self):
+        self.bound_streams = set()
+
+    def bound(self, stream):
+        return stream in self.bound_streams
+
+    def link_closed(self, stream):
+        pass
+
+
+class FakeRelayDaemon(FakeDaemon):
+    def __init__(self):
+        super().__init__()
+        self.streams = set()
+        self.fresh = set()
+        self.per_source = Counter()
+        self.engine = FakeEngine()
+
+
+class PeerTransport(FakeTransport):
+    def __init__(self, host):
+        super().__init__()
+        self.host = host
+
+    def get_extra_info(self, name):
+        return (self.host, 40000) if name == "peername" else None
+
+    def is_closing(self):
+        return self.aborted
+
+    def get_write_buffer_size(self):
+        return 0
+
+
+def test_tcp_streams_are_capped_per_source_and_unauthenticated_ones_overall():
+    """Finding: one global cap of 4,096 streams and no per-source cap; streams that never
+    authenticate held 30 s, and up to ~256 MB of partial frames between them."""
+    from tunneld.net import relayd
+    d = FakeRelayDaemon()
+    opened = []
+    for i in range(relayd.MAX_STREAMS_PER_SOURCE + 10):  # one source opens many
+        s, t = relayd.NodeStream(d), PeerTransport("198.51.100.66")
+        s.connection_made(t)
+        opened.append(t)
+    assert sum(not t.aborted for t in opened) == relayd.MAX_STREAMS_PER_SOURCE
+    assert d.drops[Drop.TCP_TOO_MANY_FROM_SOURCE] == 10
+    for i in range(relayd.MAX_UNAUTHENTICATED + 50):  # many sources, none authenticating
+        relayd.NodeStream(d).connection_made(PeerTransport(f"10.{i // 250}.{i % 250}.1"))
+    assert sum(1 for s in d.streams if not d.engine.bound(s)) <= relayd.MAX_UNAUTHENTICATED
+    assert d.drops[Drop.TCP_TOO_MANY_STREAMS] >= 50
+    # what they can hold back in partial frames is bounded
+    assert relayd.MAX_UNAUTHENTICATED * 65536 <= 64 << 20 and relayd.TCP_AUTH_TIMEOUT <= 10
+    # once a stream authenticates it no longer counts against strangers: a new one gets in
+    d.engine.bound_streams.add(next(iter(d.streams)))
+    t = PeerTransport("192.0.2.50")
+    relayd.NodeStream(d).connection_made(t)
+    assert not t.aborted

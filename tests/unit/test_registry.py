@@ -39,8 +39,8 @@ class Relay:
         self.write(write)
         return decision
 
-    def token(self, ttl):
-        token, write = self.reg.issue_token(key(0), ttl, NOW, os.urandom)
+    def token(self, ttl, uses=0):
+        token, write = self.reg.issue_token(key(0), ttl, NOW, os.urandom, uses)
         self.write(write)
         return token
 
@@ -221,3 +221,33 @@ def test_a_version_1_database_is_migrated_in_place(tmp_path):
     s = SqliteStore(str(path))
     assert asyncio.run(s.load()).nodes[0].mtu == 1450
     asyncio.run(s.close())
+
+
+def test_a_single_use_token_admits_one_node_and_survives_a_restart(relay):
+    """Finding: tokens were reusable for 24 h by anyone who saw one."""
+    token = relay.token(3600, uses=1)
+    assert isinstance(relay.join(key(1), "alpha", token.credential), NodeRecord)
+    refused = relay.join(key(2), "bravo", token.credential)
+    assert refused.code == "token_used" and "--uses" in refused.message
+    assert isinstance(relay.join(key(1), "alpha", token.credential), NodeRecord)  # its own node, again: fine
+    reg = relay.reopened()
+    assert reg.join(key(3), "charlie", token.credential, NOW)[0].code == "token_used"
+    rows = {r["id"]: r for r in reg.token_rows()}
+    assert rows[token.token_id.hex()]["uses"] == 1 and rows[token.token_id.hex()]["max_uses"] == 1
+
+
+def test_a_failed_registration_gives_its_use_back(relay):
+    token = relay.token(3600, uses=1)
+    decision, write = relay.reg.join(key(1), "alpha", token.credential, NOW)
+    relay.reg.failed(write)  # the store could not write it
+    assert isinstance(relay.join(key(2), "bravo", token.credential), NodeRecord)
+
+
+def test_approved_routes_are_stored_and_go_with_a_revoked_key(relay):
+    token = relay.token(3600)
+    relay.join(key(1), "gw", token.credential)
+    relay.write(relay.reg.approvals.approve("gw", "198.18.0.0/16", NET, ["192.0.2.1"]))
+    assert relay.reopened().approvals.effective("gw", ["198.18.1.0/24", "198.19.0.0/24"]) == ("198.18.1.0/24",)
+    record, write = relay.reg.revoke("gw", NOW)
+    relay.write(write)
+    assert relay.reopened().approvals.effective("gw", ["198.18.1.0/24"]) == ()

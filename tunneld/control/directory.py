@@ -31,6 +31,7 @@ class Entry:
     routes: tuple = ()  # prefixes (CIDR strings) the node routes for others
     lan: tuple = ()  # endpoints on its own LAN, direct-path candidates for its neighbours
     hello: Hello = LEGACY  # the protocol range and capabilities it announced when it joined
+    lock: bytes = b""  # its network-lock chain (proto/lock.py), empty if it has none
 
     def wire(self) -> list:
         return [self.name, self.addr, self.key, self.online, self.endpoint, self.mtu, list(self.routes),
@@ -38,7 +39,7 @@ class Entry:
 
     def size(self) -> int:
         """Bytes this entry takes in a message (its hello included)."""
-        return len(encode(self.wire())) + len(encode(_hello(self.hello)))
+        return len(encode(self.wire())) + len(encode(_hello(self.hello))) + len(encode(self.lock))
 
 
 def _hello(h: Hello) -> list:
@@ -61,7 +62,7 @@ def _message(version: int, base: int | None, i: int, count: int, mtu: int, entri
              gone: list[bytes]) -> dict:
     return {"t": "dir", "v": version, "base": base, "i": i, "c": count, "mtu": mtu,
             "nodes": [e.wire() for e in entries], "gone": gone,
-            "hellos": [_hello(e.hello) for e in entries]}
+            "hellos": [_hello(e.hello) for e in entries], "locks": [e.lock for e in entries]}
 
 
 class Directory:
@@ -136,7 +137,8 @@ class DirectoryMirror:
     def apply(self, msg: dict) -> bool:
         self.mtu = msg["mtu"]
         hellos = msg.get("hellos") or [LEGACY] * len(msg["nodes"])
-        nodes = [Entry(*n, hello) for n, hello in zip(msg["nodes"], hellos)]
+        locks = msg.get("locks") or [b""] * len(msg["nodes"])
+        nodes = [Entry(*n, hello, lock) for n, hello, lock in zip(msg["nodes"], hellos, locks)]
         if msg["base"] is not None:
             if msg["base"] != self.version:
                 return False  # our next ping reports our version; the relay sends a snapshot

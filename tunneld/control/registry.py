@@ -19,12 +19,16 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from ..proto.lock import CHAIN_LEN, ChainCache
 from ..proto.messages import valid_name
 from ..proto.token import ID_LEN, JoinToken, secret_hash, secret_matches
-from ..store.base import AddToken, NodeRecord, Register, RevokeNode, RevokeToken, SaveMtu, Snapshot, \
+from ..store.base import AddToken, NodeRecord, Register, RevokeNode, RevokeToken, SaveLock, SaveMtu, Snapshot, \
     TokenRecord, Touch
+from .approvals import Approvals
 
 MAX_ROUTES = 16
+NOT_ENDORSED_MESSAGE = ("this network is locked: join with a token endorsed by the network lock "
+                        "('tunneld lock endorse TOKEN --key FILE' where the lock key is kept)")
 REVOKED_MESSAGE = ("this node's key was revoked on the relay; delete the key file in the node's state dir "
                    "and join again with a new token")
 
@@ -73,9 +77,14 @@ def allocate(network: ipaddress.IPv4Network, used: set[str]) -> str | None:
 
 
 class Registry:
-    def __init__(self, network: ipaddress.IPv4Network, snapshot: Snapshot | None = None):
+    def __init__(self, network: ipaddress.IPv4Network, snapshot: Snapshot | None = None, *,
+                 auto_approve: Iterable[str] = (), lock: bytes | None = None):
+        """lock: the network lock's public key (proto/lock.py): only endorsed keys join."""
         snapshot = snapshot or Snapshot()
         self.network = network
+        self.meta = dict(snapshot.meta)  # as the store held it at start
+        self.approvals = Approvals(snapshot.routes, auto_approve)
+        self.lock = ChainCache(lock) if lock else None
         self.by_name: dict[str, NodeRecord] = {r.name: r for r in snapshot.nodes}
         self.by_key: dict[bytes, NodeRecord] = {r.public_key: r for r in snapshot.nodes if r.public_key is not None}
         self.revoked: set[bytes] = set(snapshot.revoked_keys)
@@ -89,18 +98,28 @@ class Registry:
     # -- joins ---------------------------------------------------------------------------
 
     def join(self, key: bytes, name: str, credential: bytes | None, now: float,
-             mtu: int | None = None) -> tuple[NodeRecord | Refusal, object | None]:
-        """The decision on a join, and the write it needs (None: nothing changed)."""
-        decision, write = self._join(key, name, credential, now, mtu)
-        if write is None and isinstance(decision, NodeRecord) and mtu is not None and decision.mtu != mtu:
-            decision.mtu = mtu
-            write = SaveMtu(decision.name, mtu)
+             mtu: int | None = None, chain: bytes | None = None) -> tuple[NodeRecord | Refusal, object | None]:
+        """The decision on a join, and the write it needs (None: nothing changed). chain: the
+        node's network-lock chain, if it has one (kept; required when the relay is locked)."""
+        decision, write = self._join(key, name, credential, now, mtu, chain)
+        if write is None and isinstance(decision, NodeRecord):
+            if chain is not None and decision.lock != chain:  # a node re-endorsed with a new token
+                decision.lock = chain
+                write = SaveLock(decision.name, chain)
+            elif mtu is not None and decision.mtu != mtu:
+                decision.mtu = mtu
+                write = SaveMtu(decision.name, mtu)
         return decision, write
 
-    def _join(self, key, name, credential, now, mtu):
+    def _join(self, key, name, credential, now, mtu, chain):
         if key in self.revoked:
             return Refusal("key_revoked", REVOKED_MESSAGE), None
         known = self.by_key.get(key)
+        if chain is not None and (len(chain) != CHAIN_LEN or (
+                self.lock is not None and not self.lock.valid(chain, key, known.name if known else name))):
+            chain = None
+        if self.lock is not None and chain is None:
+            return Refusal("not_endorsed", NOT_ENDORSED_MESSAGE), None
         if known is not None:
             return known, None
         if credential is None:
@@ -116,6 +135,10 @@ class Registry:
         if token.expires is not None and now >= token.expires:
             return Refusal("token_expired", "the join token has expired; "
                            "print a new one on the relay with 'tunneld token'"), None
+        if token.max_uses and token.uses >= token.max_uses:
+            return Refusal("token_used", f"the join token was already used by {token.uses} node"
+                           f"{'s' if token.uses > 1 else ''}, all it admits; print a new one on the relay "
+                           "with 'tunneld token' ('--uses N' for a batch of nodes)"), None
         if not valid_name(name):
             return Refusal("bad_name", f"the node name {name[:64]!r} is not a lower-case DNS name; "
                            "set a valid one with --name"), None
@@ -124,13 +147,13 @@ class Registry:
             if holder.public_key is not None:
                 return Refusal("name_taken", f"the name {name!r} belongs to another node's key; pick "
                                f"another --name, or run 'tunneld revoke {name}' on the relay first"), None
-            record = dataclasses.replace(holder, public_key=key, mtu=mtu)  # a revoked name's next key
+            record = dataclasses.replace(holder, public_key=key, mtu=mtu, lock=chain)  # a revoked name's next key
         else:
             address = allocate(self.network, {r.address for r in self.by_name.values()})
             if address is None:
                 return Refusal("network_full", f"no free address left in {self.network}; "
                                "the relay operator must revoke nodes or widen --network", retry=True), None
-            record = NodeRecord(name, address, key, now, mtu=mtu)
+            record = NodeRecord(name, address, key, now, mtu=mtu, lock=chain)
         self._before[key] = holder
         self.by_name[name] = record
         self.by_key[key] = record
@@ -183,13 +206,16 @@ class Registry:
         self.by_key.pop(key, None)
         self.unwritten.discard(key)
         revoked = dataclasses.replace(record)
-        record.public_key = None
+        record.public_key = record.lock = None
+        self.approvals.forget(name)
         return revoked, RevokeNode(name, key, now)
 
     def issue_token(self, relay_public: bytes, ttl: float | None, now: float,
-                    random: Callable[[int], bytes]) -> tuple[JoinToken, AddToken]:
+                    random: Callable[[int], bytes], uses: int = 1) -> tuple[JoinToken, AddToken]:
+        """uses: how many nodes it admits (0: any number until it expires)."""
         token = JoinToken.new(relay_public, random)
-        record = TokenRecord(token.token_id, secret_hash(token.secret), now, None if ttl is None else now + ttl)
+        record = TokenRecord(token.token_id, secret_hash(token.secret), now, None if ttl is None else now + ttl,
+                             max_uses=uses)
         self.tokens[token.token_id] = record
         return token, AddToken(dataclasses.replace(record))
 
@@ -197,7 +223,7 @@ class Registry:
         """The tokens, oldest first, as `tunneld token --list` shows them (and the control
         socket carries them)."""
         return [{"id": t.token_id.hex(), "created": t.created, "expires": t.expires, "uses": t.uses,
-                 "revoked": t.revoked} for t in sorted(self.tokens.values(), key=lambda t: t.created)]
+                 "max_uses": t.max_uses, "revoked": t.revoked} for t in sorted(self.tokens.values(), key=lambda t: t.created)]
 
     def revoke_token(self, token_id: bytes) -> RevokeToken | None:
         t = self.tokens.get(token_id)

@@ -84,6 +84,8 @@ class SaveState:
     relay_key: bytes
     assignment: Assignment
     mtu: int
+    lock: bytes | None = None  # the network lock we pinned
+    known: tuple = ()  # ((peer name, key), ...) as last accepted
 
 
 @dataclass(frozen=True)

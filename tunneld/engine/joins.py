@@ -40,7 +40,7 @@ log = logging.getLogger("tunneld.relay")
 class Member:
     __slots__ = ("name", "addr", "address", "key", "keys", "endpoint", "online", "last_rx", "last_ts",
                  "dir_version", "relayed_prefix", "rx_bytes", "tx_bytes", "rx_packets", "mtu", "routes", "lan",
-                 "hello", "resp_ep", "proof", "proof_ep", "proof_at", "snapshot_at")
+                 "hello", "resp_ep", "proof", "proof_ep", "proof_at", "snapshot_at", "lock", "approved")
 
     def __init__(self, name: str, address: str, key: bytes, table: IndexTable, mtu: int | None = None):
         self.name = name
@@ -59,6 +59,8 @@ class Member:
         self.routes: tuple[str, ...] = ()  # what it offers to route; only while it is connected
         self.lan: tuple[str, ...] = ()  # its LAN endpoints, likewise
         self.hello = LEGACY
+        self.lock = b""  # its network-lock chain, as the registry holds it
+        self.approved: tuple[str, ...] = ()  # those of its routes the operator approved
         self.resp_ep = None  # where the answer to its last handshake went
         self.proof: bytes | None = None  # the endpoint proof in flight (relay.py), to proof_ep
         self.proof_ep = None
@@ -67,7 +69,8 @@ class Member:
     def entry(self) -> Entry:
         return Entry(self.name, self.addr, self.key, self.online,
                      endpoint.format(self.endpoint) if self.endpoint is not None else "", self.mtu,
-                     self.routes if self.online else (), self.lan if self.online else (), self.hello)
+                     self.approved if self.online else (), self.lan if self.online else (), self.hello,
+                     self.lock)
 
 
 class Joins:
@@ -135,6 +138,8 @@ class Joins:
         m.last_ts = request["ts"]
         m.mtu = request["mtu"]
         m.routes = request["routes"]
+        m.approved = r.registry.approvals.effective(m.name, m.routes)
+        m.lock = decision.lock or b""
         m.lan = tuple(ep for ep in request["lan"] if (p := endpoint.parse(ep)) is not None and endpoint.reachable(p))
         m.hello = request["hello"]
         r.set_mtu(m.name, m.mtu)
@@ -169,7 +174,8 @@ class Joins:
         if request["mtu"] < wire.MIN_UNDERLAY_MTU:  # it would shrink every node's MTU with its own
             return Refusal("bad_mtu", f"the node reports a path MTU of {request['mtu']}, below the "
                            f"{wire.MIN_UNDERLAY_MTU} a tunnel needs; fix the node's link MTU"), None
-        return r.registry.join(key, request["name"], request["token"], r.env.wall(), request["mtu"])
+        return r.registry.join(key, request["name"], request["token"], r.env.wall(), request["mtu"],
+                               request["chain"])
 
     def written(self, write) -> None:
         """The store holds write: a held answer may go out."""

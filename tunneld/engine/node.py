@@ -53,6 +53,7 @@ from .peers import Peer, PeerHandshakes
 from .probes import Probes
 from .relaylink import DIRECTORY, JOINED, REFUSED, REVOKED, JoinRequest, RelayLink
 from .routes import Mtu, Routes, within
+from .trust import Trust
 from .sessions import IndexTable
 
 EXIT_MISCONFIGURED = 2
@@ -70,9 +71,13 @@ class NodeConfig:
     assignment: Assignment | None = None  # as last known (node.json)
     routes: tuple[str, ...] = ()  # prefixes we route for others (a gateway)
     accept_routes: bool = False
-    protected: tuple[str, ...] = ()  # addresses no accepted route may capture: the relay's
+    protected: tuple[str, ...] = ()  # addresses and prefixes no accepted route may touch: the relay's,
+    # the host's connected networks, its gateway
     lan: tuple[str, ...] = ()  # our LAN endpoints, offered to peers as direct candidates
     relay_label: str = ""  # how status names the relay
+    chain: bytes | None = None  # our network-lock chain, from an endorsed token
+    lock: bytes | None = None  # the lock public key we pinned: peers' keys need its endorsement
+    known_keys: tuple = ()  # ((name, key), ...): each peer's key as we last accepted it (node.json)
 
 
 class Node:
@@ -93,14 +98,17 @@ class Node:
         self.mirror = DirectoryMirror()
         timestamps = Timestamper(env.wall_ns)
         self.relay = RelayLink(identity, relay_public, JoinRequest(config.name, config.credential,
-                                                                   config.underlay_mtu, config.routes, config.lan),
+                                                                   config.underlay_mtu, config.routes, config.lan,
+                                                                   config.chain),
                                out, env, now, table=self.table, drops=self.drops, counts=self.counts,
-                               timestamps=timestamps, backoff=backoff, suite=config.suite)
+                               timestamps=timestamps, backoff=backoff, suite=config.suite,
+                               joined_before=config.assignment is not None)
         self.handshakes = PeerHandshakes(identity, self.table, out, env, timestamps, self.drops, self.counts,
                                          self.peers_by_key, now)
         self.probes = Probes(out, env, self.handshakes, self.counts, self.drops)
         self.routes = Routes(config.routes, config.accept_routes, config.protected, self.effects, self.drops)
         self.mtu = Mtu(config.underlay_mtu, config.mtu, self.effects)
+        self.trust = Trust(config.lock, config.known_keys, self.drops, env.wall)
         self._overlay: tuple[int, int] | None = None  # (network, mask): never a direct endpoint
         self._endpoint_ok: dict[tuple, bool] = {}
         if self.assignment is not None:  # from node.json: tunneld0 comes up before the relay answers
@@ -266,7 +274,7 @@ class Node:
 
     def _assigned(self, assignment: Assignment) -> None:
         net = ipaddress.IPv4Network(assignment.network)
-        inside = [a for a in self.config.protected if ipaddress.IPv4Address(a) in net]
+        inside = [a for a in self.config.protected[:1] if ipaddress.IPv4Address(a) in net]  # the relay's
         if inside:
             self._stop(EXIT_MISCONFIGURED, "relay_in_overlay",
                        f"the relay's address {inside[0]} lies inside the overlay network {net}; "
@@ -288,7 +296,8 @@ class Node:
         return changed
 
     def _save(self) -> None:
-        self.effects.append(SaveState(self.relay.key, self.assignment, self.mtu.interface))
+        self.effects.append(SaveState(self.relay.key, self.assignment, self.mtu.interface, self.config.lock,
+                                      tuple(self.trust.known.items())))
 
     def _stop(self, exit_code: int, code: str, message: str) -> None:
         if not self.stopped:
@@ -300,7 +309,9 @@ class Node:
 
     def _sync_peers(self, now: float) -> None:
         own = self.identity.public
-        entries = {a: e for a, e in self.mirror.entries.items() if e.key != own}
+        entries, remembered = self.trust.admit({a: e for a, e in self.mirror.entries.items() if e.key != own})
+        if remembered and self.assignment is not None:
+            self._save()
         for addr, peer in list(self.peers.items()):
             e = entries.get(addr)
             if e is None or e.key != peer.key:
@@ -369,6 +380,7 @@ class Node:
                 "rtt_ms": None if p.rtt is None else round(p.rtt * 1000, 3),
                 "rx_bytes": p.rx_bytes, "tx_bytes": p.tx_bytes,
             } for p in sorted(self.peers.values(), key=lambda p: p.name)],
+            **self.trust.status(),
             "counters": dict(self.counts),
             "drops": dict(self.drops),
         }

@@ -46,6 +46,7 @@ from ..proto.version import OURS
 from .channel import decode_control, seal_control
 from .effects import Env
 from .joins import Joins, Member
+from .operator import OperatorCommands
 from .sessions import IndexTable
 
 log = logging.getLogger("tunneld.relay")
@@ -67,7 +68,7 @@ PROOF_EVERY = 1.0  # a member gets at most one endpoint proof a second
 SNAPSHOT_EVERY = 2.0  # and a full directory at most this often: what a ping costs stays bounded
 
 
-class Relay:
+class Relay(OperatorCommands):
     def __init__(self, identity: Identity, registry: Registry, send: Callable[[object, bytes], None], env: Env,
                  now: float, *, listen: str = "", relay_mtu: int = 1500):
         self.identity = identity
@@ -87,7 +88,9 @@ class Relay:
         self._mtus: dict[str, int] = {}  # underlay MTUs of the registered nodes, for the overlay MTU
         for rec in registry.nodes():
             if rec.public_key is not None:
-                self.directory.set(Member(rec.name, rec.address, rec.public_key, self.table, rec.mtu).entry())
+                m = Member(rec.name, rec.address, rec.public_key, self.table, rec.mtu)
+                m.lock = rec.lock or b""
+                self.directory.set(m.entry())
                 if rec.mtu:
                     self._mtus[rec.name] = rec.mtu
         self._update_mtu()
@@ -277,39 +280,6 @@ class Relay:
         if self._hint_budget > 0:
             self._hint_budget -= 1
             self.send(ep, wire.build_hint(reason, index))
-
-    # -- the operator's ------------------------------------------------------------------
-
-    def revoke(self, name: str) -> bool:
-        """Refuse this node's key from now on and drop its sessions; peers forget it."""
-        record, write = self.registry.revoke(name, self.env.wall())
-        if record is None:
-            return False
-        self.writes.append(write)
-        self.joins.drop(record.public_key)
-        m = self.members.pop(record.public_key, None)
-        if m is not None:
-            self._control(m, {"t": "revoked"})  # it stops at once, not at its next contact
-            self.forget(m)
-        self.directory.remove(ipaddress.IPv4Address(record.address).packed)
-        self._mtus.pop(name, None)
-        log.info("revoked %s (%s)", name, record.address)
-        return True
-
-    def issue_token(self, ttl: float | None) -> str:
-        token, write = self.registry.issue_token(self.identity.public, ttl, self.env.wall(), self.env.random)
-        self.writes.append(write)
-        return token.encode()
-
-    def token_rows(self) -> list[dict]:
-        return self.registry.token_rows()
-
-    def revoke_token(self, token_id: bytes) -> bool:
-        write = self.registry.revoke_token(token_id)
-        if write is None:
-            return False
-        self.writes.append(write)
-        return True
 
     def flush_seen(self) -> None:
         """Last-seen times to the store (also when the daemon stops)."""

@@ -66,15 +66,19 @@ class JoinRequest:
     underlay_mtu: int = 1500
     routes: tuple[str, ...] = ()
     lan: tuple[str, ...] = ()
+    chain: bytes | None = None  # our network-lock chain (proto/lock.py), sent in every join
 
 
 class RelayLink:
     def __init__(self, identity: Identity, relay_public: bytes, request: JoinRequest, out: Transmit, env: Env,
                  now: float, *, table: IndexTable | None = None, drops=None, counts=None,
                  timestamps: Timestamper | None = None, backoff: Backoff | None = None,
-                 suite: int = wire.SUITE_AESGCM):
+                 suite: int = wire.SUITE_AESGCM, joined_before: bool = False):
         self.key = relay_public
         self.request = request
+        # The token goes to the relay until it took us once (here, or in a run before): the
+        # key is our identity from then on. It goes again only if the relay forgot our key.
+        self.send_token = request.credential is not None and not joined_before
         self.out = out
         self.env = env
         self.table = table if table is not None else IndexTable(env.random)
@@ -161,6 +165,12 @@ class RelayLink:
             reply = {"ok": False, "code": "protocol_version", "retry": True, "hello": reply["hello"],
                      "error": problem}
         if not reply["ok"]:
+            if reply["code"] == "unknown_key" and self.request.credential is not None and not self.send_token:
+                log.warning("the relay does not know this node's key (its state was reset?); joining with the "
+                            "token again")
+                self.send_token = True
+                self.next_attempt = now
+                return None
             if reply["retry"]:
                 self.problem = reply["error"]
                 log.warning("the relay cannot take this node now (%s); retrying", reply["error"])
@@ -168,6 +178,7 @@ class RelayLink:
             return REFUSED, (reply["code"], reply["error"])
         self.failures = 0
         self.backoff.reset()
+        self.send_token = False
         self.wrong_key_hints = 0
         self.good_tcp = self.tcp
         self.keys.install(s)
@@ -220,9 +231,11 @@ class RelayLink:
                 self.tcp = tcp
                 self.out.relay_transport(tcp)
         r = self.request
-        payload = messages.encode({"ts": self.timestamps(), "name": r.name, "token": r.credential,
-                                   "mtu": r.underlay_mtu, "routes": list(r.routes), "lan": list(r.lan),
-                                   **OURS.wire()})
+        request = {"ts": self.timestamps(), "name": r.name, "token": r.credential if self.send_token else None,
+                   "mtu": r.underlay_mtu, "routes": list(r.routes), "lan": list(r.lan), **OURS.wire()}
+        if r.chain is not None:
+            request["chain"] = r.chain
+        payload = messages.encode(request)
         init = self.hs.start(payload, now)
         self.next_attempt = now + self.backoff.next()
         self.counts["relay_handshakes_sent"] += 1

@@ -1,10 +1,12 @@
 """What a node routes through the overlay, and the MTUs that fit, without I/O.
 
 Routes. A node may route for others into prefixes it advertises (a gateway); a node
-that accepts routes takes each peer's prefixes into a longest-prefix table, and from
-then on also accepts packets from those prefixes from that peer. A prefix that would
-capture our own way to the relay (`protected` addresses), or overlap a prefix we
-advertise ourselves, is refused and counted.
+that accepts routes takes each peer's prefixes (those the operator approved on the
+relay) into a longest-prefix table, and from then on also accepts packets from those
+prefixes from that peer. Whatever the relay says, a prefix is refused and counted if
+it overlaps what the host itself needs (`protected`: the relay's address, the host's
+connected networks and its gateway), a prefix we advertise ourselves, or the addresses
+that are never anyone's to route: 0.0.0.0/8, loopback, link-local, multicast, reserved.
 
 MTU. tunneld0's MTU is the overlay MTU the relay computes (the smallest underlay of
 any member, minus the tunnel's overhead), taken at the first join whatever it is, and
@@ -28,6 +30,8 @@ from .mss import VXLAN_OVERHEAD
 log = logging.getLogger("tunneld.node")
 
 OVERHEAD = wire.UDP_OVERHEAD_IPV4 + wire.TUNNEL_OVERHEAD  # underlay MTU - overlay MTU
+NEVER_ROUTED = tuple(ipaddress.IPv4Network(p) for p in ("0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16",
+                                                          "224.0.0.0/4", "240.0.0.0/4"))
 TCPIP_HEADERS = 40
 
 
@@ -38,7 +42,7 @@ class Routes:
                  drops):
         self.advertised = tuple(advertised)
         self.accept = accept
-        self.protected = tuple(ipaddress.IPv4Address(a) for a in protected)
+        self.protected = NEVER_ROUTED + tuple(ipaddress.IPv4Network(a, strict=False) for a in protected)
         self.effects = effects
         self.drops = drops
         self.table: list[tuple[int, int, object]] = []  # (network, mask, peer), longest first
@@ -62,9 +66,9 @@ class Routes:
             sources = []
             for text in peer.routes:
                 prefix = ipaddress.IPv4Network(text)
-                if any(a in prefix for a in self.protected) or any(prefix.overlaps(o) for o in own):
+                if any(prefix.overlaps(p) for p in self.protected) or any(prefix.overlaps(o) for o in own):
                     self.drops[Drop.ROUTE_REFUSED] += 1
-                    continue  # it would capture our way to the relay, or loop with our own
+                    continue  # it would capture what the host needs, or loop with our own
                 entry = (int(prefix.network_address), int(prefix.netmask))
                 sources.append(entry)
                 table.append((prefix.prefixlen, peer.name, *entry, peer))

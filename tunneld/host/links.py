@@ -91,6 +91,11 @@ class Links:
         """Every interface's addresses (IPv4 and IPv6), by interface name."""
         return self._call(self._all_addresses)
 
+    def connected_networks(self, exclude: str) -> list[str]:
+        """The IPv4 networks of every interface but exclude (tunneld0): what the host reaches
+        without a router, and no overlay route may take over."""
+        return self._call(self._connected_networks, exclude)
+
     def delete(self, ifname: str) -> None:
         self._call(self._delete, ifname)
 
@@ -186,6 +191,14 @@ class Links:
         for msg in self._ipr.get_addr():
             out.setdefault(names.get(msg["index"], "?"), []).append(_attr(msg, "IFA_ADDRESS"))
         return out
+
+    def _connected_networks(self, exclude: str) -> list[str]:
+        names = {link["index"]: _attr(link, "IFLA_IFNAME") for link in self._ipr.get_links()}
+        out = set()
+        for msg in self._ipr.get_addr(family=socket.AF_INET):
+            if names.get(msg["index"]) != exclude:
+                out.add(str(ipaddress.IPv4Interface(f"{_attr(msg, 'IFA_ADDRESS')}/{msg['prefixlen']}").network))
+        return sorted(out)
 
     def _delete(self, ifname: str) -> None:
         try:

@@ -16,6 +16,7 @@ while packets keep flowing.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import shutil
@@ -36,10 +37,10 @@ from ..host.cpu import has_aes
 from ..host.links import Links
 from ..host.notify import notify
 from ..host.tun import Tun
-from ..proto import wire
+from ..proto import lock, wire
 from ..proto.endpoint import RELAY
 from ..proto.token import JoinToken, TokenError
-from ..state import SOCKET_FILE, load_identity, load_node_state, prepare_dir, save_node_state
+from ..state import NODE_FILE, SOCKET_FILE, load_identity, load_node_state, prepare_dir, save_node_state
 from . import ctlsock
 from .base import READ_BATCH, Daemon, FramedStream, real_env, udp_socket
 from .udpio import Batch, enable_gro, read as udp_read
@@ -145,9 +146,14 @@ class NodeDaemon(Daemon):
             self.sock = udp_socket("0.0.0.0", s.port, "--port")
             self.gro = enable_gro(self.sock)
             lan = self._lan_endpoints(route.ifname, self.sock.getsockname()[1])
+            # The relay first: node.py checks it lies outside the overlay.
+            protected = (s.relay_ip, *([route.gateway] if route.gateway else []),
+                         *self.links.connected_networks(s.interface))
             config = NodeConfig(s.name, token.credential, wire.SUITE_AESGCM if has_aes() else wire.SUITE_CHACHAPOLY,
-                                route.mtu, mtu, assignment, s.advertise_routes, s.accept_routes, (s.relay_ip,), lan,
+                                route.mtu, mtu, assignment, s.advertise_routes, s.accept_routes, protected, lan,
                                 self.relay_label)
+            chain, pinned, known = self._lock(identity, token, remembered, s.name)
+            config = dataclasses.replace(config, chain=chain, lock=pinned, known_keys=known)
             self.engine = Node(identity, token.relay_public, config, self, real_env(), monotonic())
             self.batch = Batch(self.sock, self.drops, self.stats, route.mtu - wire.UDP_OVERHEAD_IPV4)
             self.after_input()  # a remembered address goes on the interface now
@@ -271,9 +277,23 @@ class NodeDaemon(Daemon):
         if isinstance(effect, fx.SetGateway):
             return self._gateway(effect)
         if isinstance(effect, fx.SaveState):
-            save_node_state(self.state_dir, effect.relay_key, self.relay_label, effect.assignment, effect.mtu)
+            save_node_state(self.state_dir, effect.relay_key, self.relay_label, effect.assignment, effect.mtu,
+                            effect.lock, effect.known)
             return ""
         raise HostError(f"unknown effect {effect!r}")
+
+    @staticmethod
+    def _lock(identity, token: JoinToken, remembered, name: str) -> tuple:
+        """(our chain, the lock we pin, the peer keys we remember) for NodeConfig. An endorsed
+        token pins its lock; once pinned (node.json), a lock stays pinned."""
+        e = token.endorsement
+        pinned = remembered.lock if remembered is not None else None
+        if e is not None and pinned is not None and pinned != e.lock_public:
+            raise ConfigError("the token is endorsed by another network lock than the one this node pinned; "
+                              f"delete {NODE_FILE} in the state dir only if the network's lock was replaced")
+        chain = None if e is None else lock.chain(e.lock_public, token.token_id, e.enroll_seed, e.sig1,
+                                                  identity.public, name)
+        return chain, (e.lock_public if e is not None else pinned), (remembered.known if remembered else ())
 
     def _gateway(self, effect: fx.SetGateway) -> str:
         """As a gateway into the advertised prefixes: forwarding on, overlay traffic masqueraded."""

@@ -17,12 +17,14 @@ from collections import Counter
 from time import monotonic
 
 from ..config import ServeSettings
+from ..control.approvals import ApprovalError
 from ..control.registry import Registry
 from ..drops import Drop
 from ..engine.relay import Relay
 from ..errors import ConfigError
 from ..host.links import Links
 from ..host.notify import notify
+from ..proto.lock import format_public
 from ..proto.wire import UDP_OVERHEAD_IPV4
 from ..state import DB_FILE, SOCKET_FILE, load_identity, prepare_dir
 from ..store.base import Register, StoreError
@@ -34,8 +36,10 @@ from .udpio import Batch, enable_gro, read as udp_read
 log = logging.getLogger("tunneld.relay")
 
 TCP_WRITE_LIMIT = 4 << 20  # a node that does not read: drop rather than buffer without end
-TCP_AUTH_TIMEOUT = 30.0  # a stream that never authenticates is closed
+TCP_AUTH_TIMEOUT = 10.0  # a stream that never authenticates is closed (a join takes one round trip)
 MAX_STREAMS = 4096
+MAX_STREAMS_PER_SOURCE = 64  # a NAT holds many nodes, but few fall back to TCP at once
+MAX_UNAUTHENTICATED = 512  # streams not yet a member's: their partial frames stay under 32 MB
 STORE_TIMEOUT = 30.0  # an operator's command waits this long for the store
 REGISTER_BATCH = 64  # registrations in one transaction at most
 SLICE = 0.01  # the longest the socket holds the loop (a flood of handshakes costs ~1 ms each)
@@ -58,16 +62,28 @@ class NodeStream(FramedStream):
         peer = transport.get_extra_info("peername")
         self.label = f"tcp:{peer[0]}:{peer[1]}" if peer else "tcp"
         self.host = peer[0] if peer else "tcp"
-        if len(d.streams) >= MAX_STREAMS:
+        d.fresh = {s for s in d.fresh if s in d.streams and not d.engine.bound(s)}  # at most MAX_UNAUTHENTICATED
+        if len(d.streams) >= MAX_STREAMS or len(d.fresh) >= MAX_UNAUTHENTICATED:
             d.drops[Drop.TCP_TOO_MANY_STREAMS] += 1
             transport.abort()
             return
+        if d.per_source[self.host] >= MAX_STREAMS_PER_SOURCE:
+            d.drops[Drop.TCP_TOO_MANY_FROM_SOURCE] += 1
+            transport.abort()
+            return
         d.streams.add(self)
+        d.fresh.add(self)
+        d.per_source[self.host] += 1
 
     def connection_lost(self, exc):
         d = self.daemon
         self.count_truncated()
-        d.streams.discard(self)
+        if self in d.streams:
+            d.streams.discard(self)
+            d.fresh.discard(self)
+            d.per_source[self.host] -= 1
+            if d.per_source[self.host] <= 0:
+                del d.per_source[self.host]
         d.engine.link_closed(self)
         d.after_input()
 
@@ -176,6 +192,8 @@ class RelayDaemon(Daemon):
         super().__init__()
         self.settings = settings
         self.streams: set[NodeStream] = set()
+        self.fresh: set[NodeStream] = set()  # streams that had not authenticated when last looked at
+        self.per_source: Counter = Counter()  # streams by the peer's address
         self.engine: Relay | None = None
         self.writer: StoreWriter | None = None
         self.sock: socket.socket | None = None
@@ -225,12 +243,17 @@ class RelayDaemon(Daemon):
                               f"run with --network {known}, or use a new --state-dir")
         if known != str(s.network):
             await store.set_meta("network", str(s.network))
+        if snapshot.meta.get("listen") != s.listen_host:  # for `tunneld routes approve` with no relay running
+            await store.set_meta("listen", s.listen_host)
         self.start_base()
         loop = self.loop
         listen = f"{s.listen_host}:{s.port}"
         relay_mtu = self._underlay_mtu(s.listen_host)
-        self.engine = Relay(identity, Registry(s.network, snapshot), self._send, real_env(), monotonic(),
-                            listen=listen, relay_mtu=relay_mtu)
+        registry = Registry(s.network, snapshot, auto_approve=s.auto_approve_routes, lock=s.lock)
+        self.engine = Relay(identity, registry, self._send, real_env(), monotonic(), listen=listen,
+                            relay_mtu=relay_mtu)
+        if s.lock:
+            log.info("the network is locked: only keys endorsed by %s join", format_public(s.lock))
         self.writer = StoreWriter(self.engine, store)
         writer = loop.create_task(self.writer.run())
         self.gro = enable_gro(self.sock)
@@ -314,10 +337,10 @@ class RelayDaemon(Daemon):
     def tick(self, now: float) -> None:
         self.engine.tick(now)
         for stream in list(self.streams):
-            if not self.engine.bound(stream) and now - stream.opened > TCP_AUTH_TIMEOUT:
+            if not self.engine.bound(stream) and now - stream.opened > TCP_AUTH_TIMEOUT \
+                    and not stream.transport.is_closing():
                 self.drops[Drop.TCP_UNAUTHENTICATED_TIMEOUT] += 1
-                stream.transport.abort()
-                self.streams.discard(stream)
+                stream.transport.abort()  # connection_lost forgets it
 
     def _control(self, request: dict):
         cmd = request.get("cmd")
@@ -333,7 +356,24 @@ class RelayDaemon(Daemon):
                 return {"error": f"no node named {request['name'][:64]!r} with a key on this relay"}
             return self._stored({"ok": True})
         if cmd == "token" and (request.get("ttl") is None or isinstance(request.get("ttl"), (int, float))):
-            return self._stored({"token": self.engine.issue_token(request.get("ttl"))})
+            uses = request.get("uses", 1)  # a 0.2.0 command line sends none: one node, the new default
+            if not isinstance(uses, int) or isinstance(uses, bool) or uses < 0:
+                return {"error": "uses must be a whole number, 0 for any"}
+            return self._stored({"token": self.engine.issue_token(request.get("ttl"), uses)})
+        if cmd == "routes":
+            return {"routes": self.engine.route_rows()}
+        if cmd in ("approve-route", "unapprove-route") and isinstance(request.get("name"), str) \
+                and isinstance(request.get("prefix"), str):
+            if cmd == "unapprove-route":
+                if not self.engine.unapprove_route(request["name"], request["prefix"]):
+                    return {"error": f"{request['prefix'][:24]} is not approved for {request['name'][:64]!r}; "
+                                     "see 'tunneld routes list'"}
+                return self._stored({"ok": True})
+            try:
+                self.engine.approve_route(request["name"], request["prefix"])
+            except ApprovalError as exc:
+                return {"error": str(exc)}
+            return self._stored({"ok": True})
         if cmd == "tokens":
             return {"tokens": self.engine.token_rows()}
         if cmd == "revoke-token" and isinstance(request.get("id"), str):

@@ -4,7 +4,8 @@ always encrypted.
 Handshake payloads (inside the Noise messages of the node <-> relay handshake):
 
   join request  {"ts": bin12 TAI64N, "name": str, "token": bin24 | nil, "mtu": int,
-                 "routes": [str CIDR, ...], "lan": [str endpoint, ...], HELLO}
+                 "routes": [str CIDR, ...], "lan": [str endpoint, ...], HELLO,
+                 ["chain": bin168]}             chain (0.3.0): the node's network-lock chain
                                                 mtu: the node's underlay MTU towards the relay;
                                                 routes: prefixes it offers to route for others;
                                                 lan: its LAN endpoints, for direct paths
@@ -38,6 +39,7 @@ Messages on an established node <-> relay session (one per DATA plaintext):
                          "hellos": [[pv int, pm int, [cap str, ...]], ...]}
          base nil: chunk i of c of a full snapshot at version v; else a delta from base to v.
          hellos (since 0.2.0, absent before): what each of "nodes" announced, in order.
+         locks (since 0.3.0, absent before): each of "nodes"' network-lock chain, or empty.
   bye    node -> relay  {"t": "bye"}                               the node is shutting down
   revoked relay -> node {"t": "revoked"}                           the operator revoked this node
 
@@ -52,6 +54,7 @@ import re
 import msgpack
 
 from .errors import ProtocolError
+from .lock import CHAIN_LEN
 from .version import LEGACY, MAX_CAP_LEN, MAX_CAPS, Hello
 
 MAX_NAME = 253
@@ -176,6 +179,10 @@ def decode_join_request(data: bytes) -> dict:
     _check_strings(msg["routes"], MAX_ROUTES, MAX_CIDR, "join request routes")
     _check_strings(msg["lan"], MAX_LAN, MAX_ENDPOINT, "join request lan")
     msg["hello"] = hello_of(msg, "join request")
+    chain = msg.get("chain")
+    if chain is not None and not (isinstance(chain, bytes) and len(chain) == CHAIN_LEN):
+        raise ProtocolError("join request: bad chain")
+    msg["chain"] = chain
     return msg
 
 
@@ -237,6 +244,12 @@ def decode_control(data: bytes) -> dict:
             raise ProtocolError("dir: hellos do not match the nodes")
         else:
             msg["hellos"] = [_dir_hello(h) for h in hellos]
+        locks = msg.get("locks")
+        if locks is None:
+            msg["locks"] = [b""] * len(msg["nodes"])
+        elif not isinstance(locks, list) or len(locks) != len(msg["nodes"]) or not all(
+                isinstance(c, bytes) and len(c) in (0, CHAIN_LEN) for c in locks):
+            raise ProtocolError("dir: locks do not match the nodes")
     return msg
 
 

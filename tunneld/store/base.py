@@ -6,14 +6,15 @@ off the packet path (net/relayd.py). A registration is durable before the node h
 that it is in. SQLite (sqlite.py) by default; memory.py is the twin for tests; a
 networked store implements the same methods and the engine does not change.
 
-  load()                      everything: meta, nodes, revoked keys, tokens
+  load()                      everything: meta, nodes, revoked keys, tokens, approved routes
   register(record, token_id)  one transaction: bind record.public_key to record.name at
                               record.address (a new row, or the row of a revoked node
                               of that name), and count one use of the token. Conflict
                               if the name, key or address is bound elsewhere.
   register_many(items)        several registrations in one transaction (one fsync for a
                               crowd of nodes joining at once): all, or none and an error
-  set_mtu, touch, revoke_node, add_token, revoke_token, set_meta    one write each
+  set_mtu, set_lock, set_routes, touch, revoke_node, add_token, revoke_token, set_meta
+                              one write each
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class NodeRecord:
     created: float
     last_seen: float | None = None
     mtu: int | None = None  # the node's underlay MTU towards the relay, as it last reported
+    lock: bytes | None = None  # its network-lock chain (proto/lock.py), if it joined with one
 
 
 @dataclass
@@ -48,6 +50,7 @@ class TokenRecord:
     expires: float | None
     revoked: bool = False
     uses: int = 0
+    max_uses: int = 0  # 0: any number until it expires
 
 
 @dataclass
@@ -56,6 +59,7 @@ class Snapshot:
     nodes: list[NodeRecord] = field(default_factory=list)
     revoked_keys: set[bytes] = field(default_factory=set)
     tokens: list[TokenRecord] = field(default_factory=list)
+    routes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # approved, by node name
 
 
 class Store(Protocol):
@@ -63,6 +67,9 @@ class Store(Protocol):
     async def register(self, record: NodeRecord, token_id: bytes | None) -> None: ...
     async def register_many(self, items: list[tuple[NodeRecord, bytes | None]]) -> None: ...
     async def set_mtu(self, name: str, mtu: int) -> None: ...
+    async def set_lock(self, name: str, lock: bytes) -> None: ...
+    async def set_routes(self, name: str, prefixes: tuple[str, ...]) -> None:
+        """The prefixes approved for this node name (all of them: empty clears)."""
     async def touch(self, seen: dict[str, float]) -> None:
         """Record when these nodes were last connected (one write for many)."""
     async def revoke_node(self, name: str, key: bytes, now: float) -> None: ...
@@ -90,6 +97,24 @@ class SaveMtu:
 
     async def apply(self, store: Store) -> None:
         await store.set_mtu(self.name, self.mtu)
+
+
+@dataclass(frozen=True)
+class SaveLock:
+    name: str
+    lock: bytes
+
+    async def apply(self, store: Store) -> None:
+        await store.set_lock(self.name, self.lock)
+
+
+@dataclass(frozen=True)
+class SaveRoutes:
+    name: str
+    prefixes: tuple
+
+    async def apply(self, store: Store) -> None:
+        await store.set_routes(self.name, self.prefixes)
 
 
 @dataclass(frozen=True)

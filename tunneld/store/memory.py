@@ -18,6 +18,7 @@ class MemoryStore:
         self.nodes: dict[str, NodeRecord] = {}
         self.revoked: set[bytes] = set()
         self.tokens: dict[bytes, TokenRecord] = {}
+        self.routes: dict[str, tuple[str, ...]] = {}
         self.fail: Exception | None = None  # raised by the next write, once
         self.writes = 0
 
@@ -25,7 +26,8 @@ class MemoryStore:
         return Snapshot(dict(self.meta), [dataclasses.replace(r) for r in sorted(self.nodes.values(),
                                                                                 key=lambda r: r.name)],
                         set(self.revoked),
-                        [dataclasses.replace(t) for t in sorted(self.tokens.values(), key=lambda t: t.created)])
+                        [dataclasses.replace(t) for t in sorted(self.tokens.values(), key=lambda t: t.created)],
+                        dict(self.routes))
 
     def _write(self) -> None:
         if self.fail is not None:
@@ -62,6 +64,18 @@ class MemoryStore:
         if name in self.nodes:
             self.nodes[name].mtu = mtu
 
+    async def set_lock(self, name: str, lock: bytes) -> None:
+        self._write()
+        if name in self.nodes:
+            self.nodes[name].lock = lock
+
+    async def set_routes(self, name: str, prefixes: tuple[str, ...]) -> None:
+        self._write()
+        if prefixes:
+            self.routes[name] = tuple(prefixes)
+        else:
+            self.routes.pop(name, None)
+
     async def touch(self, seen: dict[str, float]) -> None:
         self._write()
         for name, when in seen.items():
@@ -73,7 +87,8 @@ class MemoryStore:
         self.revoked.add(key)
         rec = self.nodes.get(name)
         if rec is not None and rec.public_key == key:
-            rec.public_key = None
+            rec.public_key = rec.lock = None
+        self.routes.pop(name, None)
 
     async def add_token(self, token: TokenRecord) -> None:
         self._write()

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .base import Conflict, NodeRecord, Snapshot, StoreError, TokenRecord
 
-SCHEMA_VERSION = 2  # 2: nodes.mtu
+SCHEMA_VERSION = 3  # 2: nodes.mtu; 3: nodes.lock, tokens.max_uses, approved_routes
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS nodes (
@@ -25,7 +25,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     public_key BLOB UNIQUE,
     created REAL NOT NULL,
     last_seen REAL,
-    mtu INTEGER
+    mtu INTEGER,
+    lock BLOB
 );
 CREATE TABLE IF NOT EXISTS revoked_keys (
     public_key BLOB PRIMARY KEY, name TEXT NOT NULL, revoked_at REAL NOT NULL
@@ -36,15 +37,26 @@ CREATE TABLE IF NOT EXISTS tokens (
     created REAL NOT NULL,
     expires REAL,
     revoked INTEGER NOT NULL DEFAULT 0,
-    uses INTEGER NOT NULL DEFAULT 0
+    uses INTEGER NOT NULL DEFAULT 0,
+    max_uses INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS approved_routes (
+    name TEXT NOT NULL, prefix TEXT NOT NULL, PRIMARY KEY (name, prefix)
 );
 """
-_NODE_COLUMNS = "name, address, public_key, created, last_seen, mtu"
-_TOKEN_COLUMNS = "token_id, secret_hash, created, expires, revoked, uses"
+_NODE_COLUMNS = "name, address, public_key, created, last_seen, mtu, lock"
+_TOKEN_COLUMNS = "token_id, secret_hash, created, expires, revoked, uses, max_uses"
 
 
 def _token(row) -> TokenRecord:
-    return TokenRecord(row[0], row[1], row[2], row[3], bool(row[4]), row[5])
+    return TokenRecord(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6])
+
+
+def _routes(rows) -> dict[str, tuple[str, ...]]:
+    out: dict[str, tuple[str, ...]] = {}
+    for name, prefix in rows:
+        out[name] = out.get(name, ()) + (prefix,)
+    return out
 
 
 class SqliteStore:
@@ -74,8 +86,11 @@ class SqliteStore:
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = FULL")
             db.executescript(_SCHEMA)
-            if 0 < version < 2:
-                db.execute("ALTER TABLE nodes ADD COLUMN mtu INTEGER")
+            # An older relay's tables gain the columns they lack (its tokens stay reusable, as issued).
+            for table, column, decl in (("nodes", "mtu", "INTEGER"), ("nodes", "lock", "BLOB"),
+                                        ("tokens", "max_uses", "INTEGER NOT NULL DEFAULT 0")):
+                if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             # Touch every table so that a damaged file fails here, not mid-join.
             db.execute("SELECT count(*) FROM nodes").fetchone()
@@ -121,6 +136,7 @@ class SqliteStore:
             nodes=[NodeRecord(*r) for r in db.execute(f"SELECT {_NODE_COLUMNS} FROM nodes ORDER BY name")],
             revoked_keys={r[0] for r in db.execute("SELECT public_key FROM revoked_keys")},
             tokens=[_token(r) for r in db.execute(f"SELECT {_TOKEN_COLUMNS} FROM tokens ORDER BY created")],
+            routes=_routes(db.execute("SELECT name, prefix FROM approved_routes ORDER BY name, prefix")),
         )
 
     async def load(self) -> Snapshot:
@@ -134,12 +150,12 @@ class SqliteStore:
         if row is not None:
             if row[0] is not None or row[1] != record.address:
                 raise Conflict(f"name {record.name!r} is taken")
-            db.execute("UPDATE nodes SET public_key = ?, mtu = ? WHERE name = ?",
-                       (record.public_key, record.mtu, record.name))
+            db.execute("UPDATE nodes SET public_key = ?, mtu = ?, lock = ? WHERE name = ?",
+                       (record.public_key, record.mtu, record.lock, record.name))
         else:
-            db.execute(f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+            db.execute(f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (record.name, record.address, record.public_key, record.created, record.last_seen,
-                        record.mtu))
+                        record.mtu, record.lock))
         if token_id is not None:
             db.execute("UPDATE tokens SET uses = uses + 1 WHERE token_id = ?", (token_id,))
 
@@ -157,6 +173,17 @@ class SqliteStore:
     async def set_mtu(self, name: str, mtu: int) -> None:
         await self._run(self._db.execute, "UPDATE nodes SET mtu = ? WHERE name = ?", (mtu, name))
 
+    async def set_lock(self, name: str, lock: bytes) -> None:
+        await self._run(self._db.execute, "UPDATE nodes SET lock = ? WHERE name = ?", (lock, name))
+
+    @staticmethod
+    def _set_routes(db, name: str, prefixes) -> None:
+        db.execute("DELETE FROM approved_routes WHERE name = ?", (name,))
+        db.executemany("INSERT INTO approved_routes VALUES (?, ?)", [(name, p) for p in prefixes])
+
+    async def set_routes(self, name: str, prefixes: tuple[str, ...]) -> None:
+        await self._run(self._transaction, self._set_routes, name, prefixes)
+
     @staticmethod
     def _touch(db, seen: dict[str, float]) -> None:
         db.executemany("UPDATE nodes SET last_seen = ? WHERE name = ?", [(when, name) for name, when in seen.items()])
@@ -167,15 +194,16 @@ class SqliteStore:
     @staticmethod
     def _revoke_node(db, name: str, key: bytes, now: float) -> None:
         db.execute("INSERT OR REPLACE INTO revoked_keys VALUES (?, ?, ?)", (key, name, now))
-        db.execute("UPDATE nodes SET public_key = NULL WHERE name = ? AND public_key = ?", (name, key))
+        db.execute("UPDATE nodes SET public_key = NULL, lock = NULL WHERE name = ? AND public_key = ?", (name, key))
+        db.execute("DELETE FROM approved_routes WHERE name = ?", (name,))  # the next key is approved anew
 
     async def revoke_node(self, name: str, key: bytes, now: float) -> None:
         await self._run(self._transaction, self._revoke_node, name, key, now)
 
     async def add_token(self, token: TokenRecord) -> None:
-        await self._run(self._db.execute, f"INSERT INTO tokens ({_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+        await self._run(self._db.execute, f"INSERT INTO tokens ({_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (token.token_id, token.secret_hash, token.created, token.expires, int(token.revoked),
-                         token.uses))
+                         token.uses, token.max_uses))
 
     async def revoke_token(self, token_id: bytes) -> None:
         await self._run(self._db.execute, "UPDATE tokens SET revoked = 1 WHERE token_id = ?", (token_id,))

@@ -1,0 +1,76 @@
+"""What the operator asks of a running relay (through the control socket, net/relayd.py):
+revocations, tokens and route approvals. Part of the relay engine (engine/relay.py), on
+its state; each change becomes a store write like any other.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+
+from ..control.approvals import ApprovalError
+
+log = logging.getLogger("tunneld.relay")
+
+
+class OperatorCommands:
+    """Mixed into Relay: self is the relay engine."""
+
+    def revoke(self, name: str) -> bool:
+        """Refuse this node's key from now on and drop its sessions; peers forget it."""
+        record, write = self.registry.revoke(name, self.env.wall())
+        if record is None:
+            return False
+        self.writes.append(write)
+        self.joins.drop(record.public_key)
+        m = self.members.pop(record.public_key, None)
+        if m is not None:
+            self._control(m, {"t": "revoked"})  # it stops at once, not at its next contact
+            self.forget(m)
+        self.directory.remove(ipaddress.IPv4Address(record.address).packed)
+        self._mtus.pop(name, None)
+        log.info("revoked %s (%s)", name, record.address)
+        return True
+
+    def issue_token(self, ttl: float | None, uses: int = 1) -> str:
+        token, write = self.registry.issue_token(self.identity.public, ttl, self.env.wall(), self.env.random, uses)
+        self.writes.append(write)
+        return token.encode()
+
+    def approve_route(self, name: str, prefix: str) -> None:
+        """ApprovalError if the relay refuses it (control/approvals.py)."""
+        if name not in self.registry.by_name:
+            raise ApprovalError(f"no node named {name[:64]!r} on this relay; see 'tunneld routes list'")
+        host = self.listen.rpartition(":")[0]
+        write = self.registry.approvals.approve(name, prefix, self.registry.network, [host] if host else [])
+        self.writes.append(write)
+        self._approvals_changed()
+
+    def unapprove_route(self, name: str, prefix: str) -> bool:
+        write = self.registry.approvals.unapprove(name, prefix)
+        if write is None:
+            return False
+        self.writes.append(write)
+        self._approvals_changed()
+        return True
+
+    def _approvals_changed(self) -> None:
+        for m in self.members.values():  # auto-approvals of others may follow from any change
+            approved = self.registry.approvals.effective(m.name, m.routes)
+            if approved != m.approved:
+                m.approved = approved
+                self.directory.set(m.entry())
+
+    def route_rows(self) -> list[dict]:
+        advertised = {m.name: m.routes for m in self.members.values() if m.routes}
+        return self.registry.approvals.rows(advertised)
+
+    def token_rows(self) -> list[dict]:
+        return self.registry.token_rows()
+
+    def revoke_token(self, token_id: bytes) -> bool:
+        write = self.registry.revoke_token(token_id)
+        if write is None:
+            return False
+        self.writes.append(write)
+        return True
