@@ -54,6 +54,10 @@ def _open_store(state_dir: str):
         raise ConfigError(str(exc)) from None
 
 
+relay_state_dir = click.option("--state-dir", metavar="DIR", default=DEFAULT_STATE_DIR, show_default=True,
+                               help="The relay's state dir.")
+
+
 def _relay_dir(state_dir: str) -> str:
     """state_dir, if a relay has run there (its key and its database): the relay commands
     must not make a new relay key in a mistyped or fresh directory, and hand out tokens for a
@@ -156,8 +160,7 @@ def serve(listen, network, state_dir, config, log_level, lock, auto_approve_rout
 
 
 @cli.command()
-@click.option("--state-dir", metavar="DIR", default=DEFAULT_STATE_DIR, show_default=True,
-              help="The relay's state dir.")
+@relay_state_dir
 @click.option("--ttl", metavar="DURATION", default="24h", show_default=True,
               help="Lifetime, e.g. 30m, 24h, 7d; 0 for a token that never expires.")
 @click.option("--list", "list_", is_flag=True, help="List the tokens instead of making one.")
@@ -342,8 +345,7 @@ def kube_env(state_dir):
 
 @cli.command()
 @click.argument("name")
-@click.option("--state-dir", metavar="DIR", default=DEFAULT_STATE_DIR, show_default=True,
-              help="The relay's state dir.")
+@relay_state_dir
 def revoke(name, state_dir):
     """Revoke a node's key (run on the relay): it is disconnected and refused from now on."""
     state_dir = _relay_dir(state_dir)
@@ -378,16 +380,12 @@ def _route_change(state_dir: str, cmd: str, name: str, prefix: str, change) -> N
 @routes.command("approve")
 @click.argument("name")
 @click.argument("prefix")
-@click.option("--state-dir", metavar="DIR", default=DEFAULT_STATE_DIR, show_default=True,
-              help="The relay's state dir.")
+@relay_state_dir
 def routes_approve(name, prefix, state_dir):
     """Let NAME's advertised PREFIX (or any prefix inside it) take effect on the nodes."""
     def change(registry):
-        from .control.approvals import ApprovalError
-        if name not in registry.by_name:
-            raise ApprovalError(f"no node named {name[:64]!r} on this relay; see 'tunneld routes list'")
         listen = registry.meta.get("listen")  # the relay's address, as it last recorded it
-        return registry.approvals.approve(name, prefix, registry.network, [listen] if listen else [])
+        return registry.approve_route(name, prefix, [listen] if listen else [])
     _route_change(state_dir, "approve-route", name, prefix, change)
     click.echo(f"approved {prefix} for {name}", err=True)
     return 0
@@ -396,8 +394,7 @@ def routes_approve(name, prefix, state_dir):
 @routes.command("unapprove")
 @click.argument("name")
 @click.argument("prefix")
-@click.option("--state-dir", metavar="DIR", default=DEFAULT_STATE_DIR, show_default=True,
-              help="The relay's state dir.")
+@relay_state_dir
 def routes_unapprove(name, prefix, state_dir):
     """Take an approval back: the prefix stops working on the nodes at once."""
     _route_change(state_dir, "unapprove-route", name, prefix, lambda registry: registry.approvals.unapprove(name, prefix))
@@ -406,8 +403,7 @@ def routes_unapprove(name, prefix, state_dir):
 
 
 @routes.command("list")
-@click.option("--state-dir", metavar="DIR", default=DEFAULT_STATE_DIR, show_default=True,
-              help="The relay's state dir.")
+@relay_state_dir
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def routes_list(state_dir, as_json):
     """Advertised and approved routes, per node."""

@@ -17,12 +17,13 @@ from tunneld import config
 from tunneld.control.directory import DirectoryMirror
 from tunneld.engine.offload import split
 from tunneld.errors import ConfigError
-from tunneld.proto import endpoint, messages, wire
+from tunneld.net.noded import resolvers
+from tunneld.proto import endpoint, lock, messages, wire
 from tunneld.proto.cookie import CookieChecker, CookieJar
 from tunneld.proto.errors import ProtocolError
 from tunneld.proto.framing import Deframer, frame
 from tunneld.proto.handshake import read_initiation
-from tunneld.proto.token import JoinToken, TokenError
+from tunneld.proto.token import Endorsement, JoinToken, TokenError
 from tunneld.proto.version import OURS
 from tunneld.state import NODE_FILE, load_node_state
 from tests.fuzz.test_engine_fuzz import captured, overlay
@@ -65,6 +66,19 @@ def _split(data):
     return packets or reason
 
 
+def _endorsed(token) -> bytes:
+    public, sig1 = lock.endorse(bytes(32), token.token_id, bytes(range(32)))
+    return JoinToken(token.relay_public, token.token_id, token.secret,
+                     Endorsement(public, bytes(range(32)), sig1)).encode().encode()
+
+
+def _resolvers(data):
+    with tempfile.NamedTemporaryFile("wb") as f:
+        f.write(data)
+        f.flush()
+        return resolvers(f.name)
+
+
 def _deframe(data):
     d = Deframer()
     return [m for i in range(len(data)) for m in d.feed(data[i : i + 1])]
@@ -102,7 +116,11 @@ def parsers():
         "peer hello": (messages.decode_hello, wire_errors, [messages.encode_hello(OURS)]),
         "tcp framing": (_deframe, wire_errors, [frame(s) + frame(s) for s in wire_samples[:4]]),
         "TUN read": (_split, (), [bytes(10) + bytes([0x45]) + bytes(39)]),
-        "join token": (_text(JoinToken.parse), (TokenError,), [token.encode().encode()]),
+        "join token": (_text(JoinToken.parse), (TokenError,), [token.encode().encode(), _endorsed(token)]),
+        "lock public key": (_text(lock.parse_public), (lock.LockError,), [lock.format_public(bytes(32)).encode()]),
+        "--auto-approve-routes": (_text(lambda t: config.parse_prefixes(t, "--auto-approve-routes")), (ConfigError,),
+                                  [b"198.18.0.0/15,0.0.0.0/0"]),
+        "resolv.conf": (_resolvers, (), [b"nameserver 10.255.255.53\nnameserver 2001:db8::53\nsearch lan\n"]),
         "HOST:PORT": (_text(lambda t: config.parse_hostport(t, "--relay")), (ConfigError,),
                       [b"192.0.2.1:7000", b"[2001:db8::1]:7000"]),
         "--network": (_text(config.parse_network), (ConfigError,), [b"100.64.0.0/10"]),
@@ -112,7 +130,8 @@ def parsers():
         "endpoint": (_text(endpoint.parse), (), [b"203.0.113.5:4000", b"[2001:db8::5]:4000"]),
         "node.json": (_node_state, (), [json.dumps({
             "relay_key": "ab" * 32, "relay": "192.0.2.1:7000", "name": "alpha", "address": "100.64.0.7",
-            "network": "100.64.0.0/10", "mtu": 1432}, indent=1).encode()]),
+            "network": "100.64.0.0/10", "mtu": 1432, "lock": "cd" * 32, "peers": {"bravo": "ef" * 32}},
+            indent=1).encode()]),
     }
 
 

@@ -141,9 +141,18 @@ def test_an_outside_machine_reaches_every_pod_through_the_gateway(cluster):
     edge_pod = cluster.pods["edge"]
     sent, received = transfer_between(lab, outside.ns, edge_pod.ns, edge_pod.ip, 8082, 4_000_000)
     assert sent == received
-    # Nodes that do not accept routes are untouched by them.
-    assert not [r for r in ip_json(cluster, cluster.nodes["worker"].ns, "route", "show", "dev", "tunneld0")
-                if r.get("protocol") == "199"]
+    # What the operator sees and may not do, on the running relay.
+    rows = json.loads(lab.nsexec(cluster.relay.ns, sys.executable, "-m", "tunneld", "routes", "list", "--json",
+                                 "--state-dir", cluster.relay.state_dir).stdout)
+    (cp,) = [r for r in rows if r["name"] == "control-plane"]
+    assert cp["advertised"] == cp["approved"] == cp["effective"] == ["198.18.0.0/16"]
+    clash = cluster.approve("worker", "198.18.5.0/24")
+    err = clash.stderr.decode().strip().splitlines()
+    assert clash.returncode == 2 and len(err) == 1 and "approved for control-plane" in err[0], err
+    # Nodes that do not accept routes are untouched by them: their tunneld0 routes only the peers.
+    peers = {p["address"] for p in cluster.node_status("worker")["peers"]}
+    assert {r["dst"] for r in ip_json(cluster, cluster.nodes["worker"].ns, "route", "show", "dev", "tunneld0")
+            if r.get("protocol") == "199"} == peers
 
 
 def test_restarting_tunneld_keeps_flannel_and_pod_traffic_resumes(cluster):

@@ -47,11 +47,12 @@ def test_interface_address_and_routes(overlay):
         (link,) = ip_json(overlay, node, "addr", "show", "dev", "tunneld0")
         assert "UP" in link["flags"] and link["mtu"] == st["mtu"]
         v4 = [a for a in link["addr_info"] if a["family"] == "inet"]
-        assert [(a["local"], a["prefixlen"]) for a in v4] == [(st["address"], 10)]
+        assert [(a["local"], a["prefixlen"]) for a in v4] == [(st["address"], 32)]
         assert v4[0]["scope"] == "global"  # kubelet's --node-ip check wants a global address on a local link
         assert not [a for a in link["addr_info"] if a["family"] == "inet6"]
-        routes = ip_json(overlay, node, "route", "show", "dev", "tunneld0")
-        assert any(r["dst"] == "100.64.0.0/10" for r in routes)
+        # one route per peer, never the overlay's whole range (tests/integration/test_cloud.py)
+        routes = sorted(r["dst"] for r in ip_json(overlay, node, "route", "show", "dev", "tunneld0"))
+        assert routes == sorted(p["address"] for p in st["peers"])
         seen.add(st["address"])
     assert len(seen) == 3
 

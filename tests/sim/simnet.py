@@ -53,6 +53,7 @@ class SimNodeIO:
         self.sent_over = {"udp": 0, "tcp": 0}
         self.mtus: list[int] = []  # every MTU the node set on its interface
         self.routes: list[str] = []  # the accepted routes, as last installed
+        self.peer_routes: list[str] = []  # the peers' addresses (/32), as last installed
         self.saved = None  # the last node.json it wrote
         self.gateway = None
 
@@ -78,8 +79,10 @@ class SimNodeIO:
             self.assignments.append(node.assignment)
         elif isinstance(effect, fx.SetMtu):
             self.mtus.append(effect.mtu)
-        elif isinstance(effect, fx.SetRoutes):
-            self.routes = list(effect.prefixes)
+        elif isinstance(effect, fx.SetRoutes):  # the peers' own addresses apart from advertised prefixes
+            network = ipaddress.IPv4Network(self.net.network)
+            self.peer_routes = [p for p in effect.prefixes if ipaddress.IPv4Network(p).subnet_of(network)]
+            self.routes = [p for p in effect.prefixes if p not in self.peer_routes]
         elif isinstance(effect, fx.SaveState):
             self.saved = effect
         elif isinstance(effect, fx.SetGateway):

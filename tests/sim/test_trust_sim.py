@@ -109,3 +109,48 @@ def test_the_token_goes_to_the_relay_until_the_first_join_only():
     spy(net.relay)
     net.advance(20)
     assert token.credential in seen and node.status()["relay"]["connected"]
+
+
+def test_revocation_keeps_working_under_the_lock():
+    net = SimNet(lock=LOCK_PUBLIC)
+    token = endorsed(net.token())
+    alpha = add_endorsed(net, "alpha", token)
+    add_endorsed(net, "bravo", token)
+    net.advance(3)
+    assert [p["name"] for p in alpha.status()["peers"]] == ["bravo"]
+    assert net.relay.revoke("bravo")
+    net.store_writes()
+    net.advance(2)
+    assert net.ios["bravo"].refusals[0][0] == "key_revoked"
+    assert alpha.status()["peers"] == []
+
+
+def test_locking_a_running_network_as_the_readme_says():
+    """Nodes joined with plain tokens; each restarts with an endorsed token (same key and
+    address: the relay records its chain); then the relay restarts with the lock."""
+    net = SimNet()
+    plain = net.token()
+    for name in ("alpha", "bravo"):
+        net.add_node(name, token=plain)
+    net.advance(3)
+    before = {n: net.nodes[n].assignment.address for n in ("alpha", "bravo")}
+    token = endorsed(net.token())
+    for name in ("alpha", "bravo"):  # a restart: same identity, what node.json kept, the endorsed token
+        old = net.nodes.pop(name)
+        io = net.ios[name]
+        del net.by_endpoint[io.endpoint]
+        e = token.endorsement
+        chain = lock.chain(e.lock_public, token.token_id, e.enroll_seed, e.sig1, old.identity.public, name)
+        net.add_node(name, token=token, identity=old.identity, chain=chain, lock=e.lock_public,
+                     assignment=old.assignment, known_keys=tuple(old.trust.known.items()))
+    net.advance(3)
+    assert all(r.lock for r in net.registry.by_name.values())  # the relay holds every chain
+    net.lock = LOCK_PUBLIC
+    net.restart_relay()
+    net.advance(10)
+    for name in ("alpha", "bravo"):
+        st = net.nodes[name].status()
+        assert st["relay"]["connected"] and st["unendorsed"] == [] and st["address"] == before[name]
+    packet = net.send_ip("alpha", "bravo", b"locked")
+    net.advance(0.5)
+    assert packet in net.ios["bravo"].tun

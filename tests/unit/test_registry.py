@@ -251,3 +251,14 @@ def test_approved_routes_are_stored_and_go_with_a_revoked_key(relay):
     record, write = relay.reg.revoke("gw", NOW)
     relay.write(write)
     assert relay.reopened().approvals.effective("gw", ["198.18.1.0/24"]) == ()
+
+
+def test_addresses_are_never_handed_out_in_the_clouds_service_ranges():
+    """Alibaba Cloud's DNS, mirrors and metadata live in 100.100.0.0/16 (100.115.92.0/23 too)."""
+    Net = ipaddress.IPv4Network
+    assert allocate(Net("100.100.0.0/15"), set()) == "100.101.0.0"  # the first outside 100.100/16
+    assert allocate(Net("100.115.92.0/22"), set()) == "100.115.94.0"
+    assert allocate(Net("100.100.0.0/16"), set()) is None  # all of it reserved: full at once
+    full = {f"100.99.255.{i}" for i in range(1, 255)}
+    assert allocate(Net("100.99.255.0/24"), full) is None
+    assert allocate(Net("100.64.0.0/10"), set()) == "100.64.0.1"

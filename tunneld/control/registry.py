@@ -24,7 +24,7 @@ from ..proto.messages import valid_name
 from ..proto.token import ID_LEN, JoinToken, secret_hash, secret_matches
 from ..store.base import AddToken, NodeRecord, Register, RevokeNode, RevokeToken, SaveLock, SaveMtu, Snapshot, \
     TokenRecord, Touch
-from .approvals import Approvals
+from .approvals import ApprovalError, Approvals
 
 MAX_ROUTES = 16
 NOT_ENDORSED_MESSAGE = ("this network is locked: join with a token endorsed by the network lock "
@@ -64,14 +64,26 @@ def check_routes(texts: Iterable[str], overlay: ipaddress.IPv4Network | None = N
     return tuple(str(p) for p in sorted(out))
 
 
+# Inside 100.64.0.0/10 but never handed out: clouds run their own services there (Alibaba
+# Cloud's DNS, mirrors and metadata in 100.100.0.0/16; 100.115.92.0/23 is taken likewise).
+RESERVED = tuple(ipaddress.IPv4Network(p) for p in ("100.100.0.0/16", "100.115.92.0/23"))
+
+
 def allocate(network: ipaddress.IPv4Network, used: set[str]) -> str | None:
-    """The lowest free host address of network."""
+    """The lowest free host address of network, outside the RESERVED ranges."""
     taken = {int(ipaddress.IPv4Address(a)) for a in used}
+    skip = [(int(r.network_address), int(r.broadcast_address)) for r in RESERVED if r.overlaps(network)]
     first, last = int(network.network_address), int(network.broadcast_address)
     if network.prefixlen < 31:
         first, last = first + 1, last - 1
-    for candidate in range(first, last + 1):
-        if candidate not in taken:
+    candidate = first
+    while candidate <= last:
+        jump = next((end for start, end in skip if start <= candidate <= end), None)
+        if jump is not None:
+            candidate = jump + 1
+        elif candidate in taken:
+            candidate += 1
+        else:
             return str(ipaddress.IPv4Address(candidate))
     return None
 
@@ -209,6 +221,12 @@ class Registry:
         record.public_key = record.lock = None
         self.approvals.forget(name)
         return revoked, RevokeNode(name, key, now)
+
+    def approve_route(self, name: str, prefix: str, relay_addresses):
+        """The write for an approval (control/approvals.py), or ApprovalError."""
+        if name not in self.by_name:
+            raise ApprovalError(f"no node named {name[:64]!r} on this relay; see 'tunneld routes list'")
+        return self.approvals.approve(name, prefix, self.network, relay_addresses)
 
     def issue_token(self, relay_public: bytes, ttl: float | None, now: float,
                     random: Callable[[int], bytes], uses: int = 1) -> tuple[JoinToken, AddToken]:

@@ -41,13 +41,13 @@ from dataclasses import dataclass
 
 from ..control.backoff import Backoff
 from ..control.directory import DirectoryMirror
-from ..control.registry import REVOKED_MESSAGE
+from ..control.registry import RESERVED, REVOKED_MESSAGE
 from ..drops import Drop
 from ..proto import endpoint, wire
 from ..proto.endpoint import RELAY
 from ..proto.handshake import Identity, Timestamper
 from .channel import open_data
-from .effects import Assignment, Env, SaveState, SetAddress, SetGateway, SetRoutes, Stop, Transmit
+from .effects import Assignment, Env, SaveState, SetAddress, SetGateway, Stop, Transmit
 from .mss import clamp
 from .peers import Peer, PeerHandshakes
 from .probes import Probes
@@ -78,6 +78,7 @@ class NodeConfig:
     chain: bytes | None = None  # our network-lock chain, from an endorsed token
     lock: bytes | None = None  # the lock public key we pinned: peers' keys need its endorsement
     known_keys: tuple = ()  # ((name, key), ...): each peer's key as we last accepted it (node.json)
+    host_claims: tuple = ()  # ((what, prefix), ...): the host's addresses, routes and resolvers
 
 
 class Node:
@@ -280,12 +281,18 @@ class Node:
                        f"the relay's address {inside[0]} lies inside the overlay network {net}; "
                        "give the relay an address outside it")
             return
+        for what, prefix in self.config.host_claims:
+            claim = ipaddress.IPv4Network(prefix)
+            if claim.overlaps(net) and not any(claim.subnet_of(r) for r in RESERVED):  # never handed out
+                self._stop(EXIT_MISCONFIGURED, "overlay_overlaps_host",
+                           f"the overlay network {net} overlaps {what} on this host; run the relay with "
+                           "another --network, clear of this host's addresses, routes and resolvers")
+                return
         self.assignment = assignment
         self._overlay = (int(net.network_address), int(net.netmask))
         self._endpoint_ok.clear()
         self.effects.append(SetAddress(assignment.interface_address, self.mtu.interface))
-        if self.routes.accept:  # what we accept now; a run before may have left others
-            self.effects.append(SetRoutes(tuple(self.routes.accepted)))
+        self.routes.install(self.peers.values(), again=True)  # a run before may have left others
         self.effects.append(SetGateway(assignment.network, self.config.routes))
         self._save()
 

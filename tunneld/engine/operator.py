@@ -8,7 +8,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 
-from ..control.approvals import ApprovalError
 
 log = logging.getLogger("tunneld.relay")
 
@@ -39,10 +38,8 @@ class OperatorCommands:
 
     def approve_route(self, name: str, prefix: str) -> None:
         """ApprovalError if the relay refuses it (control/approvals.py)."""
-        if name not in self.registry.by_name:
-            raise ApprovalError(f"no node named {name[:64]!r} on this relay; see 'tunneld routes list'")
         host = self.listen.rpartition(":")[0]
-        write = self.registry.approvals.approve(name, prefix, self.registry.network, [host] if host else [])
+        write = self.registry.approve_route(name, prefix, [host] if host else [])
         self.writes.append(write)
         self._approvals_changed()
 

@@ -47,6 +47,7 @@ class Routes:
         self.drops = drops
         self.table: list[tuple[int, int, object]] = []  # (network, mask, peer), longest first
         self.accepted: list[str] = []
+        self.installed: tuple[str, ...] | None = None
 
     def lookup(self, dst: bytes):
         """The peer whose accepted prefix holds dst, longest prefix first; None if none."""
@@ -57,9 +58,22 @@ class Routes:
         return None
 
     def update(self, peers) -> None:
-        """Rebuild the table from the peers' advertised prefixes; SetRoutes if it changed."""
-        if not self.accept:
-            return
+        """Rebuild the table from the peers' advertised prefixes; SetRoutes if what goes
+        through tunneld0 changed."""
+        if self.accept:
+            self._accept(peers)
+        self.install(peers)
+
+    def install(self, peers, again: bool = False) -> None:
+        """What goes through tunneld0: each peer's own address, and the accepted prefixes;
+        never the overlay's whole range, which may hold the host's own services (clouds put
+        DNS and metadata in 100.64.0.0/10)."""
+        want = tuple(sorted(set(self.accepted) | {f"{p.address}/32" for p in peers}))
+        if again or want != self.installed:
+            self.installed = want
+            self.effects.append(SetRoutes(want))
+
+    def _accept(self, peers) -> None:
         own = [ipaddress.IPv4Network(r) for r in self.advertised]
         table = []
         for peer in peers:
@@ -75,10 +89,7 @@ class Routes:
             peer.sources = tuple(sources)
         table.sort(key=lambda t: (-t[0], t[1]))  # longest prefix first; ties go to the lower name
         self.table = [(net, mask, peer) for _, _, net, mask, peer in table]
-        accepted = sorted({f"{ipaddress.IPv4Address(net)}/{bin(mask).count('1')}" for net, mask, _ in self.table})
-        if accepted != self.accepted:
-            self.accepted = accepted
-            self.effects.append(SetRoutes(tuple(accepted)))
+        self.accepted = sorted({f"{ipaddress.IPv4Address(net)}/{bin(mask).count('1')}" for net, mask, _ in self.table})
 
 
 def within(address: bytes, prefixes) -> bool:

@@ -91,6 +91,11 @@ class Links:
         """Every interface's addresses (IPv4 and IPv6), by interface name."""
         return self._call(self._all_addresses)
 
+    def claims(self, exclude: str) -> list[tuple[str, str]]:
+        """What the host already has, outside exclude (tunneld0): (what it is, prefix) for
+        every IPv4 address and every route; an overlay network must stay clear of them."""
+        return self._call(self._claims, exclude)
+
     def connected_networks(self, exclude: str) -> list[str]:
         """The IPv4 networks of every interface but exclude (tunneld0): what the host reaches
         without a router, and no overlay route may take over."""
@@ -124,11 +129,15 @@ class Links:
             # A TUN queue of 500 (the kernel's default) overflows under one TCP stream of pod
             # traffic, which arrives per packet; 1000 is what Ethernet devices get.
             self._ipr.link("set", index=idx, txqlen=TXQUEUELEN)
+            # The address alone (/32): a prefix would route the overlay's whole range through
+            # tunneld0, and clouds keep their own DNS and metadata in 100.64.0.0/10. Each peer
+            # gets a route of its own (set_routes).
+            own = ipaddress.IPv4Interface(f"{interface.ip}/32")
             for present in self._addresses(ifname):
-                if present != interface:
+                if present != own:
                     self._ipr.addr("del", index=idx, address=str(present.ip), prefixlen=present.network.prefixlen)
-            if interface not in self._addresses(ifname):
-                self._ipr.addr("add", index=idx, address=str(interface.ip), prefixlen=interface.network.prefixlen)
+            if own not in self._addresses(ifname):
+                self._ipr.addr("add", index=idx, address=str(own.ip), prefixlen=32)
             _disable_ipv6(ifname)  # before the link comes up, or the kernel sends a router solicitation
             self._ipr.link("set", index=idx, state="up")
         except NetlinkError as exc:
@@ -199,6 +208,20 @@ class Links:
             if names.get(msg["index"]) != exclude:
                 out.add(str(ipaddress.IPv4Interface(f"{_attr(msg, 'IFA_ADDRESS')}/{msg['prefixlen']}").network))
         return sorted(out)
+
+    def _claims(self, exclude: str) -> list[tuple[str, str]]:
+        names = {link["index"]: _attr(link, "IFLA_IFNAME") for link in self._ipr.get_links()}
+        out = []
+        for msg in self._ipr.get_addr(family=socket.AF_INET):
+            name = names.get(msg["index"])
+            if name != exclude:
+                out.append((f"the address {_attr(msg, 'IFA_ADDRESS')} on {name}", f"{_attr(msg, 'IFA_ADDRESS')}/32"))
+        for msg in self._ipr.get_routes(family=socket.AF_INET, table=254):
+            name = names.get(_attr(msg, "RTA_OIF"))
+            if msg["dst_len"] and name != exclude and msg["proto"] != RTPROT_TUNNELD:
+                prefix = f"{_attr(msg, 'RTA_DST')}/{msg['dst_len']}"
+                out.append((f"the route {prefix} via {name}", prefix))
+        return out
 
     def _delete(self, ifname: str) -> None:
         try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import logging
 import os
 import shutil
@@ -83,6 +84,23 @@ class RelayStream(FramedStream):
             return
         if not self.transport.is_closing():
             self.send_frame(msg)
+
+
+def resolvers(path: str = "/etc/resolv.conf") -> list[tuple[str, str]]:
+    """The host's IPv4 name servers, as (what, prefix): the overlay must not take them."""
+    out = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:  # a damaged file must not stop a node
+            for line in f:
+                words = line.split()
+                if len(words) >= 2 and words[0] == "nameserver":
+                    try:
+                        out.append((f"the resolver {ipaddress.IPv4Address(words[1])} in {path}", f"{words[1]}/32"))
+                    except ValueError:
+                        pass  # IPv6, or not an address: not ours to judge
+    except OSError:
+        pass
+    return out
 
 
 class NodeDaemon(Daemon):
@@ -153,7 +171,8 @@ class NodeDaemon(Daemon):
                                 route.mtu, mtu, assignment, s.advertise_routes, s.accept_routes, protected, lan,
                                 self.relay_label)
             chain, pinned, known = self._lock(identity, token, remembered, s.name)
-            config = dataclasses.replace(config, chain=chain, lock=pinned, known_keys=known)
+            config = dataclasses.replace(config, chain=chain, lock=pinned, known_keys=known,
+                                         host_claims=(*self.links.claims(s.interface), *resolvers()))
             self.engine = Node(identity, token.relay_public, config, self, real_env(), monotonic())
             self.batch = Batch(self.sock, self.drops, self.stats, route.mtu - wire.UDP_OVERHEAD_IPV4)
             self.after_input()  # a remembered address goes on the interface now
