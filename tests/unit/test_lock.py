@@ -3,8 +3,6 @@
 import os
 import stat
 
-import pytest
-
 from tunneld.proto import lock
 from tunneld.proto.token import JoinToken
 from tests.unit.test_cli import one_line_error, relay_state, tunneld
