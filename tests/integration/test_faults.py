@@ -196,7 +196,10 @@ def test_a_node_flooded_on_its_public_port_keeps_its_peers(lab):
     print(f"node flood: {sent} INITs; node did {processed} handshakes, sent {asked} cookies; pings {results}")
     assert ov.node_procs["public"].poll() is None and sent >= 10000, err
     assert all(rx >= 0.95 * tx for tx, rx in results.values()), results
-    assert processed <= PEER_UNDER_LOAD_INITS + 20, processed
+    # One second's worth before the node is under load (PEER_UNDER_LOAD_INITS), and one more
+    # if the flooder stalls for over a second on this shared machine and the meter starts
+    # afresh (seen once in CI: 84). Without the guard it is every one of the 10,000+.
+    assert processed <= 2 * PEER_UNDER_LOAD_INITS + 20, processed
     assert asked >= 0.8 * (sent - processed), (asked, sent)
 
 
