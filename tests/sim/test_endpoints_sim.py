@@ -110,3 +110,25 @@ def test_a_node_whose_nat_mapping_changes_is_followed_after_a_round_trip(net):
     assert relay.by_endpoint.get(new) is not None and relay.by_endpoint[new].name == "victim"
     assert old not in relay.by_endpoint
     assert relayed_reaches(net, "bravo", "victim")
+
+
+def test_a_member_held_back_gets_its_directory_when_its_interval_is_over(net):
+    """The limit delays a full directory; it does not wait for the member's next ping."""
+    relay = net.relay
+    for i in range(300):
+        relay.directory.set(Entry(f"member-{i}", bytes([100, 66, i // 256, i % 256]), bytes([i % 256]) * 32, True,
+                                  "", 1500, (), ()))
+    relay.directory.publish()
+    mallory_ep = net.ios["mallory"].endpoint
+    sent = []
+    relay.send = lambda ep, data: sent.append((ep, len(data)))
+    start = net.now
+    relay.receive(forged_ping(net, "mallory", version=1, n=900), mallory_ep, start)  # a snapshot
+    relay.directory.set(Entry("late", bytes([100, 67, 0, 1]), bytes(32), True, "", 1500, (), ()))
+    relay.directory.publish()
+    relay.receive(forged_ping(net, "mallory", version=1, n=901), mallory_ep, start + 0.1)  # held back
+    sent.clear()
+    relay.tick(start + 1.0)
+    assert not [n for ep, n in sent if ep == mallory_ep and n > 1000]  # not yet
+    relay.tick(start + SNAPSHOT_EVERY + 0.1)
+    assert [n for ep, n in sent if ep == mallory_ep and n > 1000]  # now, with no ping in between

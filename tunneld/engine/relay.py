@@ -101,6 +101,7 @@ class Relay(OperatorCommands):
                                     random=env.random)
         self.joins = Joins(self)
         self._seen: dict[str, float] = {}
+        self._behind: set[Member] = set()  # members whose full directory waits for its interval
         self._next_seen_flush = now + SEEN_FLUSH
 
     # -- the hot path --------------------------------------------------------------------
@@ -183,8 +184,10 @@ class Relay(OperatorCommands):
         if msgs and msgs[0]["base"] is None:
             if now - m.snapshot_at < SNAPSHOT_EVERY:
                 self.drops[Drop.SNAPSHOT_RATE_LIMITED] += 1
-                return  # its next ping reports its version again
+                self._behind.add(m)  # it gets one when its interval is over (tick), not at its next ping
+                return
             m.snapshot_at = now
+            self._behind.discard(m)
         for msg in msgs:
             self._control(m, msg)
         m.dir_version = self.directory.version
@@ -314,6 +317,10 @@ class Relay(OperatorCommands):
             self.directory.publish()
             self._next_publish = now + PUBLISH_DELAY
             for m in list(self.by_addr.values()):
+                self._sync(m, now)
+        for m in [m for m in self._behind if now - m.snapshot_at >= SNAPSHOT_EVERY]:
+            self._behind.discard(m)
+            if self.by_addr.get(m.addr) is m and m.dir_version != self.directory.version:
                 self._sync(m, now)
 
     # -- status --------------------------------------------------------------------------
