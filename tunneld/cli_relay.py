@@ -166,16 +166,10 @@ def _route_change(state_dir: str, cmd: str, name: str, prefix: str, change) -> N
     state_dir = _relay_dir(state_dir)
     if _relay_request(state_dir, {"cmd": cmd, "name": name, "prefix": prefix}) is None:
         from .control.approvals import ApprovalError
-        store, registry = _offline_registry(state_dir)
         try:
-            write = change(registry)
-            if write is None:
-                raise ConfigError(f"{prefix} is not approved for {name!r}; see 'tunneld routes list'")
-            asyncio.run(write.apply(store))
+            _offline_change(state_dir, change, f"{prefix} is not approved for {name!r}; see 'tunneld routes list'")
         except ApprovalError as exc:
             raise ConfigError(str(exc)) from None
-        finally:
-            store.close_now()
 
 
 @routes.command("approve")

@@ -172,12 +172,14 @@ class Relay(OperatorCommands):
         else:  # includes "revoked", which only the relay sends
             self.drops[Drop.UNEXPECTED_CONTROL] += 1
 
-    def _control(self, m: Member, msg: dict) -> None:
-        if m.endpoint is None:
+    def _control(self, m: Member, msg: dict, to=None) -> None:
+        """msg on m's session, to its endpoint (or to `to`: an address it must prove it holds)."""
+        to = to if to is not None else m.endpoint
+        if to is None:
             return
         sealed = seal_control(m.keys, msg)
         if sealed is not None:
-            self.send(m.endpoint, sealed)
+            self.send(to, sealed)
 
     def _sync(self, m: Member, now: float) -> None:
         msgs = self.directory.messages_for(m.dir_version)
@@ -206,10 +208,8 @@ class Relay(OperatorCommands):
         if now - m.proof_at < PROOF_EVERY:
             return
         m.proof, m.proof_ep, m.proof_at = self.env.random(8), ep, now
-        sealed = seal_control(m.keys, {"t": "pong", "n": msg["n"] if msg and msg["t"] == "ping" else 0,
-                                       "ep": endpoint.format(ep), "proof": m.proof})
-        if sealed is not None:
-            self.send(ep, sealed)
+        self._control(m, {"t": "pong", "n": msg["n"] if msg and msg["t"] == "ping" else 0,
+                          "ep": endpoint.format(ep), "proof": m.proof}, to=ep)
 
     # -- handshakes ----------------------------------------------------------------------
 

@@ -195,27 +195,27 @@ class Links:
         return min(mtus) if mtus else None
 
     def _all_addresses(self) -> dict[str, list[str]]:
-        names = {link["index"]: _attr(link, "IFLA_IFNAME") for link in self._ipr.get_links()}
+        names = self._names()
         out: dict[str, list[str]] = {}
         for msg in self._ipr.get_addr():
             out.setdefault(names.get(msg["index"], "?"), []).append(_attr(msg, "IFA_ADDRESS"))
         return out
 
+    def _names(self) -> dict[int, str]:
+        return {link["index"]: _attr(link, "IFLA_IFNAME") for link in self._ipr.get_links()}
+
+    def _addresses_but(self, exclude: str) -> list[tuple[str, ipaddress.IPv4Interface]]:
+        """(interface, address with its prefix) of every IPv4 address not on exclude."""
+        names = self._names()
+        return [(names.get(msg["index"]), ipaddress.IPv4Interface(f"{_attr(msg, 'IFA_ADDRESS')}/{msg['prefixlen']}"))
+                for msg in self._ipr.get_addr(family=socket.AF_INET) if names.get(msg["index"]) != exclude]
+
     def _connected_networks(self, exclude: str) -> list[str]:
-        names = {link["index"]: _attr(link, "IFLA_IFNAME") for link in self._ipr.get_links()}
-        out = set()
-        for msg in self._ipr.get_addr(family=socket.AF_INET):
-            if names.get(msg["index"]) != exclude:
-                out.add(str(ipaddress.IPv4Interface(f"{_attr(msg, 'IFA_ADDRESS')}/{msg['prefixlen']}").network))
-        return sorted(out)
+        return sorted({str(a.network) for _, a in self._addresses_but(exclude)})
 
     def _claims(self, exclude: str) -> list[tuple[str, str]]:
-        names = {link["index"]: _attr(link, "IFLA_IFNAME") for link in self._ipr.get_links()}
-        out = []
-        for msg in self._ipr.get_addr(family=socket.AF_INET):
-            name = names.get(msg["index"])
-            if name != exclude:
-                out.append((f"the address {_attr(msg, 'IFA_ADDRESS')} on {name}", f"{_attr(msg, 'IFA_ADDRESS')}/32"))
+        out = [(f"the address {a.ip} on {name}", f"{a.ip}/32") for name, a in self._addresses_but(exclude)]
+        names = self._names()
         for msg in self._ipr.get_routes(family=socket.AF_INET, table=254):
             name = names.get(_attr(msg, "RTA_OIF"))
             if msg["dst_len"] and name != exclude and msg["proto"] != RTPROT_TUNNELD:

@@ -16,7 +16,6 @@ while packets keep flowing.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import ipaddress
 import logging
 import os
@@ -167,12 +166,11 @@ class NodeDaemon(Daemon):
             # The relay first: node.py checks it lies outside the overlay.
             protected = (s.relay_ip, *([route.gateway] if route.gateway else []),
                          *self.links.connected_networks(s.interface))
+            chain, pinned, known = self._lock(identity, token, remembered, s.name)
             config = NodeConfig(s.name, token.credential, wire.SUITE_AESGCM if has_aes() else wire.SUITE_CHACHAPOLY,
                                 route.mtu, mtu, assignment, s.advertise_routes, s.accept_routes, protected, lan,
-                                self.relay_label)
-            chain, pinned, known = self._lock(identity, token, remembered, s.name)
-            config = dataclasses.replace(config, chain=chain, lock=pinned, known_keys=known,
-                                         host_claims=(*self.links.claims(s.interface), *resolvers()))
+                                self.relay_label, chain=chain, lock=pinned, known_keys=known,
+                                host_claims=(*self.links.claims(s.interface), *resolvers()))
             self.engine = Node(identity, token.relay_public, config, self, real_env(), monotonic())
             self.batch = Batch(self.sock, self.drops, self.stats, route.mtu - wire.UDP_OVERHEAD_IPV4)
             self.after_input()  # a remembered address goes on the interface now
