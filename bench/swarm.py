@@ -51,6 +51,9 @@ class SwarmNode:
     def relay_transport(self, tcp: bool) -> None:
         pass
 
+    def relay_endpoint(self, address: str) -> None:
+        pass
+
     def readable(self) -> None:
         now = time.monotonic()
         for _ in range(64):

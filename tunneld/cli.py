@@ -39,6 +39,7 @@ class OneLineFormatter(logging.Formatter):
 
 
 def _logging(level: str) -> None:
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per etcd call otherwise
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(OneLineFormatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
@@ -71,12 +72,23 @@ def cli():
                                                "(tdl1.…, from 'tunneld lock init') join.")
 @click.option("--auto-approve-routes", metavar="CIDR[,CIDR]", multiple=True,
               help="Advertised routes inside these prefixes take effect without 'tunneld routes approve'.")
-def serve(listen, network, state_dir, config, log_level, lock, auto_approve_routes):
+@click.option("--store", metavar="URL", help="Share the network's state with other relays in etcd: "
+                                             "etcd://H1:2379,H2:2379,H3:2379 (etcds:// for TLS).")
+@click.option("--store-prefix", metavar="PREFIX", help="Key prefix in etcd, one per network [/tunneld/].")
+@click.option("--store-ca", metavar="FILE", help="CA certificate that signed etcd's (TLS).")
+@click.option("--store-cert", metavar="FILE", help="Client certificate for etcd (TLS).")
+@click.option("--store-key", metavar="FILE", help="Key of the client certificate (TLS).")
+@click.option("--advertise", metavar="HOST:PORT", help="Where nodes and other relays reach this relay "
+                                                       "[the --listen address].")
+def serve(listen, network, state_dir, config, log_level, lock, auto_approve_routes, store, store_prefix,
+          store_ca, store_cert, store_key, advertise):
     """Run the relay (rendezvous and forwarder) in the foreground."""
     s = merged(dict(listen=listen, network=network, state_dir=state_dir, log_level=log_level, lock=lock,
-                    auto_approve_routes=list(auto_approve_routes) or None), config,
+                    auto_approve_routes=list(auto_approve_routes) or None, store=store, store_prefix=store_prefix,
+                    store_ca=store_ca, store_cert=store_cert, store_key=store_key, advertise=advertise), config,
                {"listen": None, "network": DEFAULT_NETWORK, "state_dir": DEFAULT_STATE_DIR, "log_level": "info",
-                "lock": None, "auto_approve_routes": []})
+                "lock": None, "auto_approve_routes": [], "store": None, "store_prefix": "/tunneld/",
+                "store_ca": None, "store_cert": None, "store_key": None, "advertise": None})
     if not s["listen"]:
         raise ConfigError("serve needs --listen HOST:PORT, e.g. --listen 0.0.0.0:7000")
     host, port = parse_hostport(s["listen"], "--listen")
@@ -89,16 +101,41 @@ def serve(listen, network, state_dir, config, log_level, lock, auto_approve_rout
         except LockError as exc:
             raise ConfigError(f"--lock: {exc}") from None
     auto = parse_prefixes(s["auto_approve_routes"], "--auto-approve-routes")
+    advertise = _advertise(s, host, port)
     settings = ServeSettings(host, port, parse_network(s["network"]), s["state_dir"],
-                             check_log_level(s["log_level"]), auto, lock_public)
+                             check_log_level(s["log_level"]), auto, lock_public, s["store"] or None,
+                             str(s["store_prefix"]), s["store_ca"], s["store_cert"], s["store_key"], advertise)
     _logging(settings.log_level)
     from .net.base import run
     from .net.relayd import RelayDaemon
     return _finish(run(RelayDaemon(settings).run()))
 
 
+def _advertise(s: dict, host: str, port: int) -> str:
+    """Where this relay is reached; with --store, checked: other relays and nodes use it."""
+    if s["store"]:
+        from .store.etcdgw import parse_url
+        try:
+            parse_url(str(s["store"]))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        for option in ("store_ca", "store_cert", "store_key"):
+            if s[option] and not os.path.isfile(str(s[option])):
+                raise ConfigError(f"--{option.replace('_', '-')} {str(s[option])[:80]}: no such file")
+        if bool(s["store_cert"]) != bool(s["store_key"]):
+            raise ConfigError("--store-cert and --store-key go together")
+    if s["advertise"]:
+        ahost, aport = parse_hostport(s["advertise"], "--advertise")
+        return f"{resolve_ipv4(ahost, '--advertise')}:{aport}"
+    if s["store"] and host == "0.0.0.0":
+        raise ConfigError("with --store, give --advertise HOST:PORT: the address nodes and the other relays "
+                          "reach this relay at (--listen 0.0.0.0 does not say)")
+    return f"{host}:{port}"
+
+
 @cli.command()
-@click.option("--relay", metavar="HOST:PORT", help="The relay's public address.")
+@click.option("--relay", metavar="HOST:PORT[,HOST:PORT]", help="The relay's public address; several relays "
+                                                             "of one network comma-separated.")
 @click.option("--token", "token_", metavar="TOKEN", help="A join token from 'tunneld token'.")
 @click.option("--token-file", metavar="FILE", help="A file holding the join token.")
 @click.option("--name", metavar="NAME", help="This node's name [the host name].")
@@ -125,7 +162,14 @@ def join(relay, token_, token_file, name, interface, state_dir, config, port, ad
                 "accept_routes": False, "snat_routes": True})
     if not s["relay"]:
         raise ConfigError("join needs --relay HOST:PORT, the relay's public address")
-    host, rport = parse_hostport(s["relay"], "--relay")
+    given = s["relay"] if isinstance(s["relay"], list) else str(s["relay"]).split(",")
+    relays = []
+    for text in (str(r).strip() for r in given):
+        rhost, rp = parse_hostport(text, "--relay")
+        relays.append((rhost, resolve_ipv4(rhost, "--relay"), rp))
+    if not relays:
+        raise ConfigError("join needs --relay HOST:PORT, the relay's public address")
+    host, rport = relays[0][0], relays[0][2]
     if not s["token"] and not s["token_file"] and os.environ.get("TUNNELD_TOKEN"):
         s["token"] = os.environ["TUNNELD_TOKEN"]
     if bool(s["token"]) == bool(s["token_file"]):
@@ -152,9 +196,10 @@ def join(relay, token_, token_file, name, interface, state_dir, config, port, ad
     if routes and s["snat_routes"]:
         from .host.nat import check_available
         check_available()
-    settings = JoinSettings(host, resolve_ipv4(host, "--relay"), rport, text, node_name,
+    settings = JoinSettings(host, relays[0][1], rport, text, node_name,
                             check_interface_name(s["interface"]), s["state_dir"], lport,
-                            check_log_level(s["log_level"]), routes, s["accept_routes"], s["snat_routes"])
+                            check_log_level(s["log_level"]), routes, s["accept_routes"], s["snat_routes"],
+                            tuple(dict.fromkeys(f"{ip}:{p}" for _, ip, p in relays)))
     from .proto.token import JoinToken, TokenError
     try:
         JoinToken.parse(text)

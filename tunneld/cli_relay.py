@@ -22,6 +22,9 @@ from .state import DB_FILE, KEY_FILE, SOCKET_FILE, load_identity, prepare_dir
 def _open_store(state_dir: str):
     from .store.base import StoreError
     from .store.sqlite import SqliteStore
+    if not os.path.isfile(os.path.join(state_dir, DB_FILE)):  # a relay that keeps its state in etcd
+        raise ConfigError(f"no relay runs on {state_dir}, and its state is in etcd, not here: run the "
+                          "command on a host where a relay of the network runs")
     try:
         return SqliteStore(os.path.join(state_dir, DB_FILE))
     except StoreError as exc:
@@ -37,7 +40,9 @@ def _relay_dir(state_dir: str) -> str:
     must not make a new relay key in a mistyped or fresh directory, and hand out tokens for a
     relay that does not exist."""
     path = os.path.abspath(state_dir)
-    if not all(os.path.isfile(os.path.join(path, f)) for f in (KEY_FILE, DB_FILE)):
+    # relay.db, or (a relay on etcd) the socket of the relay running there
+    if not os.path.isfile(os.path.join(path, KEY_FILE)) or not any(
+            os.path.exists(os.path.join(path, f)) for f in (DB_FILE, SOCKET_FILE)):
         raise ConfigError(f"no relay in {path} (no {KEY_FILE} and {DB_FILE}): start 'tunneld serve' "
                           "there first, or give the relay's --state-dir")
     return prepare_dir(path)

@@ -115,6 +115,12 @@ class ServeSettings:
     log_level: str
     auto_approve_routes: tuple[str, ...] = ()
     lock: bytes | None = None  # the network lock's public key
+    store: str | None = None  # etcd://H1:2379,... shared by several relays; None: SQLite in the state dir
+    store_prefix: str = "/tunneld/"
+    store_ca: str | None = None
+    store_cert: str | None = None
+    store_key: str | None = None
+    advertise: str = ""  # host:port where nodes and the other relays reach this one
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,7 @@ class JoinSettings:
     advertise_routes: tuple[str, ...] = ()
     accept_routes: bool = False
     snat_routes: bool = True
+    relays: tuple[str, ...] = ()  # every --relay given, "ip:port", the first of them first
 
 
 def parse_routes(value) -> tuple[str, ...]:

@@ -84,4 +84,10 @@ class Drop(StrEnum):
     TCP_TOO_MANY_FROM_SOURCE = "tcp_too_many_from_source"
     TCP_UNAUTHENTICATED_TIMEOUT = "tcp_unauthenticated_timeout"
     TCP_CONNECT_FAILED = "tcp_connect_failed"
+    MESH_MALFORMED = "mesh_malformed"  # relay to relay (proto/mesh.py)
+    MESH_UNKNOWN_RELAY = "mesh_unknown_relay"  # a boot etcd does not list as a live relay
+    MESH_REPLAY = "mesh_replay"
+    MESH_INVALID = "mesh_invalid"  # failed authentication: not from a relay of this network
+    MESH_NO_DESTINATION = "mesh_no_destination"  # its destination is not (or no longer) homed here
+    RELAYED_HOME_UNREACHABLE = "relayed_home_unreachable"  # homed on a relay we have no address for
     STORE_ERROR = "store_error"  # a registration the relay's store refused or could not write

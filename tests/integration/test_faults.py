@@ -313,6 +313,7 @@ class Out:  # the link's Transmit
     def send(self, ep, data): self.out.append(data)
     def write_tun(self, packet): pass
     def relay_transport(self, tcp): pass
+    def relay_endpoint(self, address): pass
 """
 
 CYCLES = LINK + r"""

@@ -74,6 +74,9 @@ class SimNodeIO:
     def relay_transport(self, tcp):
         self.tcp = tcp
 
+    def relay_endpoint(self, address):
+        self.relay_address = address
+
     def apply(self, effect, node: Node) -> None:
         if isinstance(effect, fx.SetAddress):
             self.assignments.append(node.assignment)

@@ -84,6 +84,14 @@ class Approvals:
             del self.approved[name]
         return SaveRoutes(name, tuple(str(p) for p in rest))
 
+    def replace(self, name: str, texts: Iterable[str]) -> None:
+        """What another relay of the network approved for name (all of it)."""
+        prefixes = tuple(sorted(Net(t) for t in texts))
+        if prefixes:
+            self.approved[name] = prefixes
+        else:
+            self.approved.pop(name, None)
+
     def forget(self, name: str) -> None:
         """A revoked name: its next key is approved anew (the store drops them with the key)."""
         self.approved.pop(name, None)

@@ -59,10 +59,13 @@ def _chunks(entries: list[Entry], sizes, budget: int) -> list[list[Entry]]:
 
 
 def _message(version: int, base: int | None, i: int, count: int, mtu: int, entries: list[Entry],
-             gone: list[bytes]) -> dict:
-    return {"t": "dir", "v": version, "base": base, "i": i, "c": count, "mtu": mtu,
-            "nodes": [e.wire() for e in entries], "gone": gone,
-            "hellos": [_hello(e.hello) for e in entries], "locks": [e.lock for e in entries]}
+             gone: list[bytes], relays: list[str]) -> dict:
+    msg = {"t": "dir", "v": version, "base": base, "i": i, "c": count, "mtu": mtu,
+           "nodes": [e.wire() for e in entries], "gone": gone,
+           "hellos": [_hello(e.hello) for e in entries], "locks": [e.lock for e in entries]}
+    if relays:  # several relays serve the network (since 0.4.0; older nodes ignore it)
+        msg["relays"] = relays
+    return msg
 
 
 class Directory:
@@ -73,10 +76,17 @@ class Directory:
         self._sizes: dict[Entry, int] = {}
         self._changed: dict[bytes, Entry | None] = {}
         self.last_delta: tuple[int, int, list[Entry], list[bytes]] | None = None
+        self.relays: list[str] = []  # the live relays' addresses, when there are several
+        self._relays_changed = False
+
+    def set_relays(self, relays: list[str]) -> None:
+        if relays != self.relays:
+            self.relays = relays
+            self._relays_changed = True
 
     @property
     def dirty(self) -> bool:
-        return bool(self._changed)
+        return bool(self._changed) or self._relays_changed
 
     def set(self, entry: Entry) -> None:
         old = self.entries.get(entry.addr)
@@ -98,8 +108,9 @@ class Directory:
 
     def publish(self) -> None:
         """Close the pending changes into one delta and a new version."""
-        if not self._changed:
+        if not self._changed and not self._relays_changed:
             return
+        self._relays_changed = False
         base = self.version
         self.version += 1
         nodes = [e for e in self._changed.values() if e is not None]
@@ -116,12 +127,13 @@ class Directory:
             # A delta is one message: one that would not fit goes as a snapshot.
             budget = CHUNK_BYTES - 6 * len(d[3])
             if len(_chunks(d[2], self._size, budget)) <= 1 and budget > 0:
-                return [_message(d[1], d[0], 0, 1, self.mtu, d[2], d[3])]
+                return [_message(d[1], d[0], 0, 1, self.mtu, d[2], d[3], self.relays)]
         return self.snapshot()
 
     def snapshot(self) -> list[dict]:
         chunks = _chunks(list(self.entries.values()), self._size, CHUNK_BYTES) or [[]]
-        return [_message(self.version, None, i, len(chunks), self.mtu, chunk, []) for i, chunk in enumerate(chunks)]
+        return [_message(self.version, None, i, len(chunks), self.mtu, chunk, [], self.relays)
+                for i, chunk in enumerate(chunks)]
 
 
 class DirectoryMirror:
@@ -131,11 +143,13 @@ class DirectoryMirror:
         self.version: int | None = None
         self.mtu = 0
         self.entries: dict[bytes, Entry] = {}
+        self.relays: list[str] = []  # every live relay of the network, as the last message said
         self._partial_version: int | None = None
         self._partial: dict[int, list] = {}
 
     def apply(self, msg: dict) -> bool:
         self.mtu = msg["mtu"]
+        self.relays = msg.get("relays") or self.relays
         hellos = msg.get("hellos") or [LEGACY] * len(msg["nodes"])
         locks = msg.get("locks") or [b""] * len(msg["nodes"])
         nodes = [Entry(*n, hello, lock) for n, hello, lock in zip(msg["nodes"], hellos, locks)]

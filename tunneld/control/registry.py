@@ -102,6 +102,7 @@ class Registry:
         self.revoked: set[bytes] = set(snapshot.revoked_keys)
         self.tokens: dict[bytes, TokenRecord] = {t.token_id: t for t in snapshot.tokens}
         self.unwritten: set[bytes] = set()  # keys whose registration is not durable yet
+        self.unavailable = ""  # why the store cannot be written now (etcd away): no new nodes
         self._before: dict[bytes, NodeRecord | None] = {}  # what an unwritten registration replaced
 
     def nodes(self) -> list[NodeRecord]:
@@ -137,6 +138,9 @@ class Registry:
         if credential is None:
             return Refusal("unknown_key", "this node is not registered with the relay; "
                            "join with a token from 'tunneld token' on the relay"), None
+        if self.unavailable:  # a registration must be durable, and shared with the other relays
+            return Refusal("store_unavailable", f"the relay cannot reach its store ({self.unavailable}); "
+                           "new nodes are admitted again once it is back", retry=True), None
         token = self.tokens.get(credential[:ID_LEN])
         if token is None or not secret_matches(credential[ID_LEN:], token.secret_hash):
             return Refusal("bad_token", "the join token is not valid on this relay; "
@@ -249,6 +253,39 @@ class Registry:
             return None
         t.revoked = True
         return RevokeToken(token_id)
+
+    # -- what other relays did (a store shared by several relays, engine/cluster.py) -----
+
+    def remote_node(self, record: NodeRecord) -> bool:
+        """A registration another relay made (or our own, coming back); True if it is news."""
+        held = self.by_name.get(record.name)
+        if held is not None and held.public_key == record.public_key and held.address == record.address:
+            held.lock = record.lock or held.lock
+            return False
+        if held is not None and held.public_key is not None and self.by_key.get(held.public_key) is held:
+            del self.by_key[held.public_key]
+        record.mtu = record.mtu or (held.mtu if held else None)
+        self.by_name[record.name] = record
+        if record.public_key is not None and record.public_key not in self.revoked:
+            self.by_key[record.public_key] = record
+        return True
+
+    def remote_revoked(self, key: bytes) -> NodeRecord | None:
+        """A key another relay revoked: the record it was bound to, if this is news."""
+        if key in self.revoked:
+            return None
+        self.revoked.add(key)
+        self.unwritten.discard(key)
+        record = self.by_key.pop(key, None)
+        if record is None:
+            return None
+        revoked = dataclasses.replace(record)
+        record.public_key = record.lock = None
+        self.approvals.forget(record.name)
+        return revoked
+
+    def remote_token(self, token: TokenRecord) -> None:
+        self.tokens[token.token_id] = token
 
     def touch(self, seen: dict[str, float]) -> Touch:
         for name, when in seen.items():

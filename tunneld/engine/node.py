@@ -79,6 +79,7 @@ class NodeConfig:
     lock: bytes | None = None  # the lock public key we pinned: peers' keys need its endorsement
     known_keys: tuple = ()  # ((name, key), ...): each peer's key as we last accepted it (node.json)
     host_claims: tuple = ()  # ((what, prefix), ...): the host's addresses, routes and resolvers
+    relays: tuple[str, ...] = ()  # "host:port" of every relay given (--relay A,B,C), the first our home
 
 
 class Node:
@@ -103,7 +104,7 @@ class Node:
                                                                    config.chain),
                                out, env, now, table=self.table, drops=self.drops, counts=self.counts,
                                timestamps=timestamps, backoff=backoff, suite=config.suite,
-                               joined_before=config.assignment is not None)
+                               joined_before=config.assignment is not None, relays=config.relays)
         self.handshakes = PeerHandshakes(identity, self.table, out, env, timestamps, self.drops, self.counts,
                                          self.peers_by_key, now)
         self.probes = Probes(out, env, self.handshakes, self.counts, self.drops)
@@ -253,6 +254,9 @@ class Node:
         if kind == JOINED:
             self._joined(value)
         elif kind == DIRECTORY:
+            if value.get("relays"):
+                # a relay inside the overlay could only be reached through the overlay itself
+                self.relay.learn([r for r in value["relays"] if (ep := endpoint.parse(r)) and self._check_endpoint(ep)])
             if self.mirror.apply(value):
                 self.relay.directory_version = self.mirror.version
                 self._sync_peers(now)
@@ -356,6 +360,7 @@ class Node:
     def tick(self, now: float) -> None:
         if self.stopped:
             return
+        self.relay.active = any(p.tx_ep is RELAY and now - p.last_tx < 1.0 for p in self.peers.values())
         self.relay.tick(now)
         for peer in self.peers.values():
             self.handshakes.tick(peer, now)
@@ -363,7 +368,7 @@ class Node:
 
     def status(self) -> dict:
         a = self.assignment
-        label = self.config.relay_label
+        label = self.relay.endpoint or self.config.relay_label
         return {
             "role": "node",
             "name": a.name if a else self.config.name,

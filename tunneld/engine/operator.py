@@ -21,6 +21,12 @@ class OperatorCommands:
         if record is None:
             return False
         self.writes.append(write)
+        self.revoked_elsewhere(record)
+        return True
+
+    def revoked_elsewhere(self, record) -> None:
+        """What a revocation does to the running relay, wherever it was decided."""
+        name = record.name
         self.joins.drop(record.public_key)
         m = self.members.pop(record.public_key, None)
         if m is not None:
@@ -28,8 +34,10 @@ class OperatorCommands:
             self.forget(m)
         self.directory.remove(ipaddress.IPv4Address(record.address).packed)
         self._mtus.pop(name, None)
+        if self.cluster is not None:
+            self.cluster.let_go(name)
+            self.cluster.homes.pop(ipaddress.IPv4Address(record.address).packed, None)
         log.info("revoked %s (%s)", name, record.address)
-        return True
 
     def issue_token(self, ttl: float | None, uses: int = 1) -> str:
         token, write = self.registry.issue_token(self.identity.public, ttl, self.env.wall(), self.env.random, uses)
@@ -41,17 +49,17 @@ class OperatorCommands:
         host = self.listen.rpartition(":")[0]
         write = self.registry.approve_route(name, prefix, [host] if host else [])
         self.writes.append(write)
-        self._approvals_changed()
+        self.approvals_changed()
 
     def unapprove_route(self, name: str, prefix: str) -> bool:
         write = self.registry.approvals.unapprove(name, prefix)
         if write is None:
             return False
         self.writes.append(write)
-        self._approvals_changed()
+        self.approvals_changed()
         return True
 
-    def _approvals_changed(self) -> None:
+    def approvals_changed(self) -> None:
         for m in self.members.values():  # auto-approvals of others may follow from any change
             approved = self.registry.approvals.effective(m.name, m.routes)
             if approved != m.approved:

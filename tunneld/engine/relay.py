@@ -18,6 +18,8 @@ What it does with each message (proto/wire.py):
            or a refusal; a new registration only once the store holds it.
   DATA     a control message on a member's session: ping (answered with a pong and
            whatever the member's directory lacks), bye.
+  MESH     from another relay of the network (engine/cluster.py, only with a shared
+           store): a relayed datagram for a member homed here, or a liveness ping.
 Anything else, or anything that fails a check, is dropped and counted by reason.
 
 A member's endpoint is bound only by an authenticated message, so a spoofed or
@@ -42,6 +44,7 @@ from ..control.registry import Registry
 from ..drops import Drop
 from ..proto import endpoint, wire
 from ..proto.handshake import Identity
+from ..proto.mesh import MESH
 from ..proto.version import OURS
 from .channel import decode_control, seal_control
 from .effects import Env
@@ -103,6 +106,12 @@ class Relay(OperatorCommands):
         self._seen: dict[str, float] = {}
         self._behind: set[Member] = set()  # members whose full directory waits for its interval
         self._next_seen_flush = now + SEEN_FLUSH
+        self.cluster = None  # engine/cluster.py, when the store is shared by several relays
+
+    def join_cluster(self, relay_id: str, codec, now: float) -> None:
+        from .cluster import Cluster
+        self.cluster = Cluster(self, relay_id, codec, now)
+        self.directory.set_relays([self.listen])
 
     # -- the hot path --------------------------------------------------------------------
 
@@ -119,6 +128,9 @@ class Relay(OperatorCommands):
                 return
             dst = self.by_addr.get(data[4:8])
             if dst is None or len(data) <= wire.RELAYED_HEADER_LEN:
+                if dst is None and self.cluster is not None and len(data) > wire.RELAYED_HEADER_LEN \
+                        and self.cluster.forward(src, data):
+                    return
                 self.drops[Drop.RELAYED_NO_DESTINATION] += 1
                 return
             n = len(data)
@@ -130,6 +142,8 @@ class Relay(OperatorCommands):
             self._on_data(data, ep, now)
         elif t == wire.INIT:
             self.joins.on_init(data, ep, now)
+        elif t == MESH and self.cluster is not None:
+            self.cluster.on_mesh(data, ep, now)
         else:
             self.drops[Drop.BAD_TYPE] += 1
 
@@ -274,6 +288,17 @@ class Relay(OperatorCommands):
             log.info("%s (%s) went offline", m.name, m.address)
         self.directory.set(m.entry())
 
+    def moved_away(self, m: Member) -> None:
+        """m joined another relay of the network since: that one is its home now."""
+        if m.endpoint is not None and self.by_endpoint.get(m.endpoint) is m:
+            del self.by_endpoint[m.endpoint]
+        if self.by_addr.get(m.addr) is m:
+            del self.by_addr[m.addr]
+        if m.online:
+            m.online = False
+            self.counts["moved_away"] += 1
+            log.info("%s (%s) is homed on another relay now", m.name, m.address)
+
     def forget(self, m: Member) -> None:
         self._offline(m)
         m.keys.drop()
@@ -316,8 +341,12 @@ class Relay(OperatorCommands):
         if self.directory.dirty and now >= self._next_publish:
             self.directory.publish()
             self._next_publish = now + PUBLISH_DELAY
+            if self.cluster is not None and self.directory.last_delta is not None:
+                self.cluster.presence_writes(self.directory.last_delta[2])
             for m in list(self.by_addr.values()):
                 self._sync(m, now)
+        if self.cluster is not None:
+            self.cluster.tick(now)
         for m in [m for m in self._behind if now - m.snapshot_at >= SNAPSHOT_EVERY]:
             self._behind.discard(m)
             if self.by_addr.get(m.addr) is m and m.dir_version != self.directory.version:
@@ -325,8 +354,9 @@ class Relay(OperatorCommands):
 
     # -- status --------------------------------------------------------------------------
 
-    def status(self) -> dict:
+    def status(self, now: float = 0.0) -> dict:
         nodes = []
+        c = self.cluster
         for e in sorted(self.directory.entries.values(), key=lambda e: e.name):
             m = self.members.get(e.key)
             nodes.append({
@@ -340,9 +370,12 @@ class Relay(OperatorCommands):
                 "rx_bytes": m.rx_bytes if m else 0,
                 "tx_bytes": m.tx_bytes if m else 0,
                 "rx_packets": m.rx_packets if m else 0,
+                "home": (self.listen if m is not None and m.online else c.home_of(e.addr)) if c else None,
             })
         return {"role": "relay", "listen": self.listen, "network": str(self.registry.network),
                 "mtu": self.directory.mtu, "relay_mtu": self.relay_mtu, "protocol": str(OURS),
                 "public_key": self.identity.public.hex(), "nodes": nodes,
                 "sessions": len(self.table),
+                "relays": c.status(now) if c else [{"id": self.listen, "listen": self.listen, "self": True,
+                                                    "health": "up", "rtt_ms": None}],
                 "counters": dict(self.counts), "drops": dict(self.drops)}

@@ -19,6 +19,15 @@ Out: Transmit.send(RELAY, ...), Transmit.relay_transport(tcp), and what receive(
     mapping open and carry the directory version we hold, so that the relay repairs
     what we missed.
 
+    Several relays (a network on a shared store, --relay A,B,C, and every live relay the
+    directory lists): the link is homed on one and moves to the next when it stops
+    answering. While relayed traffic flows (node.py says so each tick) the link pings
+    every ACTIVE_PING and the home is dead after ACTIVE_DEAD_AFTER without a word, so
+    that relayed pairs resume within a TCP retransmission or two; idle, a ping left
+    unanswered is retried every PING_RETRY, and PING_RETRIES unanswered end the home.
+    A handshake that goes unanswered moves on to the next relay too. Sessions with peers
+    do not depend on the relay and are kept.
+
 A node is this link plus its peers (node.py); bench/swarm.py drives links alone.
 """
 
@@ -32,6 +41,7 @@ from collections import Counter
 from ..control.backoff import Backoff
 from ..drops import Drop
 from ..proto import messages, wire
+from ..proto import endpoint
 from ..proto.endpoint import RELAY
 from ..proto.errors import ProtocolError
 from ..proto.handshake import Identity, Timestamper
@@ -48,6 +58,11 @@ FAST_PINGS = 3  # after (re)connecting, ping every second a few times: fresh RTT
 RELAY_DEAD_AFTER = 16.0  # no word from the relay for this long: handshake again
 HINT_INTERVAL = 1.0
 TCP_AFTER_FAILURES = 2
+ACTIVE_PING = 0.3  # several relays, relayed traffic flowing: how often we make sure the home answers
+ACTIVE_DEAD_AFTER = 1.0  # ... and how long it may stay silent
+PING_RETRY = 1.0  # several relays, idle: a ping unanswered this long is sent again
+PING_RETRIES = 3  # ... and after this many unanswered, the home is dead
+MAX_RELAYS = 16
 UNANSWERED_PROBLEM = 3  # unanswered attempts before status and log say what to check
 WRONG_KEY_PROBLEM = ("the relay at this address does not answer to the key in the join token (it says it "
                      "holds another key): the token was made by another relay, or --relay points elsewhere; "
@@ -73,8 +88,12 @@ class RelayLink:
     def __init__(self, identity: Identity, relay_public: bytes, request: JoinRequest, out: Transmit, env: Env,
                  now: float, *, table: IndexTable | None = None, drops=None, counts=None,
                  timestamps: Timestamper | None = None, backoff: Backoff | None = None,
-                 suite: int = wire.SUITE_AESGCM, joined_before: bool = False):
+                 suite: int = wire.SUITE_AESGCM, joined_before: bool = False, relays: tuple[str, ...] = ()):
         self.key = relay_public
+        self.relays: list[str] = list(relays)  # "host:port": configured first, then learned
+        self.home = 0  # index in relays of the one we use
+        self.active = False  # relayed traffic flows through the home (node.py sets it each tick)
+        self.unanswered = 0  # pings since the last word from the relay
         self.request = request
         # The token goes to the relay until it took us once (here, or in a run before): the
         # key is our identity from then on. It goes again only if the relay forgot our key.
@@ -130,6 +149,7 @@ class RelayLink:
         if plaintext is None:
             return None
         self.last_rx = now
+        self.unanswered = 0
         msg = decode_control(plaintext, self.drops)
         if msg is None:
             return None
@@ -247,6 +267,7 @@ class RelayLink:
             self.out.send(RELAY, sealed)
 
     def ping(self, now: float) -> None:
+        self.unanswered += 1
         self.ping_seq += 1
         self.ping_sent = self.env.monotonic()
         self.ping_at = now
@@ -273,7 +294,43 @@ class RelayLink:
 
     # -- time ---------------------------------------------------------------------------
 
+    # -- several relays -----------------------------------------------------------------
+
+    def learn(self, relays: list[str]) -> None:
+        """Relays the directory lists: failover targets besides those configured."""
+        for r in relays:
+            if r not in self.relays and len(self.relays) < MAX_RELAYS:
+                p = endpoint.parse(r)
+                if p is not None and endpoint.reachable(p):
+                    self.relays.append(r)
+
+    @property
+    def endpoint(self) -> str:
+        return self.relays[self.home] if self.relays else ""
+
+    def _fail_over(self, now: float, why: str) -> None:
+        old = self.endpoint
+        self.home = (self.home + 1) % len(self.relays)
+        self.up = False
+        self.hs.stop()
+        self.unanswered = 0
+        self.next_attempt = now
+        self.counts["relay_failovers"] += 1
+        self.out.relay_endpoint(self.endpoint)
+        log.warning("relay %s %s; moving to relay %s", old, why, self.endpoint)
+
+    def _home_dead(self, now: float) -> bool:
+        if len(self.relays) < 2 or not self.up:
+            return False
+        if self.active:
+            return now - self.last_rx > ACTIVE_DEAD_AFTER
+        return self.unanswered >= PING_RETRIES and now - self.ping_at >= PING_RETRY
+
+    # -- time ---------------------------------------------------------------------------
+
     def tick(self, now: float) -> None:
+        if self._home_dead(now):
+            self._fail_over(now, f"has not answered for {now - self.last_rx:.1f} s")
         if self.up and now - self.last_rx > RELAY_DEAD_AFTER:
             self.up = False
             log.warning("no answer from the relay for %.0f s; reconnecting", now - self.last_rx)
@@ -288,6 +345,8 @@ class RelayLink:
                     self.failures += 1
                     if self.failures >= UNANSWERED_PROBLEM:
                         self._unanswered()
+                    if len(self.relays) > 1:
+                        self._fail_over(now, "does not answer")
                 self.handshake(now)
             return
         s = self.keys.current
@@ -295,7 +354,11 @@ class RelayLink:
             self.handshake(now)
         elif self.hs.initiation is not None and now >= self.next_attempt:
             self.handshake(now)
-        if now - self.ping_at >= (1.0 if self.fast_pings else PING_INTERVAL):
+        if len(self.relays) > 1 and (self.active or self.unanswered):
+            interval = ACTIVE_PING if self.active else PING_RETRY
+        else:
+            interval = 1.0 if self.fast_pings else PING_INTERVAL
+        if now - self.ping_at >= interval:
             self.fast_pings = max(0, self.fast_pings - 1)
             self.ping(now)
 
@@ -306,7 +369,7 @@ class RelayLink:
         self.problem = problem
 
     def status(self, label: str) -> dict:
-        return {"endpoint": label, "connected": self.up, "transport": "tcp" if self.tcp else "udp",
+        return {"endpoint": self.endpoint or label, "relays": list(self.relays), "connected": self.up, "transport": "tcp" if self.tcp else "udp",
                 "rtt_ms": None if self.rtt is None or not self.up else round(self.rtt * 1000, 3),
                 "seen_as": self.seen_as or None,
                 "protocol": str(self.hello) if self.hello is not None else None,

@@ -164,13 +164,15 @@ class NodeDaemon(Daemon):
             self.gro = enable_gro(self.sock)
             lan = self._lan_endpoints(route.ifname, self.sock.getsockname()[1])
             # The relay first: node.py checks it lies outside the overlay.
-            protected = (s.relay_ip, *([route.gateway] if route.gateway else []),
+            others = tuple(r.rpartition(":")[0] for r in s.relays[1:])
+            protected = (s.relay_ip, *others, *([route.gateway] if route.gateway else []),
                          *self.links.connected_networks(s.interface))
             chain, pinned, known = self._lock(identity, token, remembered, s.name)
             config = NodeConfig(s.name, token.credential, wire.SUITE_AESGCM if has_aes() else wire.SUITE_CHACHAPOLY,
                                 route.mtu, mtu, assignment, s.advertise_routes, s.accept_routes, protected, lan,
                                 self.relay_label, chain=chain, lock=pinned, known_keys=known,
-                                host_claims=(*self.links.claims(s.interface), *resolvers()))
+                                host_claims=(*self.links.claims(s.interface), *resolvers()),
+                                relays=s.relays or (self.relay_label,))
             self.engine = Node(identity, token.relay_public, config, self, real_env(), monotonic())
             self.batch = Batch(self.sock, self.drops, self.stats, route.mtu - wire.UDP_OVERHEAD_IPV4)
             self.after_input()  # a remembered address goes on the interface now
@@ -225,6 +227,15 @@ class NodeDaemon(Daemon):
             os.writev(self.tun.fd, bufs)
         except OSError:
             self.drops[Drop.TUN_WRITE_ERROR] += 1
+
+    def relay_endpoint(self, address: str) -> None:
+        host, _, port = address.rpartition(":")
+        self.relay_addr = (host, int(port))
+        self.relay_label = address
+        if self.stream is not None:  # a TCP stream goes to the old relay
+            if self.stream.transport is not None:
+                self.stream.transport.abort()
+            self.stream = None
 
     def relay_transport(self, tcp: bool) -> None:
         if tcp == self.use_tcp:

@@ -28,7 +28,10 @@ from ..proto.lock import format_public
 from ..proto.wire import UDP_OVERHEAD_IPV4
 from ..state import DB_FILE, SOCKET_FILE, load_identity, prepare_dir
 from ..store.base import Register, StoreError
+from ..proto import mesh
+from ..store.etcd import open_store
 from ..store.sqlite import SqliteStore
+from .shared import SharedStore, shared_identity
 from . import ctlsock
 from .base import READ_BATCH, Daemon, FramedStream, bind_error, real_env, udp_socket
 from .udpio import Batch, enable_gro, read as udp_read
@@ -41,7 +44,6 @@ MAX_STREAMS = 4096
 MAX_STREAMS_PER_SOURCE = 64  # a NAT holds many nodes, but few fall back to TCP at once
 MAX_UNAUTHENTICATED = 512  # streams not yet a member's: their partial frames stay under 32 MB
 STORE_TIMEOUT = 30.0  # an operator's command waits this long for the store
-REGISTER_BATCH = 64  # registrations in one transaction at most
 SLICE = 0.01  # the longest the socket holds the loop (a flood of handshakes costs ~1 ms each)
 
 
@@ -121,7 +123,7 @@ class StoreWriter:
                 # Registrations that queued up while the store was busy (a crowd of nodes
                 # joining at once) share one transaction, one fsync.
                 while isinstance(batch[0], Register) and writes and isinstance(writes[0], Register) \
-                        and len(batch) < REGISTER_BATCH:
+                        and len(batch) < self.store.batch_limit:
                     batch.append(writes.popleft())
                 self._busy = len(batch)
                 try:
@@ -206,12 +208,20 @@ class RelayDaemon(Daemon):
         udp, tcp = self._bind()
         try:  # closing twice is harmless: _serve closes them too when it stops
             state_dir = prepare_dir(s.state_dir)
-            identity = load_identity(state_dir)
-            loop = asyncio.get_running_loop()
-            try:
-                store = await loop.run_in_executor(None, SqliteStore, os.path.join(state_dir, DB_FILE))
-            except StoreError as exc:
-                raise ConfigError(str(exc)) from None
+            if s.store:
+                store = open_store(s.store, s.store_prefix, s.store_ca, s.store_cert, s.store_key)
+                try:
+                    identity = await shared_identity(store, state_dir, s.store)
+                except BaseException:
+                    await store.close()
+                    raise
+            else:
+                identity = load_identity(state_dir)
+                loop = asyncio.get_running_loop()
+                try:
+                    store = await loop.run_in_executor(None, SqliteStore, os.path.join(state_dir, DB_FILE))
+                except StoreError as exc:
+                    raise ConfigError(str(exc)) from None
             try:
                 return await self._serve(store, identity, state_dir, udp, tcp)
             finally:
@@ -236,19 +246,31 @@ class RelayDaemon(Daemon):
     async def _serve(self, store, identity, state_dir, udp, tcp_sock) -> tuple[int, str]:
         s = self.settings
         self.sock = udp
-        snapshot = await store.load()
+        try:
+            snapshot = await store.load()
+        except StoreError as exc:
+            raise ConfigError(f"cannot read the store {s.store}: {exc}") from None
         known = snapshot.meta.get("network")
-        if known is not None and known != str(s.network) and snapshot.nodes:
-            raise ConfigError(f"this state dir serves --network {known}, which has nodes; "
-                              f"run with --network {known}, or use a new --state-dir")
-        if known != str(s.network):
-            await store.set_meta("network", str(s.network))
-        if snapshot.meta.get("listen") != s.listen_host:  # for `tunneld routes approve` with no relay running
-            await store.set_meta("listen", s.listen_host)
+        if store.shared:
+            known = await store.claim_meta("network", str(s.network))
+            if known != str(s.network):
+                raise ConfigError(f"the network in the store {s.store} is {known}; run with --network {known}, "
+                                  "or use another --store-prefix for another network")
+        else:
+            if known is not None and known != str(s.network) and snapshot.nodes:
+                raise ConfigError(f"this state dir serves --network {known}, which has nodes; "
+                                  f"run with --network {known}, or use a new --state-dir")
+            if known != str(s.network):
+                await store.set_meta("network", str(s.network))
+            if snapshot.meta.get("listen") != s.listen_host:  # for `tunneld routes approve` with no relay running
+                await store.set_meta("listen", s.listen_host)
         self.start_base()
         loop = self.loop
         listen = f"{s.listen_host}:{s.port}"
         relay_mtu = self._underlay_mtu(s.listen_host)
+        if store.shared:
+            relay_mtu -= mesh.EXTRA  # a datagram may take one more hop, relay to relay
+            listen = s.advertise
         registry = Registry(s.network, snapshot, auto_approve=s.auto_approve_routes, lock=s.lock)
         self.engine = Relay(identity, registry, self._send, real_env(), monotonic(), listen=listen,
                             relay_mtu=relay_mtu)
@@ -256,6 +278,9 @@ class RelayDaemon(Daemon):
             log.info("the network is locked: only keys endorsed by %s join", format_public(s.lock))
         self.writer = StoreWriter(self.engine, store)
         writer = loop.create_task(self.writer.run())
+        shared = SharedStore(self, store, identity, listen) if store.shared else None
+        if shared is not None:
+            await shared.start()
         self.gro = enable_gro(self.sock)
         self.stats = Counter()
         self.batch = Batch(self.sock, self.drops, self.stats, relay_mtu - UDP_OVERHEAD_IPV4)
@@ -281,6 +306,8 @@ class RelayDaemon(Daemon):
             if failed:
                 log.error("not every change reached the store before stopping: %s", failed)
             writer.cancel()
+            if shared is not None:
+                await shared.stop()
             try:
                 os.unlink(os.path.join(state_dir, SOCKET_FILE))
             except OSError:
@@ -345,12 +372,18 @@ class RelayDaemon(Daemon):
     def _control(self, request: dict):
         cmd = request.get("cmd")
         if cmd == "status":
-            status = self.engine.status()
+            status = self.engine.status(monotonic())
+            status["store"] = {"kind": "etcd" if self.writer.store.shared else "sqlite",
+                               "problem": self.engine.registry.unavailable or None}
             status["drops"] = self.all_drops(status["drops"])
             status["tcp_streams"] = len(self.streams)
             status["tasks"] = len(asyncio.all_tasks())
             status["offload"] = {"udp_gso": self.batch.gso, "udp_gro": self.gro, **self.stats}
             return status
+        if cmd in ("revoke", "token", "approve-route", "unapprove-route", "revoke-token") \
+                and self.engine.registry.unavailable:
+            return {"error": f"the relay cannot reach its store ({self.engine.registry.unavailable}); "
+                             "try again once it is back"}
         if cmd == "revoke" and isinstance(request.get("name"), str):
             if not self.engine.revoke(request["name"]):
                 return {"error": f"no node named {request['name'][:64]!r} with a key on this relay"}

@@ -40,6 +40,8 @@ Messages on an established node <-> relay session (one per DATA plaintext):
          base nil: chunk i of c of a full snapshot at version v; else a delta from base to v.
          hellos (since 0.2.0, absent before): what each of "nodes" announced, in order.
          locks (since 0.3.0, absent before): each of "nodes"' network-lock chain, or empty.
+         relays (since 0.4.0, only when several relays serve the network): ["host:port", ...],
+         every live relay, the sender first; a node fails over to them.
   bye    node -> relay  {"t": "bye"}                               the node is shutting down
   revoked relay -> node {"t": "revoked"}                           the operator revoked this node
 
@@ -64,6 +66,7 @@ MAX_NODES_PER_CHUNK = 64
 MAX_ROUTES = 16
 MAX_CIDR = 18  # "255.255.255.255/32"
 MAX_LAN = 8
+MAX_RELAYS = 16  # relays of one network a directory lists
 MAX_MESSAGE = 16384
 _MAX_INT = 2**63 - 1
 
@@ -244,6 +247,11 @@ def decode_control(data: bytes) -> dict:
             raise ProtocolError("dir: hellos do not match the nodes")
         else:
             msg["hellos"] = [_dir_hello(h) for h in hellos]
+        relays = msg.get("relays")
+        if relays is not None:
+            if not isinstance(relays, list):
+                raise ProtocolError("dir: relays is not a list")
+            msg["relays"] = list(_check_strings(relays, MAX_RELAYS, MAX_ENDPOINT, "dir relays"))
         locks = msg.get("locks")
         if locks is None:
             msg["locks"] = [b""] * len(msg["nodes"])

@@ -15,6 +15,8 @@ networked store implements the same methods and the engine does not change.
                               crowd of nodes joining at once): all, or none and an error
   set_mtu, set_lock, set_routes, touch, revoke_node, add_token, revoke_token, set_meta
                               one write each
+  save_presence(changes)      which nodes are homed on this relay: only a store shared by
+                              several relays (etcd.py) keeps it; the others ignore it
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ class Store(Protocol):
     async def add_token(self, token: TokenRecord) -> None: ...
     async def revoke_token(self, token_id: bytes) -> None: ...
     async def set_meta(self, key: str, value: str) -> None: ...
+    async def save_presence(self, changes: dict[str, dict | None]) -> None: ...
     async def close(self) -> None: ...
 
 
@@ -149,3 +152,11 @@ class RevokeToken:
 
     async def apply(self, store: Store) -> None:
         await store.revoke_token(self.token_id)
+
+
+@dataclass(frozen=True)
+class SavePresence:
+    changes: dict  # name -> what other relays need to reach it here, or None: no longer here
+
+    async def apply(self, store: Store) -> None:
+        await store.save_presence(self.changes)

@@ -13,6 +13,8 @@ from .base import Conflict, NodeRecord, Snapshot, TokenRecord
 
 
 class MemoryStore:
+    shared = False  # one relay's own
+    batch_limit = 64  # registrations in one transaction at most
     def __init__(self):
         self.meta: dict[str, str] = {}
         self.nodes: dict[str, NodeRecord] = {}
@@ -102,6 +104,9 @@ class MemoryStore:
     async def set_meta(self, key: str, value: str) -> None:
         self._write()
         self.meta[key] = value
+
+    async def save_presence(self, changes: dict) -> None:
+        pass  # one relay: where nodes are homed is no one else's business
 
     async def close(self) -> None:
         pass

@@ -60,6 +60,8 @@ def _routes(rows) -> dict[str, tuple[str, ...]]:
 
 
 class SqliteStore:
+    shared = False  # one relay's own
+    batch_limit = 64  # registrations in one transaction at most
     def __init__(self, path: str):
         """Opens (creating, or migrating, as needed) the file; StoreError if it is damaged or
         newer than this tunneld. Blocking: call it before serving, or from a thread."""
@@ -210,6 +212,9 @@ class SqliteStore:
 
     async def set_meta(self, key: str, value: str) -> None:
         await self._run(self._db.execute, "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    async def save_presence(self, changes: dict) -> None:
+        pass  # one relay: where nodes are homed is no one else's business
 
     async def close(self) -> None:
         await self._run(self._db.close)

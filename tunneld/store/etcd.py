@@ -1,0 +1,256 @@
+"""Store in etcd, shared by every relay of one network (store/base.py's contract, plus
+presence and the relays' own records, which only a shared store has).
+
+Keys, under the network's prefix (default /tunneld/), values JSON:
+
+  meta/<key>            network, public_key (the relay identity every relay shares)
+  nodes/<name>          {"address", "key": hex|null, "created", "lock": hex|null}
+  addr/<address>        name     (the index that makes two relays' allocations collide)
+  keys/<hex key>        name     (likewise for keys)
+  mtu/<name>, seen/<name>        written apart, so that they never race a registration
+  revoked/<hex key>     {"name", "at"}
+  tokens/<hex id>       {"hash", "created", "expires", "revoked", "uses", "max_uses"}
+  routes/<name>         ["prefix", ...], the approved ones
+  presence/<name>       {"relay", "ep", "mtu", "routes", "lan", "hello"}   on the home relay's lease
+  relays/<id>           {"listen", "boot", "started"}                       on its own lease
+
+A registration is one transaction: the name, its address and its key must still be
+free (or, for a revoked name, still the name's), and the token must not have changed
+since it was read (its use count goes up in the same transaction). Two relays that
+pick the same address at the same moment: one transaction wins, the other node asks
+again and gets the next address.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from . import etcdgw
+from .base import Conflict, NodeRecord, Snapshot, TokenRecord
+from .records import _dumps, node_value, parse_node, parse_token, token_value
+from .etcdgw import EtcdClient, absent, delete, get, put, unb64, unchanged, value_is
+
+log = logging.getLogger("tunneld.etcd")
+
+DEFAULT_PREFIX = "/tunneld/"
+LEASE_TTL = 5  # seconds: a dead relay's nodes are known to be elsewhere or gone within this
+MAX_TXN_OPS = 120  # etcd's default limit is 128 operations per transaction
+
+
+class EtcdStore:
+    shared = True
+    batch_limit = 24  # registrations per transaction: each takes up to 5 of etcd's 128 operations
+
+    def __init__(self, client: EtcdClient, prefix: str = DEFAULT_PREFIX):
+        if not prefix.endswith("/"):
+            prefix += "/"
+        self.client = client
+        self.prefix = prefix.encode()
+        self.revision = 0  # of the last load
+        self.presence: dict[str, dict] = {}  # from the last load
+        self.relays: dict[str, dict] = {}
+        self.lease = 0
+
+    def key(self, kind: str, name: str) -> bytes:
+        return self.prefix + kind.encode() + b"/" + name.encode()
+
+    def split(self, key: bytes) -> tuple[str, str]:
+        kind, _, name = key[len(self.prefix):].decode(errors="replace").partition("/")
+        return kind, name
+
+    # -- the contract of store/base.py -----------------------------------------------------
+
+    async def load(self) -> Snapshot:
+        kvs, self.revision = await self.client.get_prefix(self.prefix)
+        snap = Snapshot()
+        mtus, seen, nodes = {}, {}, {}
+        self.presence, self.relays = {}, {}
+        for kv in kvs:
+            kind, name = self.split(unb64(kv["key"]))
+            raw = unb64(kv.get("value"))
+            try:
+                if kind == "meta":
+                    snap.meta[name] = raw.decode()
+                elif kind == "nodes":
+                    nodes[name] = parse_node(name, raw)
+                elif kind == "revoked":
+                    snap.revoked_keys.add(bytes.fromhex(name))
+                elif kind == "tokens":
+                    snap.tokens.append(parse_token(name, raw))
+                elif kind == "routes":
+                    snap.routes[name] = tuple(json.loads(raw))
+                elif kind == "mtu":
+                    mtus[name] = int(raw)
+                elif kind == "seen":
+                    seen[name] = float(raw)
+                elif kind == "presence":
+                    self.presence[name] = json.loads(raw)
+                elif kind == "relays":
+                    self.relays[name] = json.loads(raw)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("ignoring a damaged key %s in etcd: %s", kind + "/" + name, exc)
+        for name, r in sorted(nodes.items()):
+            r.mtu, r.last_seen = mtus.get(name), seen.get(name)
+            snap.nodes.append(r)
+        snap.tokens.sort(key=lambda t: t.created)
+        return snap
+
+    async def register(self, record: NodeRecord, token_id: bytes | None) -> None:
+        await self.register_many([(record, token_id)])
+
+    async def register_many(self, items: list[tuple[NodeRecord, bytes | None]]) -> None:
+        # Read what the transaction depends on, in one round trip.
+        names = [r.name for r, _ in items]
+        tokens = sorted({t for _, t in items if t is not None})
+        reads = [get(self.key("nodes", n)) for n in names] + [get(self.key("tokens", t.hex())) for t in tokens]
+        _, out = await self.client.txn([], reads)
+        answers = [(r.get("response_range", {}).get("kvs") or [None])[0] for r in out.get("responses", [])]
+        held = dict(zip(names, answers[:len(names)]))
+        token_kvs = dict(zip(tokens, answers[len(names):]))
+        compare, ops = [], []
+        uses: dict[bytes, int] = {}
+        for record, token_id in items:
+            kv = held[record.name]
+            nk = self.key("nodes", record.name)
+            ak = self.key("addr", record.address)
+            if kv is None:
+                compare += [absent(nk), absent(ak)]
+            else:  # a revoked name's next key: the name must still be waiting, at this address
+                before = parse_node(record.name, unb64(kv.get("value")))
+                if before.public_key is not None or before.address != record.address:
+                    raise Conflict(f"name {record.name!r} is taken")
+                compare += [unchanged(nk, int(kv["mod_revision"])), value_is(ak, record.name)]
+            compare.append(absent(self.key("keys", record.public_key.hex())))
+            ops += [put(nk, node_value(record)), put(ak, record.name),
+                    put(self.key("keys", record.public_key.hex()), record.name)]
+            if record.mtu:
+                ops.append(put(self.key("mtu", record.name), str(record.mtu)))
+            if token_id is not None:
+                uses[token_id] = uses.get(token_id, 0) + 1
+        for token_id, n in uses.items():
+            kv = token_kvs.get(token_id)
+            if kv is None:
+                raise Conflict("the join token is not in the store")
+            t = parse_token(token_id.hex(), unb64(kv.get("value")))
+            if t.revoked or (t.max_uses and t.uses + n > t.max_uses):
+                raise Conflict("the join token was revoked or used up at another relay")
+            t.uses += n
+            tk = self.key("tokens", token_id.hex())
+            compare.append(unchanged(tk, int(kv["mod_revision"])))
+            ops.append(put(tk, token_value(t)))
+        ok, _ = await self.client.txn(compare, ops)
+        if not ok:
+            raise Conflict("a name, key or address was taken at another relay meanwhile")
+
+    async def _update_node(self, name: str, change) -> None:
+        """Read, change and write back one node record, unless another write came between."""
+        for _ in range(5):
+            kvs, _, _ = await self.client.range(self.key("nodes", name))
+            if not kvs:
+                return
+            record = parse_node(name, unb64(kvs[0].get("value")))
+            change(record)
+            ok, _ = await self.client.txn([unchanged(self.key("nodes", name), int(kvs[0]["mod_revision"]))],
+                                          [put(self.key("nodes", name), node_value(record))])
+            if ok:
+                return
+        raise Conflict(f"node {name!r} kept changing at other relays")
+
+    async def set_mtu(self, name: str, mtu: int) -> None:
+        await self.client.call("/v3/kv/put", put(self.key("mtu", name), str(mtu))["request_put"])
+
+    async def set_lock(self, name: str, lock: bytes) -> None:
+        def change(r: NodeRecord) -> None:
+            r.lock = lock
+        await self._update_node(name, change)
+
+    async def set_routes(self, name: str, prefixes: tuple[str, ...]) -> None:
+        k = self.key("routes", name)
+        op = put(k, _dumps(list(prefixes))) if prefixes else delete(k)
+        await self.client.txn([], [op])
+
+    async def touch(self, seen: dict[str, float]) -> None:
+        ops = [put(self.key("seen", name), repr(when)) for name, when in seen.items()]
+        for i in range(0, len(ops), MAX_TXN_OPS):
+            await self.client.txn([], ops[i:i + MAX_TXN_OPS])
+
+    async def revoke_node(self, name: str, key: bytes, now: float) -> None:
+        await self.client.txn([], [put(self.key("revoked", key.hex()), _dumps({"name": name, "at": now})),
+                                   delete(self.key("keys", key.hex())), delete(self.key("routes", name))])
+
+        def change(r: NodeRecord) -> None:
+            if r.public_key == key:
+                r.public_key = r.lock = None
+        await self._update_node(name, change)
+
+    async def add_token(self, token: TokenRecord) -> None:
+        await self.client.txn([], [put(self.key("tokens", token.token_id.hex()), token_value(token))])
+
+    async def revoke_token(self, token_id: bytes) -> None:
+        k = self.key("tokens", token_id.hex())
+        for _ in range(5):
+            kvs, _, _ = await self.client.range(k)
+            if not kvs:
+                return
+            t = parse_token(token_id.hex(), unb64(kvs[0].get("value")))
+            t.revoked = True
+            ok, _ = await self.client.txn([unchanged(k, int(kvs[0]["mod_revision"]))], [put(k, token_value(t))])
+            if ok:
+                return
+        raise Conflict("the token kept changing at other relays")
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await self.client.txn([], [put(self.key("meta", key), value)])
+
+    async def save_presence(self, changes: dict[str, dict | None]) -> None:
+        """Where these nodes are homed now (on this relay, under its lease), or None: not here."""
+        ops = [put(self.key("presence", name), _dumps(v), self.lease) if v is not None
+               else delete(self.key("presence", name)) for name, v in changes.items()]
+        for i in range(0, len(ops), MAX_TXN_OPS):
+            await self.client.txn([], ops[i:i + MAX_TXN_OPS])
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    # -- what only a shared store does ---------------------------------------------------
+
+    async def claim_meta(self, key: str, value: str) -> str:
+        """Set meta/key to value unless it is set; the value it holds afterwards."""
+        k = self.key("meta", key)
+        ok, out = await self.client.txn([absent(k)], [put(k, value)], [get(k)])
+        if ok:
+            return value
+        kvs = out["responses"][0]["response_range"].get("kvs") or [{}]
+        return unb64(kvs[0].get("value")).decode()
+
+    async def start_lease(self, ttl: int = LEASE_TTL) -> int:
+        self.lease = await self.client.grant(ttl)
+        return self.lease
+
+    async def renew(self) -> bool:
+        """Keep the lease alive; False if etcd forgot it (then start_lease and write presence again)."""
+        return await self.client.keepalive(self.lease) > 0
+
+    async def announce(self, relay_id: str, record: dict) -> None:
+        await self.client.txn([], [put(self.key("relays", relay_id), _dumps(record), self.lease)])
+
+    async def withdraw(self, relay_id: str) -> None:
+        """Leaving on purpose: the relay's record and its nodes' presence go at once."""
+        if self.lease:
+            await self.client.revoke_lease(self.lease)
+
+    async def changes(self, start: int):
+        """(kind, name, value or None) for every change from revision start on; see etcdgw.watch."""
+        async for events, revision in self.client.watch(self.prefix, start):
+            self.revision = revision
+            for ev in events:
+                kind, name = self.split(unb64(ev["kv"]["key"]))
+                value = None if ev.get("type") == "DELETE" else unb64(ev["kv"].get("value"))
+                yield kind, name, value
+
+
+def open_store(url: str, prefix: str = DEFAULT_PREFIX, ca: str | None = None, cert: str | None = None,
+               key: str | None = None) -> EtcdStore:
+    endpoints, tls = etcdgw.parse_url(url)
+    return EtcdStore(EtcdClient(endpoints, tls=tls, ca=ca, cert=cert, key=key), prefix)
