@@ -1,18 +1,27 @@
 """Who may join, under which name and address (control/registry.py, decided in memory), and
-the stores that keep it (SQLite and its in-memory twin alike, through the writes the
-registry hands out)."""
+the stores that keep it (SQLite, etcd and the in-memory twin alike, through the writes the
+registry hands out: one contract, three implementations).
+
+etcd is Debian's, started for this module in a network namespace of its own; the store's
+calls run on a thread that entered that namespace."""
 
 import asyncio
+import ctypes
 import ipaddress
 import os
 import sqlite3
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from tunneld.control.registry import Refusal, Registry, allocate, valid_name
 from tunneld.store.base import Conflict, NodeRecord, Register, StoreError
 from tunneld.store.memory import MemoryStore
+from tunneld.store.etcd import open_store
 from tunneld.store.sqlite import SqliteStore
+from tests.lab import Lab, wait_for
+from tests.lab.relays import ETCD
 
 NET = ipaddress.IPv4Network("100.64.0.0/10")
 NOW = 1_700_000_000.0
@@ -25,13 +34,14 @@ def key(i):
 class Relay:
     """A registry and a store, kept in step the way the relay daemon keeps them."""
 
-    def __init__(self, store, network=NET):
+    def __init__(self, store, network=NET, run=asyncio.run):
         self.store = store
-        self.reg = Registry(network, asyncio.run(store.load()))
+        self.run = run
+        self.reg = Registry(network, run(store.load()))
 
     def write(self, write):
         if write is not None:
-            asyncio.run(write.apply(self.store))
+            self.run(write.apply(self.store))
             self.reg.written(write)
 
     def join(self, k, name, credential, now=NOW, mtu=None):
@@ -45,14 +55,52 @@ class Relay:
         return token
 
     def reopened(self):
-        return Registry(self.reg.network, asyncio.run(self.store.load()))
+        return Registry(self.reg.network, self.run(self.store.load()))
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(scope="module")
+def etcd():
+    """(url, run): an etcd in a namespace, and how to run a coroutine inside that namespace."""
+    with Lab() as lab:
+        ns = lab.add_namespace("etcd")
+        lab.spawn(ns, ETCD, "--data-dir", os.path.join(lab.tmp, "etcd"), "--listen-client-urls",
+                  "http://127.0.0.1:2379", "--advertise-client-urls", "http://127.0.0.1:2379",
+                  "--listen-peer-urls", "http://127.0.0.1:2380", log=os.path.join(lab.tmp, "etcd.log"))
+        fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+        libc = ctypes.CDLL(None, use_errno=True)
+        pool = ThreadPoolExecutor(1, initializer=lambda: libc.setns(fd, 0x40000000))  # CLONE_NEWNET: this thread
+        try:
+            def run(coro):
+                return pool.submit(asyncio.run, coro).result(30)
+            url = "etcd://127.0.0.1:2379"
+            probe = open_store(url, "/probe/")
+            wait_for(lambda: _answers(run, probe), 30, interval=0.3, what="etcd to answer")
+            yield url, run
+        finally:
+            pool.shutdown()
+            os.close(fd)
+
+
+def _answers(run, store) -> bool:
+    try:
+        run(store.load())
+        return True
+    except StoreError:
+        return False
+
+
+@pytest.fixture(params=["memory", "sqlite", "etcd"])
 def relay(request, tmp_path):
-    store = MemoryStore() if request.param == "memory" else SqliteStore(str(tmp_path / "relay.db"))
-    yield Relay(store)
-    asyncio.run(store.close())
+    run = asyncio.run
+    if request.param == "memory":
+        store = MemoryStore()
+    elif request.param == "sqlite":
+        store = SqliteStore(str(tmp_path / "relay.db"))
+    else:
+        url, run = request.getfixturevalue("etcd")
+        store = open_store(url, f"/test/{uuid.uuid4().hex}/")  # a network of its own
+    yield Relay(store, run=run)
+    run(store.close())
 
 
 def test_first_join_needs_a_valid_token(relay):
@@ -146,12 +194,12 @@ def test_a_failed_registration_of_a_revoked_name_leaves_the_name_waiting(relay):
 
 
 def test_the_stores_refuse_a_second_binding(relay):
-    asyncio.run(relay.store.register(NodeRecord("alpha", "100.64.0.1", key(1), NOW), None))
+    relay.run(relay.store.register(NodeRecord("alpha", "100.64.0.1", key(1), NOW), None))
     for record in (NodeRecord("alpha", "100.64.0.1", key(2), NOW), NodeRecord("bravo", "100.64.0.1", key(3), NOW),
                    NodeRecord("charlie", "100.64.0.9", key(1), NOW)):
         with pytest.raises(Conflict):
-            asyncio.run(relay.store.register(record, None))
-    assert [r.name for r in asyncio.run(relay.store.load()).nodes] == ["alpha"]
+            relay.run(relay.store.register(record, None))
+    assert [r.name for r in relay.run(relay.store.load()).nodes] == ["alpha"]
 
 
 def test_allocate_fills_gaps():
@@ -198,7 +246,7 @@ def test_last_seen_is_written_in_one_batch(relay):
     relay.join(key(1), "alpha", token.credential)
     relay.join(key(2), "bravo", token.credential)
     relay.write(relay.reg.touch({"alpha": NOW + 5, "bravo": NOW + 6, "ghost": NOW}))
-    seen = {r.name: r.last_seen for r in asyncio.run(relay.store.load()).nodes}
+    seen = {r.name: r.last_seen for r in relay.run(relay.store.load()).nodes}
     assert seen == {"alpha": NOW + 5, "bravo": NOW + 6}
 
 

@@ -76,7 +76,7 @@ class Cluster:
         if kind == "nodes" and value is not None:
             record = parse_node(name, value)
             if registry.remote_node(record) and record.public_key is not None:
-                self._show(name)
+                self.show(name)
         elif kind == "revoked" and value is not None:
             record = registry.remote_revoked(bytes.fromhex(name))
             if record is not None:
@@ -104,9 +104,9 @@ class Cluster:
         else:
             self.presence[name] = v
             self.homed.discard(name)
-        self._show(name)
+        self.show(name)
 
-    def _show(self, name: str) -> None:
+    def show(self, name: str) -> None:
         """The directory entry of a node that is not online here, from where it is homed."""
         r = self.relay
         record = r.registry.by_name.get(name)
@@ -149,7 +149,7 @@ class Cluster:
         self.relay.directory.set_relays([self.relay.listen, *sorted(i.listen for i in self.relays.values())])
         for name, v in list(self.presence.items()):
             if v.get("relay") == relay_id:
-                self._show(name)  # its nodes are offline, or elsewhere, until they say where
+                self.show(name)  # its nodes are offline, or elsewhere, until they say where
 
     # -- the mesh ------------------------------------------------------------------------
 

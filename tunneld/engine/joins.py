@@ -195,6 +195,13 @@ class Joins:
                 del r.members[key]
                 r.forget(m)
                 r.set_mtu(m.name, None)
+                # Its address may be another node's now (another relay won it): show that one.
+                holder = next((rec for rec in r.registry.by_name.values()
+                               if rec.address == m.address and rec.public_key is not None), None)
+                if holder is None:
+                    r.directory.remove(m.addr)
+                elif r.cluster is not None:
+                    r.cluster.show(holder.name)
 
     def drop(self, key: bytes) -> None:
         """An answer held for key will not go out (the key was revoked)."""

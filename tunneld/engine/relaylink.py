@@ -63,6 +63,7 @@ ACTIVE_DEAD_AFTER = 1.0  # ... and how long it may stay silent
 PING_RETRY = 1.0  # several relays, idle: a ping unanswered this long is sent again
 PING_RETRIES = 3  # ... and after this many unanswered, the home is dead
 MAX_RELAYS = 16
+TRIES_PER_RELAY = 2  # unanswered handshakes before a link that is down tries the next relay
 UNANSWERED_PROBLEM = 3  # unanswered attempts before status and log say what to check
 WRONG_KEY_PROBLEM = ("the relay at this address does not answer to the key in the join token (it says it "
                      "holds another key): the token was made by another relay, or --relay points elsewhere; "
@@ -94,6 +95,7 @@ class RelayLink:
         self.home = 0  # index in relays of the one we use
         self.active = False  # relayed traffic flows through the home (node.py sets it each tick)
         self.unanswered = 0  # pings since the last word from the relay
+        self.tries_here = 0  # handshakes the home left unanswered since we moved to it
         self.request = request
         # The token goes to the relay until it took us once (here, or in a run before): the
         # key is our identity from then on. It goes again only if the relay forgot our key.
@@ -196,7 +198,7 @@ class RelayLink:
                 log.warning("the relay cannot take this node now (%s); retrying", reply["error"])
                 return None
             return REFUSED, (reply["code"], reply["error"])
-        self.failures = 0
+        self.failures = self.tries_here = 0
         self.backoff.reset()
         self.send_token = False
         self.wrong_key_hints = 0
@@ -313,7 +315,7 @@ class RelayLink:
         self.home = (self.home + 1) % len(self.relays)
         self.up = False
         self.hs.stop()
-        self.unanswered = 0
+        self.unanswered = self.tries_here = 0
         self.next_attempt = now
         self.counts["relay_failovers"] += 1
         self.out.relay_endpoint(self.endpoint)
@@ -345,7 +347,8 @@ class RelayLink:
                     self.failures += 1
                     if self.failures >= UNANSWERED_PROBLEM:
                         self._unanswered()
-                    if len(self.relays) > 1:
+                    self.tries_here += 1
+                    if len(self.relays) > 1 and self.tries_here >= TRIES_PER_RELAY:
                         self._fail_over(now, "does not answer")
                 self.handshake(now)
             return

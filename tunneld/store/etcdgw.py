@@ -11,6 +11,7 @@ to the next; only when none answers is the store unavailable (EtcdUnavailable).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -75,11 +76,22 @@ class EtcdClient:
             verify = ssl.create_default_context(cafile=ca)
             if cert:
                 verify.load_cert_chain(cert, key)
-        self._http = httpx.AsyncClient(timeout=timeout, verify=verify)
+        self._verify, self._timeout = verify, timeout
+        self._clients: dict[object, httpx.AsyncClient] = {}  # by event loop: a client serves one loop
         self._good = 0  # the endpoint that answered last
 
+    @property
+    def _http(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            client = self._clients[loop] = httpx.AsyncClient(timeout=self._timeout, verify=self._verify)
+        return client
+
     async def close(self) -> None:
-        await self._http.aclose()
+        client = self._clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
 
     async def call(self, path: str, body: dict) -> dict:
         last = "no endpoint"
