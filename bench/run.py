@@ -192,6 +192,41 @@ def relay_scale(count: int, timeout: float = 60.0, python: str | None = None) ->
             "all_joined_s": report.get("all_joined_s"), "relay_rss_mb": rss, "relay_idle_cpu_pct": idle}
 
 
+def relays_scale(count: int, relays: int, timeout: float = 60.0) -> dict:
+    """`relays` relays of one network on a three-member etcd, `count` nodes spread over them:
+    time until all have joined, and each relay's memory and CPU while the nodes sit idle."""
+    from tests.lab.relays import Etcd, Relays
+    with Lab() as lab:
+        etcd = Etcd(lab)
+        etcd.start_all()
+        r = Relays(lab, etcd, count=relays)
+        for i in range(relays):
+            r.start(i)
+        token = r.token(0, "--ttl", "1h", "--uses", "0")
+        host = lab.public_host("swarm")
+        swarm = subprocess.Popen(["ip", "netns", "exec", host.ns, sys.executable, os.path.join(HERE, "swarm.py"),
+                                  ",".join(r.endpoint(i) for i in range(relays)), token, str(count), str(timeout)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        lab.processes.append(swarm)
+        try:
+            line = swarm.stdout.readline().decode()
+            report = json.loads(line) if line else {"joined": 0}
+            pids = [r.procs[i].pid for i in range(relays)]
+            time.sleep(2)
+            before, t0 = [cpu_seconds([p]) for p in pids], time.monotonic()
+            time.sleep(10)
+            idle = [100 * (cpu_seconds([p]) - b) / (time.monotonic() - t0) for p, b in zip(pids, before)]
+            rss = []
+            for p in pids:
+                with open(f"/proc/{p}/status") as f:
+                    rss.append(next(int(x.split()[1]) for x in f if x.startswith("VmRSS:")) / 1024)
+        finally:
+            lab.stop(swarm, timeout=5)
+    return {"nodes": count, "relays": relays, "joined": report.get("joined"),
+            "all_joined_s": report.get("all_joined_s"), "relay_rss_mb": max(rss), "relay_idle_cpu_pct": max(idle),
+            "relay_idle_cpu_pcts": idle}
+
+
 def ratio(v, ref):
     return f"{v / ref:.2f}" if ref else "-"
 
@@ -258,6 +293,9 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, help="runs per cell")
     ap.add_argument("--only", action="append", help="rows whose name contains this (repeatable)")
     ap.add_argument("--nodes", type=int, default=500, help="joined nodes for the relay's scale cell [500]; 0 skips it")
+    ap.add_argument("--relays", type=int, default=0, help="also run the scale cell on this many relays sharing "
+                                                          "etcd [0: skip]")
+    ap.add_argument("--relay-nodes", type=int, default=0, help="nodes for that cell [--nodes]")
     ap.add_argument("--compare", metavar="REV", help="also measure tunneld at REV (a tag such as v0.1.0, or a "
                     "commit of this repository) in the same run, in a venv of its own")
     ap.add_argument("--json", metavar="FILE", help="write the run here [bench/results/DATE.json]")
@@ -275,6 +313,10 @@ def main(argv=None) -> int:
         if args.nodes > 0:
             print(f"  relay scale, {args.nodes} nodes ...", file=sys.stderr, flush=True)
             result["scale"] = relay_scale(args.nodes)
+        if args.relays > 0:
+            n = args.relay_nodes or args.nodes
+            print(f"  {args.relays} relays on etcd, {n} nodes ...", file=sys.stderr, flush=True)
+            result["relays_scale"] = relays_scale(n, args.relays)
             if args.compare:
                 from tests.lab.release import release_python
                 print(f"  relay scale, {args.nodes} nodes, tunneld {args.compare} ...", file=sys.stderr, flush=True)
@@ -291,6 +333,9 @@ def main(argv=None) -> int:
         print("\n" + scale_line(result["scale"]))
     if "scale_compare" in result:
         print(scale_line(result["scale_compare"], f"relay scale, tunneld {args.compare}"))
+    if "relays_scale" in result:
+        rs = result["relays_scale"]
+        print(scale_line(rs, f"{rs['relays']} relays on etcd") + " (the busiest relay)")
     nonzero = {k: v for k, v in result["drops"].items() if v}
     if nonzero:
         print("\ntunneld drops during the run:", json.dumps(nonzero))

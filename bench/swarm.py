@@ -7,7 +7,9 @@ directory version it holds in every ping, so the relay sends it only what change
 joined (or the time is up), then keeps them connected, pinging the relay as real
 nodes do, until it is stopped.
 
-Usage: python bench/swarm.py RELAY_IP:PORT TOKEN COUNT TIMEOUT
+Usage: python bench/swarm.py RELAY_IP:PORT[,RELAY_IP:PORT...] TOKEN COUNT TIMEOUT
+(several relays of one network: node i is homed on relay i mod their number, and knows
+them all, as `join --relay A,B,C` would)
 """
 
 from __future__ import annotations
@@ -36,12 +38,15 @@ class SwarmNode:
         self.joined_at: float | None = None
         self.mirror = DirectoryMirror()
         token = swarm.token
+        home = i % len(swarm.relays)
+        self.relay = swarm.relays[home]
+        order = [f"{h}:{p}" for h, p in swarm.relays[home:] + swarm.relays[:home]]
         self.link = RelayLink(Identity.generate(), token.relay_public, JoinRequest(f"swarm-{i:04d}", token.credential),
-                              self, real_env(), time.monotonic())
+                              self, real_env(), time.monotonic(), relays=tuple(order))
 
     def send(self, ep, data: bytes) -> None:
         try:
-            self.sock.sendto(data, self.swarm.relay)
+            self.sock.sendto(data, self.relay)
         except OSError:
             pass
 
@@ -52,7 +57,8 @@ class SwarmNode:
         pass
 
     def relay_endpoint(self, address: str) -> None:
-        pass
+        host, port = address.rsplit(":", 1)
+        self.relay = (host, int(port))
 
     def readable(self) -> None:
         now = time.monotonic()
@@ -76,8 +82,7 @@ class SwarmNode:
 
 class Swarm:
     def __init__(self, relay: str, token: str, count: int):
-        host, port = relay.rsplit(":", 1)
-        self.relay = (host, int(port))
+        self.relays = [(h, int(p)) for h, p in (r.rsplit(":", 1) for r in relay.split(","))]
         self.token = JoinToken.parse(token)
         self.count = count
         self.joined = 0
