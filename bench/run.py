@@ -145,6 +145,9 @@ def measure(seconds: float, repeat: int, only=None, compare: str | None = None) 
         run("tunneld relayed", td_relayed, ALL, systems.vxlan(lab, td_relayed))
         drops = {n: ov.node_status(n)["drops"] for n in ov.nodes}
         drops["relay"] = ov.status(ov.relay)["drops"]
+    if not only or any(o in "tunneld via two relays" for o in only):
+        with Lab() as lab:  # a lab of its own: the relays take the addresses the single relay has
+            run("tunneld via two relays", systems.tunneld_mesh(lab), NODE, in_lab=lab)
     if compare:  # another release of tunneld, from this repository's history, in the same run
         from tests.lab.release import release_python
         python = release_python(compare)

@@ -8,6 +8,8 @@ and the PIDs of the processes doing the tunnelling (for their CPU).
   nebula         Debian's nebula: a lighthouse that is also a relay, two public hosts;
                  direct, or relayed (their direct UDP to each other dropped)
   tunneld        public <-> public (direct), cone NAT <-> no-inbound NAT (relayed)
+  tunneld mesh   two no-inbound NATs homed on two relays of one network (etcd): relay to
+                 relay, one hop
 """
 
 from __future__ import annotations
@@ -196,3 +198,31 @@ def underlay(lab: Lab) -> tuple[Pair, Pair]:
     a, b = lab.public_host("ul-a"), lab.public_host("ul-b")
     n = lab.nat_host("ul-nat", "cone")
     return Pair(a.ns, b.ns, b.address, a.address, "eth0"), Pair(n.ns, b.ns, b.address, n.address, "eth0")
+
+
+def tunneld_mesh(lab: Lab) -> Pair:
+    """Relayed across two relays sharing a three-member etcd: the sender is homed on relay 1,
+    the receiver on relay 2, so every datagram takes the mesh hop between them."""
+    from tests.lab.relays import Etcd, Relays
+    etcd = Etcd(lab)
+    etcd.start_all()
+    r = Relays(lab, etcd, count=2)
+    r.start(0)
+    r.start(1)
+    token = r.token(0, "--uses", "0")
+    hosts = {"sender": lab.nat_host("sender", "no-inbound"), "receiver": lab.nat_host("receiver", "no-inbound")}
+    r.join(hosts["sender"], "sender", token, [0, 1])
+    r.join(hosts["receiver"], "receiver", token, [1, 0])
+    r.wait_connected(["sender", "receiver"])
+    dst = r.node_status("receiver")["address"]
+    r.ping("sender", dst, count=2)
+    if r.home("sender") == r.home("receiver"):
+        raise LabError("sender and receiver are homed on one relay: no mesh hop to measure")
+    pids = [r.node_procs["sender"].pid, r.node_procs["receiver"].pid, r.procs[0].pid, r.procs[1].pid]
+    pair = Pair(hosts["sender"].ns, hosts["receiver"].ns, dst, r.node_status("sender")["address"], "tunneld0", pids)
+
+    def check():
+        if r.home("sender") == r.home("receiver"):
+            raise LabError("a node changed relays during the measurement")
+    pair.cleanup.append(check)
+    return pair

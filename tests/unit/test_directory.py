@@ -47,16 +47,54 @@ def test_no_change_no_version():
     assert d.version == v and d.messages_for(v) == []
 
 
-def test_a_stale_mirror_gets_a_snapshot_not_a_delta():
+def test_a_mirror_several_versions_behind_gets_what_changed_since_not_a_snapshot():
     d = Directory(1)
-    d.set(entry(1))
+    for i in range(200):
+        d.set(entry(i))
     d.publish()
-    d.set(entry(2))
+    m = mirror_of(d)
+    for i in range(200, 330):  # a join storm: more than one message of changes, over several versions
+        d.set(entry(i))
+        if i % 40 == 0:
+            d.publish()
+    d.remove(entry(3).addr)
     d.publish()
-    d.set(entry(3))
+    msgs = through_the_wire(d.messages_for(m.version))
+    assert all(x["base"] is not None for x in msgs) and len(msgs) >= 2
+    assert sum(len(x["nodes"]) for x in msgs) == 130  # what changed, not the 329 there are
+    for x in msgs:
+        assert m.apply(x)
+    assert m.version == d.version and m.entries == d.entries
+
+
+def test_a_lost_delta_is_repaired_from_where_the_mirror_stopped():
+    d = Directory(1)
+    for i in range(10):
+        d.set(entry(i))
     d.publish()
-    msgs = d.messages_for(d.version - 2)
-    assert all(m["base"] is None for m in msgs)
+    m = mirror_of(d)
+    for i in range(10, 400):
+        d.set(entry(i))
+        if i % 50 == 0:
+            d.publish()
+    d.publish()
+    first, *rest = through_the_wire(d.messages_for(m.version))
+    assert rest and m.apply(first)  # the rest is lost; the mirror's next ping reports where it is
+    for x in through_the_wire(d.messages_for(m.version)):
+        assert m.apply(x)
+    assert m.version == d.version and m.entries == d.entries
+
+
+def test_one_versions_changes_too_big_for_a_message_go_as_a_snapshot():
+    d = Directory(1)
+    d.set(entry(0))
+    d.publish()
+    m = mirror_of(d)
+    for i in range(1, 300):
+        d.set(entry(i))
+    d.publish()
+    msgs = d.messages_for(m.version)
+    assert all(x["base"] is None for x in msgs)
 
 
 def test_a_delta_for_another_base_is_ignored():

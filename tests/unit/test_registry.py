@@ -207,6 +207,10 @@ def test_allocate_fills_gaps():
     assert allocate(net, set()) == "100.64.0.1"
     assert allocate(net, {"100.64.0.1", "100.64.0.3"}) == "100.64.0.2"
     assert allocate(net, {f"100.64.0.{i}" for i in range(1, 7)}) is None
+    # a relay of several starts its search elsewhere, and wraps around to what is left
+    assert allocate(net, set(), start=4) == "100.64.0.5"
+    assert allocate(net, {"100.64.0.5", "100.64.0.6"}, start=4) == "100.64.0.1"
+    assert allocate(net, {f"100.64.0.{i}" for i in range(1, 7)}, start=3) is None
 
 
 def test_sqlite_survives_reopen(tmp_path):

@@ -1,10 +1,17 @@
 """The overlay's member list, as the relay publishes it and as each node mirrors it.
 
-The relay holds a versioned Directory. It publishes changes as a delta from the
-previous version; a node whose version is not that delta's base gets a full
-snapshot in chunks instead. Nodes report their version in every ping, so a lost
-message is repaired by the next ping. Versions are compared for equality only;
-a restarted relay starts from a new one, so every node resynchronises.
+The relay holds a versioned Directory. Each publish closes the changes since the last
+into a new version. A node that holds any version of this directory gets what changed
+since: the entries whose last change is newer, oldest first, as deltas chained by
+version (each message's base is the version the one before it ends at); only a node
+that holds none (a new node, or one coming from another relay) gets a full snapshot in
+chunks. Nodes report their version in every ping, so a lost message is repaired by the
+next ping. A restarted relay starts from a new version, above any it handed out before,
+so every node resynchronises.
+
+What a publish costs the relay is one delta per member, mostly the same one (cached per
+base version), whatever the size of the directory: a join storm of N nodes costs about
+N deltas per publish, not N snapshots.
 """
 
 from __future__ import annotations
@@ -71,11 +78,14 @@ def _message(version: int, base: int | None, i: int, count: int, mtu: int, entri
 class Directory:
     def __init__(self, version: int):
         self.version = version
-        self.mtu = 0  # the overlay MTU, sent with every message
+        self._mtu = 0  # the overlay MTU, sent with every message
         self.entries: dict[bytes, Entry] = {}
         self._sizes: dict[Entry, int] = {}
         self._changed: dict[bytes, Entry | None] = {}
         self.last_delta: tuple[int, int, list[Entry], list[bytes]] | None = None
+        self.first = version  # deltas start from this version or a later one
+        self._order: dict[bytes, int] = {}  # addr -> version of its last change, oldest first
+        self._cache: dict[int | None, list[dict]] = {}  # messages by the version they start from
         self.relays: list[str] = []  # the live relays' addresses, when there are several
         self._relays_changed = False
 
@@ -83,6 +93,16 @@ class Directory:
         if relays != self.relays:
             self.relays = relays
             self._relays_changed = True
+
+    @property
+    def mtu(self) -> int:
+        return self._mtu
+
+    @mtu.setter
+    def mtu(self, value: int) -> None:
+        if value != self._mtu:
+            self._mtu = value
+            self._cache = {}  # every message carries it
 
     @property
     def dirty(self) -> bool:
@@ -116,24 +136,64 @@ class Directory:
         nodes = [e for e in self._changed.values() if e is not None]
         gone = [a for a, e in self._changed.items() if e is None]
         self.last_delta = (base, self.version, nodes, gone)
+        for addr in self._changed:
+            self._order.pop(addr, None)
+            self._order[addr] = self.version  # moves to the end: the order is by last change
         self._changed = {}
+        self._cache = {}
+        if len(self._order) > 2 * len(self.entries) + 1024:  # forget the oldest removals
+            for addr, v in list(self._order.items()):
+                if len(self._order) <= len(self.entries) + 512:
+                    break
+                if addr not in self.entries:
+                    del self._order[addr]
+                    self.first = max(self.first, v)  # a node older than this missed a removal
 
     def messages_for(self, held_version: int | None) -> list[dict]:
         """What brings a node holding held_version up to date (nothing if it is)."""
         if held_version == self.version:
             return []
-        d = self.last_delta
-        if d is not None and d[0] == held_version:
-            # A delta is one message: one that would not fit goes as a snapshot.
-            budget = CHUNK_BYTES - 6 * len(d[3])
-            if len(_chunks(d[2], self._size, budget)) <= 1 and budget > 0:
-                return [_message(d[1], d[0], 0, 1, self.mtu, d[2], d[3], self.relays)]
-        return self.snapshot()
+        msgs = self._cache.get(held_version)
+        if msgs is None:
+            msgs = None
+            if held_version is not None and self.first <= held_version < self.version:
+                msgs = self._deltas(held_version)
+            msgs = self._cache[held_version] = msgs or self.snapshot()
+        return msgs
+
+    def _deltas(self, held: int) -> list[dict] | None:
+        """The changes since held as chained deltas; None if they do not split at versions."""
+        changed = []
+        for addr, v in reversed(self._order.items()):
+            if v <= held:
+                break
+            changed.append((v, addr))
+        out, base, nodes, gone, used = [], held, [], [], 0
+        for v, addr in reversed(changed):
+            e = self.entries.get(addr)
+            size = self._size(e) if e is not None else 6
+            if (nodes or gone) and (len(nodes) == MAX_NODES_PER_CHUNK or used + size > CHUNK_BYTES):
+                # This message ends just before v: whatever it holds of v is newer than that,
+                # which a mirror may hold early; the rest of v comes in the next message.
+                if v - 1 <= base:
+                    return None  # one version's changes do not fit a message: a snapshot
+                out.append(_message(v - 1, base, 0, 1, self.mtu, nodes, gone, self.relays))
+                base, nodes, gone, used = v - 1, [], [], 0
+            if e is None:
+                gone.append(addr)
+            else:
+                nodes.append(e)
+            used += size
+        out.append(_message(self.version, base, 0, 1, self.mtu, nodes, gone, self.relays))
+        return out
 
     def snapshot(self) -> list[dict]:
-        chunks = _chunks(list(self.entries.values()), self._size, CHUNK_BYTES) or [[]]
-        return [_message(self.version, None, i, len(chunks), self.mtu, chunk, [], self.relays)
-                for i, chunk in enumerate(chunks)]
+        cached = self._cache.get("snapshot")
+        if cached is None:
+            chunks = _chunks(list(self.entries.values()), self._size, CHUNK_BYTES) or [[]]
+            cached = self._cache["snapshot"] = [_message(self.version, None, i, len(chunks), self.mtu, chunk, [],
+                                                         self.relays) for i, chunk in enumerate(chunks)]
+        return cached
 
 
 class DirectoryMirror:

@@ -69,22 +69,30 @@ def check_routes(texts: Iterable[str], overlay: ipaddress.IPv4Network | None = N
 RESERVED = tuple(ipaddress.IPv4Network(p) for p in ("100.100.0.0/16", "100.115.92.0/23"))
 
 
-def allocate(network: ipaddress.IPv4Network, used: set[str]) -> str | None:
-    """The lowest free host address of network, outside the RESERVED ranges."""
-    taken = {int(ipaddress.IPv4Address(a)) for a in used}
+def allocate(network: ipaddress.IPv4Network, used: set[str], start: int = 0) -> str | None:
+    """The lowest free host address of network, outside the RESERVED ranges; from `start`
+    hosts in on, wrapping around (relays sharing a network start apart: their choices at the
+    same moment rarely collide)."""
+    return allocate_from(network, {int(ipaddress.IPv4Address(a)) for a in used}, start)
+
+
+def allocate_from(network: ipaddress.IPv4Network, taken: set[int], start: int = 0) -> str | None:
+    """allocate(), with the addresses in use as integers (the registry keeps them so)."""
     skip = [(int(r.network_address), int(r.broadcast_address)) for r in RESERVED if r.overlaps(network)]
     first, last = int(network.network_address), int(network.broadcast_address)
     if network.prefixlen < 31:
         first, last = first + 1, last - 1
-    candidate = first
-    while candidate <= last:
-        jump = next((end for start, end in skip if start <= candidate <= end), None)
-        if jump is not None:
-            candidate = jump + 1
-        elif candidate in taken:
-            candidate += 1
-        else:
-            return str(ipaddress.IPv4Address(candidate))
+    begin = first + start % max(1, last - first + 1)
+    for lo, hi in ((begin, last), (first, begin - 1)):
+        candidate = lo
+        while candidate <= hi:
+            jump = next((end for s, end in skip if s <= candidate <= end), None)
+            if jump is not None:
+                candidate = jump + 1
+            elif candidate in taken:
+                candidate += 1
+            else:
+                return str(ipaddress.IPv4Address(candidate))
     return None
 
 
@@ -103,6 +111,8 @@ class Registry:
         self.tokens: dict[bytes, TokenRecord] = {t.token_id: t for t in snapshot.tokens}
         self.unwritten: set[bytes] = set()  # keys whose registration is not durable yet
         self.unavailable = ""  # why the store cannot be written now (etcd away): no new nodes
+        self.alloc_start = 0  # where allocation starts, in hosts from the network's first
+        self._used: set[int] | None = None  # the addresses of by_name, as integers, when known
         self._before: dict[bytes, NodeRecord | None] = {}  # what an unwritten registration replaced
 
     def nodes(self) -> list[NodeRecord]:
@@ -165,17 +175,23 @@ class Registry:
                                f"another --name, or run 'tunneld revoke {name}' on the relay first"), None
             record = dataclasses.replace(holder, public_key=key, mtu=mtu, lock=chain)  # a revoked name's next key
         else:
-            address = allocate(self.network, {r.address for r in self.by_name.values()})
+            address = allocate_from(self.network, self._taken(), self.alloc_start)
             if address is None:
                 return Refusal("network_full", f"no free address left in {self.network}; "
                                "the relay operator must revoke nodes or widen --network", retry=True), None
             record = NodeRecord(name, address, key, now, mtu=mtu, lock=chain)
+            self._taken().add(int(ipaddress.IPv4Address(address)))
         self._before[key] = holder
         self.by_name[name] = record
         self.by_key[key] = record
         self.unwritten.add(key)
         token.uses += 1
         return record, Register(dataclasses.replace(record), token.token_id)
+
+    def _taken(self) -> set[int]:
+        if self._used is None:  # once, and again after a registration was taken back
+            self._used = {int(ipaddress.IPv4Address(r.address)) for r in self.by_name.values()}
+        return self._used
 
     def registering(self, key: bytes) -> bool:
         """A registration of key is on its way to the store: no answer until it is there."""
@@ -202,6 +218,7 @@ class Registry:
         if record is None or record.public_key != key:
             return  # revoked meanwhile: that write follows this one
         self.by_key.pop(key, None)
+        self._used = None
         if before is None:
             del self.by_name[name]
         else:
@@ -266,6 +283,9 @@ class Registry:
             del self.by_key[held.public_key]
         record.mtu = record.mtu or (held.mtu if held else None)
         self.by_name[record.name] = record
+        self._used = None if held is not None else self._used
+        if self._used is not None:
+            self._used.add(int(ipaddress.IPv4Address(record.address)))
         if record.public_key is not None and record.public_key not in self.revoked:
             self.by_key[record.public_key] = record
         return True

@@ -17,6 +17,7 @@ go; when a relay dies, its lease ends and its nodes' presence with it.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import logging
@@ -60,6 +61,11 @@ class Cluster:
         self.homed: set[str] = set()  # names whose presence we wrote as ours
         self.counts = relay.counts
         self._next_ping = now
+        # Relays admitting nodes at the same moment would pick the same lowest free address and
+        # all but one would lose the transaction: each starts its search somewhere else.
+        span = relay.registry.network.num_addresses
+        relay.registry.alloc_start = int.from_bytes(hashlib.blake2s(relay_id.encode()).digest()[:8], "big") \
+            % max(1, span // 2) if span >= 1024 else 0
 
     # -- the store's watch ---------------------------------------------------------------
 
