@@ -86,6 +86,7 @@ class Directory:
         self.first = version  # deltas start from this version or a later one
         self._order: dict[bytes, int] = {}  # addr -> version of its last change, oldest first
         self._cache: dict[int | None, list[dict]] = {}  # messages by the version they start from
+        self._encoded: dict[int, tuple[list[dict], list[bytes]]] = {}  # and as bytes
         self.relays: list[str] = []  # the live relays' addresses, when there are several
         self._relays_changed = False
 
@@ -102,7 +103,7 @@ class Directory:
     def mtu(self, value: int) -> None:
         if value != self._mtu:
             self._mtu = value
-            self._cache = {}  # every message carries it
+            self._cache, self._encoded = {}, {}  # every message carries it
 
     @property
     def dirty(self) -> bool:
@@ -140,7 +141,7 @@ class Directory:
             self._order.pop(addr, None)
             self._order[addr] = self.version  # moves to the end: the order is by last change
         self._changed = {}
-        self._cache = {}
+        self._cache, self._encoded = {}, {}
         if len(self._order) > 2 * len(self.entries) + 1024:  # forget the oldest removals
             for addr, v in list(self._order.items()):
                 if len(self._order) <= len(self.entries) + 512:
@@ -160,6 +161,14 @@ class Directory:
                 msgs = self._deltas(held_version)
             msgs = self._cache[held_version] = msgs or self.snapshot()
         return msgs
+
+    def encoded(self, msgs: list[dict]) -> list[bytes]:
+        """msgs (from messages_for) as sent: encoded once per publish, for every member."""
+        key = id(msgs)
+        out = self._encoded.get(key)
+        if out is None or out[0] is not msgs:
+            out = self._encoded[key] = (msgs, [encode(m) for m in msgs])
+        return out[1]
 
     def _deltas(self, held: int) -> list[dict] | None:
         """The changes since held as chained deltas; None if they do not split at versions."""

@@ -113,6 +113,7 @@ class Registry:
         self.unavailable = ""  # why the store cannot be written now (etcd away): no new nodes
         self.alloc_start = 0  # where allocation starts, in hosts from the network's first
         self._used: set[int] | None = None  # the addresses of by_name, as integers, when known
+        self._cursor: int | None = None  # where the last allocation ended
         self._before: dict[bytes, NodeRecord | None] = {}  # what an unwritten registration replaced
 
     def nodes(self) -> list[NodeRecord]:
@@ -175,12 +176,15 @@ class Registry:
                                f"another --name, or run 'tunneld revoke {name}' on the relay first"), None
             record = dataclasses.replace(holder, public_key=key, mtu=mtu, lock=chain)  # a revoked name's next key
         else:
-            address = allocate_from(self.network, self._taken(), self.alloc_start)
+            address = allocate_from(self.network, self._taken(),
+                                    self.alloc_start if self._cursor is None else self._cursor)
             if address is None:
                 return Refusal("network_full", f"no free address left in {self.network}; "
                                "the relay operator must revoke nodes or widen --network", retry=True), None
             record = NodeRecord(name, address, key, now, mtu=mtu, lock=chain)
             self._taken().add(int(ipaddress.IPv4Address(address)))
+            # The next search starts after it: a crowd of joins costs N, not N^2.
+            self._cursor = int(ipaddress.IPv4Address(address)) - int(self.network.network_address)
         self._before[key] = holder
         self.by_name[name] = record
         self.by_key[key] = record
@@ -218,7 +222,7 @@ class Registry:
         if record is None or record.public_key != key:
             return  # revoked meanwhile: that write follows this one
         self.by_key.pop(key, None)
-        self._used = None
+        self._used = self._cursor = None  # its address is free again: the next search starts over
         if before is None:
             del self.by_name[name]
         else:

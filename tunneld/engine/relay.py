@@ -57,6 +57,10 @@ log = logging.getLogger("tunneld.relay")
 OFFLINE_AFTER = 20.0  # no authenticated word from a member for this long: offline
 PENDING_TIMEOUT = 10.0  # an answered handshake must be confirmed by then
 PUBLISH_DELAY = 0.2  # batch directory changes this long before pushing them
+# ... and longer with many members: each publish costs a message to every member, so at most
+# this many a second go out (2,000 members: a publish a second). A join storm then costs
+# members x publishes, however many join, and each publish carries more of them.
+PUBLISH_BUDGET = 2000
 SEEN_FLUSH = 60.0  # last-seen times go to the store in one write this often (not one per connect)
 HINTS_PER_SECOND = 200  # unauthenticated hints are cheap but not free
 # More INITs than this in a second and the relay is under load: cookies first. A join costs
@@ -204,8 +208,12 @@ class Relay(OperatorCommands):
                 return
             m.snapshot_at = now
             self._behind.discard(m)
-        for msg in msgs:
-            self._control(m, msg)
+        s = m.keys.current
+        if s is not None and m.endpoint is not None:
+            for payload in self.directory.encoded(msgs):  # encoded once for every member
+                sealed = s.seal(payload)
+                if sealed is not None:
+                    self.send(m.endpoint, sealed)
         m.dir_version = self.directory.version
 
     def _move(self, m: Member, ep, msg: dict | None, now: float) -> None:
@@ -340,7 +348,7 @@ class Relay(OperatorCommands):
             self._next_seen_flush = now + SEEN_FLUSH
         if self.directory.dirty and now >= self._next_publish:
             self.directory.publish()
-            self._next_publish = now + PUBLISH_DELAY
+            self._next_publish = now + max(PUBLISH_DELAY, len(self.by_addr) / PUBLISH_BUDGET)
             if self.cluster is not None and self.directory.last_delta is not None:
                 self.cluster.presence_writes(self.directory.last_delta[2])
             for m in list(self.by_addr.values()):
