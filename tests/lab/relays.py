@@ -50,7 +50,7 @@ class Etcd:
             "--listen-peer-urls", f"http://{h.address}:2380",
             "--initial-advertise-peer-urls", f"http://{h.address}:2380", "--initial-cluster", self.cluster,
             "--initial-cluster-state", state, "--initial-cluster-token", self.lab.tag,
-            "--heartbeat-interval", "100", "--election-timeout", "1000",
+            "--heartbeat-interval", "200", "--election-timeout", "2000",  # a busy 2-core VM
             log=os.path.join(self.lab.tmp, f"etcd{i + 1}.log"))
 
     def start_all(self) -> None:

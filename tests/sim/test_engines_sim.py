@@ -123,3 +123,22 @@ def test_the_relays_own_messages_count_only_from_the_relay():
     assert (alpha.relay.last_rx, alpha.relay.rtt) == (rx, rtt)
     alpha.receive(pong, RELAY, net.now + 1)  # the same message from the relay is taken
     assert alpha.relay.last_rx == net.now + 1
+
+
+def test_a_node_the_relay_timed_out_is_back_online_at_its_next_ping():
+    """Finding (a join storm of 3,000 nodes): a node whose pings did not reach the relay for
+    20 s was taken offline, and stayed offline when its pings came through again on the same
+    session from the same endpoint, until its next rekey, minutes later."""
+    net = SimNet()
+    for name in ("alpha", "bravo"):
+        net.add_node(name)
+    net.advance(3)
+    net.ios["bravo"].udp_blocked = True  # its pings are lost; what the relay sends still arrives
+    for i in range(8):
+        net.add_node(f"new{i}")  # directory changes keep reaching bravo
+        net.advance(3)
+    assert not {n["name"]: n["connected"] for n in net.relay.status()["nodes"]}["bravo"]
+    assert net.nodes["bravo"].relay.up  # it heard from the relay all along
+    net.ios["bravo"].udp_blocked = False
+    net.advance(6)  # its next ping, on the session it has
+    assert {n["name"]: n["connected"] for n in net.relay.status()["nodes"]}["bravo"]

@@ -114,6 +114,7 @@ class Registry:
         self.alloc_start = 0  # where allocation starts, in hosts from the network's first
         self._used: set[int] | None = None  # the addresses of by_name, as integers, when known
         self._cursor: int | None = None  # where the last allocation ended
+        self._slots: dict[bytes, set[str]] = {}  # the use slots of each token, as a shared store reports
         self._before: dict[bytes, NodeRecord | None] = {}  # what an unwritten registration replaced
 
     def nodes(self) -> list[NodeRecord]:
@@ -309,7 +310,17 @@ class Registry:
         return revoked
 
     def remote_token(self, token: TokenRecord) -> None:
+        held = self.tokens.get(token.token_id)
+        token.uses = max(token.uses, held.uses if held else 0, len(self._slots.get(token.token_id, ())))
         self.tokens[token.token_id] = token
+
+    def remote_token_use(self, token_id: bytes, slot: str) -> None:
+        """A node a token admitted, at any relay (ours come back too: counted once)."""
+        slots = self._slots.setdefault(token_id, set())
+        slots.add(slot)
+        token = self.tokens.get(token_id)
+        if token is not None:
+            token.uses = max(token.uses, len(slots))
 
     def touch(self, seen: dict[str, float]) -> Touch:
         for name, when in seen.items():

@@ -89,6 +89,9 @@ class Cluster:
                 r.revoked_elsewhere(record)
         elif kind == "tokens" and value is not None:
             registry.remote_token(parse_token(name, value))
+        elif kind == "tokenuse" and value is not None:
+            token_id, _, slot = name.partition("/")
+            registry.remote_token_use(bytes.fromhex(token_id), slot)
         elif kind == "routes":
             registry.approvals.replace(name, json.loads(value) if value else ())
             r.approvals_changed()

@@ -173,6 +173,10 @@ class Relay(OperatorCommands):
                 self._move(m, ep, msg, now)
         elif ep != m.endpoint and s is m.keys.current:
             self._move(m, ep, msg, now)  # the node's NAT mapping changed, or so it seems
+        elif not m.online and s is m.keys.current and self.by_addr.get(m.addr) is None:
+            # Timed out (OFFLINE_AFTER) or homed elsewhere for a while, and speaking again from
+            # the endpoint it proved before: it is back.
+            self._bind(m, ep, now, proven=True)
         if ep == m.endpoint:
             m.last_rx = now
         if msg is None:

@@ -60,10 +60,13 @@ HINT_INTERVAL = 1.0
 TCP_AFTER_FAILURES = 2
 ACTIVE_PING = 0.3  # several relays, relayed traffic flowing: how often we make sure the home answers
 ACTIVE_DEAD_AFTER = 1.0  # ... and how long it may stay silent
-PING_RETRY = 1.0  # several relays, idle: a ping unanswered this long is sent again
+PING_RETRY = 2.0  # several relays, idle: a ping unanswered this long is sent again (a relay
+# busy with a join storm may take a second to answer: that must not move its nodes away)
 PING_RETRIES = 3  # ... and after this many unanswered, the home is dead
 MAX_RELAYS = 16
-TRIES_PER_RELAY = 2  # unanswered handshakes before a link that is down tries the next relay
+TRIES_PER_RELAY = 4  # unanswered handshakes (about 4 s) before a link that is down tries the next
+# relay: one that is slow under a join storm must not be left for another, which would register
+# the node a second time
 UNANSWERED_PROBLEM = 3  # unanswered attempts before status and log say what to check
 WRONG_KEY_PROBLEM = ("the relay at this address does not answer to the key in the join token (it says it "
                      "holds another key): the token was made by another relay, or --relay points elsewhere; "

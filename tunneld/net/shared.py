@@ -27,7 +27,7 @@ from ..store.etcdgw import EtcdError
 
 log = logging.getLogger("tunneld.relay")
 
-RENEW_EVERY = 1.0  # a third of the lease at most: one lost renewal must not end it
+RENEW_EVERY = 2.0  # a fifth of the lease: a few lost or slow renewals must not end it
 WATCH_BACKOFF = (0.1, 2.0)
 
 

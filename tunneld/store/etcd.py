@@ -9,14 +9,17 @@ Keys, under the network's prefix (default /tunneld/), values JSON:
   keys/<hex key>        name     (likewise for keys)
   mtu/<name>, seen/<name>        written apart, so that they never race a registration
   revoked/<hex key>     {"name", "at"}
-  tokens/<hex id>       {"hash", "created", "expires", "revoked", "uses", "max_uses"}
+  tokens/<hex id>       {"hash", "created", "expires", "revoked", "uses", "max_uses"}  ("uses": unused)
+  tokenuse/<hex id>/<slot>   name: one key per node the token admitted, its uses the count.
+                        A token for N nodes has slots 1..N, each taken once; a token for
+                        any number uses the node's name and key as its slot. So relays admitting
+                        nodes with one token at the same moment contend only for one slot.
   routes/<name>         ["prefix", ...], the approved ones
   presence/<name>       {"relay", "ep", "mtu", "routes", "lan", "hello"}   on the home relay's lease
   relays/<id>           {"listen", "boot", "started"}                       on its own lease
 
 A registration is one transaction: the name, its address and its key must still be
-free (or, for a revoked name, still the name's), and the token must not have changed
-since it was read (its use count goes up in the same transaction). Two relays that
+free (or, for a revoked name, still the name's), and the token's use slot too. Two relays that
 pick the same address at the same moment: one transaction wins, the other node asks
 again and gets the next address.
 """
@@ -25,16 +28,17 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 
 from . import etcdgw
 from .base import Conflict, NodeRecord, Snapshot, TokenRecord
 from .records import _dumps, node_value, parse_node, parse_token, token_value
-from .etcdgw import EtcdClient, absent, delete, get, put, unb64, unchanged, value_is
+from .etcdgw import EtcdClient, absent, b64, delete, get, prefix_end, put, unb64, unchanged, value_is
 
 log = logging.getLogger("tunneld.etcd")
 
 DEFAULT_PREFIX = "/tunneld/"
-LEASE_TTL = 5  # seconds: a dead relay's nodes are known to be elsewhere or gone within this
+LEASE_TTL = 10  # seconds: a dead relay's nodes are known to be elsewhere or gone within this
 MAX_TXN_OPS = 120  # etcd's default limit is 128 operations per transaction
 
 
@@ -64,7 +68,7 @@ class EtcdStore:
     async def load(self) -> Snapshot:
         kvs, self.revision = await self.client.get_prefix(self.prefix)
         snap = Snapshot()
-        mtus, seen, nodes = {}, {}, {}
+        mtus, seen, nodes, token_uses = {}, {}, {}, {}
         self.presence, self.relays = {}, {}
         for kv in kvs:
             kind, name = self.split(unb64(kv["key"]))
@@ -78,6 +82,8 @@ class EtcdStore:
                     snap.revoked_keys.add(bytes.fromhex(name))
                 elif kind == "tokens":
                     snap.tokens.append(parse_token(name, raw))
+                elif kind == "tokenuse":
+                    token_uses[name.partition("/")[0]] = token_uses.get(name.partition("/")[0], 0) + 1
                 elif kind == "routes":
                     snap.routes[name] = tuple(json.loads(raw))
                 elif kind == "mtu":
@@ -93,6 +99,8 @@ class EtcdStore:
         for name, r in sorted(nodes.items()):
             r.mtu, r.last_seen = mtus.get(name), seen.get(name)
             snap.nodes.append(r)
+        for t in snap.tokens:
+            t.uses = token_uses.get(t.token_id.hex(), 0)
         snap.tokens.sort(key=lambda t: t.created)
         return snap
 
@@ -104,10 +112,16 @@ class EtcdStore:
         names = [r.name for r, _ in items]
         tokens = sorted({t for _, t in items if t is not None})
         reads = [get(self.key("nodes", n)) for n in names] + [get(self.key("tokens", t.hex())) for t in tokens]
+        for t in tokens:
+            p = self.key("tokenuse", t.hex() + "/")
+            reads.append({"request_range": {"key": b64(p), "range_end": b64(prefix_end(p)), "keys_only": True}})
         _, out = await self.client.txn([], reads)
-        answers = [(r.get("response_range", {}).get("kvs") or [None])[0] for r in out.get("responses", [])]
+        responses = [r.get("response_range", {}).get("kvs") or [] for r in out.get("responses", [])]
+        answers = [(kvs or [None])[0] for kvs in responses]
         held = dict(zip(names, answers[:len(names)]))
-        token_kvs = dict(zip(tokens, answers[len(names):]))
+        token_kvs = dict(zip(tokens, answers[len(names):len(names) + len(tokens)]))
+        slots_used = {t: {self.split(unb64(kv["key"]))[1].partition("/")[2] for kv in kvs}
+                      for t, kvs in zip(tokens, responses[len(names) + len(tokens):])}
         compare, ops = [], []
         uses: dict[bytes, int] = {}
         for record, token_id in items:
@@ -127,18 +141,26 @@ class EtcdStore:
             if record.mtu:
                 ops.append(put(self.key("mtu", record.name), str(record.mtu)))
             if token_id is not None:
-                uses[token_id] = uses.get(token_id, 0) + 1
-        for token_id, n in uses.items():
+                uses.setdefault(token_id, []).append((record.name, record.public_key))
+        for token_id, takers in uses.items():
             kv = token_kvs.get(token_id)
             if kv is None:
                 raise Conflict("the join token is not in the store")
             t = parse_token(token_id.hex(), unb64(kv.get("value")))
-            if t.revoked or (t.max_uses and t.uses + n > t.max_uses):
-                raise Conflict("the join token was revoked or used up at another relay")
-            t.uses += n
-            tk = self.key("tokens", token_id.hex())
-            compare.append(unchanged(tk, int(kv["mod_revision"])))
-            ops.append(put(tk, token_value(t)))
+            used = slots_used[token_id]
+            if t.max_uses:
+                free = [str(n) for n in range(1, t.max_uses + 1) if str(n) not in used]
+                if t.revoked or len(free) < len(takers):
+                    raise Conflict("the join token was revoked or used up at another relay")
+                slots = [free.pop(secrets.randbelow(len(free))) for _ in takers]  # apart from other relays'
+            else:
+                if t.revoked:
+                    raise Conflict("the join token was revoked at another relay")
+                slots = [f"n-{name}-{key.hex()[:16]}" for name, key in takers]
+            for slot, (name, _) in zip(slots, takers):
+                sk = self.key("tokenuse", f"{token_id.hex()}/{slot}")
+                compare.append(absent(sk))
+                ops.append(put(sk, name))
         ok, _ = await self.client.txn(compare, ops)
         if not ok:
             raise Conflict("a name, key or address was taken at another relay meanwhile")
