@@ -159,6 +159,7 @@ class Node:
             if peer is None or len(data) <= wire.RELAYED_HEADER_LEN:
                 self.drops[Drop.RELAYED_UNKNOWN_PEER] += 1
                 return
+            self.relay.last_rx = now  # the relay is there: under load its pongs may queue behind this
             self._from_peer(peer, data[8:], now, RELAY)
             return
         event = self.relay.receive(data, now)
