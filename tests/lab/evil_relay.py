@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 
+from tunneld.control.directory import Directory
 from tunneld.engine import relay as relay_module
 from tunneld.proto import messages, wire
 from tunneld.proto.handshake import Identity, read_initiation
@@ -74,7 +75,13 @@ def _receive(self, data: bytes, ep, now: float) -> None:
     return _real_receive(self, data, ep, now)
 
 
+def _encoded(self, msgs: list) -> list:
+    return [messages.encode(dict(msg, nodes=[[e[0], e[1], ATTACKER.public if e[0] == VICTIM else e[2], *e[3:]]
+                                              for e in msg["nodes"]])) for msg in msgs]
+
+
 relay_module.Relay._control = _control
+Directory.encoded = _encoded  # what every directory message goes out as
 relay_module.Relay.receive = _receive
 
 if __name__ == "__main__":

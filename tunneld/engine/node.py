@@ -361,7 +361,8 @@ class Node:
     def tick(self, now: float) -> None:
         if self.stopped:
             return
-        self.relay.active = any(p.tx_ep is RELAY and now - p.last_tx < 1.0 for p in self.peers.values())
+        # relayed traffic lately: longer than the relay may stay silent, so a stalled stream counts
+        self.relay.active = any(p.tx_ep is RELAY and now - p.last_tx < 3.0 for p in self.peers.values())
         self.relay.tick(now)
         for peer in self.peers.values():
             self.handshakes.tick(peer, now)

@@ -212,6 +212,7 @@ class Relay(OperatorCommands):
                 return
             m.snapshot_at = now
             self._behind.discard(m)
+            self.counts["directory_snapshots"] += 1
         s = m.keys.current
         if s is not None and m.endpoint is not None:
             for payload in self.directory.encoded(msgs):  # encoded once for every member
