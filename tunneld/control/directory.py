@@ -128,18 +128,27 @@ class Directory:
         return entry.size() if size is None else size
 
     def publish(self) -> None:
-        """Close the pending changes into one delta and a new version."""
+        """Close the pending changes into new versions: one for each message's worth of them,
+        so that what changed in any one version fits one delta message (_deltas cuts between
+        versions; a node that lost one message resumes from the version before it)."""
         if not self._changed and not self._relays_changed:
             return
         self._relays_changed = False
         base = self.version
         self.version += 1
+        count = used = 0
+        for addr, e in self._changed.items():
+            size = self._size(e) if e is not None else 6
+            if (count or used) and (count == MAX_NODES_PER_CHUNK or used + size > CHUNK_BYTES):
+                self.version += 1  # the same rule as _deltas uses to cut
+                count = used = 0
+            count += e is not None
+            used += size
+            self._order.pop(addr, None)
+            self._order[addr] = self.version  # moves to the end: the order is by last change
         nodes = [e for e in self._changed.values() if e is not None]
         gone = [a for a, e in self._changed.items() if e is None]
         self.last_delta = (base, self.version, nodes, gone)
-        for addr in self._changed:
-            self._order.pop(addr, None)
-            self._order[addr] = self.version  # moves to the end: the order is by last change
         self._changed = {}
         self._cache, self._encoded = {}, {}
         if len(self._order) > 2 * len(self.entries) + 1024:  # forget the oldest removals
