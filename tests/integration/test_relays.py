@@ -155,7 +155,13 @@ def test_killing_the_home_relay_mid_stream_loses_nothing_and_stalls_under_3_s(ne
 def test_a_relay_added_later_is_learned_and_used(net):
     lab, etcd, r = net
     i = r.add_relay()
-    r.start(i)
+    # Without a copy of the network's key it refuses to start, with one line saying so.
+    proc = lab.tunneld(r.hosts[i], "serve", "--listen", r.endpoint(i), "--store", etcd.url, "--state-dir",
+                       r.hosts[i].state_dir, log_name="nokey")
+    assert proc.wait(30) == 2
+    said = [line for line in lab.log("nokey").splitlines() if line.startswith("tunneld:")]
+    assert len(said) == 1 and "already holds a network" in said[0] and "private.key" in said[0], said
+    r.start(i)  # with the key copied from relay 1
     wait_for(lambda: r.endpoint(i) in r.node_status("alpha")["relay"]["relays"], 15,
              what="alpha to learn the new relay")
     # The relays alpha was given die; it moves to the one it only learned of.
