@@ -290,7 +290,7 @@ class Relay(OperatorCommands):
         self.by_addr[m.addr] = m
         self.directory.set(m.entry())
 
-    def _offline(self, m: Member) -> None:
+    def _offline(self, m: Member, why: str = "went offline") -> None:
         if m.endpoint is not None and self.by_endpoint.get(m.endpoint) is m:
             del self.by_endpoint[m.endpoint]
         if self.by_addr.get(m.addr) is m:
@@ -298,19 +298,14 @@ class Relay(OperatorCommands):
         if m.online:
             m.online = False
             self._seen[m.name] = self.env.wall()
-            log.info("%s (%s) went offline", m.name, m.address)
-        self.directory.set(m.entry())
+            log.info("%s (%s) %s", m.name, m.address, why)
+        self.directory.set(m.entry())  # (a member that moved away: cluster.py shows its new home next)
 
     def moved_away(self, m: Member) -> None:
         """m joined another relay of the network since: that one is its home now."""
-        if m.endpoint is not None and self.by_endpoint.get(m.endpoint) is m:
-            del self.by_endpoint[m.endpoint]
-        if self.by_addr.get(m.addr) is m:
-            del self.by_addr[m.addr]
         if m.online:
-            m.online = False
             self.counts["moved_away"] += 1
-            log.info("%s (%s) is homed on another relay now", m.name, m.address)
+        self._offline(m, "is homed on another relay now")
 
     def forget(self, m: Member) -> None:
         self._offline(m)
