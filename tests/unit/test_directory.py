@@ -108,6 +108,21 @@ def test_a_burst_of_changes_bigger_than_a_message_goes_as_deltas_and_survives_a_
     assert lossy.version == d.version and lossy.entries == d.entries
 
 
+def test_a_delta_for_another_base_is_ignored():
+    d = Directory(1)
+    d.set(entry(1))
+    d.publish()
+    m = mirror_of(d)
+    d.set(entry(2))
+    d.publish()
+    d.set(entry(3))
+    d.publish()
+    stale_delta = {"t": "dir", "v": d.version, "base": d.version - 5, "i": 0, "c": 1, "mtu": 1432,
+                   "nodes": [tuple(entry(3).wire())], "gone": []}
+    assert not m.apply(stale_delta)
+    assert entry(3).addr not in m.entries
+
+
 def test_big_snapshot_in_chunks_in_any_order():
     d = Directory(7)
     for i in range(300):
