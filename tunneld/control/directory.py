@@ -46,11 +46,18 @@ class Entry:
 
     def size(self) -> int:
         """Bytes this entry takes in a message (its hello included)."""
-        return len(encode(self.wire())) + len(encode(_hello(self.hello))) + len(encode(self.lock))
+        return len(encode(self.wire())) + len(encode(hello_list(self.hello))) + len(encode(self.lock))
 
 
-def _hello(h: Hello) -> list:
+def hello_list(h: Hello) -> list:
+    """A hello as directory messages (and presence records in etcd) carry it."""
     return [h.newest, h.oldest, sorted(h.caps)]
+
+
+def _full(count: int, used: int, size: int) -> bool:
+    """Does a message holding count entries in used bytes take no entry of size more? The one
+    rule by which publish() splits versions and _deltas() cuts messages: they must agree."""
+    return bool(count or used) and (count == MAX_NODES_PER_CHUNK or used + size > CHUNK_BYTES)
 
 
 def _chunks(entries: list[Entry], sizes, budget: int) -> list[list[Entry]]:
@@ -69,7 +76,7 @@ def _message(version: int, base: int | None, i: int, count: int, mtu: int, entri
              gone: list[bytes], relays: list[str]) -> dict:
     msg = {"t": "dir", "v": version, "base": base, "i": i, "c": count, "mtu": mtu,
            "nodes": [e.wire() for e in entries], "gone": gone,
-           "hellos": [_hello(e.hello) for e in entries], "locks": [e.lock for e in entries]}
+           "hellos": [hello_list(e.hello) for e in entries], "locks": [e.lock for e in entries]}
     if relays:  # several relays serve the network (since 0.4.0; older nodes ignore it)
         msg["relays"] = relays
     return msg
@@ -139,8 +146,8 @@ class Directory:
         count = used = 0
         for addr, e in self._changed.items():
             size = self._size(e) if e is not None else 6
-            if (count or used) and (count == MAX_NODES_PER_CHUNK or used + size > CHUNK_BYTES):
-                self.version += 1  # the same rule as _deltas uses to cut
+            if _full(count, used, size):
+                self.version += 1
                 count = used = 0
             count += e is not None
             used += size
@@ -165,7 +172,6 @@ class Directory:
             return []
         msgs = self._cache.get(held_version)
         if msgs is None:
-            msgs = None
             if held_version is not None and self.first <= held_version < self.version:
                 msgs = self._deltas(held_version)
             msgs = self._cache[held_version] = msgs or self.snapshot()
@@ -190,7 +196,7 @@ class Directory:
         for v, addr in reversed(changed):
             e = self.entries.get(addr)
             size = self._size(e) if e is not None else 6
-            if (nodes or gone) and (len(nodes) == MAX_NODES_PER_CHUNK or used + size > CHUNK_BYTES):
+            if _full(len(nodes), used, size):
                 # This message ends just before v: whatever it holds of v is newer than that,
                 # which a mirror may hold early; the rest of v comes in the next message.
                 if v - 1 <= base:

@@ -288,8 +288,9 @@ class Registry:
             del self.by_key[held.public_key]
         record.mtu = record.mtu or (held.mtu if held else None)
         self.by_name[record.name] = record
-        self._used = None if held is not None else self._used
-        if self._used is not None:
+        if held is not None:
+            self._used = None  # the address it replaced may be free now: counted again when needed
+        elif self._used is not None:
             self._used.add(int(ipaddress.IPv4Address(record.address)))
         if record.public_key is not None and record.public_key not in self.revoked:
             self.by_key[record.public_key] = record

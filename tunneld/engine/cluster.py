@@ -23,7 +23,7 @@ import json
 import logging
 import struct
 
-from ..control.directory import Entry
+from ..control.directory import Entry, hello_list
 from ..drops import Drop
 from ..proto import endpoint, mesh, wire
 from ..proto.version import Hello
@@ -218,7 +218,7 @@ class Cluster:
                 continue
             if m.online and r.by_addr.get(m.addr) is m:
                 changes[m.name] = {"relay": self.id, "ep": e.endpoint, "mtu": e.mtu, "routes": list(e.routes),
-                                   "lan": list(e.lan), "hello": [e.hello.newest, e.hello.oldest, sorted(e.hello.caps)]}
+                                   "lan": list(e.lan), "hello": hello_list(e.hello)}
                 self.homed.add(m.name)
             elif m.name in self.homed:
                 self.homed.discard(m.name)
@@ -233,18 +233,18 @@ class Cluster:
         self.presence_writes([m.entry() for m in r.by_addr.values()])
 
     def status(self, now: float) -> list[dict]:
-        rows = [{"id": self.id, "listen": self.relay.listen, "self": True, "health": "up", "rtt_ms": None}]
-        for info in sorted(self.relays.values(), key=lambda i: i.id):
-            rows.append({"id": info.id, "listen": info.listen, "self": False,
-                         "health": "up" if now - info.heard < DOWN_AFTER else "down",
-                         "rtt_ms": None if info.rtt is None else round(info.rtt * 1000, 3)})
-        return rows
+        """The other relays, as `tunneld status` lists them after this one."""
+        return [{"id": info.id, "listen": info.listen, "self": False,
+                 "health": "up" if now - info.heard < DOWN_AFTER else "down",
+                 "rtt_ms": None if info.rtt is None else round(info.rtt * 1000, 3)}
+                for info in sorted(self.relays.values(), key=lambda i: i.id)]
 
-    def let_go(self, name: str) -> None:
-        """A node revoked while homed here: its presence goes now, not with our lease."""
-        if name in self.homed:
-            self.homed.discard(name)
-            self.relay.writes.append(SavePresence({name: None}))
+    def let_go(self, record) -> None:
+        """A node revoked: it is homed nowhere; if here, its presence goes now, not with our lease."""
+        self.homes.pop(ipaddress.IPv4Address(record.address).packed, None)
+        if record.name in self.homed:
+            self.homed.discard(record.name)
+            self.relay.writes.append(SavePresence({record.name: None}))
 
     def home_of(self, addr: bytes) -> str | None:
         return self.homes.get(addr)

@@ -35,8 +35,7 @@ class OperatorCommands:
         self.directory.remove(ipaddress.IPv4Address(record.address).packed)
         self._mtus.pop(name, None)
         if self.cluster is not None:
-            self.cluster.let_go(name)
-            self.cluster.homes.pop(ipaddress.IPv4Address(record.address).packed, None)
+            self.cluster.let_go(record)
         log.info("revoked %s (%s)", name, record.address)
 
     def issue_token(self, ttl: float | None, uses: int = 1) -> str:

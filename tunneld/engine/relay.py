@@ -384,6 +384,6 @@ class Relay(OperatorCommands):
                 "mtu": self.directory.mtu, "relay_mtu": self.relay_mtu, "protocol": str(OURS),
                 "public_key": self.identity.public.hex(), "nodes": nodes,
                 "sessions": len(self.table),
-                "relays": c.status(now) if c else [{"id": self.listen, "listen": self.listen, "self": True,
-                                                    "health": "up", "rtt_ms": None}],
+                "relays": [{"id": self.listen, "listen": self.listen, "self": True, "health": "up", "rtt_ms": None},
+                           *(c.status(now) if c else ())],
                 "counters": dict(self.counts), "drops": dict(self.drops)}

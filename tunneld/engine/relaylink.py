@@ -375,7 +375,8 @@ class RelayLink:
         self.problem = problem
 
     def status(self, label: str) -> dict:
-        return {"endpoint": self.endpoint or label, "relays": list(self.relays), "connected": self.up, "transport": "tcp" if self.tcp else "udp",
+        return {"endpoint": self.endpoint or label, "relays": list(self.relays), "connected": self.up,
+                "transport": "tcp" if self.tcp else "udp",
                 "rtt_ms": None if self.rtt is None or not self.up else round(self.rtt * 1000, 3),
                 "seen_as": self.seen_as or None,
                 "protocol": str(self.hello) if self.hello is not None else None,

@@ -37,7 +37,7 @@ from ..host.cpu import has_aes
 from ..host.links import Links
 from ..host.notify import notify
 from ..host.tun import Tun
-from ..proto import lock, wire
+from ..proto import endpoint, lock, wire
 from ..proto.endpoint import RELAY
 from ..proto.token import JoinToken, TokenError
 from ..state import NODE_FILE, SOCKET_FILE, load_identity, load_node_state, prepare_dir, save_node_state
@@ -164,7 +164,7 @@ class NodeDaemon(Daemon):
             self.gro = enable_gro(self.sock)
             lan = self._lan_endpoints(route.ifname, self.sock.getsockname()[1])
             # The relay first: node.py checks it lies outside the overlay.
-            others = tuple(r.rpartition(":")[0] for r in s.relays[1:])
+            others = tuple(endpoint.parse(r)[0] for r in s.relays[1:])
             protected = (s.relay_ip, *others, *([route.gateway] if route.gateway else []),
                          *self.links.connected_networks(s.interface))
             chain, pinned, known = self._lock(identity, token, remembered, s.name)
@@ -229,8 +229,7 @@ class NodeDaemon(Daemon):
             self.drops[Drop.TUN_WRITE_ERROR] += 1
 
     def relay_endpoint(self, address: str) -> None:
-        host, _, port = address.rpartition(":")
-        self.relay_addr = (host, int(port))
+        self.relay_addr = endpoint.parse(address)  # the link passes only addresses that parse
         self.relay_label = address
         if self.stream is not None:  # a TCP stream goes to the old relay
             if self.stream.transport is not None:

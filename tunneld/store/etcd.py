@@ -165,19 +165,23 @@ class EtcdStore:
         if not ok:
             raise Conflict("a name, key or address was taken at another relay meanwhile")
 
-    async def _update_node(self, name: str, change) -> None:
-        """Read, change and write back one node record, unless another write came between."""
+    async def _rewrite(self, kind: str, name: str, parse, change, dump) -> None:
+        """Read one record, change it and write it back, unless another write came between
+        (then again, a few times); nothing if it is not there."""
+        k = self.key(kind, name)
         for _ in range(5):
-            kvs, _, _ = await self.client.range(self.key("nodes", name))
+            kvs, _, _ = await self.client.range(k)
             if not kvs:
                 return
-            record = parse_node(name, unb64(kvs[0].get("value")))
+            record = parse(name, unb64(kvs[0].get("value")))
             change(record)
-            ok, _ = await self.client.txn([unchanged(self.key("nodes", name), int(kvs[0]["mod_revision"]))],
-                                          [put(self.key("nodes", name), node_value(record))])
+            ok, _ = await self.client.txn([unchanged(k, int(kvs[0]["mod_revision"]))], [put(k, dump(record))])
             if ok:
                 return
-        raise Conflict(f"node {name!r} kept changing at other relays")
+        raise Conflict(f"{kind}/{name[:64]} kept changing at other relays")
+
+    async def _update_node(self, name: str, change) -> None:
+        await self._rewrite("nodes", name, parse_node, change, node_value)
 
     async def set_mtu(self, name: str, mtu: int) -> None:
         await self.client.call("/v3/kv/put", put(self.key("mtu", name), str(mtu))["request_put"])
@@ -210,17 +214,9 @@ class EtcdStore:
         await self.client.txn([], [put(self.key("tokens", token.token_id.hex()), token_value(token))])
 
     async def revoke_token(self, token_id: bytes) -> None:
-        k = self.key("tokens", token_id.hex())
-        for _ in range(5):
-            kvs, _, _ = await self.client.range(k)
-            if not kvs:
-                return
-            t = parse_token(token_id.hex(), unb64(kvs[0].get("value")))
+        def change(t: TokenRecord) -> None:
             t.revoked = True
-            ok, _ = await self.client.txn([unchanged(k, int(kvs[0]["mod_revision"]))], [put(k, token_value(t))])
-            if ok:
-                return
-        raise Conflict("the token kept changing at other relays")
+        await self._rewrite("tokens", token_id.hex(), parse_token, change, token_value)
 
     async def set_meta(self, key: str, value: str) -> None:
         await self.client.txn([], [put(self.key("meta", key), value)])
