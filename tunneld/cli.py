@@ -150,16 +150,20 @@ def _advertise(s: dict, host: str, port: int) -> str:
 @click.option("--snat-routes/--no-snat-routes", default=None,
               help="Masquerade overlay traffic into the advertised prefixes, so that answers come back "
                    "through this node [on].")
+@click.option("--pod-cidr", metavar="CIDR|FILE",
+              help="This node's pod network, carried natively (routed mode, no VXLAN inside the tunnel): "
+                   "a CIDR, or the path of flannel's subnet.env to follow. Implies --accept-routes.")
 @click.option("--log-level", metavar="LEVEL", help="debug, info, warning or error [info].")
 def join(relay, token_, token_file, name, interface, state_dir, config, port, advertise_routes, accept_routes,
-         snat_routes, log_level):
+         snat_routes, pod_cidr, log_level):
     """Join the overlay and keep the node on it, in the foreground (systemd runs it)."""
     s = merged(dict(relay=relay, token=token_, token_file=token_file, name=name, interface=interface,
                     state_dir=state_dir, port=port, log_level=log_level, accept_routes=accept_routes,
-                    advertise_routes=list(advertise_routes) or None, snat_routes=snat_routes), config,
+                    advertise_routes=list(advertise_routes) or None, snat_routes=snat_routes, pod_cidr=pod_cidr),
+               config,
                {"relay": None, "token": None, "token_file": None, "name": None, "interface": DEFAULT_INTERFACE,
                 "state_dir": DEFAULT_STATE_DIR, "port": 0, "log_level": "info", "advertise_routes": [],
-                "accept_routes": False, "snat_routes": True})
+                "accept_routes": False, "snat_routes": True, "pod_cidr": ""})
     if not s["relay"]:
         raise ConfigError("join needs --relay HOST:PORT, the relay's public address")
     given = s["relay"] if isinstance(s["relay"], list) else str(s["relay"]).split(",")
@@ -196,10 +200,11 @@ def join(relay, token_, token_file, name, interface, state_dir, config, port, ad
     if routes and s["snat_routes"]:
         from .host.nat import check_available
         check_available()
+    pods = _pod_cidr(s["pod_cidr"], routes)
     settings = JoinSettings(host, relays[0][1], rport, text, node_name,
                             check_interface_name(s["interface"]), s["state_dir"], lport,
-                            check_log_level(s["log_level"]), routes, s["accept_routes"], s["snat_routes"],
-                            tuple(dict.fromkeys(f"{ip}:{p}" for _, ip, p in relays)))
+                            check_log_level(s["log_level"]), routes, s["accept_routes"] or bool(pods),
+                            s["snat_routes"], tuple(dict.fromkeys(f"{ip}:{p}" for _, ip, p in relays)), pods)
     from .proto.token import JoinToken, TokenError
     try:
         JoinToken.parse(text)
@@ -232,8 +237,17 @@ def status(state_dir, as_json):
 
 @cli.command("kube-env")
 @click.option("--state-dir", metavar="DIR", default=DEFAULT_STATE_DIR, show_default=True)
-def kube_env(state_dir):
+@click.option("--net-conf", "mode", metavar="vxlan|routed",
+              help="Print kube-flannel's net-conf.json instead: flannel's VXLAN over tunneld0, or pod "
+                   "CIDRs routed by tunneld itself (join --pod-cidr).")
+@click.option("--cluster-cidr", metavar="CIDR", default="10.244.0.0/16", show_default=True,
+              help="The cluster's pod network, for --net-conf.")
+def kube_env(state_dir, mode, cluster_cidr):
     """Print what kubelet and flannel need on this node (shell / EnvironmentFile syntax)."""
+    if mode is not None:
+        from .kube import net_conf
+        click.echo(net_conf(mode, cluster_cidr), nl=False)
+        return 0
     from .host.links import Links
     from .kube import kube_env as render, node_ip_problem
     from .net.ctlsock import request
@@ -260,6 +274,22 @@ def kube_env(state_dir):
                            "is 'tunneld join' running?")
     click.echo(render(name, address, interface, mtu), nl=False)
     return 0
+
+
+def _pod_cidr(value, routes: tuple[str, ...]) -> str:
+    """--pod-cidr: a prefix (checked as an advertised route), or the absolute path of flannel's subnet.env."""
+    text = str(value or "").strip()
+    if not text or text.startswith("/"):
+        return text
+    if "," in text:
+        raise ConfigError(f"--pod-cidr {text[:40]!r}: give one prefix, or the path of flannel's subnet.env")
+    try:
+        (prefix,) = parse_routes(text)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("--advertise-routes", "--pod-cidr")) from None
+    if prefix in routes:
+        raise ConfigError(f"--pod-cidr {prefix} is also in --advertise-routes; give it once")
+    return prefix
 
 
 def _size(n: int) -> str:

@@ -138,6 +138,7 @@ class JoinSettings:
     accept_routes: bool = False
     snat_routes: bool = True
     relays: tuple[str, ...] = ()  # every --relay given, "ip:port", the first of them first
+    pod_cidr: str = ""  # this node's pod network, routed natively: a CIDR, or flannel's subnet.env to follow
 
 
 def parse_routes(value) -> tuple[str, ...]:

@@ -11,10 +11,11 @@ break (the node name came from the relay: it is checked here too, not trusted).
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 
 from .engine.mss import VXLAN_OVERHEAD
-from .errors import TunneldError
+from .errors import ConfigError, TunneldError
 from .proto.messages import valid_name
 
 FLANNEL_ANNOTATION = "flannel.alpha.coreos.com/public-ip-overwrite"
@@ -36,6 +37,19 @@ def node_ip_problem(address: str, local_addresses) -> str | None:
         return f"{ip} is the all-zeros address"
     if ip not in {ipaddress.ip_address(a) for a in local_addresses}:
         return f"{ip} is not an address of any local interface"
+    return None
+
+
+def flannel_subnet(text: str) -> str | None:
+    """The pod CIDR flannel leased this node, from its subnet.env (FLANNEL_SUBNET=10.244.1.1/24
+    names the bridge's address and the prefix): '10.244.1.0/24', or None if it holds none."""
+    for line in text.splitlines():
+        key, _, value = line.strip().partition("=")
+        if key == "FLANNEL_SUBNET":
+            try:
+                return str(ipaddress.IPv4Interface(value.strip().strip("'\"")).network)
+            except ValueError:
+                return None
     return None
 
 
@@ -71,3 +85,19 @@ def kube_env(name: str, address: str, interface: str, mtu: int) -> str:
     lines = [f"# tunneld: node {name}, {interface} {address}, MTU {int(mtu)}"]
     lines += [s if isinstance(s, str) else f"{s[0]}={_quoted(s[1])}" for s in settings]
     return "\n".join(lines) + "\n"
+
+
+def net_conf(mode: str, cluster_cidr: str) -> str:
+    """kube-flannel's net-conf.json for pods over tunneld. 'vxlan': flannel's VXLAN rides the
+    overlay (flanneld --iface=tunneld0). 'routed': no VXLAN inside the tunnel; each node's
+    `tunneld join --pod-cidr /run/flannel/subnet.env` advertises the pod CIDR flannel leased it,
+    and flannel's extension backend (which builds no devices and no routes) only hands out
+    the leases and writes subnet.env, with tunneld0's MTU for the pods."""
+    try:
+        network = ipaddress.IPv4Network(cluster_cidr)
+    except ValueError:
+        raise ConfigError(f"--cluster-cidr {cluster_cidr[:40]!r} is not an IPv4 prefix like 10.244.0.0/16") from None
+    backend = {"vxlan": {"Type": "vxlan", "Port": 8472}, "routed": {"Type": "extension"}}.get(mode)
+    if backend is None:
+        raise ConfigError(f"--net-conf {mode[:20]!r}: use vxlan or routed")
+    return json.dumps({"Network": str(network), "EnableIPv4": True, "Backend": backend}, indent=2) + "\n"

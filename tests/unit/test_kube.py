@@ -5,7 +5,9 @@ import subprocess
 import pytest
 
 from tunneld.errors import TunneldError
-from tunneld.kube import kube_env
+import json
+
+from tunneld.kube import flannel_subnet, kube_env, net_conf
 from tunneld.proto import messages
 from tunneld.proto.errors import ProtocolError
 
@@ -46,3 +48,18 @@ def test_a_node_refuses_a_join_reply_or_directory_entry_with_a_hostile_name():
     msg = {"t": "dir", "v": 1, "base": None, "i": 0, "c": 1, "mtu": 1380, "nodes": [entry], "gone": []}
     with pytest.raises(ProtocolError, match="bad node name"):
         messages.decode_control(messages.encode(msg))
+
+
+def test_flannel_subnet_env_names_the_pod_cidr():
+    env = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=1382\nFLANNEL_IPMASQ=true\n"
+    assert flannel_subnet(env) == "10.244.7.0/24"
+    assert flannel_subnet("FLANNEL_NETWORK=10.244.0.0/16\n") is None
+    assert flannel_subnet("FLANNEL_SUBNET=not-an-address\n") is None
+    assert flannel_subnet("") is None
+
+
+@pytest.mark.parametrize("mode, backend", [("vxlan", {"Type": "vxlan", "Port": 8472}),
+                                            ("routed", {"Type": "extension"})])
+def test_net_conf_is_flannels_json(mode, backend):
+    conf = json.loads(net_conf(mode, "10.42.0.0/16"))
+    assert conf == {"Network": "10.42.0.0/16", "EnableIPv4": True, "Backend": backend}

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..control.backoff import Backoff
 from ..control.directory import DirectoryMirror
@@ -301,6 +301,15 @@ class Node:
         self.effects.append(SetGateway(assignment.network, self.config.routes))
         self._save()
 
+    def advertise(self, routes: tuple[str, ...], now: float) -> None:
+        """The prefixes we route for others changed (a pod CIDR flannel leased): tell the relay
+        in a new handshake, which carries them, and route for them from now on."""
+        self.config = replace(self.config, routes=tuple(routes))
+        self.routes.advertised = self.config.routes
+        self.relay.advertise(self.config.routes, now)
+        if self.assignment is not None:
+            self.effects.append(SetGateway(self.assignment.network, self.config.routes))
+
     def _adopt_mtu(self, network_mtu: int) -> bool:
         """The overlay MTU the relay says; True if tunneld0's changed (the caller saves it)."""
         changed = self.mtu.adopt(network_mtu)
@@ -382,18 +391,7 @@ class Node:
             "accepted_routes": list(self.routes.accepted),
             "public_key": self.identity.public.hex(),
             "relay": self.relay.status(label),
-            "peers": [{
-                "name": p.name, "address": p.address, "online": p.online,
-                "path": "relay" if p.tx_ep is RELAY else "direct",
-                "endpoint": label if p.tx_ep is RELAY else endpoint.format(p.tx_ep),
-                "mtu": (p.path_mtu if p.tx_ep is RELAY else p.direct_mtu) or None,
-                "routes": list(p.routes),
-                "session": p.keys.current is not None,
-                "protocol": str(p.hello),
-                "problem": p.problem or None,
-                "rtt_ms": None if p.rtt is None else round(p.rtt * 1000, 3),
-                "rx_bytes": p.rx_bytes, "tx_bytes": p.tx_bytes,
-            } for p in sorted(self.peers.values(), key=lambda p: p.name)],
+            "peers": [p.row(label) for p in sorted(self.peers.values(), key=lambda p: p.name)],
             **self.trust.status(),
             "counters": dict(self.counts),
             "drops": dict(self.drops),

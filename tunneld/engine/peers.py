@@ -102,6 +102,18 @@ class Peer:
         self.sources: tuple = ()  # (network, mask) pairs it may send from besides its address
         self.update(entry, now)
 
+    def row(self, relay_label: str) -> dict:
+        """This peer as `tunneld status` shows it."""
+        relayed = self.tx_ep is RELAY
+        return {"name": self.name, "address": self.address, "online": self.online,
+                "path": "relay" if relayed else "direct",
+                "endpoint": relay_label if relayed else endpoint.format(self.tx_ep),
+                "mtu": (self.path_mtu if relayed else self.direct_mtu) or None,
+                "routes": list(self.routes), "session": self.keys.current is not None,
+                "protocol": str(self.hello), "problem": self.problem or None,
+                "rtt_ms": None if self.rtt is None else round(self.rtt * 1000, 3),
+                "rx_bytes": self.rx_bytes, "tx_bytes": self.tx_bytes}
+
     def update(self, entry: Entry, now: float) -> None:
         self.name, self.online, self.endpoint = entry.name, entry.online, entry.endpoint
         self.underlay_mtu, self.routes, self.lan = entry.mtu, entry.routes, entry.lan

@@ -34,7 +34,7 @@ A node is this link plus its peers (node.py); bench/swarm.py drives links alone.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from collections import Counter
 
@@ -265,6 +265,11 @@ class RelayLink:
         self.next_attempt = now + self.backoff.next()
         self.counts["relay_handshakes_sent"] += 1
         self.out.send(RELAY, init)
+
+    def advertise(self, routes: tuple[str, ...], now: float) -> None:
+        self.request = replace(self.request, routes=routes)
+        if self.up:
+            self.handshake(now)  # the relay takes a member's routes from its every handshake
 
     def control(self, msg: dict) -> None:
         sealed = seal_control(self.keys, msg)

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from time import monotonic
 
 from ..config import JoinSettings
+from ..control.registry import RouteError, check_routes
 from ..drops import Drop
 from ..engine import effects as fx
 from ..engine.node import Node, NodeConfig
@@ -37,6 +38,7 @@ from ..host.cpu import has_aes
 from ..host.links import Links
 from ..host.notify import notify
 from ..host.tun import Tun
+from ..kube import flannel_subnet
 from ..proto import endpoint, lock, wire
 from ..proto.endpoint import RELAY
 from ..proto.token import JoinToken, TokenError
@@ -53,6 +55,7 @@ TCP_QUEUE = 256
 TUN_READS = 64  # reads per readiness callback; each may carry a 64 KB TCP super-packet
 TUN_READ_SIZE = VNET_HDR_LEN + 65535
 WRITE_BATCH = 64  # packets held for merging before they go to the TUN device
+SUBNET_ENV_EVERY = 5.0  # seconds between looks at flannel's subnet.env (--pod-cidr FILE)
 
 
 class RelayStream(FramedStream):
@@ -124,6 +127,10 @@ class NodeDaemon(Daemon):
         self._host = ThreadPoolExecutor(1, thread_name_prefix="host")
         self._host_queue: deque = deque()
         self._host_wake: asyncio.Event | None = None
+        # --pod-cidr: our pod network, advertised and never masqueraded; a file is followed
+        given = settings.pod_cidr
+        self.pods: tuple[str, ...] = (given,) if given and not given.startswith("/") else ()
+        self._subnet_env = (None, 0.0)  # (what we read, when we look next)
 
     async def run(self) -> tuple[int, str]:
         s = self.settings
@@ -168,8 +175,10 @@ class NodeDaemon(Daemon):
             protected = (s.relay_ip, *others, *([route.gateway] if route.gateway else []),
                          *self.links.connected_networks(s.interface))
             chain, pinned, known = self._lock(identity, token, remembered, s.name)
+            self._follow_subnet_env(monotonic(), start=True)
             config = NodeConfig(s.name, token.credential, wire.SUITE_AESGCM if has_aes() else wire.SUITE_CHACHAPOLY,
-                                route.mtu, mtu, assignment, s.advertise_routes, s.accept_routes, protected, lan,
+                                route.mtu, mtu, assignment, s.advertise_routes + self.pods, s.accept_routes,
+                                protected, lan,
                                 self.relay_label, chain=chain, lock=pinned, known_keys=known,
                                 host_claims=(*self.links.claims(s.interface), *resolvers()),
                                 relays=s.relays or (self.relay_label,))
@@ -328,9 +337,10 @@ class NodeDaemon(Daemon):
             said = []
             if nat.enable_forwarding():
                 said.append("turned on IPv4 forwarding for the advertised routes")
-            if self.settings.snat_routes:
-                nat.masquerade(effect.network, list(effect.prefixes), self.settings.interface)
-                said.append(f"masquerading overlay traffic into {', '.join(effect.prefixes)}")
+            masqueraded = [p for p in effect.prefixes if p not in self.pods]  # pods keep their addresses
+            if self.settings.snat_routes and masqueraded:
+                nat.masquerade(effect.network, masqueraded, self.settings.interface)
+                said.append(f"masquerading overlay traffic into {', '.join(masqueraded)}")
             return "; ".join(said)
         if shutil.which("nft"):
             nat.remove()  # a rule left from a run that advertised routes
@@ -441,6 +451,34 @@ class NodeDaemon(Daemon):
 
     def tick(self, now: float) -> None:
         self.engine.tick(now)
+        if now >= self._subnet_env[1] and self.settings.pod_cidr.startswith("/"):
+            self._follow_subnet_env(now)
+
+    def _follow_subnet_env(self, now: float, start: bool = False) -> None:
+        """--pod-cidr FILE: flannel writes the pod CIDR it leased us there, after tunneld0 is up
+        (it needs it); when the lease appears or changes, the relay hears of it at once."""
+        path = self.settings.pod_cidr
+        if not path.startswith("/"):
+            return
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                found = flannel_subnet(f.read(4096))
+        except OSError:
+            found = None
+        seen = self._subnet_env[0]
+        self._subnet_env = (found, now + SUBNET_ENV_EVERY)
+        if found == seen or found is None:
+            return
+        try:
+            pods = tuple(p for p in check_routes((found,)) if p not in self.settings.advertise_routes)
+        except RouteError as exc:
+            log.error("%s names a pod network tunneld cannot route: %s", path, exc)
+            return
+        log.info("pod network %s (from %s) is routed through the overlay", found, path)
+        self.pods = pods
+        if not start:
+            self.engine.advertise(self.settings.advertise_routes + pods, now)
+            self.after_input()
 
     def _control(self, request: dict) -> dict:
         if request.get("cmd") == "status":
