@@ -22,6 +22,7 @@ measured in the same run as rows "tunneld REV direct" and "tunneld REV relayed".
 
 Usage: bin/bench [--quick | --full] [--seconds N] [--repeat N] [--only ROW] [--nodes N]
                  [--compare REV] [--json FILE] [--chart FILE]
+       bin/bench --budget [--compare REV]      the per-packet budget alone (bench/budget.py)
 """
 
 from __future__ import annotations
@@ -301,9 +302,15 @@ def main(argv=None) -> int:
     ap.add_argument("--relay-nodes", type=int, default=0, help="nodes for that cell [--nodes]")
     ap.add_argument("--compare", metavar="REV", help="also measure tunneld at REV (a tag such as v0.1.0, or a "
                     "commit of this repository) in the same run, in a venv of its own")
+    ap.add_argument("--budget", action="store_true", help="only the per-packet budget (bench/budget.py): µs per "
+                    "packet per stage of the data path; with --compare REV, REV's beside it")
     ap.add_argument("--json", metavar="FILE", help="write the run here [bench/results/DATE.json]")
     ap.add_argument("--chart", metavar="FILE", help="draw the table here [bench/results/DATE.png]")
     args = ap.parse_args(argv)
+    if args.budget:
+        import budget
+        return budget.main([*(("--compare", args.compare) if args.compare else ()),
+                            *(("--json", args.json) if args.json else ())])
     seconds = args.seconds or (10.0 if args.full else 3.0)
     repeat = args.repeat or (3 if args.full else 1)
     if seconds <= 0 or repeat < 1:

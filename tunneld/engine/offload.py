@@ -37,7 +37,7 @@ import struct
 
 from ..drops import Drop
 from ..proto.wire import PARTIAL, PARTIAL_HEADER_LEN
-from .checksum import finish, fold, ip_header, pseudo_sum, sum16
+from .checksum import finish, ip_header, pseudo_sum, sum16
 
 VNET_HDR_LEN = 10
 NEEDS_CSUM = 1
@@ -46,6 +46,7 @@ GSO_TCPV4 = 1
 GSO_ECN = 0x80
 _VNET = struct.Struct("=BBHHHH")
 _H = struct.Struct("!H")
+_HH = struct.Struct("!HH")
 _I = struct.Struct("!I")
 _PARTIAL = struct.Struct("!BHH")
 
@@ -104,47 +105,56 @@ def _split_tcp4(pkt: memoryview, gso_size: int) -> tuple[list[bytes], str]:
     if h > n or h < ihl + 20:
         return [], Drop.TUN_GSO_MALFORMED
     hdr = bytearray(pkt[:h])
-    seq0 = _I.unpack_from(hdr, ihl + 4)[0]
-    ident0 = _H.unpack_from(hdr, 4)[0]
+    seq = _I.unpack_from(hdr, ihl + 4)[0]
+    ident = _H.unpack_from(hdr, 4)[0]
     flags = hdr[ihl + 13]
     hdr[2:6] = b"\x00\x00\x00\x00"  # total length and id vary per segment
     hdr[10:12] = b"\x00\x00"
     base = sum(struct.unpack_from(f"!{ihl // 2}H", hdr))
+    # One loop turn per segment, on the hot path: only what varies is written. CWR stays on
+    # the first segment, PSH and FIN on the last, as the kernel's own segmentation does.
+    at_flags, at_seq = ihl + 13, ihl + 4
     last = n - gso_size
+    total = h + gso_size
+    hdr[at_flags] = flags & ~_PSH_FIN if last > h else flags
+    middle = flags & ~(_CWR | _PSH_FIN)
+    pack_len_id, pack_h, pack_i, join = _HH.pack_into, _H.pack_into, _I.pack_into, b"".join
     out = []
-    i = 0
+    append = out.append
     for off in range(h, n, gso_size):
-        end = off + gso_size
-        if end > n:
-            end = n
-        total = h + end - off
-        ident = (ident0 + i) & 0xFFFF
-        _H.pack_into(hdr, 2, total)
-        _H.pack_into(hdr, 4, ident)
-        _H.pack_into(hdr, 10, finish(fold(base + total + ident)))
-        _I.pack_into(hdr, ihl + 4, (seq0 + off - h) & 0xFFFFFFFF)
-        f = flags
-        if i:
-            f &= ~_CWR
-        if off < last:
-            f &= ~_PSH_FIN
-        hdr[ihl + 13] = f
-        out.append(b"".join((hdr, pkt[off:end])))
-        i += 1
+        if off >= last:
+            total = h + n - off
+            hdr[at_flags] = flags & ~_CWR if off > h else flags
+        c = base + total + ident
+        c = (c & 0xFFFF) + (c >> 16)
+        pack_len_id(hdr, 2, total, ident)
+        pack_h(hdr, 10, ~((c & 0xFFFF) + (c >> 16)) & 0xFFFF)
+        pack_i(hdr, at_seq, seq & 0xFFFFFFFF)
+        append(join((hdr, pkt[off : off + gso_size])))
+        if off == h:
+            hdr[at_flags] = middle
+        ident = (ident + 1) & 0xFFFF
+        seq += gso_size
     return out, ""
 
 
 class _Flow:
-    __slots__ = ("first", "parts", "seq", "size", "total", "closed", "psh")
+    __slots__ = ("first", "parts", "seq", "size", "total", "closed", "psh", "same", "window", "options", "h")
 
     def __init__(self, packet: bytes, h: int, seq: int, size: int, flags: int):
         self.first = packet
+        self.h = h
         self.parts = [memoryview(packet)[h:]]
         self.seq = (seq + size) & 0xFFFFFFFF
         self.size = size
         self.total = len(packet)
         self.closed = bool(flags & 0x08)  # PSH: the sender's write ends here
         self.psh = self.closed
+        # What every later segment must repeat to join: TOS, DF/TTL, ack number and data
+        # offset, window, TCP options (timestamps) -- as the kernel's GRO asks.
+        self.same = (packet[1], packet[6], packet[8], packet[28:33])
+        self.window = packet[34:36]
+        self.options = packet[40:h]
 
 
 class Coalescer:
@@ -157,38 +167,36 @@ class Coalescer:
         self.flows: dict[bytes, _Flow] = {}
 
     def add(self, packet: bytes) -> None:
-        if packet[0] == PARTIAL:
-            self.items.append(single(packet))
-            return
-        ihl = (packet[0] & 0x0F) * 4
-        proto = packet[9]
-        if proto == 6 and ihl == 20 and len(packet) >= 40 and not (packet[6] & 0x3F or packet[7]):
-            key = packet[12:24]
+        # The hot case first, in as few steps as Python allows: an IPv4 packet without
+        # options or fragmentation carrying a TCP segment with data and only ACK (and PSH).
+        if (packet[0] == 0x45 and packet[9] == 6 and not (packet[6] & 0x3F or packet[7])
+                and len(packet) >= 40 and (packet[33] == _ACK or packet[33] == _ACK | 0x08)):
             h = 20 + (packet[32] >> 4) * 4
             size = len(packet) - h
-            flags = packet[33]
-            if size > 0 and (flags == _ACK or flags == _ACK | 0x08) and h <= len(packet):
+            if size > 0:
+                key = packet[12:24]
                 seq = _I.unpack_from(packet, 24)[0]
                 flow = self.flows.get(key)
-                if flow is not None:
-                    first = flow.first
-                    if (not flow.closed and seq == flow.seq and size <= flow.size
-                            and flow.total + size <= MAX_SUPER and len(flow.parts) < MAX_SEGMENTS
-                            and packet[28:33] == first[28:33] and packet[34:36] == first[34:36]
-                            and packet[40:h] == first[40:h] and packet[1] == first[1]
-                            and packet[6] == first[6] and packet[8] == first[8]):
-                        flow.parts.append(memoryview(packet)[h:])
-                        flow.seq = (seq + size) & 0xFFFFFFFF
-                        flow.total += size
-                        if size < flow.size or flags & 0x08:
-                            flow.closed = True
-                            flow.psh = bool(flags & 0x08)
-                        return
-                flow = _Flow(packet, h, seq, size, flags)
+                if (flow is not None and not flow.closed and seq == flow.seq and size <= flow.size
+                        and h == flow.h and flow.total + size <= MAX_SUPER and len(flow.parts) < MAX_SEGMENTS
+                        and (packet[1], packet[6], packet[8], packet[28:33]) == flow.same
+                        and packet[34:36] == flow.window and packet[40:h] == flow.options):
+                    flow.parts.append(memoryview(packet)[h:])
+                    flow.seq = (seq + size) & 0xFFFFFFFF
+                    flow.total += size
+                    if size < flow.size or packet[33] & 0x08:
+                        flow.closed = True
+                        flow.psh = bool(packet[33] & 0x08)
+                    return
+                flow = _Flow(packet, h, seq, size, packet[33])
                 self.flows[key] = flow
                 self.items.append(flow)
                 return
-            flow = self.flows.pop(key, None)  # keep the flow's order: what follows starts anew
+        if packet[0] == PARTIAL:
+            self.items.append(single(packet))
+            return
+        if packet[9] == 6 and len(packet) >= 24:
+            flow = self.flows.pop(packet[12:24], None)  # keep the flow's order: what follows starts anew
             if flow is not None:
                 flow.closed = True
         self.items.append(single(packet))

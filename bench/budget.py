@@ -1,0 +1,318 @@
+"""The per-packet budget: microseconds of each stage of tunneld's data path, per packet.
+
+Each stage runs tunneld's own code (and, for the system calls, the real kernel objects: a
+TUN device with offload, UDP sockets with GSO and GRO) in a network namespace of its own,
+on full-size TCP segments as the kernel hands them over under load: super-packets of
+SEGMENTS segments, split, clamped, sealed and sent in trains; received in GRO trains,
+opened, merged and written back as one super-packet. A stage's figure is its best of
+ROUNDS rounds (the floor this machine allows), divided by the packets it handled.
+
+  send side    tun read   one os.read of a super-packet (the kernel forwards one we wrote back
+                          out of the TUN device, so that it arrives whole), per segment
+               split      offload.split: the super-packet cut into IP packets
+               clamp      mss.clamp on each (not a SYN: the common case)
+               seal       Session.seal, AES-GCM (ChaCha20-Poly1305 without AES-NI)
+               send       udpio.Batch: a train of datagrams in one sendmsg (UDP_SEGMENT)
+  receive side receive    udpio.read: one recvmsg of a GRO train, cut into datagrams
+               open       Session.open, with the replay window
+               merge      offload.Coalescer: segments back into one super-packet
+               tun write  one os.writev of it, per segment
+  relay        forward    Relay.receive of a RELAYED datagram: look up, rewrite, hand on
+
+Usage: bin/bench --budget [--compare REV]   (or: python3 bench/budget.py [--compare REV], as root)
+  --compare REV   the same stages of tunneld at REV (a tag or commit of this repository), in
+                  the same run: before and after a change, on the same noisy machine
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if "--installed" not in sys.argv:  # else: the tunneld installed for `python -I` (--compare)
+    sys.path[:0] = [os.path.dirname(HERE)]
+
+SEGMENTS = 44  # what one 64 KB super-packet holds at the overlay's MTU
+MTU = 1432  # tunneld0's on a 1500-byte underlay
+ROUNDS = 7
+ITERATIONS = 200
+NS = f"tdbudget{os.getpid()}"
+
+
+def best(fn, packets: int, iterations: int = ITERATIONS) -> float:
+    """The best of ROUNDS rounds of `iterations` calls of fn, in µs per packet."""
+    out = []
+    for _ in range(ROUNDS):
+        t0 = time.perf_counter()
+        for _ in range(iterations):
+            fn()
+        out.append((time.perf_counter() - t0) / iterations / packets * 1e6)
+    return min(out)
+
+
+def tcp_super(src: bytes, dst: bytes, segments: int, size: int) -> bytes:
+    """A TCPV4 super-packet as the kernel writes one to the TUN device: IPv4 + TCP header
+    (20 + 32 bytes, with timestamps) and segments * size bytes, checksum left partial."""
+    from tunneld.engine.checksum import ip_header, pseudo_sum
+    total = 52 + segments * size
+    ip = bytearray(20)
+    ip[0], ip[8], ip[9] = 0x45, 64, 6
+    ip[2:4] = total.to_bytes(2, "big")
+    ip[6] = 0x40  # DF
+    ip[12:16], ip[16:20] = src, dst
+    ip[10:12] = ip_header(bytes(ip)).to_bytes(2, "big")
+    tcp = bytearray(32)
+    tcp[0:2], tcp[2:4] = (40000).to_bytes(2, "big"), (5201).to_bytes(2, "big")
+    tcp[4:8] = (1000).to_bytes(4, "big")
+    tcp[12], tcp[13] = 8 << 4, 0x10  # ACK
+    tcp[14:16] = (512).to_bytes(2, "big")
+    tcp[20:32] = bytes((1, 1, 8, 10)) + bytes(8)
+    tcp[16:18] = pseudo_sum(bytes(ip) + bytes(tcp) + bytes(segments * size), 6, total - 20).to_bytes(2, "big")
+    return bytes(ip) + bytes(tcp) + os.urandom(segments * size)
+
+
+def inner() -> dict:
+    from collections import Counter
+
+    from tunneld.engine.mss import clamp
+    from tunneld.engine.offload import VNET_HDR_LEN, Coalescer, GSO_TCPV4, NEEDS_CSUM, _VNET, split
+    from tunneld.host.tun import Tun
+    from tunneld.net.udpio import Batch, enable_gro, read as udp_read
+    from tunneld.proto import wire
+    from tunneld.proto.session import Session
+
+    def sh(*cmd):
+        subprocess.run(cmd, check=True, capture_output=True)
+
+    size = MTU - 52
+    result: dict = {"segments": SEGMENTS, "mtu": MTU}
+    # -- the TUN device: a super-packet written in is forwarded back out, and read whole
+    tun = Tun.open("tdb0", persist=False)
+    try:
+        sh("ip", "link", "set", "lo", "up")
+        sh("ip", "addr", "add", "100.64.0.1/24", "dev", "tdb0")
+        sh("ip", "link", "set", "tdb0", "mtu", str(MTU), "up")
+        sh("ip", "route", "add", "100.64.1.0/24", "dev", "tdb0")
+        for key, value in (("net.ipv4.ip_forward", "1"), ("net.ipv4.conf.all.send_redirects", "0"),
+                           ("net.ipv4.conf.tdb0.send_redirects", "0"), ("net.ipv4.conf.all.rp_filter", "0"),
+                           ("net.ipv4.conf.tdb0.rp_filter", "0")):
+            sh("sysctl", "-qw", f"{key}={value}")
+        packet = tcp_super(bytes((100, 64, 1, 2)), bytes((100, 64, 1, 3)), SEGMENTS, size)
+        vnet = _VNET.pack(NEEDS_CSUM, GSO_TCPV4, 52, size, 20, 16)
+        fd = tun.fd
+        got = []
+
+        def round_trip():
+            os.writev(fd, [vnet, packet])
+            got.append(os.read(fd, VNET_HDR_LEN + 65535))
+
+        for _ in range(20):
+            round_trip()
+        buf = got[-1]
+        segs, reason = split(buf)
+        result["tun_super_ok"] = len(segs) == SEGMENTS and not reason
+
+        def write_only():
+            os.writev(fd, [vnet, packet])
+
+        def read_only():
+            os.read(fd, VNET_HDR_LEN + 65535)
+
+        # A write and a read in turn; each timed on its own over the same rounds.
+        writes, reads = [], []
+        for _ in range(ROUNDS):
+            tw = tr = 0.0
+            for _ in range(ITERATIONS):
+                t0 = time.perf_counter()
+                write_only()
+                t1 = time.perf_counter()
+                read_only()
+                t2 = time.perf_counter()
+                tw += t1 - t0
+                tr += t2 - t1
+            writes.append(tw / ITERATIONS / SEGMENTS * 1e6)
+            reads.append(tr / ITERATIONS / SEGMENTS * 1e6)
+        result["tun_read"] = min(reads)
+        result["tun_write"] = min(writes)
+    finally:
+        tun.close()
+
+    # -- pure stages
+    result["split"] = best(lambda: split(buf), SEGMENTS)
+    result["clamp"] = best(lambda: [clamp(p, 1380, 1330) for p in segs], SEGMENTS)
+    key = os.urandom(32)
+    tx = Session(b"\x01\x00\x00\x00", b"\x02\x00\x00\x00", wire.SUITE_AESGCM, key, key, True, 0.0)
+    rx = Session(b"\x02\x00\x00\x00", b"\x01\x00\x00\x00", wire.SUITE_AESGCM, key, key, False, 0.0)
+    result["seal"] = best(lambda: [tx.seal(p) for p in segs], SEGMENTS)
+    sealed = [tx.seal(p) for p in segs]
+
+    def open_all():
+        rx.replay = type(rx.replay)()
+        for m in sealed:
+            rx.open(m)
+    result["open"] = best(open_all, SEGMENTS)
+
+    def merge():
+        c = Coalescer()
+        for p in segs:
+            c.add(p)
+        return c.flush()
+    merged = merge()
+    result["merge_ok"] = len(merged) == 1
+    result["merge"] = best(merge, SEGMENTS)
+
+    # -- UDP: a train out in one sendmsg, in as one GRO read
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        b.bind(("127.0.0.1", 0))
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        gro = enable_gro(b)
+        b.setblocking(False)
+        addr = b.getsockname()
+        drops, stats = Counter(), Counter()
+        batch = Batch(a, drops, stats, 1472)
+        datagrams = [wire.RELAYED.to_bytes(1, "big") + bytes(7) + m for m in sealed]
+
+        def send_train():
+            batch.active = True
+            for d in datagrams:
+                batch.send(d, addr)
+            batch.active = False
+            batch.flush()
+
+        def receive_train():
+            n = 0
+            while n < SEGMENTS:
+                got = udp_read(b, gro, drops, stats)
+                if got is None:
+                    break
+                n += len(got[0])
+            return n
+
+        sends, receives = [], []
+        for _ in range(ROUNDS):
+            ts = tr = 0.0
+            for _ in range(ITERATIONS):
+                t0 = time.perf_counter()
+                send_train()
+                t1 = time.perf_counter()
+                receive_train()
+                t2 = time.perf_counter()
+                ts += t1 - t0
+                tr += t2 - t1
+            sends.append(ts / ITERATIONS / SEGMENTS * 1e6)
+            receives.append(tr / ITERATIONS / SEGMENTS * 1e6)
+        result["send"] = min(sends)
+        result["receive"] = min(receives)
+        result["udp_gso"] = batch.gso and stats["udp_gso_sends"] > 0
+        result["udp_gro"] = stats["udp_gro_reads"] > 0
+    finally:
+        a.close()
+        b.close()
+
+    result.update(engines(segs, sealed))
+    return result
+
+
+def engines(segs: list, sealed: list) -> dict:
+    """Relay.receive's forward: the relay engine's own code, on a member table of two."""
+    from tunneld.engine.relay import Relay
+    from tunneld.proto import wire
+
+    out: dict = {}
+    # The relay's forward: its own code, on a member table of two.
+    relay = Relay.__new__(Relay)
+    sent = []
+    relay.send = lambda ep, data: sent.append(data)
+    relay.cluster = None
+
+    class Member:
+        __slots__ = ("endpoint", "relayed_prefix", "rx_bytes", "rx_packets", "tx_bytes")
+
+        def __init__(self, ep, addr):
+            self.endpoint = ep
+            self.relayed_prefix = bytes((wire.RELAYED, 0, 0, 0)) + addr
+            self.rx_bytes = self.rx_packets = self.tx_bytes = 0
+
+    from collections import Counter
+    m1, m2 = Member(("192.0.2.1", 1), bytes((100, 64, 0, 1))), Member(("192.0.2.2", 2), bytes((100, 64, 0, 2)))
+    relay.by_endpoint = {m1.endpoint: m1, m2.endpoint: m2}
+    relay.by_addr = {bytes((100, 64, 0, 1)): m1, bytes((100, 64, 0, 2)): m2}
+    relay.drops = Counter()
+    datagrams = [bytes((wire.RELAYED, 0, 0, 0, 100, 64, 0, 2, 0, 0, 0, 0)) + m for m in sealed]
+    receive = relay.receive
+
+    def forward():
+        sent.clear()
+        for d in datagrams:
+            receive(d, m1.endpoint, 0.0)
+    out["forward"] = best(forward, len(datagrams))
+    out["forward_ok"] = len(sent) == len(datagrams) and not relay.drops
+    return out
+
+
+STAGES = (("send", (("tun read", "tun_read"), ("split", "split"), ("clamp", "clamp"), ("seal", "seal"),
+                    ("send", "send"))),
+          ("receive", (("receive", "receive"), ("open", "open"), ("merge", "merge"),
+                       ("tun write", "tun_write"))),
+          ("relay", (("forward", "forward"),)))
+
+
+def table(r: dict) -> str:
+    lines = [f"per-packet budget, µs per {r['mtu']}-byte packet ({r['segments']} per super-packet / train; "
+             f"best of {ROUNDS})", ""]
+    for side, stages in STAGES:
+        total = sum(r[k] for _, k in stages)
+        cells = "  ".join(f"{name} {r[k]:.2f}" for name, k in stages)
+        lines.append(f"{side:8} {cells}  = {total:.2f} µs  ({1 / total:.2f} Mpps, "
+                     f"{r['mtu'] * 8 / total / 1000:.2f} Gbit/s on one core)")
+    checks = {k: r[k] for k in ("tun_super_ok", "merge_ok", "udp_gso", "udp_gro", "forward_ok")}
+    lines.append(f"checks   {checks}")
+    return "\n".join(lines)
+
+
+def measure(python: str = sys.executable, installed: bool = False) -> dict:
+    """One run of inner() in a namespace of its own, by `python`."""
+    subprocess.run(["ip", "netns", "add", NS], check=True)
+    try:
+        cmd = [python, *(("-I",) if installed else ()), os.path.abspath(__file__), "--inner",
+               *(("--installed",) if installed else ())]
+        proc = subprocess.run(["ip", "netns", "exec", NS, *cmd], capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"the budget's inner run failed:\n{proc.stderr}")
+        return json.loads(proc.stdout)
+    finally:
+        subprocess.run(["ip", "netns", "del", NS], check=False)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--inner"]:
+        print(json.dumps(inner()))
+        return 0
+    if os.geteuid() != 0:
+        print("bench/budget.py: run as root (it makes a network namespace and a TUN device)", file=sys.stderr)
+        return 2
+    compare = argv[argv.index("--compare") + 1] if "--compare" in argv else None
+    runs = {"this tree": None}
+    if compare:
+        from tests.lab.release import release_python
+        runs = {f"tunneld {compare}": release_python(compare), "this tree": None}
+    results = {}
+    for label, python in runs.items():  # the older first: the same machine state for both, in turn
+        results[label] = measure(python or sys.executable, installed=python is not None)
+        print(f"{label}:\n{table(results[label])}\n")
+    if "--json" in argv:
+        with open(argv[argv.index("--json") + 1], "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
