@@ -5,10 +5,12 @@ Uses the seeds' topology: public -> hidden goes direct (hidden's own packets ope
 back), natted -> hidden cannot and crosses the relay.
 """
 
+import sys
+
 import pytest
 
-from tests.lab import wait_for
-from tests.lab.overlay import transfer, transfer_between
+from tests.lab import Lab, wait_for
+from tests.lab.overlay import Overlay, transfer, transfer_between
 
 PAIRS = {"direct": ("public", "hidden"), "relay": ("natted", "hidden")}
 
@@ -91,8 +93,80 @@ def test_pod_traffic_over_vxlan_at_full_size_arrives_byte_exact(paths_ready, kin
             lab.nsexec(ns, "ip", "link", "set", dev, "mtu", str(mtu - 50), "up")
             lab.nsexec(ns, "ip", "addr", "add", f"198.18.{251 if kind == 'direct' else 252}.{i}/24", "dev", dev)
         pods = f"198.18.{251 if kind == 'direct' else 252}.2"
+        before = offload(ov, src)
         sent, received = transfer_between(lab, ends[0][0], ends[1][0], pods, 7003, 8 << 20, timeout=40)
         assert sent == received and sent.startswith(str(8 << 20))
+        # Where the kernel hands VXLAN over whole, tunneld took it whole and cut it itself.
+        after = offload(ov, src)
+        assert after["tun_udp_tunnel"] == kernel_offers_udp_tunnel_offload()
+        if after["tun_udp_tunnel"]:
+            assert after.get("tun_tunnel_reads", 0) > before.get("tun_tunnel_reads", 0)
     finally:
         for ns, *_ in ends:
             lab.nsexec(ns, "ip", "link", "del", dev, check=False)
+
+
+PROBE = """
+import fcntl, os, struct
+fd = os.open("/dev/net/tun", os.O_RDWR)
+fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH", b"probe0", 0x1000 | 0x4000 | 0x0001))
+fcntl.ioctl(fd, 0x400454D8, struct.pack("i", 24))
+try:
+    fcntl.ioctl(fd, 0x400454D0, 0x01 | 0x02 | 0x80 | 0x100)
+    print("yes")
+except OSError:
+    print("no")
+"""
+
+
+def kernel_offers_udp_tunnel_offload() -> bool:
+    """Asked of the kernel directly, on a scratch TUN device in a namespace of its own."""
+    lab = Lab()
+    try:
+        ns = lab.add_namespace("probe")
+        return lab.nsexec(ns, sys.executable, "-c", PROBE).stdout.strip() == b"yes"
+    finally:
+        lab.close()
+
+
+def test_offload_the_kernel_refuses_falls_back_and_pod_traffic_still_flows():
+    """TUNNELD_OFFLOAD=tcp asks for TCP segmentation only (as on a kernel without UDP-tunnel
+    offload), =none for nothing (a kernel that refuses TSO as well): VXLAN then reaches
+    tunneld0 packet by packet, and every byte still arrives."""
+    lab = Lab()
+    try:
+        ov = Overlay(lab)
+        ov.start_relay()
+        token = ov.token()
+        for name, mode in (("tcp-only", "tcp"), ("no-offload", "none")):
+            ov.join(lab.public_host(name), name, token, env={"TUNNELD_OFFLOAD": mode})
+        ov.wait_connected()
+        assert offload(ov, "tcp-only")["tun"] and not offload(ov, "tcp-only")["tun_udp_tunnel"]
+        assert not offload(ov, "no-offload")["tun"] and not offload(ov, "no-offload")["tun_udp_tunnel"]
+        ends = [(ov.nodes[n].ns, ov.address(n), ov.address(o), i)
+                for n, o, i in (("tcp-only", "no-offload", 1), ("no-offload", "tcp-only", 2))]
+        for ns, local, remote, i in ends:
+            mtu = int(lab.nsexec(ns, "cat", "/sys/class/net/tunneld0/mtu").stdout)
+            lab.nsexec(ns, "ip", "link", "add", "vxf", "type", "vxlan", "id", "1", "local", local, "remote", remote,
+                       "dstport", "8472", "dev", "tunneld0")
+            lab.nsexec(ns, "ip", "link", "set", "vxf", "mtu", str(mtu - 50), "up")
+            lab.nsexec(ns, "ip", "addr", "add", f"198.18.253.{i}/24", "dev", "vxf")
+        for (src, _, _, _), (dst, _, _, i) in ((ends[0], ends[1]), (ends[1], ends[0])):
+            sent, received = transfer_between(lab, src, dst, f"198.18.253.{i}", 7004 + i, 8 << 20, timeout=60)
+            assert sent == received and sent.startswith(str(8 << 20))
+        assert "tun_tunnel_reads" not in offload(ov, "tcp-only")
+    finally:
+        lab.close()
+
+
+def test_an_unknown_offload_setting_is_refused_in_one_line():
+    lab = Lab()
+    try:
+        ov = Overlay(lab)
+        ov.start_relay()
+        proc = ov.join(lab.public_host("bogus"), "bogus", ov.token(), env={"TUNNELD_OFFLOAD": "turbo"})
+        assert proc.wait(20) == 2
+        lines = [line for line in lab.log("bogus").splitlines() if "TUNNELD_OFFLOAD" in line]
+        assert lines and "all, tcp, none" in lines[0]
+    finally:
+        lab.close()

@@ -75,7 +75,7 @@ class Overlay:
                                prefix, "--state-dir", self.relay.state_dir, check=False)
 
     def join(self, host: Host, name: str, token: str | None = None, *extra: str,
-             wrap: tuple[str, ...] = (), python: str | None = None) -> subprocess.Popen:
+             wrap: tuple[str, ...] = (), python: str | None = None, env: dict | None = None) -> subprocess.Popen:
         # In a file, as the README says: a token in argv is readable by every local user.
         token_file = os.path.join(self.lab.tmp, f"{name}.token")
         fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -83,7 +83,7 @@ class Overlay:
             f.write((token or self.token()) + "\n")
         proc = self.lab.tunneld(host, "join", "--relay", self.relay_endpoint, "--token-file", token_file,
                                 "--name", name, "--state-dir", host.state_dir, *extra, log_name=name, wrap=wrap,
-                                python=python)
+                                python=python, env=env)
         self.nodes[name] = host
         self.node_procs[name] = proc
         return proc

@@ -111,6 +111,56 @@ def test_a_plain_read_passes_and_a_deeper_partial_checksum_travels_with_its_plac
     assert l4_ok(kernel_completes(write)[50:])
 
 
+def vxlan_tunnel_read(payload: bytes, gso_size: int, seq: int = 5000, flags: int = 0x18) -> bytes:
+    """What an offloading TUN (UDP-tunnel GSO) hands over for flannel.1's VXLAN: the 24-byte
+    header, then outer IPv4 / UDP 8472 / VXLAN / Ethernet / inner IPv4 / TCP / payload, the
+    inner TCP checksum partial and the outer UDP one partial too (flag 8)."""
+    inner = bytearray(tcp_packet(payload, seq, flags, options=TS_OPTION))
+    inner[36:38] = struct.pack("!H", offload.pseudo_sum(inner, 6, len(inner) - 20))
+    udp_len = 8 + 8 + 14 + len(inner)
+    outer = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + udp_len, 300, 0, 64, 17, 0, SRC, DST))
+    outer[10:12] = struct.pack("!H", ~ref_sum(bytes(outer)) & 0xFFFF)
+    outer += struct.pack("!HHHH", 5555, 8472, udp_len, 0x1234) + b"\x08" + bytes(3) + b"\x00\x00\x01\x00"
+    outer += bytes(range(12)) + b"\x08\x00" + inner
+    hdr = struct.pack("=BBHHHH", NEEDS_CSUM | 8, 0x21, 50 + 40 + len(TS_OPTION), gso_size, 70, 16)
+    return hdr + bytes(10) + struct.pack("<HH", 20, 50) + bytes(outer)
+
+
+def test_a_vxlan_super_packet_is_cut_into_the_vxlan_packets_the_kernel_would_send():
+    payload = os.urandom(9_000)
+    segs, reason = split(vxlan_tunnel_read(payload, 1318), 24)
+    assert reason == ""
+    sizes = [1318] * 6 + [9_000 - 6 * 1318]
+    assert [len(s) - 5 - 50 - 52 for s in segs] == sizes
+    assert b"".join(s[5 + 50 + 52:] for s in segs) == payload
+    for i, s in enumerate(segs):
+        assert s[:5] == struct.pack("!BHH", PARTIAL, 70, 16), "the inner checksum's place travels along"
+        pkt = s[5:]
+        assert ip_ok(pkt) and struct.unpack_from("!HH", pkt, 2) == (len(pkt), 300 + i)
+        assert struct.unpack_from("!HHHH", pkt, 20) == (5555, 8472, len(pkt) - 20, 0), "no outer UDP checksum"
+        assert pkt[28:50] == b"\x08" + bytes(3) + b"\x00\x00\x01\x00" + bytes(range(12)) + b"\x08\x00"
+        inner = pkt[50:]
+        assert ip_ok(inner) and struct.unpack_from("!HH", inner, 2) == (len(inner), 7 + i)
+        assert struct.unpack_from("!I", inner, 24)[0] == 5000 + 1318 * i
+        assert inner[33] == (0x18 if i == len(segs) - 1 else 0x10), "PSH only on the last segment"
+        # the receiver writes it as NEEDS_CSUM at that place; the kernel's sum then checks out
+        c = Coalescer()
+        c.add(s)
+        (write,) = c.flush()
+        assert l4_ok(kernel_completes(write)[50:])
+
+
+def test_a_vxlan_super_packet_that_lies_about_its_headers_is_dropped():
+    good = bytearray(vxlan_tunnel_read(os.urandom(3000), 1318))
+    bad_offsets = bytes(good[:20]) + struct.pack("<HH", 20, 40) + bytes(good[24:])
+    assert split(bad_offsets, 24) == ([], "tun_gso_malformed")
+    not_tcp = bytearray(good)
+    not_tcp[24 + 50 + 9] = 17
+    assert split(bytes(not_tcp), 24) == ([], "tun_gso_malformed")
+    # a 10-byte-header reader never takes a tunnel super-packet for one
+    assert split(bytes(good), 10)[1] == "tun_gso_unsupported"
+
+
 def test_garbage_reads_are_dropped_by_reason():
     assert split(b"\x00" * 5)[1] == "tun_short"
     assert split(struct.pack("=BBHHHH", 0, 4, 0, 1000, 0, 0) + bytes(100))[1] == "tun_gso_unsupported"

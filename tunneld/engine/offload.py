@@ -38,6 +38,7 @@ import struct
 from ..drops import Drop
 from ..proto.wire import PARTIAL, PARTIAL_HEADER_LEN
 from .checksum import finish, ip_header, pseudo_sum, sum16
+from .tunnel_split import GSO_UDP_TUNNEL_IPV4, VNET_TNL_LEN, split_udp_tunnel4, tunnel_offsets
 
 VNET_HDR_LEN = 10
 NEEDS_CSUM = 1
@@ -59,20 +60,26 @@ _PSH_FIN = 0x09
 _ACK = 0x10
 
 
-def split(buf: bytes) -> tuple[list[bytes], str]:
-    """One read from the TUN device -> its IP packets, and a drop reason when it has none."""
-    if len(buf) <= VNET_HDR_LEN + 20:
+def split(buf: bytes, vnet_len: int = VNET_HDR_LEN) -> tuple[list[bytes], str]:
+    """One read from the TUN device -> its IP packets, and a drop reason when it has none.
+    vnet_len: the virtio-net header's length, 24 where UDP-tunnel offload is on (tunnel_split.py)."""
+    if len(buf) <= vnet_len + 20:
         return [], Drop.TUN_SHORT
     flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = _VNET.unpack_from(buf)
     gso_type &= ~GSO_ECN
     if gso_type == GSO_NONE:
-        packet = buf[VNET_HDR_LEN:]
+        packet = buf[vnet_len:]
         if flags & NEEDS_CSUM:
             packet = _complete(packet, csum_start, csum_offset)
         return [packet], ""
-    if gso_type != GSO_TCPV4 or gso_size == 0:
+    if gso_size == 0:
         return [], Drop.TUN_GSO_UNSUPPORTED
-    return _split_tcp4(memoryview(buf)[VNET_HDR_LEN:], gso_size)
+    if gso_type == GSO_TCPV4:
+        return _split_tcp4(memoryview(buf)[vnet_len:], gso_size)
+    if gso_type == GSO_UDP_TUNNEL_IPV4 | GSO_TCPV4 and vnet_len >= VNET_TNL_LEN:
+        outer_th, inner_nh = tunnel_offsets(buf)
+        return split_udp_tunnel4(memoryview(buf)[vnet_len:], gso_size, outer_th, inner_nh, csum_start)
+    return [], Drop.TUN_GSO_UNSUPPORTED
 
 
 def _complete(packet: bytes, start: int, offset: int) -> bytes:

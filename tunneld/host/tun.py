@@ -17,11 +17,16 @@ from ..errors import ConfigError, HostError
 TUNSETIFF = 0x400454CA
 TUNSETPERSIST = 0x400454CB
 TUNSETOFFLOAD = 0x400454D0
+TUNSETVNETHDRSZ = 0x400454D8
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
 TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
+TUN_F_UDP_TUNNEL_GSO = 0x080  # Linux 6.17 on: VXLAN super-packets (engine/tunnel_split.py)
+TUN_F_UDP_TUNNEL_GSO_CSUM = 0x100
+VNET_LEN, VNET_TNL_LEN = 10, 24  # virtio_net_hdr; virtio_net_hdr_v1_hash_tunnel
+OFFLOADS = ("all", "tcp", "none")  # what Tun.open asks the kernel for (TUNNELD_OFFLOAD)
 IFNAMSIZ = 16
 
 
@@ -32,16 +37,21 @@ def check_interface_name(name: str) -> str:
 
 
 class Tun:
-    """Every read and write on fd carries a virtio-net header first (engine/offload.py);
-    with `offload` the kernel also hands over TCP segments of up to 64 KB."""
+    """Every read and write on fd carries a virtio-net header first (engine/offload.py), of
+    vnet_len bytes; with `offload` the kernel also hands over TCP segments of up to 64 KB,
+    with `tunnel` VXLAN super-packets too."""
 
-    def __init__(self, fd: int, name: str, offload: bool = False):
+    def __init__(self, fd: int, name: str, offload: bool = False, tunnel: bool = False):
         self.fd = fd
         self.name = name
         self.offload = offload
+        self.tunnel = tunnel
+        self.vnet_len = VNET_TNL_LEN if tunnel else VNET_LEN
 
     @classmethod
-    def open(cls, name: str, persist: bool = True, offload: bool = True) -> "Tun":
+    def open(cls, name: str, persist: bool = True, offload: str = "all") -> "Tun":
+        """offload: "all" (TCP segmentation, and UDP-tunnel segmentation where the kernel
+        takes it), "tcp" (TCP only), "none"."""
         check_interface_name(name)
         try:
             fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -65,16 +75,29 @@ class Tun:
                 raise HostError(f"interface {name} exists and is not a tunneld TUN device; "
                                 "delete it or choose another --interface") from None
             raise HostError(f"cannot create interface {name}: {exc.strerror}") from None
-        try:
-            # Checksums and TCP segmentation are left to us: big reads, and the kernel
-            # stops cutting TCP into MTU-sized packets only for us to encrypt each.
-            fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 if offload else 0)
-            offloaded = offload
-        except OSError:
-            offloaded = False
-        return cls(fd, name, offloaded)
+        # Checksums and TCP segmentation are left to us: big reads, and the kernel stops
+        # cutting TCP into MTU-sized packets only for us to encrypt each. A kernel without
+        # UDP-tunnel offload refuses its flags (EINVAL): then TCP alone, as before.
+        tcp = TUN_F_CSUM | TUN_F_TSO4
+        if offload == "all" and _offload(fd, tcp | TUN_F_UDP_TUNNEL_GSO | TUN_F_UDP_TUNNEL_GSO_CSUM, VNET_TNL_LEN):
+            return cls(fd, name, True, True)
+        if offload in ("all", "tcp") and _offload(fd, tcp, VNET_LEN):
+            return cls(fd, name, True)
+        _offload(fd, 0, VNET_LEN)
+        return cls(fd, name)
 
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def _offload(fd: int, flags: int, vnet_len: int) -> bool:
+    """Ask for these offloads with headers of vnet_len bytes; False, and nothing changed
+    that matters, if the kernel refuses."""
+    try:
+        fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", vnet_len))
+        fcntl.ioctl(fd, TUNSETOFFLOAD, flags)
+        return True
+    except OSError:
+        return False

@@ -31,13 +31,14 @@ from ..drops import Drop
 from ..engine import effects as fx
 from ..engine.node import Node, NodeConfig
 from ..engine.offload import VNET_HDR_LEN, Coalescer, single, split
+from ..engine.tunnel_split import GSO_UDP_TUNNEL_IPV4, VNET_TNL_LEN
 from ..engine.routes import OVERHEAD
 from ..errors import EXIT_FAILURE, EXIT_REFUSED, ConfigError, HostError
 from ..host import nat
 from ..host.cpu import has_aes
 from ..host.links import Links
 from ..host.notify import notify
-from ..host.tun import Tun
+from ..host.tun import OFFLOADS, Tun
 from ..kube import flannel_subnet
 from ..proto import endpoint, lock, wire
 from ..proto.endpoint import RELAY
@@ -53,7 +54,8 @@ MIN_MTU = wire.MIN_OVERLAY_MTU
 TCP_CONNECT_TIMEOUT = 5.0
 TCP_QUEUE = 256
 TUN_READS = 64  # reads per readiness callback; each may carry a 64 KB TCP super-packet
-TUN_READ_SIZE = VNET_HDR_LEN + 65535
+TUN_READ_SIZE = VNET_TNL_LEN + 65535
+PAD = bytes(VNET_TNL_LEN - VNET_HDR_LEN)  # the tunnel header's fields, zero on every write
 WRITE_BATCH = 64  # packets held for merging before they go to the TUN device
 SUBNET_ENV_EVERY = 5.0  # seconds between looks at flannel's subnet.env (--pod-cidr FILE)
 
@@ -161,7 +163,12 @@ class NodeDaemon(Daemon):
             assignment = remembered.assignment
             if remembered.mtu is not None and remembered.mtu <= route.mtu - OVERHEAD:
                 mtu = remembered.mtu  # the overlay's, as last known: pods may already use it
-        self.tun = Tun.open(s.interface)
+        offload = os.environ.get("TUNNELD_OFFLOAD", "all")
+        if offload not in OFFLOADS:
+            raise ConfigError(f"TUNNELD_OFFLOAD={offload[:20]!r}: use {', '.join(OFFLOADS)}")
+        self.tun = Tun.open(s.interface, offload=offload)
+        if not self.tun.tunnel and offload == "all":
+            log.info("the kernel hands VXLAN over %s packet by packet (no UDP-tunnel offload on TUN)", s.interface)
         self.start_base()
         loop = self.loop
         self._host_wake = asyncio.Event()
@@ -232,6 +239,8 @@ class NodeDaemon(Daemon):
             self._write(single(packet))
 
     def _write(self, bufs: list) -> None:
+        if self.tun.tunnel:
+            bufs.insert(1, PAD)
         try:
             os.writev(self.tun.fd, bufs)
         except OSError:
@@ -423,6 +432,7 @@ class NodeDaemon(Daemon):
         fd = self.tun.fd
         from_tun = self.engine.from_tun
         drops = self.drops
+        vnet_len = self.tun.vnet_len
         self.batch.active = True
         try:
             for _ in range(TUN_READS):
@@ -433,11 +443,11 @@ class NodeDaemon(Daemon):
                 except OSError:
                     drops[Drop.TUN_READ_ERROR] += 1
                     break
-                packets, reason = split(buf)
+                packets, reason = split(buf, vnet_len)
                 if reason:
                     drops[reason] += 1
                 elif len(packets) > 1:
-                    self.stats["tun_super_reads"] += 1
+                    self.stats["tun_tunnel_reads" if buf[1] & GSO_UDP_TUNNEL_IPV4 else "tun_super_reads"] += 1
                 for packet in packets:
                     try:
                         from_tun(packet, now)
@@ -486,7 +496,8 @@ class NodeDaemon(Daemon):
             status["interface"] = self.settings.interface
             status["ready"] = self.ready
             status["drops"] = self.all_drops(status["drops"])
-            status["offload"] = {"tun": self.tun.offload, "udp_gso": self.batch.gso, "udp_gro": self.gro,
+            status["offload"] = {"tun": self.tun.offload, "tun_udp_tunnel": self.tun.tunnel,
+                                 "udp_gso": self.batch.gso, "udp_gro": self.gro,
                                  **self.stats}
             return status
         return {"error": f"unknown command {str(request.get('cmd'))[:40]!r}"}
