@@ -14,6 +14,9 @@ Cells, each measured `--repeat` times (min / median / max kept):
   rtt            ping round trip, ms (50 pings, 20 ms apart)
   cpu            CPU of the tunnel's own processes during tcp1, % of one core
 
+And the relay's own capacity (--capacity 0 skips it): datagrams of 1,400 and 64 bytes from
+8 senders to 8 receivers through one relay, forwarded per second and in Gbit/s.
+
 And the relay's scale: --nodes lightweight nodes (bench/swarm.py: the node engine without
 per-peer state) join one relay; the time until all have joined, its RSS and idle CPU.
 
@@ -196,6 +199,39 @@ def relay_scale(count: int, timeout: float = 60.0, python: str | None = None) ->
             "all_joined_s": report.get("all_joined_s"), "relay_rss_mb": rss, "relay_idle_cpu_pct": idle}
 
 
+def relay_capacity(size: int, seconds: float, pairs: int = 8) -> dict:
+    """What one relay forwards: `pairs` senders each blasting datagrams of `size` bytes at a
+    receiver through it (bench/swarm.py BLAST), from one process in a namespace of its own.
+    The relay and the senders share this machine's cores: the figure is the relay's rate
+    with one core left to it, the senders' own cost next to it (their CPU)."""
+    from tests.lab.overlay import Overlay
+    with Lab() as lab:
+        ov = Overlay(lab)
+        ov.start_relay()
+        token = ov.token("--ttl", "1h")
+        host = lab.public_host("blast")
+        swarm = subprocess.Popen(["ip", "netns", "exec", host.ns, sys.executable, os.path.join(HERE, "swarm.py"),
+                                  ov.relay_endpoint, token, str(2 * pairs), "30", "BLAST", str(size), str(seconds)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        lab.processes.append(swarm)
+        try:
+            swarm.stdout.readline()  # joined
+            pid = ov.relay_proc.pid
+            before, t0 = cpu_seconds([pid]), time.monotonic()
+            line = swarm.stdout.readline().decode()
+            cpu = 100 * (cpu_seconds([pid]) - before) / (time.monotonic() - t0)
+        finally:
+            lab.stop(swarm, timeout=5)
+    out = json.loads(line) if line else {}
+    return {**out, "relay_cpu_pct": cpu, "workers": 1}
+
+
+def capacity_line(c: dict) -> str:
+    return (f"relay capacity, {c.get('size')} B datagrams, {c.get('senders')} senders -> as many receivers, "
+            f"{c.get('workers')} worker: {c.get('forwarded_pps', 0) / 1000:.1f} kpps, "
+            f"{c.get('forwarded_gbps', 0):.3f} Gbit/s forwarded (relay CPU {c.get('relay_cpu_pct', 0):.0f} %)")
+
+
 def relays_scale(count: int, relays: int, timeout: float = 60.0) -> dict:
     """`relays` relays of one network on a three-member etcd, `count` nodes spread over them:
     time until all have joined, and each relay's memory and CPU while the nodes sit idle."""
@@ -302,6 +338,8 @@ def main(argv=None) -> int:
     ap.add_argument("--relay-nodes", type=int, default=0, help="nodes for that cell [--nodes]")
     ap.add_argument("--compare", metavar="REV", help="also measure tunneld at REV (a tag such as v0.1.0, or a "
                     "commit of this repository) in the same run, in a venv of its own")
+    ap.add_argument("--capacity", type=int, default=1, metavar="0|1",
+                    help="the relay's own capacity, 1,400 and 64 B datagrams [1; 0 skips it]")
     ap.add_argument("--budget", action="store_true", help="only the per-packet budget (bench/budget.py): µs per "
                     "packet per stage of the data path; with --compare REV, REV's beside it")
     ap.add_argument("--json", metavar="FILE", help="write the run here [bench/results/DATE.json]")
@@ -323,6 +361,11 @@ def main(argv=None) -> int:
         if args.nodes > 0:
             print(f"  relay scale, {args.nodes} nodes ...", file=sys.stderr, flush=True)
             result["scale"] = relay_scale(args.nodes)
+        if args.capacity:
+            result["capacity"] = []
+            for size in (1400, 64):
+                print(f"  relay capacity, {size} B ...", file=sys.stderr, flush=True)
+                result["capacity"].append(relay_capacity(size, seconds))
         if args.relays > 0:
             n = args.relay_nodes or args.nodes
             print(f"  {args.relays} relays on etcd, {n} nodes ...", file=sys.stderr, flush=True)
@@ -341,6 +384,8 @@ def main(argv=None) -> int:
     print(table(result))
     if "scale" in result:
         print("\n" + scale_line(result["scale"]))
+    for c in result.get("capacity", ()):
+        print(capacity_line(c))
     if "scale_compare" in result:
         print(scale_line(result["scale_compare"], f"relay scale, tunneld {args.compare}"))
     if "relays_scale" in result:

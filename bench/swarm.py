@@ -11,16 +11,25 @@ versions (VersionMirror), so that the swarm measures the relay, not itself. Prin
 joined (or the time is up), then keeps them connected, pinging the relay as real
 nodes do, until it is stopped.
 
-Usage: python bench/swarm.py RELAY_IP:PORT[,RELAY_IP:PORT...] TOKEN COUNT TIMEOUT
+Usage: python bench/swarm.py RELAY_IP:PORT[,RELAY_IP:PORT...] TOKEN COUNT TIMEOUT [BLAST SIZE SECONDS]
 (several relays of one network: node i is homed on relay i mod their number, and knows
 them all, as `join --relay A,B,C` would)
+
+With BLAST, the relay's own capacity instead: once all have joined, the first half of the
+nodes send RELAYED datagrams of SIZE bytes as fast as UDP segmentation offload lets one
+process send (trains of 32 per sendmsg), each to a node of the second half, for SECONDS;
+the second half counts what the relay forwarded. The payloads are not sealed: a relay
+forwards without reading them. Prints one more JSON line: datagrams and bytes forwarded
+per second.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import socket
+import struct
 import sys
 import time
 
@@ -29,6 +38,7 @@ import msgpack
 from tunneld.engine import relaylink
 from tunneld.engine.relaylink import DIRECTORY, JOINED, REFUSED, JoinRequest, RelayLink
 from tunneld.net.base import real_env, run
+from tunneld.proto import wire
 from tunneld.proto.handshake import Identity
 from tunneld.proto.token import JoinToken
 
@@ -88,6 +98,7 @@ class SwarmNode:
         self.sock.setsockopt(socket.SOL_SOCKET, 33, 1 << 20)  # SO_RCVBUFFORCE, as root
         self.sock.bind(("0.0.0.0", 0))
         self.joined_at: float | None = None
+        self.address: bytes | None = None
         self.mirror = VersionMirror()
         token = swarm.token
         home = i % len(swarm.relays)
@@ -127,6 +138,7 @@ class SwarmNode:
                     self.link.directory_version = self.mirror.version
             elif event[0] == JOINED and self.joined_at is None:
                 self.joined_at = time.monotonic()
+                self.address = ipaddress.IPv4Address(event[1]["address"]).packed
                 self.swarm.joined += 1
             elif event[0] == REFUSED:
                 self.swarm.refusals.append(event[1][1])
@@ -141,7 +153,44 @@ class Swarm:
         self.refusals: list[str] = []
         self.next_stats = 0.0
 
-    async def main(self, timeout: float) -> None:
+    def blast(self, members: list, size: int, seconds: float) -> dict:
+        """The first half sends to the second, in trains; the second half counts. One thread,
+        sending and draining in turn, so that neither side waits on the other."""
+        from tunneld.net.udpio import SOL_UDP, UDP_GRO, UDP_SEGMENT, receive_batch
+        half = len(members) // 2
+        senders, receivers = members[:half], members[half:2 * half]
+        trains = []
+        for s, r in zip(senders, receivers):
+            datagram = bytes((wire.RELAYED, 0, 0, 0)) + r.address + bytes(max(0, size - 8))
+            trains.append((s.sock, [datagram] * 32, [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", len(datagram)))],
+                           s.relay))
+        for r in receivers:
+            r.sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+        got = nbytes = sent = 0
+        t0 = time.monotonic()
+        end = t0 + seconds
+        while time.monotonic() < end:
+            for sock, bufs, anc, relay in trains:
+                try:
+                    sock.sendmsg(bufs, anc, 0, relay)
+                    sent += len(bufs)
+                except OSError:
+                    pass  # our own buffer is full: the relay is behind
+            for r in receivers:
+                for _ in range(64):
+                    try:
+                        datagrams, _ = receive_batch(r.sock, True)
+                    except BlockingIOError:
+                        break
+                    for d in datagrams:
+                        if d[:1] == bytes((wire.RELAYED,)):
+                            got += 1
+                            nbytes += len(d)
+        elapsed = time.monotonic() - t0
+        return {"size": size, "senders": half, "seconds": round(elapsed, 2), "sent": sent,
+                "forwarded_pps": got / elapsed, "forwarded_gbps": nbytes * 8 / elapsed / 1e9}
+
+    async def main(self, timeout: float, blast: tuple | None = None) -> None:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         members = []
@@ -170,8 +219,12 @@ class Swarm:
                                   "p90_s": times[len(times) * 9 // 10] if times else None,
                                   "p99_s": times[len(times) * 99 // 100] if times else None,
                                   "refusals": self.refusals[:3]}), flush=True)
+                if blast is not None:
+                    await asyncio.sleep(1.0)  # the last joins' directory traffic settles
+                    print(json.dumps(self.blast(members, *blast)), flush=True)
 
 
 if __name__ == "__main__":
     relay, token, count, timeout = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-    run(Swarm(relay, token, count).main(timeout))
+    blast = (int(sys.argv[6]), float(sys.argv[7])) if sys.argv[5:6] == ["BLAST"] else None
+    run(Swarm(relay, token, count).main(timeout, blast))
