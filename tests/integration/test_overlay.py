@@ -216,19 +216,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-def test_pings_are_answered_by_the_busy_poll_and_idle_costs_nothing(overlay):
-    """After data a node polls instead of sleeping, so that the answer needs no wake-up: the
-    pings' answers are read by the poll. Idle, nothing spins: each daemon stays under 1% of
-    a core over five quiet seconds."""
-    src, dst = "public", "natted"
-    before = {n: overlay.node_status(n)["offload"]["busy_poll_hits"] for n in (src, dst)}
-    r = overlay.lab.nsexec(overlay.nodes[src].ns, "ping", "-n", "-q", "-c", "20", "-i", "0.01",
-                           overlay.address(dst), check=False, timeout=30)
+def test_idle_costs_nothing(overlay):
+    """After traffic, nothing keeps running: each daemon stays under 1% of a core over five
+    quiet seconds (the keepalives and pings of an idle overlay)."""
+    r = overlay.lab.nsexec(overlay.nodes["public"].ns, "ping", "-n", "-q", "-c", "20", "-i", "0.01",
+                           overlay.address("natted"), check=False, timeout=30)
     assert r.returncode == 0
-    after = {n: overlay.node_status(n)["offload"] for n in (src, dst)}
-    assert after[src]["busy_poll_us"] == 1500
-    assert after[src]["busy_poll_hits"] > before[src], "the echo replies came back while public polled"
-    time.sleep(1.0)  # let the last window close and the paths settle
+    time.sleep(1.0)
     procs = {n: overlay.node_procs[n].pid for n in NODES}
     procs["relay"] = overlay.relay_proc.pid
     start = {n: cpu_seconds(pid) for n, pid in procs.items()}

@@ -90,7 +90,6 @@ class Relay(OperatorCommands):
         self.by_endpoint: dict[object, Member] = {}
         self.writes: deque = deque()  # for the store, in order
         self.drops: Counter = Counter()
-        self.forwarded = 0  # RELAYED datagrams handed on: the daemon stays awake after them (net/spin.py)
         self.counts: Counter = Counter()
         self.directory = Directory(env.wall_ns() // 1000)
         self._mtus: dict[str, int] = {}  # underlay MTUs of the registered nodes, for the overlay MTU
@@ -141,7 +140,6 @@ class Relay(OperatorCommands):
             n = len(data)
             src.rx_bytes += n
             src.rx_packets += 1
-            self.forwarded += 1
             dst.tx_bytes += n
             self.send(dst.endpoint, src.relayed_prefix + data[8:])
         elif t == wire.DATA:

@@ -45,7 +45,6 @@ from ..proto.endpoint import RELAY
 from ..proto.token import JoinToken, TokenError
 from ..state import NODE_FILE, SOCKET_FILE, load_identity, load_node_state, prepare_dir, save_node_state
 from . import ctlsock
-from .spin import Spinner, window_from_env
 from .base import READ_BATCH, Daemon, FramedStream, real_env, udp_socket
 from .udpio import Batch, enable_gro, read as udp_read
 
@@ -134,7 +133,6 @@ class NodeDaemon(Daemon):
         given = settings.pod_cidr
         self.pods: tuple[str, ...] = (given,) if given and not given.startswith("/") else ()
         self._subnet_env = (None, 0.0)  # (what we read, when we look next)
-        self.spinner: Spinner | None = None
 
     async def run(self) -> tuple[int, str]:
         s = self.settings
@@ -168,7 +166,6 @@ class NodeDaemon(Daemon):
         offload = os.environ.get("TUNNELD_OFFLOAD", "all")
         if offload not in OFFLOADS:
             raise ConfigError(f"TUNNELD_OFFLOAD={offload[:20]!r}: use {', '.join(OFFLOADS)}")
-        busy_poll = window_from_env()
         self.tun = Tun.open(s.interface, offload=offload)
         if not self.tun.tunnel and offload == "all":
             log.info("the kernel hands VXLAN over %s packet by packet (no UDP-tunnel offload on TUN)", s.interface)
@@ -198,7 +195,6 @@ class NodeDaemon(Daemon):
             ctl = await ctlsock.serve(os.path.join(self.state_dir, SOCKET_FILE), self._control)
             loop.add_reader(self.sock.fileno(), self._on_udp)
             loop.add_reader(self.tun.fd, self._on_tun)
-            self.spinner = Spinner(loop, {self.sock.fileno(): self._on_udp, self.tun.fd: self._on_tun}, busy_poll)
             log.info("joining relay %s as %s via %s (underlay MTU %d)",
                      self.relay_label, s.name, route.ifname, route.mtu)
             self.engine.tick(monotonic())
@@ -211,7 +207,6 @@ class NodeDaemon(Daemon):
                     self.engine.bye()
                 loop.remove_reader(self.sock.fileno())
                 loop.remove_reader(self.tun.fd)
-                self.spinner.close()
                 self.stop_base()
                 ctl.close()
                 try:
@@ -401,7 +396,6 @@ class NodeDaemon(Daemon):
         receive = self.engine.receive
         relay = self.relay_addr
         coalescer = self.coalescer
-        moved = False
         self._coalescing = self.batch.active = True
         try:
             for _ in range(READ_BATCH):
@@ -416,14 +410,10 @@ class NodeDaemon(Daemon):
                     except Exception:
                         self.internal_error()
                 if len(coalescer.items) >= WRITE_BATCH:
-                    moved = True
                     self._flush()
         finally:
             self._coalescing = self.batch.active = False
-            moved = moved or bool(coalescer.items)
             self._flush()
-        if moved:  # data for tunneld0: its answer may follow at once
-            self.spinner.kick(now)
         if self.engine.effects:
             self.after_input()
 
@@ -443,10 +433,9 @@ class NodeDaemon(Daemon):
         from_tun = self.engine.from_tun
         drops = self.drops
         vnet_len = self.tun.vnet_len
-        reads = 0
         self.batch.active = True
         try:
-            for reads in range(TUN_READS):
+            for _ in range(TUN_READS):
                 try:
                     buf = read(fd, TUN_READ_SIZE)
                 except BlockingIOError:
@@ -467,8 +456,6 @@ class NodeDaemon(Daemon):
         finally:
             self.batch.active = False
             self.batch.flush()
-        if reads:  # it read something before the last try: traffic, whose answer may follow at once
-            self.spinner.kick(now)
         if self.engine.effects:
             self.after_input()
 
@@ -511,7 +498,6 @@ class NodeDaemon(Daemon):
             status["drops"] = self.all_drops(status["drops"])
             status["offload"] = {"tun": self.tun.offload, "tun_udp_tunnel": self.tun.tunnel,
                                  "udp_gso": self.batch.gso, "udp_gro": self.gro,
-                                 "busy_poll_us": round(self.spinner.window * 1e6), "busy_poll_hits": self.spinner.spins,
                                  **self.stats}
             return status
         return {"error": f"unknown command {str(request.get('cmd'))[:40]!r}"}

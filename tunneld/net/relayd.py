@@ -33,7 +33,6 @@ from ..store.etcd import open_store
 from ..store.sqlite import SqliteStore
 from .shared import SharedStore, shared_identity
 from . import ctlsock
-from .spin import Spinner, window_from_env
 from .base import READ_BATCH, Daemon, FramedStream, bind_error, real_env, udp_socket
 from .udpio import Batch, enable_gro, read as udp_read
 
@@ -205,7 +204,6 @@ class RelayDaemon(Daemon):
 
     async def run(self) -> tuple[int, str]:
         s = self.settings
-        busy_poll = window_from_env()
         # Bind first: a wrong --listen must fail before anything is written to the state dir.
         udp, tcp = self._bind()
         try:  # closing twice is harmless: _serve closes them too when it stops
@@ -225,7 +223,7 @@ class RelayDaemon(Daemon):
                 except StoreError as exc:
                     raise ConfigError(str(exc)) from None
             try:
-                return await self._serve(store, identity, state_dir, udp, tcp, busy_poll)
+                return await self._serve(store, identity, state_dir, udp, tcp)
             finally:
                 await store.close()
         finally:
@@ -245,7 +243,7 @@ class RelayDaemon(Daemon):
             raise bind_error(exc, s.listen_host, s.port, "TCP", "--listen") from None
         return udp, tcp
 
-    async def _serve(self, store, identity, state_dir, udp, tcp_sock, busy_poll: float) -> tuple[int, str]:
+    async def _serve(self, store, identity, state_dir, udp, tcp_sock) -> tuple[int, str]:
         s = self.settings
         self.sock = udp
         try:
@@ -289,7 +287,6 @@ class RelayDaemon(Daemon):
         server = await loop.create_server(lambda: NodeStream(self), sock=tcp_sock, backlog=1024)
         ctl = await ctlsock.serve(os.path.join(state_dir, SOCKET_FILE), self._control)
         loop.add_reader(self.sock.fileno(), self._on_udp)
-        self.spinner = Spinner(loop, {self.sock.fileno(): self._on_udp}, busy_poll)
         log.info("relay listening on %s (UDP and TCP), network %s, key %s",
                  listen, s.network, identity.public.hex())
         notify("READY=1\nSTATUS=relay listening on " + listen)
@@ -298,7 +295,6 @@ class RelayDaemon(Daemon):
         finally:
             notify("STOPPING=1")
             loop.remove_reader(self.sock.fileno())
-            self.spinner.close()
             self.stop_base()
             ctl.close()
             server.close()
@@ -340,7 +336,6 @@ class RelayDaemon(Daemon):
         deadline = now + SLICE
         sock, gro = self.sock, self.gro
         receive = self.engine.receive
-        forwarded = self.engine.forwarded
         batch = self.batch
         batch.active = True
         try:
@@ -359,8 +354,6 @@ class RelayDaemon(Daemon):
         finally:
             batch.active = False
             batch.flush()
-        if self.engine.forwarded != forwarded:  # relayed data: the answer may follow at once
-            self.spinner.kick(now)
         if self.engine.writes:
             self.writer.wake.set()
 
@@ -385,8 +378,7 @@ class RelayDaemon(Daemon):
             status["drops"] = self.all_drops(status["drops"])
             status["tcp_streams"] = len(self.streams)
             status["tasks"] = len(asyncio.all_tasks())
-            status["offload"] = {"udp_gso": self.batch.gso, "udp_gro": self.gro, **self.stats,
-                                 "busy_poll_us": round(self.spinner.window * 1e6), "busy_poll_hits": self.spinner.spins}
+            status["offload"] = {"udp_gso": self.batch.gso, "udp_gro": self.gro, **self.stats}
             return status
         if cmd in ("revoke", "token", "approve-route", "unapprove-route", "revoke-token") \
                 and self.engine.registry.unavailable:
