@@ -9,6 +9,7 @@ Rows (bench/systems.py builds each in network namespaces):
 Cells, each measured `--repeat` times (min / median / max kept):
   tcp1, tcp4     node -> node iperf3 TCP, 1 and 4 streams, Gbit/s
   pod            iperf3 TCP between "pods" on a VXLAN device (flannel's) over the system
+  podr           iperf3 TCP between pods routed natively (tunneld's routed mode, no VXLAN)
   loss1          tcp1 with 1% of the tunnel's datagrams dropped at the receiver (iptables)
   udp64          64-byte UDP datagrams per second received (iperf3 -u -l 64, unlimited rate)
   rtt            ping round trip, ms (50 pings, 20 ms apart)
@@ -46,9 +47,10 @@ sys.path[:0] = [HERE, os.path.dirname(HERE)]  # bench/'s modules, and the lab in
 import systems  # noqa: E402
 from tests.lab import Lab, LabError  # noqa: E402
 
-CELLS = ("tcp1", "tcp4", "pod", "loss1", "udp64", "rtt", "cpu")
-UNITS = {"tcp1": "Gbit/s", "tcp4": "Gbit/s", "pod": "Gbit/s", "loss1": "Gbit/s", "udp64": "kpps",
+CELLS = ("tcp1", "tcp4", "pod", "podr", "loss1", "udp64", "rtt", "cpu")
+UNITS = {"tcp1": "Gbit/s", "tcp4": "Gbit/s", "pod": "Gbit/s", "podr": "Gbit/s", "loss1": "Gbit/s", "udp64": "kpps",
          "rtt": "ms", "cpu": "% core"}
+SPREAD = 0.25  # a cell whose runs differ by more than this (max / min - 1) is marked ~
 
 
 def iperf(lab: Lab, pair: systems.Pair, seconds: float, streams: int = 1, udp64: bool = False) -> dict:
@@ -96,7 +98,7 @@ def with_loss(lab: Lab, pair: systems.Pair, fn):
         lab.nsexec(pair.server_ns, "iptables", "-w", "5", "-D", *rule)
 
 
-def measure_pair(lab: Lab, pair: systems.Pair, cells, seconds: float, repeat: int, pods=None) -> dict:
+def measure_pair(lab: Lab, pair: systems.Pair, cells, seconds: float, repeat: int, pods=None, routed=None) -> dict:
     out = {c: [] for c in cells}
     for _ in range(repeat):
         for cell in cells:
@@ -109,6 +111,8 @@ def measure_pair(lab: Lab, pair: systems.Pair, cells, seconds: float, repeat: in
                 out[cell].append(iperf(lab, pair, seconds, streams=4)["value"])
             elif cell == "pod":
                 out[cell].append(iperf(lab, pods, seconds)["value"])
+            elif cell == "podr":
+                out[cell].append(iperf(lab, routed, seconds)["value"])
             elif cell == "loss1":
                 out[cell].append(with_loss(lab, pair, lambda: iperf(lab, pair, seconds)["value"]))
             elif cell == "udp64":
@@ -128,11 +132,13 @@ def measure(seconds: float, repeat: int, only=None, compare: str | None = None) 
     rows = {}
     drops = {}
     with Lab() as lab:
-        def run(name, pair, cells, pods=None, in_lab=lab):
+        def run(name, pair, cells, pods=None, in_lab=lab, routed=None):
             if only and not any(o in name for o in only):
                 return
             print(f"  {name} ...", file=sys.stderr, flush=True)
-            rows[name] = measure_pair(in_lab, pair, cells, seconds, repeat, pods)
+            if routed is not None:
+                cells = (*cells, "podr")
+            rows[name] = measure_pair(in_lab, pair, cells, seconds, repeat, pods, routed)
 
         run("raw veth", systems.raw_veth(lab), ("tcp1", "tcp4", "udp64", "rtt"))
         bridged, natted = systems.underlay(lab)
@@ -145,8 +151,10 @@ def measure(seconds: float, repeat: int, only=None, compare: str | None = None) 
         run("nebula direct", neb_direct, ALL, systems.vxlan(lab, neb_direct))
         run("nebula relayed", neb_relayed, NODE)
         ov, td_direct, td_relayed = systems.tunneld(lab)
-        run("tunneld direct", td_direct, ALL, systems.vxlan(lab, td_direct))
-        run("tunneld relayed", td_relayed, ALL, systems.vxlan(lab, td_relayed))
+        run("tunneld direct", td_direct, ALL, systems.vxlan(lab, td_direct),
+            routed=systems.routed(lab, ov, td_direct, "pub-a", "pub-b"))
+        run("tunneld relayed", td_relayed, ALL, systems.vxlan(lab, td_relayed),
+            routed=systems.routed(lab, ov, td_relayed, "sender", "receiver"))
         drops = {n: ov.node_status(n)["drops"] for n in ov.nodes}
         drops["relay"] = ov.status(ov.relay)["drops"]
     if not only or any(o in "tunneld via two relays" for o in only):
@@ -275,20 +283,29 @@ def table(result: dict) -> str:
     rows = result["rows"]
     raw = rows.get("raw veth", {})
     wg = rows.get("wireguard-go direct", {})
+    neb = rows.get("nebula direct", {})
     lines = []
     head = f"{'':<26}" + "".join(f"{c + ' ' + UNITS[c]:>17}" for c in CELLS)
     lines.append(head)
     for name, cells in rows.items():
         line = f"{name:<26}"
         for c in CELLS:
-            line += f"{cells[c]['median']:>17.3f}" if c in cells else f"{'':>17}"
+            if c in cells:  # ~: its runs spread by more than SPREAD, a cell one run may not settle
+                v = cells[c]
+                noisy = v["min"] > 0 and v["max"] / v["min"] - 1 > SPREAD
+                line += f"{('~' if noisy else '') + format(v['median'], '.3f'):>17}"
+            else:
+                line += f"{'':>17}"
         lines.append(line)
-        for label, ref in (("  x raw veth", raw), ("  x wireguard-go", wg)):
-            if name in ("raw veth", "wireguard-go direct") or not ref:
+        for label, ref, skip in (("  x raw veth", raw, name in ("raw veth", "wireguard-go direct")),
+                                 ("  x wireguard-go", wg, name in ("raw veth", "wireguard-go direct")),
+                                 ("  x nebula direct", neb, not name.startswith("tunneld"))):
+            if skip or not ref:
                 continue
             line = f"{label:<26}"
             for c in CELLS:
-                base = ref.get(c) or (raw.get("tcp1") if c in ("pod", "loss1") and label == "  x raw veth" else None)
+                base = ref.get(c) or (raw.get("tcp1") if c in ("pod", "podr", "loss1") and label == "  x raw veth"
+                                      else ref.get("pod") if c == "podr" else None)
                 line += f"{ratio(cells[c]['median'], base['median']):>17}" if c in cells and base else f"{'':>17}"
             lines.append(line)
     return "\n".join(lines)
@@ -304,7 +321,7 @@ def chart(result: dict, path: str, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     rows = result["rows"]
-    shown = [c for c in ("tcp1", "tcp4", "pod", "loss1", "udp64", "rtt") if any(c in r for r in rows.values())]
+    shown = [c for c in ("tcp1", "tcp4", "pod", "podr", "loss1", "udp64", "rtt") if any(c in r for r in rows.values())]
     fig, axes = plt.subplots(len(shown), 1, figsize=(8, 1.9 * len(shown)), constrained_layout=True)
     for ax, c in zip(axes, shown):
         names = [n for n in rows if c in rows[n] and n not in REFERENCES]

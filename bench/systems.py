@@ -7,7 +7,8 @@ and the PIDs of the processes doing the tunnelling (for their CPU).
   wireguard-go   Debian's userspace WireGuard, two public hosts, direct
   nebula         Debian's nebula: a lighthouse that is also a relay, two public hosts;
                  direct, or relayed (their direct UDP to each other dropped)
-  tunneld        public <-> public (direct), cone NAT <-> no-inbound NAT (relayed)
+  tunneld        public <-> public (direct), cone NAT <-> no-inbound NAT (relayed); pods
+                 over VXLAN on tunneld0, and routed (each node's pod CIDR, no VXLAN)
   tunneld mesh   two no-inbound NATs homed on two relays of one network (etcd): relay to
                  relay, one hop
 """
@@ -140,15 +141,20 @@ def peer_path(ov: Overlay, src: str, dst: str) -> str:
     return next(p["path"] for p in ov.node_status(src)["peers"] if p["name"] == dst)
 
 
+POD_CIDRS = {"pub-a": 1, "pub-b": 2, "sender": 3, "receiver": 4}  # routed mode: 198.18.N.0/24 each
+
+
 def tunneld(lab: Lab, python: str | None = None) -> tuple[Overlay, Pair, Pair]:
-    """python: another release's (tests/lab/release.py), for --compare."""
+    """python: another release's (tests/lab/release.py), for --compare. This tree's nodes also
+    carry a pod CIDR each (join --pod-cidr, routed mode: routed() puts a pod behind it)."""
     ov = Overlay(lab, relay_python=python)
-    ov.start_relay()
+    ov.start_relay(*(() if python else ("--auto-approve-routes", "198.18.0.0/16")))
     hosts = {"pub-a": lab.public_host("pub-a"), "pub-b": lab.public_host("pub-b"),
              "sender": lab.nat_host("sender", "cone"), "receiver": lab.nat_host("receiver", "no-inbound")}
     token = ov.token()
     for name, host in hosts.items():
-        ov.join(host, name, token, python=python)
+        pods = () if python else ("--pod-cidr", f"198.18.{POD_CIDRS[name]}.0/24")
+        ov.join(host, name, token, *pods, python=python)
     ov.wait_connected()
     pairs = []
     for src, dst, path in (("pub-a", "pub-b", "direct"), ("sender", "receiver", "relay")):
@@ -182,6 +188,26 @@ def vxlan(lab: Lab, pair: Pair) -> Pair:
     pods = Pair(pair.client_ns, pair.server_ns, "198.18.250.2", "198.18.250.1", "vxb0", pair.pids)
     pods.cleanup.append(lambda: [lab.nsexec(ns, "ip", "link", "del", "vxb0", check=False) for ns, *_ in ends])
     wait_for(lambda: _ping_ok(lab, pair.client_ns, "198.18.250.2"), 20, what="VXLAN over " + pair.dev)
+    return pods
+
+
+def routed(lab: Lab, ov: Overlay, pair: Pair, src: str, dst: str) -> Pair:
+    """Routed pod mode over a tunneld pair: a pod namespace behind each node at tunneld0's
+    MTU, in the node's pod CIDR, reached through the routes the nodes advertise (no VXLAN)."""
+    ends = []
+    for name, ns in ((src, pair.client_ns), (dst, pair.server_ns)):
+        n = POD_CIDRS[name]
+        mtu = int(lab.nsexec(ns, "cat", "/sys/class/net/tunneld0/mtu").stdout)
+        pod = lab.add_namespace(f"{name}-pod")
+        lab.veth(ns, "podr0", pod, "eth0", mtu)
+        lab.addr(ns, "podr0", f"198.18.{n}.1/24")
+        lab.addr(pod, "eth0", f"198.18.{n}.2/24")
+        lab.nsexec(pod, "ip", "route", "add", "default", "via", f"198.18.{n}.1")
+        ends.append((pod, f"198.18.{n}.2"))
+    wait_for(lambda: all(f"198.18.{POD_CIDRS[o]}.0/24" in ov.node_status(me)["accepted_routes"]
+                         for me, o in ((src, dst), (dst, src))), 20, what="the pod CIDRs to be routed")
+    pods = Pair(ends[0][0], ends[1][0], ends[1][1], ends[0][1], "eth0", pair.pids)
+    wait_for(lambda: _ping_ok(lab, pods.client_ns, pods.server_addr), 20, what="routed pods over tunneld0")
     return pods
 
 
