@@ -38,25 +38,31 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-if "--installed" not in sys.argv:  # else: the tunneld installed for `python -I` (--compare)
+if "--installed" not in sys.argv:
     sys.path[:0] = [os.path.dirname(HERE)]
+else:  # the tunneld installed for `python -I` (--compare) first; the checkout's tests/ after it
+    sys.path.append(os.path.dirname(HERE))
 
 SEGMENTS = 44  # what one 64 KB super-packet holds at the overlay's MTU
 MTU = 1432  # tunneld0's on a 1500-byte underlay
 ROUNDS = 7
 ITERATIONS = 200
 NS = f"tdbudget{os.getpid()}"
+TURNS = 3  # whole runs per revision, in turn
 
 
-def best(fn, packets: int, iterations: int = ITERATIONS) -> float:
-    """The best of ROUNDS rounds of `iterations` calls of fn, in µs per packet."""
-    out = []
+def interleaved(stages: list) -> dict:
+    """Each stage (name, fn, packets, iterations) timed ROUNDS times, the stages taking turns
+    round by round, so that the machine's noise falls on all of them alike; the best round
+    of each, in µs per packet."""
+    times: dict = {name: [] for name, *_ in stages}
     for _ in range(ROUNDS):
-        t0 = time.perf_counter()
-        for _ in range(iterations):
-            fn()
-        out.append((time.perf_counter() - t0) / iterations / packets * 1e6)
-    return min(out)
+        for name, fn, packets, iterations in stages:
+            t0 = time.perf_counter()
+            for _ in range(iterations):
+                fn()
+            times[name].append((time.perf_counter() - t0) / iterations / packets * 1e6)
+    return {name: min(v) for name, v in times.items()}
 
 
 def tcp_super(src: bytes, dst: bytes, segments: int, size: int) -> bytes:
@@ -147,19 +153,19 @@ def inner() -> dict:
         tun.close()
 
     # -- pure stages
-    result["split"] = best(lambda: split(buf), SEGMENTS)
-    result["clamp"] = best(lambda: [clamp(p, 1380, 1330) for p in segs], SEGMENTS)
+    stages = [("split", lambda: split(buf), SEGMENTS, ITERATIONS),
+              ("clamp", lambda: [clamp(p, 1380, 1330) for p in segs], SEGMENTS, ITERATIONS)]
     key = os.urandom(32)
     tx = Session(b"\x01\x00\x00\x00", b"\x02\x00\x00\x00", wire.SUITE_AESGCM, key, key, True, 0.0)
     rx = Session(b"\x02\x00\x00\x00", b"\x01\x00\x00\x00", wire.SUITE_AESGCM, key, key, False, 0.0)
-    result["seal"] = best(lambda: [tx.seal(p) for p in segs], SEGMENTS)
+    stages.append(("seal", lambda: [tx.seal(p) for p in segs], SEGMENTS, ITERATIONS))
     sealed = [tx.seal(p) for p in segs]
 
     def open_all():
         rx.replay = type(rx.replay)()
         for m in sealed:
             rx.open(m)
-    result["open"] = best(open_all, SEGMENTS)
+    stages.append(("open", open_all, SEGMENTS, ITERATIONS))
 
     def merge():
         c = Coalescer()
@@ -168,7 +174,7 @@ def inner() -> dict:
         return c.flush()
     merged = merge()
     result["merge_ok"] = len(merged) == 1
-    result["merge"] = best(merge, SEGMENTS)
+    stages.append(("merge", merge, SEGMENTS, ITERATIONS))
 
     # -- UDP: a train out in one sendmsg, in as one GRO read
     a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -220,8 +226,11 @@ def inner() -> dict:
         a.close()
         b.close()
 
-    result.update(engines(segs, sealed))
-    result.update(node_engines(segs))
+    relay_stages, relay_ok = engines(sealed)
+    node_stages, node_ok = node_engines(segs)
+    result.update(interleaved(stages + relay_stages + node_stages))
+    result["forward_ok"] = relay_ok()
+    result["engine_ok"] = node_ok()
     return result
 
 
@@ -258,7 +267,6 @@ def node_engines(segs: list) -> dict:
     def send_side():
         for p in packets:
             from_tun(p, now)
-    out = {"engine_send": best(send_side, len(packets), 30)}
     path = [p for p in a.peers.values()][0].tx_ep
     sent.clear()
     iterations = 30
@@ -273,17 +281,16 @@ def node_engines(segs: list) -> dict:
         for m in next(it):
             receive(m, ep, now)
     before = dict(b.drops)
-    out["engine_receive"] = best(receive_side, len(packets), iterations)
-    out["engine_ok"] = path != "relay" and dict(b.drops) == before
-    return out
+    stages = [("engine_send", send_side, len(packets), iterations),
+              ("engine_receive", receive_side, len(packets), iterations)]
+    return stages, lambda: path != "relay" and dict(b.drops) == before
 
 
-def engines(segs: list, sealed: list) -> dict:
+def engines(sealed: list) -> tuple[list, object]:
     """Relay.receive's forward: the relay engine's own code, on a member table of two."""
     from tunneld.engine.relay import Relay
     from tunneld.proto import wire
 
-    out: dict = {}
     # The relay's forward: its own code, on a member table of two.
     relay = Relay.__new__(Relay)
     sent = []
@@ -310,9 +317,8 @@ def engines(segs: list, sealed: list) -> dict:
         sent.clear()
         for d in datagrams:
             receive(d, m1.endpoint, 0.0)
-    out["forward"] = best(forward, len(datagrams))
-    out["forward_ok"] = len(sent) == len(datagrams) and not relay.drops
-    return out
+    return [("forward", forward, len(datagrams), ITERATIONS)], \
+        lambda: len(sent) == len(datagrams) and not relay.drops
 
 
 STAGES = (("send", (("tun read", "tun_read"), ("split", "split"), ("clamp", "clamp"), ("seal", "seal"),
@@ -327,7 +333,7 @@ def table(r: dict) -> str:
     r["from_tun_rest"] = max(0.0, r.get("engine_send", 0.0) - r["clamp"] - r["seal"])
     r["receive_rest"] = max(0.0, r.get("engine_receive", 0.0) - r["open"])
     lines = [f"per-packet budget, µs per {r['mtu']}-byte packet ({r['segments']} per super-packet / train; "
-             f"best of {ROUNDS})", ""]
+             f"best of {ROUNDS} rounds x {TURNS} runs)", ""]
     for side, stages in STAGES:
         total = sum(r[k] for _, k in stages)
         cells = "  ".join(f"{name} {r[k]:.2f}" for name, k in stages)
@@ -365,10 +371,18 @@ def main(argv=None) -> int:
     if compare:
         from tests.lab.release import release_python
         runs = {f"tunneld {compare}": release_python(compare), "this tree": None}
-    results = {}
-    for label, python in runs.items():  # the older first: the same machine state for both, in turn
-        results[label] = measure(python or sys.executable, installed=python is not None)
-        print(f"{label}:\n{table(results[label])}\n")
+    results: dict = {}
+    for _ in range(TURNS):  # the revisions take turns, and each stage keeps its best: noise that
+        for label, python in runs.items():  # lasts a while falls on both alike
+            got = measure(python or sys.executable, installed=python is not None)
+            best = results.setdefault(label, got)
+            for key, value in got.items():
+                if isinstance(value, float):
+                    best[key] = min(best[key], value)
+                elif isinstance(value, bool):
+                    best[key] = best[key] and value
+    for label, r in results.items():
+        print(f"{label}:\n{table(r)}\n")
     if "--json" in argv:
         with open(argv[argv.index("--json") + 1], "w") as f:
             json.dump(results, f, indent=1)

@@ -46,7 +46,6 @@ from ..drops import Drop
 from ..proto import endpoint, wire
 from ..proto.endpoint import RELAY
 from ..proto.handshake import Identity, Timestamper
-from .channel import open_data
 from .effects import Assignment, Env, SaveState, SetAddress, SetGateway, Stop, Transmit
 from .mss import clamp
 from .peers import Peer, PeerHandshakes
@@ -181,7 +180,7 @@ class Node:
             if peer is None or peer is self.relay:
                 self.drops[Drop.DIRECT_UNKNOWN_SESSION] += 1
                 return
-            self._from_peer(peer, data, now, ep)
+            self._data(peer, s, data, now, ep)
         elif t == wire.INIT:
             self.handshakes.on_init(None, data, now, ep)
         elif t == wire.RESP or t == wire.COOKIE:
@@ -211,34 +210,7 @@ class Node:
     def _from_peer(self, peer: Peer, msg: bytes, now: float, via) -> None:
         t = msg[0]
         if t == wire.DATA:
-            s, plaintext = open_data(self.table, msg, self.drops, peer)
-            if plaintext is None:
-                if s is None:
-                    self.handshakes.unreadable(peer, now)
-                return
-            peer.last_rx = now
-            if via is not RELAY and via != peer.tx_ep:
-                peer.path.heard(via, now)  # a way to it we may not know yet: probe it
-            if not s.confirmed:
-                self.handshakes.confirm(peer, s, now)
-            if not plaintext:
-                return  # keepalive
-            first = plaintext[0]
-            if first >> 4 == 4:
-                if len(plaintext) >= 20 and (plaintext[12:16] == peer.addr or
-                                             (peer.sources and within(plaintext[12:16], peer.sources))):
-                    peer.rx_bytes += len(plaintext)
-                    if msg[1]:  # a deeper checksum, left for our kernel (wire.py, offload.py)
-                        plaintext = bytes((wire.PARTIAL, 0, msg[1], 0, msg[2])) + plaintext
-                    self.out.write_tun(plaintext)
-                else:
-                    self.drops[Drop.SPOOFED_SOURCE] += 1
-            elif first == wire.PROBE_REQUEST and len(plaintext) == wire.PROBE_LEN:
-                self.probes.answer(peer, s, plaintext, via)
-            elif first == wire.PROBE_REPLY and len(plaintext) == wire.PROBE_LEN:
-                self.probes.replied(peer, plaintext, via, now)
-            else:
-                self.drops[Drop.BAD_INNER_PACKET] += 1
+            self._data(peer, self.table.sessions.get(msg[4:8]), msg, now, via)
         elif t == wire.INIT:
             self.handshakes.on_init(peer, msg, now, via)
         elif t == wire.RESP:
@@ -247,6 +219,40 @@ class Node:
             self.handshakes.on_cookie(peer, msg, now)
         else:
             self.drops[Drop.BAD_TYPE] += 1
+
+    def _data(self, peer: Peer, s, msg: bytes, now: float, via) -> None:
+        """A DATA message from peer in session s (looked up once, by whoever had the index)."""
+        if s is None or s.owner is not peer:
+            self.drops[Drop.UNKNOWN_SESSION] += 1
+            self.handshakes.unreadable(peer, now)
+            return
+        plaintext = s.open(msg)
+        if plaintext is None:
+            self.drops[s.last_drop] += 1
+            return
+        peer.last_rx = now
+        if via is not RELAY and via != peer.tx_ep:
+            peer.path.heard(via, now)  # a way to it we may not know yet: probe it
+        if not s.confirmed:
+            self.handshakes.confirm(peer, s, now)
+        if not plaintext:
+            return  # keepalive
+        first = plaintext[0]
+        if first >> 4 == 4:
+            if len(plaintext) >= 20 and (plaintext[12:16] == peer.addr or
+                                         (peer.sources and within(plaintext[12:16], peer.sources))):
+                peer.rx_bytes += len(plaintext)
+                if msg[1]:  # a deeper checksum, left for our kernel (wire.py, offload.py)
+                    plaintext = bytes((wire.PARTIAL, 0, msg[1], 0, msg[2])) + plaintext
+                self.out.write_tun(plaintext)
+            else:
+                self.drops[Drop.SPOOFED_SOURCE] += 1
+        elif first == wire.PROBE_REQUEST and len(plaintext) == wire.PROBE_LEN:
+            self.probes.answer(peer, s, plaintext, via)
+        elif first == wire.PROBE_REPLY and len(plaintext) == wire.PROBE_LEN:
+            self.probes.replied(peer, plaintext, via, now)
+        else:
+            self.drops[Drop.BAD_INNER_PACKET] += 1
 
     # -- what the relay link brings -----------------------------------------------------
 
@@ -380,19 +386,10 @@ class Node:
     def status(self) -> dict:
         a = self.assignment
         label = self.relay.endpoint or self.config.relay_label
-        return {
-            "role": "node",
-            "name": a.name if a else self.config.name,
-            "address": a.address if a else None,
-            "network": a.network if a else None,
-            "mtu": self.mtu.interface,
-            "network_mtu": self.mtu.network or None,
-            "advertised_routes": list(self.config.routes),
-            "accepted_routes": list(self.routes.accepted),
-            "public_key": self.identity.public.hex(),
-            "relay": self.relay.status(label),
-            "peers": [p.row(label) for p in sorted(self.peers.values(), key=lambda p: p.name)],
-            **self.trust.status(),
-            "counters": dict(self.counts),
-            "drops": dict(self.drops),
-        }
+        return {"role": "node", "name": a.name if a else self.config.name,
+                "address": a.address if a else None, "network": a.network if a else None,
+                "mtu": self.mtu.interface, "network_mtu": self.mtu.network or None,
+                "advertised_routes": list(self.config.routes), "accepted_routes": list(self.routes.accepted),
+                "public_key": self.identity.public.hex(), "relay": self.relay.status(label),
+                "peers": [p.row(label) for p in sorted(self.peers.values(), key=lambda p: p.name)],
+                **self.trust.status(), "counters": dict(self.counts), "drops": dict(self.drops)}
