@@ -65,6 +65,24 @@ def interleaved(stages: list) -> dict:
     return {name: min(v) for name, v in times.items()}
 
 
+def in_turn(first, second) -> tuple[float, float]:
+    """Two system calls that feed each other (a write and the read it makes possible), called
+    in turn and timed each on its own: the best round of each, in µs per segment."""
+    times: tuple[list, list] = ([], [])
+    for _ in range(ROUNDS):
+        t_first = t_second = 0.0
+        for _ in range(ITERATIONS):
+            t0 = time.perf_counter()
+            first()
+            t1 = time.perf_counter()
+            second()
+            t_first += t1 - t0
+            t_second += time.perf_counter() - t1
+        times[0].append(t_first / ITERATIONS / SEGMENTS * 1e6)
+        times[1].append(t_second / ITERATIONS / SEGMENTS * 1e6)
+    return min(times[0]), min(times[1])
+
+
 def tcp_super(src: bytes, dst: bytes, segments: int, size: int) -> bytes:
     """A TCPV4 super-packet as the kernel writes one to the TUN device: IPv4 + TCP header
     (20 + 32 bytes, with timestamps) and segments * size bytes, checksum left partial."""
@@ -133,22 +151,7 @@ def inner() -> dict:
         def read_only():
             os.read(fd, VNET_HDR_LEN + 65535)
 
-        # A write and a read in turn; each timed on its own over the same rounds.
-        writes, reads = [], []
-        for _ in range(ROUNDS):
-            tw = tr = 0.0
-            for _ in range(ITERATIONS):
-                t0 = time.perf_counter()
-                write_only()
-                t1 = time.perf_counter()
-                read_only()
-                t2 = time.perf_counter()
-                tw += t1 - t0
-                tr += t2 - t1
-            writes.append(tw / ITERATIONS / SEGMENTS * 1e6)
-            reads.append(tr / ITERATIONS / SEGMENTS * 1e6)
-        result["tun_read"] = min(reads)
-        result["tun_write"] = min(writes)
+        result["tun_write"], result["tun_read"] = in_turn(write_only, read_only)
     finally:
         tun.close()
 
@@ -205,21 +208,7 @@ def inner() -> dict:
                 n += len(got[0])
             return n
 
-        sends, receives = [], []
-        for _ in range(ROUNDS):
-            ts = tr = 0.0
-            for _ in range(ITERATIONS):
-                t0 = time.perf_counter()
-                send_train()
-                t1 = time.perf_counter()
-                receive_train()
-                t2 = time.perf_counter()
-                ts += t1 - t0
-                tr += t2 - t1
-            sends.append(ts / ITERATIONS / SEGMENTS * 1e6)
-            receives.append(tr / ITERATIONS / SEGMENTS * 1e6)
-        result["send"] = min(sends)
-        result["receive"] = min(receives)
+        result["send"], result["receive"] = in_turn(send_train, receive_train)
         result["udp_gso"] = batch.gso and stats["udp_gso_sends"] > 0
         result["udp_gro"] = stats["udp_gro_reads"] > 0
     finally:

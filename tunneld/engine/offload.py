@@ -38,6 +38,7 @@ import struct
 from ..drops import Drop
 from ..proto.wire import PARTIAL, PARTIAL_HEADER_LEN
 from .checksum import finish, ip_header, pseudo_sum, sum16
+from .segment import cut
 from .tunnel_split import GSO_UDP_TUNNEL_IPV4, VNET_TNL_LEN, split_udp_tunnel4, tunnel_offsets
 
 VNET_HDR_LEN = 10
@@ -47,7 +48,6 @@ GSO_TCPV4 = 1
 GSO_ECN = 0x80
 _VNET = struct.Struct("=BBHHHH")
 _H = struct.Struct("!H")
-_HH = struct.Struct("!HH")
 _I = struct.Struct("!I")
 _PARTIAL = struct.Struct("!BHH")
 
@@ -55,8 +55,6 @@ PLAIN_HDR = _VNET.pack(0, GSO_NONE, 0, 0, 0, 0)
 MAX_SUPER = 65535  # an IPv4 total length
 MAX_SEGMENTS = 64
 
-_CWR = 0x80
-_PSH_FIN = 0x09
 _ACK = 0x10
 
 
@@ -111,38 +109,7 @@ def _split_tcp4(pkt: memoryview, gso_size: int) -> tuple[list[bytes], str]:
     h = ihl + (pkt[ihl + 12] >> 4) * 4
     if h > n or h < ihl + 20:
         return [], Drop.TUN_GSO_MALFORMED
-    hdr = bytearray(pkt[:h])
-    seq = _I.unpack_from(hdr, ihl + 4)[0]
-    ident = _H.unpack_from(hdr, 4)[0]
-    flags = hdr[ihl + 13]
-    hdr[2:6] = b"\x00\x00\x00\x00"  # total length and id vary per segment
-    hdr[10:12] = b"\x00\x00"
-    base = sum(struct.unpack_from(f"!{ihl // 2}H", hdr))
-    # One loop turn per segment, on the hot path: only what varies is written. CWR stays on
-    # the first segment, PSH and FIN on the last, as the kernel's own segmentation does.
-    at_flags, at_seq = ihl + 13, ihl + 4
-    last = n - gso_size
-    total = h + gso_size
-    hdr[at_flags] = flags & ~_PSH_FIN if last > h else flags
-    middle = flags & ~(_CWR | _PSH_FIN)
-    pack_len_id, pack_h, pack_i, join = _HH.pack_into, _H.pack_into, _I.pack_into, b"".join
-    out = []
-    append = out.append
-    for off in range(h, n, gso_size):
-        if off >= last:
-            total = h + n - off
-            hdr[at_flags] = flags & ~_CWR if off > h else flags
-        c = base + total + ident
-        c = (c & 0xFFFF) + (c >> 16)
-        pack_len_id(hdr, 2, total, ident)
-        pack_h(hdr, 10, ~((c & 0xFFFF) + (c >> 16)) & 0xFFFF)
-        pack_i(hdr, at_seq, seq & 0xFFFFFFFF)
-        append(join((hdr, pkt[off : off + gso_size])))
-        if off == h:
-            hdr[at_flags] = middle
-        ident = (ident + 1) & 0xFFFF
-        seq += gso_size
-    return out, ""
+    return cut(pkt, gso_size, 0, ihl, h), ""
 
 
 class _Flow:
