@@ -121,3 +121,28 @@ def test_a_pod_address_from_the_wrong_node_is_dropped(routed):
         assert ok.returncode == 0
     finally:
         ov.lab.run("ip", "-n", ns, "addr", "del", "198.18.3.77/32", "dev", "lo")
+
+
+def test_a_pod_cidr_the_relay_would_refuse_is_refused_on_the_node_and_changes_nothing(routed):
+    """flannel's subnet.env is rewritten with a prefix inside the overlay: the node says so in
+    one log line, keeps routing the pod CIDR it had, and stays joined."""
+    ov = routed
+    path = next(a for a in ov.node_procs["r2"].args if a.endswith("r2-subnet.env"))
+    with open(path) as f:
+        good = f.read()
+    try:
+        with open(path + ".tmp", "w") as f:
+            f.write(good.replace("FLANNEL_SUBNET=198.18.2.1/24", "FLANNEL_SUBNET=100.64.9.1/24"))
+        os.rename(path + ".tmp", path)
+        wait_for(lambda: "cannot route" in ov.lab.log("r2"), 15, what="r2 to refuse the pod CIDR")
+        lines = [line for line in ov.lab.log("r2").splitlines() if "cannot route" in line]
+        assert len(lines) == 1 and "100.64.9.0/24" in lines[0] and "198.18.2.0/24" in lines[0]
+        st = ov.node_status("r2")
+        assert st["advertised_routes"] == ["198.18.2.0/24"] and st["relay"]["connected"]
+        assert ov.node_procs["r2"].poll() is None
+        ok = ov.lab.nsexec(ov.pods["r2"], "ping", "-n", "-q", "-c", "1", "-W", "2", "198.18.1.2", check=False)
+        assert ok.returncode == 0
+    finally:
+        with open(path + ".tmp", "w") as f:
+            f.write(good)
+        os.rename(path + ".tmp", path)

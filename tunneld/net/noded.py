@@ -479,10 +479,14 @@ class NodeDaemon(Daemon):
         self._subnet_env = (found, now + SUBNET_ENV_EVERY)
         if found == seen or found is None:
             return
+        # Checked here as the relay checks it: a prefix it would refuse must not end the node.
+        a = self.engine.assignment if self.engine is not None else None
         try:
-            pods = tuple(p for p in check_routes((found,)) if p not in self.settings.advertise_routes)
+            overlay = ipaddress.IPv4Network(a.network) if a is not None else None
+            pods = tuple(p for p in check_routes((found,), overlay) if p not in self.settings.advertise_routes)
         except RouteError as exc:
-            log.error("%s names a pod network tunneld cannot route: %s", path, exc)
+            log.error("%s names a pod network tunneld cannot route, keeping %s: %s", path,
+                      ", ".join(self.pods) or "none", exc)
             return
         log.info("pod network %s (from %s) is routed through the overlay", found, path)
         self.pods = pods
