@@ -16,7 +16,8 @@ Cells, each measured `--repeat` times (min / median / max kept):
   cpu            CPU of the tunnel's own processes during tcp1, % of one core
 
 And the relay's own capacity (--capacity 0 skips it): datagrams of 1,400 and 64 bytes from
-8 senders to 8 receivers through one relay, forwarded per second and in Gbit/s.
+8 senders to 8 receivers through one relay, forwarded per second and in Gbit/s, with one
+worker and with as many as there are cores (serve --workers).
 
 And the relay's scale: --nodes lightweight nodes (bench/swarm.py: the node engine without
 per-peer state) join one relay; the time until all have joined, its RSS and idle CPU.
@@ -207,7 +208,7 @@ def relay_scale(count: int, timeout: float = 60.0, python: str | None = None) ->
             "all_joined_s": report.get("all_joined_s"), "relay_rss_mb": rss, "relay_idle_cpu_pct": idle}
 
 
-def relay_capacity(size: int, seconds: float, pairs: int = 8) -> dict:
+def relay_capacity(size: int, seconds: float, workers: int = 1, pairs: int = 8) -> dict:
     """What one relay forwards: `pairs` senders each blasting datagrams of `size` bytes at a
     receiver through it (bench/swarm.py BLAST), from one process in a namespace of its own.
     The relay and the senders share this machine's cores: the figure is the relay's rate
@@ -215,7 +216,7 @@ def relay_capacity(size: int, seconds: float, pairs: int = 8) -> dict:
     from tests.lab.overlay import Overlay
     with Lab() as lab:
         ov = Overlay(lab)
-        ov.start_relay()
+        ov.start_relay("--workers", str(workers))
         token = ov.token("--ttl", "1h")
         host = lab.public_host("blast")
         swarm = subprocess.Popen(["ip", "netns", "exec", host.ns, sys.executable, os.path.join(HERE, "swarm.py"),
@@ -224,19 +225,19 @@ def relay_capacity(size: int, seconds: float, pairs: int = 8) -> dict:
         lab.processes.append(swarm)
         try:
             swarm.stdout.readline()  # joined
-            pid = ov.relay_proc.pid
-            before, t0 = cpu_seconds([pid]), time.monotonic()
+            pids = [ov.relay_proc.pid, *(w["pid"] for w in ov.status(ov.relay).get("workers", ()))]
+            before, t0 = cpu_seconds(pids), time.monotonic()
             line = swarm.stdout.readline().decode()
-            cpu = 100 * (cpu_seconds([pid]) - before) / (time.monotonic() - t0)
+            cpu = 100 * (cpu_seconds(pids) - before) / (time.monotonic() - t0)
         finally:
             lab.stop(swarm, timeout=5)
     out = json.loads(line) if line else {}
-    return {**out, "relay_cpu_pct": cpu, "workers": 1}
+    return {**out, "relay_cpu_pct": cpu, "workers": workers}
 
 
 def capacity_line(c: dict) -> str:
     return (f"relay capacity, {c.get('size')} B datagrams, {c.get('senders')} senders -> as many receivers, "
-            f"{c.get('workers')} worker: {c.get('forwarded_pps', 0) / 1000:.1f} kpps, "
+            f"{c.get('workers')} worker(s): {c.get('forwarded_pps', 0) / 1000:.1f} kpps, "
             f"{c.get('forwarded_gbps', 0):.3f} Gbit/s forwarded (relay CPU {c.get('relay_cpu_pct', 0):.0f} %)")
 
 
@@ -381,8 +382,9 @@ def main(argv=None) -> int:
         if args.capacity:
             result["capacity"] = []
             for size in (1400, 64):
-                print(f"  relay capacity, {size} B ...", file=sys.stderr, flush=True)
-                result["capacity"].append(relay_capacity(size, seconds))
+                for workers in sorted({1, len(os.sched_getaffinity(0))}):
+                    print(f"  relay capacity, {size} B, {workers} worker(s) ...", file=sys.stderr, flush=True)
+                    result["capacity"].append(relay_capacity(size, seconds, workers))
         if args.relays > 0:
             n = args.relay_nodes or args.nodes
             print(f"  {args.relays} relays on etcd, {n} nodes ...", file=sys.stderr, flush=True)

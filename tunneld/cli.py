@@ -80,15 +80,18 @@ def cli():
 @click.option("--store-key", metavar="FILE", help="Key of the client certificate (TLS).")
 @click.option("--advertise", metavar="HOST:PORT", help="Where nodes and other relays reach this relay "
                                                        "[the --listen address].")
+@click.option("--workers", metavar="N", type=int, help="Processes forwarding relayed traffic on the port, "
+                                                       "the relay's own included [1].")
 def serve(listen, network, state_dir, config, log_level, lock, auto_approve_routes, store, store_prefix,
-          store_ca, store_cert, store_key, advertise):
+          store_ca, store_cert, store_key, advertise, workers):
     """Run the relay (rendezvous and forwarder) in the foreground."""
     s = merged(dict(listen=listen, network=network, state_dir=state_dir, log_level=log_level, lock=lock,
                     auto_approve_routes=list(auto_approve_routes) or None, store=store, store_prefix=store_prefix,
-                    store_ca=store_ca, store_cert=store_cert, store_key=store_key, advertise=advertise), config,
+                    store_ca=store_ca, store_cert=store_cert, store_key=store_key, advertise=advertise,
+                    workers=workers), config,
                {"listen": None, "network": DEFAULT_NETWORK, "state_dir": DEFAULT_STATE_DIR, "log_level": "info",
                 "lock": None, "auto_approve_routes": [], "store": None, "store_prefix": "/tunneld/",
-                "store_ca": None, "store_cert": None, "store_key": None, "advertise": None})
+                "store_ca": None, "store_cert": None, "store_key": None, "advertise": None, "workers": 1})
     if not s["listen"]:
         raise ConfigError("serve needs --listen HOST:PORT, e.g. --listen 0.0.0.0:7000")
     host, port = parse_hostport(s["listen"], "--listen")
@@ -102,13 +105,20 @@ def serve(listen, network, state_dir, config, log_level, lock, auto_approve_rout
             raise ConfigError(f"--lock: {exc}") from None
     auto = parse_prefixes(s["auto_approve_routes"], "--auto-approve-routes")
     advertise = _advertise(s, host, port)
+    workers = s["workers"]
+    if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= MAX_WORKERS:
+        raise ConfigError(f"--workers {str(workers)[:20]!r}: give 1 to {MAX_WORKERS}")
     settings = ServeSettings(host, port, parse_network(s["network"]), s["state_dir"],
                              check_log_level(s["log_level"]), auto, lock_public, s["store"] or None,
-                             str(s["store_prefix"]), s["store_ca"], s["store_cert"], s["store_key"], advertise)
+                             str(s["store_prefix"]), s["store_ca"], s["store_cert"], s["store_key"], advertise,
+                             workers)
     _logging(settings.log_level)
     from .net.base import run
     from .net.relayd import RelayDaemon
     return _finish(run(RelayDaemon(settings).run()))
+
+
+MAX_WORKERS = 64
 
 
 def _advertise(s: dict, host: str, port: int) -> str:

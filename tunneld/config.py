@@ -121,6 +121,7 @@ class ServeSettings:
     store_cert: str | None = None
     store_key: str | None = None
     advertise: str = ""  # host:port where nodes and the other relays reach this one
+    workers: int = 1  # processes forwarding on the port (net/relay_workers.py)
 
 
 @dataclass(frozen=True)

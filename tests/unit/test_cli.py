@@ -89,6 +89,8 @@ def test_token_with_a_bad_ttl_changes_nothing(tmp_path):
     (["kube-env", "--net-conf", "geneve"], ["--net-conf", "vxlan or routed"]),
     (["kube-env", "--net-conf", "routed", "--cluster-cidr", "10.244.0.1/16"], ["--cluster-cidr"]),
     (["serve"], ["--listen"]),
+    (["serve", "--listen", "0.0.0.0:7000", "--workers", "0"], ["--workers"]),
+    (["serve", "--listen", "0.0.0.0:7000", "--workers", "65"], ["--workers"]),
     (["serve", "--listen", "0.0.0.0:7000", "--network", "100.64.0.1/10"], ["--network"]),
     (["serve", "--listen", "0.0.0.0:7000", "--log-level", "loud"], ["--log-level"]),
     (["frobnicate"], ["No such command"]),

@@ -88,6 +88,7 @@ class Relay(OperatorCommands):
         self.members: dict[bytes, Member] = {}  # by public key
         self.by_addr: dict[bytes, Member] = {}  # online members by overlay address
         self.by_endpoint: dict[object, Member] = {}
+        self.table_version = 0  # counts changes of the two above: relay workers follow them
         self.writes: deque = deque()  # for the store, in order
         self.drops: Counter = Counter()
         self.counts: Counter = Counter()
@@ -282,6 +283,7 @@ class Relay(OperatorCommands):
             del self.by_endpoint[m.endpoint]
         m.endpoint = ep
         self.by_endpoint[ep] = m
+        self.table_version += 1
         if not m.online:
             m.online = True
             self.counts["connects"] += 1
@@ -291,6 +293,7 @@ class Relay(OperatorCommands):
         self.directory.set(m.entry())
 
     def _offline(self, m: Member, why: str = "went offline") -> None:
+        self.table_version += 1
         if m.endpoint is not None and self.by_endpoint.get(m.endpoint) is m:
             del self.by_endpoint[m.endpoint]
         if self.by_addr.get(m.addr) is m:

@@ -46,9 +46,12 @@ def run(coro):
     return uvloop.run(coro)
 
 
-def udp_socket(host: str, port: int, option: str) -> socket.socket:
+def udp_socket(host: str, port: int, option: str, reuseport: bool = False) -> socket.socket:
+    """reuseport: one of several sockets on the port (the relay's workers, net/steer.py)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setblocking(False)
+    if reuseport:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     # No DF on the outer packets: should a path be smaller than the overlay MTU assumes (a
     # smaller node just joined), routers fragment rather than drop, and nothing stalls.
     sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)

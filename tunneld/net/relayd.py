@@ -32,7 +32,8 @@ from ..proto import mesh
 from ..store.etcd import open_store
 from ..store.sqlite import SqliteStore
 from .shared import SharedStore, shared_identity
-from . import ctlsock
+from . import ctlsock, steer
+from .relay_workers import RelayWorkers
 from .base import READ_BATCH, Daemon, FramedStream, bind_error, real_env, udp_socket
 from .udpio import Batch, enable_gro, read as udp_read
 
@@ -200,6 +201,8 @@ class RelayDaemon(Daemon):
         self.writer: StoreWriter | None = None
         self.sock: socket.socket | None = None
         self.batch: Batch | None = None
+        self.worker_socks: list[socket.socket] = []
+        self.workers: RelayWorkers | None = None
         self.gro = False
 
     async def run(self) -> tuple[int, str]:
@@ -229,10 +232,27 @@ class RelayDaemon(Daemon):
         finally:
             udp.close()
             tcp.close()
+            self._close_worker_socks()
+
+    def _close_worker_socks(self) -> None:
+        for sock in self.worker_socks:  # bound, but no worker started on them
+            sock.close()
+        self.worker_socks = []
 
     def _bind(self) -> tuple[socket.socket, socket.socket]:
         s = self.settings
-        udp = udp_socket(s.listen_host, s.port, "--listen")
+        udp = udp_socket(s.listen_host, s.port, "--listen", reuseport=s.workers > 1)
+        # The workers' sockets, bound after ours: ours is the group's first, where all but
+        # RELAYED goes (steer.py).
+        try:
+            for _ in range(s.workers - 1):
+                self.worker_socks.append(udp_socket(s.listen_host, s.port, "--listen", reuseport=True))
+        except ConfigError:
+            udp.close()
+            self._close_worker_socks()
+            raise
+        if self.worker_socks and not steer.attach(udp, s.workers):
+            log.warning("the kernel refused the steering program; the relay's workers share by the kernel's hash")
         tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -240,6 +260,7 @@ class RelayDaemon(Daemon):
         except OSError as exc:
             tcp.close()
             udp.close()
+            self._close_worker_socks()
             raise bind_error(exc, s.listen_host, s.port, "TCP", "--listen") from None
         return udp, tcp
 
@@ -287,6 +308,10 @@ class RelayDaemon(Daemon):
         server = await loop.create_server(lambda: NodeStream(self), sock=tcp_sock, backlog=1024)
         ctl = await ctlsock.serve(os.path.join(state_dir, SOCKET_FILE), self._control)
         loop.add_reader(self.sock.fileno(), self._on_udp)
+        if self.worker_socks:
+            self.workers = RelayWorkers(self.worker_socks, relay_mtu)
+            self.worker_socks = []
+            self.workers.start(loop, self)
         log.info("relay listening on %s (UDP and TCP), network %s, key %s",
                  listen, s.network, identity.public.hex())
         notify("READY=1\nSTATUS=relay listening on " + listen)
@@ -294,6 +319,8 @@ class RelayDaemon(Daemon):
             return await self.wait()
         finally:
             notify("STOPPING=1")
+            if self.workers is not None:
+                self.workers.close()
             loop.remove_reader(self.sock.fileno())
             self.stop_base()
             ctl.close()
@@ -356,10 +383,14 @@ class RelayDaemon(Daemon):
             batch.flush()
         if self.engine.writes:
             self.writer.wake.set()
+        if self.workers is not None:
+            self.workers.sync()  # a join or a move changes what the workers forward
 
     def after_input(self) -> None:
         if self.engine is not None and self.engine.writes:
             self.writer.wake.set()
+        if self.workers is not None:
+            self.workers.sync()
 
     def tick(self, now: float) -> None:
         self.engine.tick(now)
@@ -375,10 +406,13 @@ class RelayDaemon(Daemon):
             status = self.engine.status(monotonic())
             status["store"] = {"kind": "etcd" if self.writer.store.shared else "sqlite",
                                "problem": self.engine.registry.unavailable or None}
-            status["drops"] = self.all_drops(status["drops"])
+            w = self.workers
+            status["drops"] = self.all_drops(status["drops"] if w is None else Counter(status["drops"]) + w.drops)
             status["tcp_streams"] = len(self.streams)
             status["tasks"] = len(asyncio.all_tasks())
-            status["offload"] = {"udp_gso": self.batch.gso, "udp_gro": self.gro, **self.stats}
+            status["offload"] = {"udp_gso": self.batch.gso, "udp_gro": self.gro,
+                                 **(self.stats if w is None else self.stats + w.stats)}
+            status["workers"] = [] if w is None else w.status()
             return status
         if cmd in ("revoke", "token", "approve-route", "unapprove-route", "revoke-token") \
                 and self.engine.registry.unavailable:

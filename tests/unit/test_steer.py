@@ -1,0 +1,48 @@
+"""The reuseport steering program, run by the kernel on real sockets of one port."""
+
+import socket
+import time
+
+from tunneld.net.steer import attach, program
+from tunneld.proto import wire
+
+
+def test_relayed_datagrams_go_by_source_port_and_everything_else_to_the_first_socket():
+    group = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+    senders = []
+    try:
+        for s in group:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.bind(("127.0.0.1", 0 if s is group[0] else port))
+            port = s.getsockname()[1]
+            s.setblocking(False)
+        assert attach(group[0], 3)
+        for p in range(3):
+            c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            senders.append(c)
+            c.bind(("127.0.0.1", 0))
+            while c.getsockname()[1] % 3 != p:  # a port of each remainder
+                c.close()
+                c = senders[-1] = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                c.bind(("127.0.0.1", 0))
+            c.sendto(bytes((wire.RELAYED,)) + bytes(15), ("127.0.0.1", port))
+            c.sendto(bytes((wire.DATA,)) + bytes(15), ("127.0.0.1", port))
+        time.sleep(0.05)
+        got = {i: [] for i in range(3)}
+        for i, s in enumerate(group):
+            while True:
+                try:
+                    data, addr = s.recvfrom(64)
+                except BlockingIOError:
+                    break
+                got[i].append((data[0], addr[1] % 3))
+        assert sorted(got[0]) == sorted([(wire.DATA, 0), (wire.DATA, 1), (wire.DATA, 2), (wire.RELAYED, 0)])
+        assert got[1] == [(wire.RELAYED, 1)] and got[2] == [(wire.RELAYED, 2)]
+    finally:
+        for s in group + senders:
+            s.close()
+
+
+def test_the_program_is_six_instructions_ending_in_a_return():
+    insns = program(4)
+    assert len(insns) == 6 and insns[-1][0] == 0x16 and insns[4] == (0x94, 0, 0, 4)

@@ -1,0 +1,119 @@
+"""The relay's side of its workers (`tunneld serve --workers N`, relay_worker.py).
+
+It starts N - 1 worker processes, each on a socket of the port's SO_REUSEPORT group that
+the relay bound before them (so that its own socket is the group's first, where steer.py
+sends everything but RELAYED), keeps their forwarding table in step with the engine's
+members, takes what they hand over as if it had arrived on its own socket, and adds
+their counters to the members' and to status. A worker that dies takes its socket with
+it: the kernel leaves it out of the group, and its nodes fall to the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import sys
+from collections import Counter
+from time import monotonic
+
+import msgpack
+
+log = logging.getLogger("tunneld.relay")
+
+
+class RelayWorkers:
+    def __init__(self, socks: list[socket.socket], mtu: int):
+        self.procs: list[subprocess.Popen] = []
+        self.ctls: list[socket.socket] = []
+        for sock in socks:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            proc = subprocess.Popen([sys.executable, "-m", "tunneld.net.relay_worker", str(sock.fileno()),
+                                     str(theirs.fileno()), str(mtu)], pass_fds=(sock.fileno(), theirs.fileno()))
+            theirs.close()
+            sock.close()  # the worker's now
+            ours.setblocking(False)
+            self.procs.append(proc)
+            self.ctls.append(ours)
+        self.version = -1
+        self.forwarded = [0] * len(socks)
+        self.drops: Counter = Counter()
+        self.stats: Counter = Counter()
+        self.loop = None
+        self.daemon = None
+
+    def start(self, loop, daemon) -> None:
+        self.loop, self.daemon = loop, daemon
+        for i, ctl in enumerate(self.ctls):
+            loop.add_reader(ctl.fileno(), self._on_ctl, i)
+        self.sync()
+
+    def sync(self) -> None:
+        """After input and on every tick: the members' table, when it changed."""
+        engine = self.daemon.engine
+        if engine.table_version == self.version:
+            return
+        self.version = engine.table_version
+        table = [[ep[0], ep[1], m.addr, m.relayed_prefix] for ep, m in engine.by_endpoint.items()
+                 if ep.__class__ is tuple and engine.by_addr.get(m.addr) is m]
+        msg = b"T" + msgpack.packb(table)
+        for ctl in self.ctls:
+            try:
+                ctl.send(msg)
+            except OSError:
+                pass  # a dead worker: _on_ctl has said so
+
+    def _on_ctl(self, i: int) -> None:
+        ctl = self.ctls[i]
+        engine = self.daemon.engine
+        for _ in range(256):
+            try:
+                msg = ctl.recv(1 << 17)
+            except BlockingIOError:
+                break
+            except OSError:
+                msg = b""
+            if not msg:
+                log.error("relay worker %d (pid %d) exited; its nodes go to the others", i + 1, self.procs[i].pid)
+                self.loop.remove_reader(ctl.fileno())
+                return
+            kind = msg[:1]
+            if kind == b"D":
+                n = int.from_bytes(msg[1:3], "big")
+                host, port = msgpack.unpackb(msg[3 : 3 + n])
+                self.daemon.receive(msg[3 + n :], (host, port), monotonic())
+            elif kind == b"S":
+                self._report(i, msgpack.unpackb(msg[1:]), engine)
+        self.sync()
+        self.daemon.after_input()
+
+    def _report(self, i: int, report: dict, engine) -> None:
+        for addr, (nbytes, packets) in report["rx"].items():
+            m = engine.by_addr.get(addr)
+            self.forwarded[i] += packets
+            if m is not None:
+                m.rx_bytes += nbytes
+                m.rx_packets += packets
+        for addr, nbytes in report["tx"].items():
+            m = engine.by_addr.get(addr)
+            if m is not None:
+                m.tx_bytes += nbytes
+        self.drops.update(report["drops"])
+        self.stats.update(report["stats"])
+
+    def status(self) -> list[dict]:
+        return [{"worker": i + 1, "pid": p.pid, "running": p.poll() is None, "forwarded": self.forwarded[i]}
+                for i, p in enumerate(self.procs)]
+
+    def close(self) -> None:
+        """Close the control sockets (each worker ends on that) and wait for them, by PID."""
+        for ctl in self.ctls:
+            if self.loop is not None:
+                self.loop.remove_reader(ctl.fileno())
+            ctl.close()
+        for proc in self.procs:
+            try:
+                proc.wait(3)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(3)
