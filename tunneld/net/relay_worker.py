@@ -122,7 +122,7 @@ class Worker:
             self.tokens = min(HANDOFF_RATE, self.tokens + (now - self.refilled) * HANDOFF_RATE)
             self.refilled = now
             if self.tokens < 1:
-                self.drops[Drop.WORKER_HANDOFF_FULL] += 1
+                self.drops[Drop.WORKER_HANDOFF_RATE] += 1
                 return
             self.tokens -= 1
         head = msgpack.packb([addr[0], addr[1]])

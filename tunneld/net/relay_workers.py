@@ -22,12 +22,25 @@ import msgpack
 log = logging.getLogger("tunneld.relay")
 
 
+HANDOFF_BUFFER = 4 << 20
+
+
+def _buffers(sock: socket.socket) -> None:
+    for opt, force in ((socket.SO_RCVBUF, 33), (socket.SO_SNDBUF, 32)):  # SO_*BUFFORCE as root
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, HANDOFF_BUFFER)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, opt, HANDOFF_BUFFER)
+
+
 class RelayWorkers:
     def __init__(self, socks: list[socket.socket], mtu: int):
         self.procs: list[subprocess.Popen] = []
         self.ctls: list[socket.socket] = []
         for sock in socks:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            for end in (ours, theirs):  # room for a burst handed over, as the UDP socket has
+                _buffers(end)
             proc = subprocess.Popen([sys.executable, "-m", "tunneld.net.relay_worker", str(sock.fileno()),
                                      str(theirs.fileno()), str(mtu)], pass_fds=(sock.fileno(), theirs.fileno()))
             theirs.close()
@@ -41,6 +54,7 @@ class RelayWorkers:
         self.stats: Counter = Counter()
         self.loop = None
         self.daemon = None
+        self._buf = bytearray(HANDOFF_BUFFER)  # one message at a time, whatever its size (SEQPACKET)
 
     def start(self, loop, daemon) -> None:
         self.loop, self.daemon = loop, daemon
@@ -68,7 +82,7 @@ class RelayWorkers:
         engine = self.daemon.engine
         for _ in range(256):
             try:
-                msg = ctl.recv(1 << 17)
+                msg = bytes(memoryview(self._buf)[: ctl.recv_into(self._buf)])
             except BlockingIOError:
                 break
             except OSError:
