@@ -46,7 +46,7 @@ from ..proto.token import JoinToken, TokenError
 from ..state import NODE_FILE, SOCKET_FILE, load_identity, load_node_state, prepare_dir, save_node_state
 from . import ctlsock
 from .base import READ_BATCH, Daemon, FramedStream, real_env, udp_socket
-from .udpio import Batch, enable_gro, read as udp_read
+from .udpio import Batch, enable_gro, reads as udp_reads
 
 log = logging.getLogger("tunneld.node")
 
@@ -398,11 +398,7 @@ class NodeDaemon(Daemon):
         coalescer = self.coalescer
         self._coalescing = self.batch.active = True
         try:
-            for _ in range(READ_BATCH):
-                got = udp_read(sock, gro, self.drops, self.stats)
-                if got is None:
-                    break
-                datagrams, addr = got
+            for datagrams, addr in udp_reads(sock, gro, self.drops, self.stats, READ_BATCH):
                 ep = RELAY if addr == relay else addr
                 for data in datagrams:
                     try:

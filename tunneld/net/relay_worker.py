@@ -34,7 +34,7 @@ import msgpack
 from ..drops import Drop
 from ..proto import wire
 from .base import READ_BATCH, run
-from .udpio import Batch, enable_gro, read as udp_read
+from .udpio import Batch, enable_gro, reads as udp_reads
 
 HANDOFF_RATE = 2000.0  # datagrams a second handed to the relay's process (burst: as many)
 REPORT_EVERY = 1.0
@@ -90,11 +90,7 @@ class Worker:
         by_endpoint, by_addr, rx, tx = self.by_endpoint, self.by_addr, self.rx, self.tx
         batch.active = True
         try:
-            for _ in range(READ_BATCH):
-                got = udp_read(sock, gro, self.drops, self.stats)
-                if got is None:
-                    break
-                datagrams, addr = got
+            for datagrams, addr in udp_reads(sock, gro, self.drops, self.stats, READ_BATCH):
                 src = by_endpoint.get(addr)
                 for data in datagrams:
                     if src is not None and data[0] == _RELAYED and len(data) > wire.RELAYED_HEADER_LEN:

@@ -35,7 +35,7 @@ from .shared import SharedStore, shared_identity
 from . import ctlsock, steer
 from .relay_workers import RelayWorkers
 from .base import READ_BATCH, Daemon, FramedStream, bind_error, real_env, udp_socket
-from .udpio import Batch, enable_gro, read as udp_read
+from .udpio import Batch, enable_gro, reads as udp_reads
 
 log = logging.getLogger("tunneld.relay")
 
@@ -366,11 +366,7 @@ class RelayDaemon(Daemon):
         batch = self.batch
         batch.active = True
         try:
-            for _ in range(READ_BATCH):
-                got = udp_read(sock, gro, self.drops, self.stats)
-                if got is None:
-                    break
-                datagrams, addr = got
+            for datagrams, addr in udp_reads(sock, gro, self.drops, self.stats, READ_BATCH):
                 for data in datagrams:
                     try:
                         receive(data, addr, now)

@@ -71,6 +71,16 @@ def read(sock: socket.socket, gro: bool, drops, stats):
     return datagrams, addr
 
 
+def reads(sock: socket.socket, gro: bool, drops, stats, limit: int):
+    """The reads of one readiness callback, at most limit: (datagrams, sender) each, until
+    the socket is drained."""
+    for _ in range(limit):
+        got = read(sock, gro, drops, stats)
+        if got is None:
+            return
+        yield got
+
+
 class Batch:
     """Outgoing datagrams, held while `active` and sent by flush(); sent at once otherwise."""
 
