@@ -64,8 +64,10 @@ def test_tunneld_runs_with_only_the_units_capabilities(lab):
     only = lambda keep: ("setpriv", f"--bounding-set=-all{keep}", f"--inh-caps=-all{keep}",  # noqa: E731
                          f"--ambient-caps=-all{keep}", "--")
     ov = Overlay(lab)
-    ov.start_relay(wrap=only(""))
+    ov.start_relay("--workers", "2", wrap=only(""))  # its worker too: SO_REUSEPORT and BPF need no capability
     assert caps(ov.relay_proc.pid) == 0
+    (worker,) = ov.status(ov.relay)["workers"]
+    assert worker["running"] and caps(worker["pid"]) == 0 and caps(worker["pid"], "CapBnd") == 0
     token = ov.token()
     ov.join(lab.public_host("alpha"), "alpha", token, wrap=only(",+net_admin"))
     ov.join(lab.nat_host("bravo", "no-inbound"), "bravo", token, wrap=only(",+net_admin"))
