@@ -12,6 +12,8 @@ import fcntl
 import os
 import struct
 
+from ..engine.offload import VNET_HDR_LEN
+from ..engine.tunnel_split import VNET_TNL_LEN
 from ..errors import ConfigError, HostError
 
 TUNSETIFF = 0x400454CA
@@ -25,7 +27,6 @@ TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
 TUN_F_UDP_TUNNEL_GSO = 0x080  # Linux 6.17 on: VXLAN super-packets (engine/tunnel_split.py)
 TUN_F_UDP_TUNNEL_GSO_CSUM = 0x100
-VNET_LEN, VNET_TNL_LEN = 10, 24  # virtio_net_hdr; virtio_net_hdr_v1_hash_tunnel
 OFFLOADS = ("all", "tcp", "none")  # what Tun.open asks the kernel for (TUNNELD_OFFLOAD)
 IFNAMSIZ = 16
 
@@ -46,7 +47,7 @@ class Tun:
         self.name = name
         self.offload = offload
         self.tunnel = tunnel
-        self.vnet_len = VNET_TNL_LEN if tunnel else VNET_LEN
+        self.vnet_len = VNET_TNL_LEN if tunnel else VNET_HDR_LEN
 
     @classmethod
     def open(cls, name: str, persist: bool = True, offload: str = "all") -> "Tun":
@@ -81,9 +82,9 @@ class Tun:
         tcp = TUN_F_CSUM | TUN_F_TSO4
         if offload == "all" and _offload(fd, tcp | TUN_F_UDP_TUNNEL_GSO | TUN_F_UDP_TUNNEL_GSO_CSUM, VNET_TNL_LEN):
             return cls(fd, name, True, True)
-        if offload in ("all", "tcp") and _offload(fd, tcp, VNET_LEN):
+        if offload in ("all", "tcp") and _offload(fd, tcp, VNET_HDR_LEN):
             return cls(fd, name, True)
-        _offload(fd, 0, VNET_LEN)
+        _offload(fd, 0, VNET_HDR_LEN)
         return cls(fd, name)
 
     def close(self) -> None:

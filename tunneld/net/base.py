@@ -55,17 +55,23 @@ def udp_socket(host: str, port: int, option: str, reuseport: bool = False) -> so
     # No DF on the outer packets: should a path be smaller than the overlay MTU assumes (a
     # smaller node just joined), routers fragment rather than drop, and nothing stalls.
     sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
-    for opt, force in ((socket.SO_RCVBUF, 33), (socket.SO_SNDBUF, 32)):  # SO_*BUFFORCE as root
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
-        except OSError:
-            sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+    socket_buffers(sock, SOCKET_BUFFER)
     try:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
         raise bind_error(exc, host, port, "UDP", option) from None
     return sock
+
+
+def socket_buffers(sock: socket.socket, size: int) -> None:
+    """Receive and send buffers of size bytes: beyond the system's limit as root (SO_*BUFFORCE),
+    up to it otherwise."""
+    for opt, force in ((socket.SO_RCVBUF, 33), (socket.SO_SNDBUF, 32)):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, size)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, opt, size)
 
 
 def bind_error(exc: OSError, host: str, port: int, proto: str, option: str) -> ConfigError:

@@ -457,7 +457,7 @@ class NodeDaemon(Daemon):
 
     def tick(self, now: float) -> None:
         self.engine.tick(now)
-        if now >= self._subnet_env[1] and self.settings.pod_cidr.startswith("/"):
+        if now >= self._subnet_env[1]:
             self._follow_subnet_env(now)
 
     def _follow_subnet_env(self, now: float, start: bool = False) -> None:

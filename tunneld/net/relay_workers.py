@@ -19,18 +19,12 @@ from time import monotonic
 
 import msgpack
 
+from .base import socket_buffers
+
 log = logging.getLogger("tunneld.relay")
 
 
 HANDOFF_BUFFER = 4 << 20
-
-
-def _buffers(sock: socket.socket) -> None:
-    for opt, force in ((socket.SO_RCVBUF, 33), (socket.SO_SNDBUF, 32)):  # SO_*BUFFORCE as root
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, force, HANDOFF_BUFFER)
-        except OSError:
-            sock.setsockopt(socket.SOL_SOCKET, opt, HANDOFF_BUFFER)
 
 
 class RelayWorkers:
@@ -40,7 +34,7 @@ class RelayWorkers:
         for sock in socks:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             for end in (ours, theirs):  # room for a burst handed over, as the UDP socket has
-                _buffers(end)
+                socket_buffers(end, HANDOFF_BUFFER)
             proc = subprocess.Popen([sys.executable, "-m", "tunneld.net.relay_worker", str(sock.fileno()),
                                      str(theirs.fileno()), str(mtu)], pass_fds=(sock.fileno(), theirs.fileno()))
             theirs.close()

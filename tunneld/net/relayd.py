@@ -377,16 +377,13 @@ class RelayDaemon(Daemon):
         finally:
             batch.active = False
             batch.flush()
-        if self.engine.writes:
-            self.writer.wake.set()
-        if self.workers is not None:
-            self.workers.sync()  # a join or a move changes what the workers forward
+        self.after_input()
 
     def after_input(self) -> None:
         if self.engine is not None and self.engine.writes:
             self.writer.wake.set()
         if self.workers is not None:
-            self.workers.sync()
+            self.workers.sync()  # a join or a move changes what the workers forward
 
     def tick(self, now: float) -> None:
         self.engine.tick(now)
