@@ -56,17 +56,18 @@ class Worker:
         self.tokens = HANDOFF_RATE
         self.refilled = monotonic()
         self.done: asyncio.Future | None = None
+        self._next_report: asyncio.TimerHandle | None = None
 
     async def main(self) -> None:
         loop = asyncio.get_running_loop()
         self.done = loop.create_future()
         loop.add_reader(self.sock.fileno(), self.on_udp)
         loop.add_reader(self.ctl.fileno(), self.on_ctl)
-        report = loop.call_later(REPORT_EVERY, self.report)
+        self._next_report = loop.call_later(REPORT_EVERY, self.report)
         try:
             await self.done
         finally:
-            report.cancel()
+            self._next_report.cancel()
 
     def on_ctl(self) -> None:
         try:
@@ -139,7 +140,7 @@ class Worker:
             self.ctl.send(b"S" + msgpack.packb(msg))
         except OSError:
             pass
-        asyncio.get_running_loop().call_later(REPORT_EVERY, self.report)
+        self._next_report = asyncio.get_running_loop().call_later(REPORT_EVERY, self.report)
 
 
 def main(argv: list[str]) -> int:
