@@ -163,8 +163,11 @@ def test_a_handshake_flood_gets_cookies_and_does_not_starve_the_nodes(lab):
     # The nodes never noticed...
     assert received >= 0.95 * transmitted, (transmitted, received)
     assert rejoined_in < 10 and public["counters"].get("cookies", 0) >= 1, (rejoined_in, public["counters"])
-    # ...because the relay did the public-key work of a few hundred initiations, not of tens of thousands.
-    assert processed <= UNDER_LOAD_INITS + 100, (processed, sent)
+    # ...because the relay did the public-key work of a few hundred initiations, not of tens of thousands:
+    # one second's worth (UNDER_LOAD_INITS) before it is under load, one more if the flooder stalls for
+    # over a second on this shared machine and the meter starts afresh (seen once in CI: 390), and the
+    # rejoin's own.
+    assert processed <= 2 * UNDER_LOAD_INITS + 100, (processed, sent)
     assert asked >= 0.8 * (sent - processed), (asked, sent)
     assert after["counters"]["cookie_replies"] == asked
     assert after["drops"].get("internal_error", 0) == 0
