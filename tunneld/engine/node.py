@@ -51,13 +51,12 @@ from .mss import clamp
 from .peers import Peer, PeerHandshakes
 from .probes import Probes
 from .relaylink import DIRECTORY, JOINED, REFUSED, REVOKED, JoinRequest, RelayLink
-from .routes import Mtu, Routes, within
+from .routes import Mtu, OutsideOverlay, Routes, within
 from .trust import Trust
 from .sessions import IndexTable
 
 EXIT_MISCONFIGURED = 2
 EXIT_REFUSED = 3
-ENDPOINT_CACHE = 1024
 
 
 @dataclass(frozen=True)
@@ -110,8 +109,7 @@ class Node:
         self.routes = Routes(config.routes, config.accept_routes, config.protected, self.effects, self.drops)
         self.mtu = Mtu(config.underlay_mtu, config.mtu, self.effects)
         self.trust = Trust(config.lock, config.known_keys, self.drops, env.wall)
-        self._overlay: tuple[int, int] | None = None  # (network, mask): never a direct endpoint
-        self._endpoint_ok: dict[tuple, bool] = {}
+        self.outside = OutsideOverlay()  # where direct endpoints may be
         if self.assignment is not None:  # from node.json: tunneld0 comes up before the relay answers
             self._assigned(self.assignment)
 
@@ -167,9 +165,9 @@ class Node:
 
     def _direct(self, data: bytes, ep: tuple, now: float) -> None:
         """A message straight from a peer's endpoint (not through the relay)."""
-        ok = self._endpoint_ok.get(ep)
+        ok = self.outside.known.get(ep)
         if ok is None:
-            ok = self._check_endpoint(ep)
+            ok = self.outside.check(ep)
         if not ok:
             self.drops[Drop.DIRECT_BAD_SOURCE] += 1
             return
@@ -195,18 +193,6 @@ class Node:
         else:
             self.drops[Drop.DIRECT_BAD_TYPE] += 1
 
-    def _check_endpoint(self, ep: tuple) -> bool:
-        """A direct endpoint may not lie inside the overlay: that would tunnel the tunnel."""
-        try:
-            n = int(ipaddress.IPv4Address(ep[0]))
-        except (ValueError, TypeError, IndexError):
-            return False
-        ok = self._overlay is None or n & self._overlay[1] != self._overlay[0]
-        if len(self._endpoint_ok) > ENDPOINT_CACHE:
-            self._endpoint_ok.clear()
-        self._endpoint_ok[ep] = ok
-        return ok
-
     def _from_peer(self, peer: Peer, msg: bytes, now: float, via) -> None:
         t = msg[0]
         if t == wire.DATA:
@@ -230,6 +216,16 @@ class Node:
         if plaintext is None:
             self.drops[s.last_drop] += 1
             return
+        self._opened(peer, s, plaintext, msg, now, via)
+
+    def from_worker(self, index: bytes, plaintext: bytes, via, now: float) -> None:
+        """What one of our workers opened and leaves to us (engine/lanes.py): a probe, a
+        keepalive, a session's first DATA, data from a new path (empty: it wrote that itself)."""
+        s = self.table.sessions.get(index)
+        if s is not None and s.owner is not self.relay:
+            self._opened(s.owner, s, plaintext, b"", now, via)
+
+    def _opened(self, peer: Peer, s, plaintext: bytes, msg: bytes, now: float, via) -> None:
         peer.last_rx = now
         if via is not RELAY and via != peer.tx_ep:
             peer.path.heard(via, now)  # a way to it we may not know yet: probe it
@@ -263,7 +259,7 @@ class Node:
         elif kind == DIRECTORY:
             if value.get("relays"):
                 # a relay inside the overlay could only be reached through the overlay itself
-                self.relay.learn([r for r in value["relays"] if (ep := endpoint.parse(r)) and self._check_endpoint(ep)])
+                self.relay.learn([r for r in value["relays"] if (ep := endpoint.parse(r)) and self.outside.check(ep)])
             if self.mirror.apply(value):
                 self.relay.directory_version = self.mirror.version
                 self._sync_peers(now)
@@ -300,8 +296,7 @@ class Node:
                            "another --network, clear of this host's addresses, routes and resolvers")
                 return
         self.assignment = assignment
-        self._overlay = (int(net.network_address), int(net.netmask))
-        self._endpoint_ok.clear()
+        self.outside.set(net)
         self.effects.append(SetAddress(assignment.interface_address, self.mtu.interface))
         self.routes.install(self.peers.values(), again=True)  # a run before may have left others
         self.effects.append(SetGateway(assignment.network, self.config.routes))
@@ -320,6 +315,7 @@ class Node:
         """The overlay MTU the relay says; True if tunneld0's changed (the caller saves it)."""
         changed = self.mtu.adopt(network_mtu)
         self.mtu.fit(self.peers.values())
+        self.table.version += 1
         return changed
 
     def _save(self) -> None:
@@ -354,6 +350,7 @@ class Node:
                 peer.update(e, now)
         self.mtu.fit(self.peers.values())
         self.routes.update(self.peers.values())
+        self.table.version += 1
 
     # -- the daemon's --------------------------------------------------------------------
 

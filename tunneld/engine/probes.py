@@ -83,6 +83,7 @@ class Probes:
             self.counts["path_changes"] += 1
             peer.tx_ep = ep
             peer.tx_prefix = peer.relayed_prefix if direct is None else b""
+            peer.keys.table.version += 1  # the workers send the new way too
 
     def tick(self, peer: Peer, now: float) -> None:
         if peer.keys.current is not None and now - peer.last_rx < IN_USE:

@@ -92,6 +92,35 @@ class Routes:
         self.accepted = sorted({f"{ipaddress.IPv4Address(net)}/{bin(mask).count('1')}" for net, mask, _ in self.table})
 
 
+class OutsideOverlay:
+    """A direct endpoint may not lie inside the overlay: that would tunnel the tunnel.
+    known caches the answer per endpoint (the hot path's test)."""
+
+    __slots__ = ("overlay", "known")
+    LIMIT = 1024
+
+    def __init__(self, network: ipaddress.IPv4Network | None = None):
+        self.overlay: tuple[int, int] | None = None  # (network, mask)
+        self.known: dict[tuple, bool] = {}
+        if network is not None:
+            self.set(network)
+
+    def set(self, network: ipaddress.IPv4Network) -> None:
+        self.overlay = (int(network.network_address), int(network.netmask))
+        self.known.clear()
+
+    def check(self, ep: tuple) -> bool:
+        try:
+            n = int(ipaddress.IPv4Address(ep[0]))
+        except (ValueError, TypeError, IndexError):
+            return False
+        ok = self.overlay is None or n & self.overlay[1] != self.overlay[0]
+        if len(self.known) > self.LIMIT:
+            self.known.clear()
+        self.known[ep] = ok
+        return ok
+
+
 def within(address: bytes, prefixes) -> bool:
     n = int.from_bytes(address, "big")
     return any(n & mask == network for network, mask in prefixes)

@@ -29,11 +29,14 @@ from ..proto.session import Session
 
 
 class IndexTable:
-    __slots__ = ("sessions", "handshakes", "_random")
+    __slots__ = ("sessions", "handshakes", "version", "_random")
 
     def __init__(self, random: Callable[[int], bytes]):
         self.sessions: dict[bytes, Session] = {}  # read on the hot path
         self.handshakes: dict[bytes, object] = {}  # index of our initiation -> who it is for
+        # Bumped on every change a node's workers copy (engine/lanes.py): sessions come, are
+        # confirmed and go; a peer's path or its limits change.
+        self.version = 0
         self._random = random
 
     def allocate(self) -> bytes:
@@ -68,10 +71,12 @@ class KeyRing:
         s.owner = self.owner
         self.table.finish(s.local_index)
         self.table.sessions[s.local_index] = s
+        self.table.version += 1
 
     def _forget(self, s: Session | None) -> None:
         if s is not None and self.table.sessions.get(s.local_index) is s:
             del self.table.sessions[s.local_index]
+            self.table.version += 1
 
     def install(self, s: Session) -> None:
         if s is self.pending:
@@ -79,6 +84,7 @@ class KeyRing:
         else:
             self._add(s)
         s.confirmed = True
+        self.table.version += 1
         self._forget(self.previous)
         self.previous, self.current = self.current, s
 

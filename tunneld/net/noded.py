@@ -21,7 +21,7 @@ import logging
 import os
 import shutil
 import socket
-from collections import Counter, deque
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from time import monotonic
 
@@ -30,8 +30,6 @@ from ..control.registry import RouteError, check_routes
 from ..drops import Drop
 from ..engine import effects as fx
 from ..engine.node import Node, NodeConfig
-from ..engine.offload import VNET_HDR_LEN, Coalescer, single, split
-from ..engine.tunnel_split import GSO_UDP_TUNNEL_IPV4, VNET_TNL_LEN
 from ..engine.routes import OVERHEAD
 from ..errors import EXIT_FAILURE, EXIT_REFUSED, ConfigError, HostError
 from ..host import nat
@@ -45,18 +43,14 @@ from ..proto.endpoint import RELAY
 from ..proto.token import JoinToken, TokenError
 from ..state import NODE_FILE, SOCKET_FILE, load_identity, load_node_state, prepare_dir, save_node_state
 from . import ctlsock
-from .base import READ_BATCH, Daemon, FramedStream, real_env, udp_socket
-from .udpio import Batch, enable_gro, reads as udp_reads
+from .base import Daemon, FramedStream, real_env, udp_socket
+from .dataplane import DataPlane
 
 log = logging.getLogger("tunneld.node")
 
 MIN_MTU = wire.MIN_OVERLAY_MTU
 TCP_CONNECT_TIMEOUT = 5.0
 TCP_QUEUE = 256
-TUN_READS = 64  # reads per readiness callback; each may carry a 64 KB TCP super-packet
-TUN_READ_SIZE = VNET_TNL_LEN + 65535
-PAD = bytes(VNET_TNL_LEN - VNET_HDR_LEN)  # the tunnel header's fields, zero on every write
-WRITE_BATCH = 64  # packets held for merging before they go to the TUN device
 SUBNET_ENV_EVERY = 5.0  # seconds between looks at flannel's subnet.env (--pod-cidr FILE)
 
 
@@ -121,11 +115,7 @@ class NodeDaemon(Daemon):
         self.use_tcp = False
         self.stream: RelayStream | None = None
         self.state_dir = ""
-        self.batch: Batch | None = None
-        self.gro = False
-        self.coalescer = Coalescer()
-        self._coalescing = False
-        self.stats = Counter()  # offload at work, counted per batch (never per packet)
+        self.plane: DataPlane | None = None
         self._host = ThreadPoolExecutor(1, thread_name_prefix="host")
         self._host_queue: deque = deque()
         self._host_wake: asyncio.Event | None = None
@@ -175,7 +165,6 @@ class NodeDaemon(Daemon):
         host_worker = loop.create_task(self._host_worker())
         try:
             self.sock = udp_socket("0.0.0.0", s.port, "--port")
-            self.gro = enable_gro(self.sock)
             lan = self._lan_endpoints(route.ifname, self.sock.getsockname()[1])
             # The relay first: node.py checks it lies outside the overlay.
             others = tuple(endpoint.parse(r)[0] for r in s.relays[1:])
@@ -190,7 +179,7 @@ class NodeDaemon(Daemon):
                                 host_claims=(*self.links.claims(s.interface), *resolvers()),
                                 relays=s.relays or (self.relay_label,))
             self.engine = Node(identity, token.relay_public, config, self, real_env(), monotonic())
-            self.batch = Batch(self.sock, self.drops, self.stats, route.mtu - wire.UDP_OVERHEAD_IPV4)
+            self.plane = DataPlane(self.tun.fd, self.tun.tunnel, self.sock, route.mtu, self.drops, self.internal_error)
             self.after_input()  # a remembered address goes on the interface now
             ctl = await ctlsock.serve(os.path.join(self.state_dir, SOCKET_FILE), self._control)
             loop.add_reader(self.sock.fileno(), self._on_udp)
@@ -230,21 +219,10 @@ class NodeDaemon(Daemon):
                 self._stream().write(data)
                 return
             ep = self.relay_addr
-        self.batch.send(data, ep)
+        self.plane.batch.send(data, ep)
 
     def write_tun(self, packet: bytes) -> None:
-        if self._coalescing:
-            self.coalescer.add(packet)
-        else:
-            self._write(single(packet))
-
-    def _write(self, bufs: list) -> None:
-        if self.tun.tunnel:
-            bufs.insert(1, PAD)
-        try:
-            os.writev(self.tun.fd, bufs)
-        except OSError:
-            self.drops[Drop.TUN_WRITE_ERROR] += 1
+        self.plane.write_tun(packet)
 
     def relay_endpoint(self, address: str) -> None:
         self.relay_addr = endpoint.parse(address)  # the link passes only addresses that parse
@@ -389,69 +367,12 @@ class NodeDaemon(Daemon):
                 self.engine.transport_lost(monotonic())
 
     def _on_udp(self) -> None:
-        """Pipeline: read (a GRO train is cut into datagrams) -> engine.receive each ->
-        write_tun merges in-order TCP segments -> flush to the TUN device and the socket."""
-        now = monotonic()
-        sock, gro = self.sock, self.gro
-        receive = self.engine.receive
-        relay = self.relay_addr
-        coalescer = self.coalescer
-        self._coalescing = self.batch.active = True
-        try:
-            for datagrams, addr in udp_reads(sock, gro, self.drops, self.stats, READ_BATCH):
-                ep = RELAY if addr == relay else addr
-                for data in datagrams:
-                    try:
-                        receive(data, ep, now)
-                    except Exception:
-                        self.internal_error()
-                if len(coalescer.items) >= WRITE_BATCH:
-                    self._flush()
-        finally:
-            self._coalescing = self.batch.active = False
-            self._flush()
+        self.plane.on_udp(self.engine.receive, self.relay_addr)
         if self.engine.effects:
             self.after_input()
 
-    def _flush(self) -> None:
-        for bufs in self.coalescer.flush():
-            if len(bufs) > 4:
-                self.stats["tun_merged_writes"] += 1
-            self._write(bufs)
-        self.batch.flush()
-
     def _on_tun(self) -> None:
-        """Pipeline: read (header + packet, up to 64 KB) -> split into MTU-sized packets ->
-        engine.from_tun each (route, clamp, seal) -> batched sends, flushed at the end."""
-        now = monotonic()
-        read = os.read
-        fd = self.tun.fd
-        from_tun = self.engine.from_tun
-        drops = self.drops
-        vnet_len = self.tun.vnet_len
-        self.batch.active = True
-        try:
-            for _ in range(TUN_READS):
-                try:
-                    buf = read(fd, TUN_READ_SIZE)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    drops[Drop.TUN_READ_ERROR] += 1
-                    break
-                packets, reason = split(buf, vnet_len)
-                if reason:
-                    drops[reason] += 1
-                elif len(packets) > 1:
-                    self.stats["tun_tunnel_reads" if buf[1] & GSO_UDP_TUNNEL_IPV4 else "tun_super_reads"] += 1
-                for packet in packets:
-                    try:
-                        from_tun(packet, now)
-                    except Exception:
-                        self.internal_error()
-        finally:
-            self.batch.active = False
-            self.batch.flush()
+        self.plane.on_tun(self.engine.from_tun)
         if self.engine.effects:
             self.after_input()
 
@@ -497,7 +418,7 @@ class NodeDaemon(Daemon):
             status["ready"] = self.ready
             status["drops"] = self.all_drops(status["drops"])
             status["offload"] = {"tun": self.tun.offload, "tun_udp_tunnel": self.tun.tunnel,
-                                 "udp_gso": self.batch.gso, "udp_gro": self.gro,
-                                 **self.stats}
+                                 "udp_gso": self.plane.batch.gso, "udp_gro": self.plane.gro,
+                                 **self.plane.stats}
             return status
         return {"error": f"unknown command {str(request.get('cmd'))[:40]!r}"}

@@ -18,6 +18,8 @@ Capabilities:
               timestamp (a 0.1.0 node drops such an INIT: it wants the timestamp alone)
   "ep-proof"  (0.3.0) a node that echoes a pong's proof (messages.py): the relay moves
               its endpoint only after that round trip from the new address
+  "lanes"     (0.4.0) a node that reads DATA counters in lanes (proto/session.py): its
+              peers' workers may each seal in a lane of their own
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 
 PROTOCOL = 2
 MIN_PROTOCOL = 1
-CAPABILITIES: tuple[str, ...] = ("hello", "ep-proof")
+CAPABILITIES: tuple[str, ...] = ("hello", "ep-proof", "lanes")
 
 MAX_CAPS = 16
 MAX_CAP_LEN = 32

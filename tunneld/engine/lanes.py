@@ -1,0 +1,237 @@
+"""A node's workers, without I/O: the data path of one lane, and the table it runs on.
+
+`tunneld join --workers N` runs the node engine (node.py) in its own process, lane 0,
+and N - 1 worker processes beside it, lanes 1..N-1 (net/node_worker.py). Each worker
+reads its own queue of tunneld0 and its own socket of the node's UDP port, and seals
+and opens DATA in a lane of its own (proto/session.py): one handshake per peer, its
+keys shared, counters and replay windows per lane. Everything else stays with the node
+engine: handshakes, the relay link, probes, paths, MTUs, routes, the lock, status.
+
+  export(node, relay_udp)   what a worker needs of the engine's state, as plain data
+  Lane.apply(table)         a worker takes it in, keeping every session it already has
+                            (its counters and windows): a session it once dropped never
+                            comes back, so no nonce is ever used twice
+  Lane.from_tun(packet)     route, clamp, seal in our lane, send; a packet the lane
+                            cannot send (no confirmed session yet, a peer that does not
+                            read lanes, the relay over TCP) goes to the engine instead
+  Lane.receive(data, ep)    DATA in our lanes (the steering program sends us nothing
+                            else): open, check the inner source, write to tunneld0;
+                            what only the engine can act on (a probe, a session's first
+                            DATA, data from a new path, data for a session we lack) is
+                            handed to it, opened, with the session's index
+  Lane.report()             counters since the last report, which the engine adds to its own
+
+Out (a Lane's `out`): send(ep, data), write_tun(packet), to_engine(packet) for a packet
+the engine sends, event(index, plaintext, via) for Node.from_worker, unreadable(addr).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from ..drops import Drop
+from ..proto import wire
+from ..proto.endpoint import RELAY
+from ..proto.session import Session
+from .mss import clamp
+from .routes import OutsideOverlay, within
+
+RETIRED = 65536  # sessions a lane remembers having dropped (never to be taken again)
+HEARD_EVERY = 1.0  # seconds between telling the engine of data from a path it does not send on
+
+
+def export(node, relay_udp: bool) -> dict:
+    """The workers' table: peers (where and how their data goes), the sessions of peers that
+    read lanes, the accepted routes, the overlay, and whether the relay is ours to send to."""
+    peers, sessions = [], []
+    for p in node.peers.values():
+        lanes = p.hello.has("lanes")
+        cur = p.keys.current
+        send = cur.local_index if lanes and cur is not None and cur.confirmed else None
+        peers.append([p.addr, None if p.tx_ep is RELAY else list(p.tx_ep), p.tx_prefix, p.mss, p.vxlan_mss,
+                      [list(x) for x in p.sources], send])
+        if lanes:
+            for s in (cur, p.keys.previous, p.keys.pending):
+                if s is not None:
+                    sessions.append([s.local_index, p.addr, s.suite, *s.keys, s.remote_index, s.confirmed,
+                                     s.initiator, s.created])
+    return {"relay_udp": relay_udp, "overlay": list(node.outside.overlay) if node.outside.overlay else None,
+            "peers": peers, "sessions": sessions,
+            "routes": [[net, mask, peer.addr] for net, mask, peer in node.routes.table]}
+
+
+class LanePeer:
+    __slots__ = ("addr", "ep", "prefix", "mss", "vxlan_mss", "sources", "session",
+                 "rx_bytes", "tx_bytes", "last_rx", "last_tx", "heard_at", "unread_at")
+
+    def __init__(self, addr: bytes):
+        self.addr = addr
+        self.session: Session | None = None  # what we seal with, in our lane
+        self.rx_bytes = self.tx_bytes = 0
+        self.last_rx = self.last_tx = 0.0
+        self.heard_at = self.unread_at = -HEARD_EVERY
+
+
+class Lane:
+    def __init__(self, lane: int, out):
+        self.lane = lane
+        self.out = out
+        self.peers: dict[bytes, LanePeer] = {}
+        self.sessions: dict[bytes, tuple[Session, LanePeer]] = {}
+        self.routes: list = []
+        self.relay_udp = False
+        self.outside = OutsideOverlay()
+        self.retired: dict[bytes, None] = {}  # insertion-ordered: the oldest go first
+        self.drops: Counter = Counter()
+        self.handed = 0  # packets from tunneld0 the engine sent for us
+
+    def apply(self, table: dict) -> None:
+        self.relay_udp = table["relay_udp"]
+        if table["overlay"]:
+            self.outside.overlay = tuple(table["overlay"])
+            self.outside.known.clear()
+        peers = {}
+        for addr, ep, prefix, mss, vxlan_mss, sources, _ in table["peers"]:
+            p = self.peers.get(addr) or LanePeer(addr)
+            p.ep = RELAY if ep is None else tuple(ep)
+            p.prefix, p.mss, p.vxlan_mss = prefix, mss, vxlan_mss
+            p.sources = tuple(tuple(x) for x in sources)
+            p.session = None
+            peers[addr] = p
+        sessions = {}
+        for index, addr, suite, send_key, recv_key, remote, confirmed, initiator, created in table["sessions"]:
+            peer = peers.get(addr)
+            if peer is None or index in self.retired:
+                continue
+            had = self.sessions.get(index)
+            if had is not None:
+                s = had[0]
+            else:
+                s = Session(index, remote, suite, send_key, recv_key, initiator, created, lane=self.lane)
+            s.confirmed = s.confirmed or confirmed
+            sessions[index] = (s, peer)
+        for index in self.sessions.keys() - sessions.keys():
+            self.retired[index] = None
+            if len(self.retired) > RETIRED:
+                del self.retired[next(iter(self.retired))]
+        for addr, *_, send in table["peers"]:
+            if send is not None and send in sessions:
+                peers[addr].session = sessions[send][0]
+        self.peers, self.sessions = peers, sessions
+        self.routes = [(net, mask, peers[addr]) for net, mask, addr in table["routes"] if addr in peers]
+
+    # -- tunneld0 -> wire ---------------------------------------------------------------
+
+    def from_tun(self, packet: bytes, now: float) -> None:
+        meta = b""
+        body = packet
+        if packet and packet[0] == wire.PARTIAL and len(packet) > wire.PARTIAL_HEADER_LEN:
+            meta = bytes((packet[2], packet[4], 0))  # as Node.from_tun: the checksum's place
+            body = packet[wire.PARTIAL_HEADER_LEN:]
+        if len(body) < 20 or body[0] >> 4 != 4:
+            self.drops[Drop.TUN_NOT_IPV4] += 1
+            return
+        peer = self.peers.get(body[16:20])
+        if peer is None:
+            peer = self._lookup(body[16:20]) if self.routes else None
+            if peer is None:
+                self.drops[Drop.TUN_NO_PEER] += 1
+                return
+        s = peer.session
+        ep = peer.ep
+        if s is None or (ep is RELAY and not self.relay_udp):
+            self.handed += 1
+            self.out.to_engine(packet)
+            return
+        proto = body[9]
+        if proto == 6 or proto == 17:
+            body = clamp(body, peer.mss, peer.vxlan_mss)
+        sealed = s.seal(body, peer.prefix, meta)
+        if sealed is None:  # our lane's counters ran out: the engine's rekey is near
+            self.handed += 1
+            self.out.to_engine(packet)
+            return
+        peer.tx_bytes += len(body)
+        peer.last_tx = now
+        self.out.send(ep, sealed)
+
+    def _lookup(self, dst: bytes):
+        n = int.from_bytes(dst, "big")
+        for network, mask, peer in self.routes:
+            if n & mask == network:
+                return peer
+        return None
+
+    # -- wire -> tunneld0 ---------------------------------------------------------------
+
+    def receive(self, data: bytes, ep, now: float) -> None:
+        if ep is RELAY:
+            if len(data) <= wire.RELAYED_HEADER_LEN or data[0] != wire.RELAYED or data[8] != wire.DATA:
+                self.drops[Drop.BAD_TYPE] += 1
+                return
+            peer = self.peers.get(data[4:8])
+            if peer is None:
+                self.drops[Drop.RELAYED_UNKNOWN_PEER] += 1
+                return
+            msg = data[8:]
+            entry = self.sessions.get(msg[4:8])
+            if entry is None or entry[1] is not peer:
+                self.drops[Drop.UNKNOWN_SESSION] += 1
+                if now - peer.unread_at >= HEARD_EVERY:  # the engine re-handshakes, at most this often
+                    peer.unread_at = now
+                    self.out.unreadable(peer.addr)
+                return
+        else:
+            ok = self.outside.known.get(ep)
+            if ok is None:
+                ok = self.outside.check(ep)
+            if not ok:
+                self.drops[Drop.DIRECT_BAD_SOURCE] += 1
+                return
+            if not data or data[0] != wire.DATA:
+                self.drops[Drop.DIRECT_BAD_TYPE] += 1
+                return
+            msg = data
+            entry = self.sessions.get(msg[4:8])
+            if entry is None:
+                self.drops[Drop.DIRECT_UNKNOWN_SESSION] += 1
+                return
+        s, peer = entry
+        plaintext = s.open(msg)
+        if plaintext is None:
+            self.drops[s.last_drop] += 1
+            return
+        peer.last_rx = now
+        if not s.confirmed:  # the peer's first DATA on the session it answered: the engine's to confirm
+            s.confirmed = True
+            self.out.event(s.local_index, b"", ep)
+        elif ep is not RELAY and ep != peer.ep and now - peer.heard_at >= HEARD_EVERY:
+            peer.heard_at = now  # a way to it the engine may not know: it probes
+            self.out.event(s.local_index, b"", ep)
+        if not plaintext:
+            return  # keepalive: the report carries last_rx
+        if plaintext[0] >> 4 == 4:
+            if len(plaintext) >= 20 and (plaintext[12:16] == peer.addr or
+                                         (peer.sources and within(plaintext[12:16], peer.sources))):
+                peer.rx_bytes += len(plaintext)
+                if msg[1]:  # a deeper checksum, left for our kernel (wire.py)
+                    plaintext = bytes((wire.PARTIAL, 0, msg[1], 0, msg[2])) + plaintext
+                self.out.write_tun(plaintext)
+            else:
+                self.drops[Drop.SPOOFED_SOURCE] += 1
+        elif plaintext[0] in (wire.PROBE_REQUEST, wire.PROBE_REPLY) and len(plaintext) == wire.PROBE_LEN:
+            self.out.event(s.local_index, plaintext, ep)
+        else:
+            self.drops[Drop.BAD_INNER_PACKET] += 1
+
+    def report(self) -> dict:
+        """Since the last report: per peer [rx bytes, tx bytes, last rx, last tx], drops, hand-offs."""
+        peers = {}
+        for p in self.peers.values():
+            if p.rx_bytes or p.tx_bytes:
+                peers[p.addr] = [p.rx_bytes, p.tx_bytes, p.last_rx, p.last_tx]
+                p.rx_bytes = p.tx_bytes = 0
+        out = {"peers": peers, "drops": {str(k): v for k, v in self.drops.items()}, "handed": self.handed}
+        self.drops.clear()
+        self.handed = 0
+        return out
