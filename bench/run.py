@@ -5,7 +5,9 @@ and to wireguard-go measured in the same run: ratios hold, absolute numbers drif
 
 Rows (bench/systems.py builds each in network namespaces):
   raw veth, underlay (bridged), underlay (NATed), kernel VXLAN (no tunnel, pods only),
-  wireguard-go direct, nebula direct, nebula relayed, tunneld direct, tunneld relayed.
+  wireguard-go direct, nebula direct, nebula relayed, tunneld direct, tunneld relayed (each
+  node with its default workers, one per core), and tunneld direct and relayed again with
+  --workers 1 (tcp1, tcp4: the workers' gain, printed as a ratio under the table).
 Cells, each measured `--repeat` times (min / median / max kept):
   tcp1, tcp4     node -> node iperf3 TCP, 1 and 4 streams, Gbit/s
   pod            iperf3 TCP between "pods" on a VXLAN device (flannel's) over the system
@@ -13,7 +15,7 @@ Cells, each measured `--repeat` times (min / median / max kept):
   loss1          tcp1 with 1% of the tunnel's datagrams dropped at the receiver (iptables)
   udp64          64-byte UDP datagrams per second received (iperf3 -u -l 64, unlimited rate)
   rtt            ping round trip, ms (50 pings, 20 ms apart)
-  cpu            CPU of the tunnel's own processes during tcp1, % of one core
+  cpu            CPU of the tunnel's own processes (and their workers) during tcp1, % of one core
 
 And the relay's own capacity (--capacity 0 skips it): datagrams of 1,400 and 64 bytes from
 8 senders to 8 receivers through one relay, forwarded per second and in Gbit/s, with one
@@ -78,9 +80,21 @@ def rtt(lab: Lab, pair: systems.Pair) -> float:
     return float(re.search(r"= [\d.]+/([\d.]+)/", out).group(1))
 
 
+def with_children(pids) -> list:
+    """A daemon's PID and its children's: a node's workers, a relay's."""
+    out = list(pids)
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                out += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
 def cpu_seconds(pids) -> float:
     total = 0
-    for pid in pids:
+    for pid in with_children(pids):
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
@@ -158,6 +172,11 @@ def measure(seconds: float, repeat: int, only=None, compare: str | None = None) 
             routed=systems.routed(lab, ov, td_relayed, "sender", "receiver"))
         drops = {n: ov.node_status(n)["drops"] for n in ov.nodes}
         drops["relay"] = ov.status(ov.relay)["drops"]
+    if not only or any(o in ONE_WORKER + " direct" for o in only):
+        with Lab() as lab:  # the same build on one process per node, for the workers' gain
+            _, one_direct, one_relayed = systems.tunneld(lab, extra=("--workers", "1"))
+            run(f"tunneld direct{ONE_WORKER}", one_direct, ("tcp1", "tcp4"), in_lab=lab)
+            run(f"tunneld relayed{ONE_WORKER}", one_relayed, ("tcp1", "tcp4"), in_lab=lab)
     if not only or any(o in "tunneld via two relays" for o in only):
         with Lab() as lab:  # a lab of its own: the relays take the addresses the single relay has
             run("tunneld via two relays", systems.tunneld_mesh(lab), NODE, in_lab=lab)
@@ -169,6 +188,21 @@ def measure(seconds: float, repeat: int, only=None, compare: str | None = None) 
             run(f"tunneld {compare} direct", old_direct, ALL, systems.vxlan(lab, old_direct), in_lab=lab)
             run(f"tunneld {compare} relayed", old_relayed, ALL, systems.vxlan(lab, old_relayed), in_lab=lab)
     return {"rows": rows, "drops": drops}
+
+
+ONE_WORKER = ", --workers 1"
+
+
+def workers_line(rows: dict) -> str:
+    """The default workers (one per core) against one process per node, same build, same run."""
+    parts = []
+    for path in ("direct", "relayed"):
+        many, one = rows.get(f"tunneld {path}"), rows.get(f"tunneld {path}{ONE_WORKER}")
+        if many and one:
+            parts.append(f"{path} " + ", ".join(f"{c} {ratio(many[c]['median'], one[c]['median'])}x"
+                                                 for c in ("tcp1", "tcp4") if c in many and c in one))
+    return f"workers ({len(os.sched_getaffinity(0))}, the default) against --workers 1: " + "; ".join(parts) \
+        if parts else ""
 
 
 def scale_line(s: dict, label: str = "relay scale") -> str:
@@ -401,6 +435,8 @@ def main(argv=None) -> int:
     title = f"tunneld bench, {started}, {machine}, {seconds:.0f} s x {repeat} per cell, medians"
     print(f"\n{title}\n")
     print(table(result))
+    if workers_line(result["rows"]):
+        print("\n" + workers_line(result["rows"]))
     if "scale" in result:
         print("\n" + scale_line(result["scale"]))
     for c in result.get("capacity", ()):

@@ -144,9 +144,10 @@ def peer_path(ov: Overlay, src: str, dst: str) -> str:
 POD_CIDRS = {"pub-a": 1, "pub-b": 2, "sender": 3, "receiver": 4}  # routed mode: 198.18.N.0/24 each
 
 
-def tunneld(lab: Lab, python: str | None = None) -> tuple[Overlay, Pair, Pair]:
+def tunneld(lab: Lab, python: str | None = None, extra: tuple = ()) -> tuple[Overlay, Pair, Pair]:
     """python: another release's (tests/lab/release.py), for --compare. This tree's nodes also
-    carry a pod CIDR each (join --pod-cidr, routed mode: routed() puts a pod behind it)."""
+    carry a pod CIDR each (join --pod-cidr, routed mode: routed() puts a pod behind it).
+    extra: more arguments for every join (--workers 1)."""
     ov = Overlay(lab, relay_python=python)
     ov.start_relay(*(() if python else ("--auto-approve-routes", "198.18.0.0/16")))
     hosts = {"pub-a": lab.public_host("pub-a"), "pub-b": lab.public_host("pub-b"),
@@ -154,7 +155,7 @@ def tunneld(lab: Lab, python: str | None = None) -> tuple[Overlay, Pair, Pair]:
     token = ov.token()
     for name, host in hosts.items():
         pods = () if python else ("--pod-cidr", f"198.18.{POD_CIDRS[name]}.0/24")
-        ov.join(host, name, token, *pods, python=python)
+        ov.join(host, name, token, *pods, *extra, python=python)
     ov.wait_connected()
     pairs = []
     for src, dst, path in (("pub-a", "pub-b", "direct"), ("sender", "receiver", "relay")):

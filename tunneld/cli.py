@@ -105,9 +105,7 @@ def serve(listen, network, state_dir, config, log_level, lock, auto_approve_rout
             raise ConfigError(f"--lock: {exc}") from None
     auto = parse_prefixes(s["auto_approve_routes"], "--auto-approve-routes")
     advertise = _advertise(s, host, port)
-    workers = s["workers"]
-    if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= MAX_WORKERS:
-        raise ConfigError(f"--workers {str(workers)[:20]!r}: give 1 to {MAX_WORKERS}")
+    workers = _check_workers(s["workers"])
     settings = ServeSettings(host, port, parse_network(s["network"]), s["state_dir"],
                              check_log_level(s["log_level"]), auto, lock_public, s["store"] or None,
                              str(s["store_prefix"]), s["store_ca"], s["store_cert"], s["store_key"], advertise,
@@ -119,6 +117,17 @@ def serve(listen, network, state_dir, config, log_level, lock, auto_approve_rout
 
 
 MAX_WORKERS = 64
+
+
+def _check_workers(workers) -> int:
+    if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= MAX_WORKERS:
+        raise ConfigError(f"--workers {str(workers)[:20]!r}: give 1 to {MAX_WORKERS}")
+    return workers
+
+
+def _cores() -> int:
+    """The cores this process may run on (a cgroup's or taskset's share, not the machine's)."""
+    return max(1, min(len(os.sched_getaffinity(0)), MAX_WORKERS))
 
 
 def _advertise(s: dict, host: str, port: int) -> str:
@@ -163,17 +172,20 @@ def _advertise(s: dict, host: str, port: int) -> str:
 @click.option("--pod-cidr", metavar="CIDR|FILE",
               help="This node's pod network, carried natively (routed mode, no VXLAN inside the tunnel): "
                    "a CIDR, or the path of flannel's subnet.env to follow. Implies --accept-routes.")
+@click.option("--workers", metavar="N", type=int, help="Processes carrying the node's traffic, each on a queue of "
+                                                       "the interface, the node's own included [the cores].")
 @click.option("--log-level", metavar="LEVEL", help="debug, info, warning or error [info].")
 def join(relay, token_, token_file, name, interface, state_dir, config, port, advertise_routes, accept_routes,
-         snat_routes, pod_cidr, log_level):
+         snat_routes, pod_cidr, workers, log_level):
     """Join the overlay and keep the node on it, in the foreground (systemd runs it)."""
     s = merged(dict(relay=relay, token=token_, token_file=token_file, name=name, interface=interface,
                     state_dir=state_dir, port=port, log_level=log_level, accept_routes=accept_routes,
-                    advertise_routes=list(advertise_routes) or None, snat_routes=snat_routes, pod_cidr=pod_cidr),
+                    advertise_routes=list(advertise_routes) or None, snat_routes=snat_routes, pod_cidr=pod_cidr,
+                    workers=workers),
                config,
                {"relay": None, "token": None, "token_file": None, "name": None, "interface": DEFAULT_INTERFACE,
                 "state_dir": DEFAULT_STATE_DIR, "port": 0, "log_level": "info", "advertise_routes": [],
-                "accept_routes": False, "snat_routes": True, "pod_cidr": ""})
+                "accept_routes": False, "snat_routes": True, "pod_cidr": "", "workers": _cores()})
     if not s["relay"]:
         raise ConfigError("join needs --relay HOST:PORT, the relay's public address")
     given = s["relay"] if isinstance(s["relay"], list) else str(s["relay"]).split(",")
@@ -211,10 +223,12 @@ def join(relay, token_, token_file, name, interface, state_dir, config, port, ad
         from .host.nat import check_available
         check_available()
     pods = _pod_cidr(s["pod_cidr"], routes)
+    _check_workers(s["workers"])
     settings = JoinSettings(host, relays[0][1], rport, text, node_name,
                             check_interface_name(s["interface"]), s["state_dir"], lport,
                             check_log_level(s["log_level"]), routes, s["accept_routes"] or bool(pods),
-                            s["snat_routes"], tuple(dict.fromkeys(f"{ip}:{p}" for _, ip, p in relays)), pods)
+                            s["snat_routes"], tuple(dict.fromkeys(f"{ip}:{p}" for _, ip, p in relays)), pods,
+                            s["workers"])
     from .proto.token import JoinToken, TokenError
     try:
         JoinToken.parse(text)
@@ -324,8 +338,9 @@ def format_status(st: dict) -> str:
                          f"{n['endpoint'] or '-':<21} {', '.join(n['routes']) or '-'}")
     else:
         r = st["relay"]
+        workers = len(st.get("workers") or ()) or 1
         lines.append(f"node {st['name']} {st['address'] or '(no address yet)'} on {st['interface']}, "
-                     f"MTU {st['mtu']}")
+                     f"MTU {st['mtu']}" + (f", {workers} workers" if workers > 1 else ""))
         lines.append(f"relay {r['endpoint']} {'connected' if r['connected'] else 'NOT connected'} "
                      f"over {r['transport'].upper()}, rtt {_ms(r['rtt_ms'])}")
         lines.append(f"{'PEER':<20} {'ADDRESS':<15} {'PATH':<6} {'ENDPOINT':<21} {'MTU':>5} {'RTT':>9} "

@@ -140,6 +140,7 @@ class JoinSettings:
     snat_routes: bool = True
     relays: tuple[str, ...] = ()  # every --relay given, "ip:port", the first of them first
     pod_cidr: str = ""  # this node's pod network, routed natively: a CIDR, or flannel's subnet.env to follow
+    workers: int = 1  # lanes of the data path, the node's own process included (net/node_workers.py)
 
 
 def parse_routes(value) -> tuple[str, ...]:

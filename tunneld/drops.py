@@ -48,7 +48,7 @@ class Drop(StrEnum):
 
     # The relay's forwarding
     RELAYED_UNKNOWN_SOURCE = "relayed_unknown_source"
-    WORKER_HANDOFF_FULL = "worker_handoff_full"  # a relay worker's hand-offs overflowed its socket to the relay
+    WORKER_HANDOFF_FULL = "worker_handoff_full"  # a worker's hand-offs overflowed its socket to the main process
     WORKER_HANDOFF_RATE = "worker_handoff_rate_limited"  # strangers' datagrams beyond a worker's share
     RELAYED_NO_DESTINATION = "relayed_no_destination"
     ENDPOINT_UNPROVEN = "endpoint_unproven"  # a member "moved" and has not yet proved the new address

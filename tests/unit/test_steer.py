@@ -46,3 +46,44 @@ def test_relayed_datagrams_go_by_source_port_and_everything_else_to_the_first_so
 def test_the_program_is_six_instructions_ending_in_a_return():
     insns = program(4)
     assert len(insns) == 6 and insns[-1][0] == 0x16 and insns[4] == (0x94, 0, 0, 4)
+
+
+def test_a_nodes_data_goes_by_lane_and_everything_else_to_the_first_socket():
+    """Direct DATA by the counter's top byte (offset 8), RELAYED DATA by the inner one's (16),
+    lane mod N; handshakes, relayed handshakes and runts to the node's own socket."""
+    group = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for s in group:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.bind(("127.0.0.1", 0 if s is group[0] else port))
+            port = s.getsockname()[1]
+            s.setblocking(False)
+        assert attach(group[0], 3, node=True)
+
+        def data(lane):
+            return bytes((wire.DATA, 0, 0, 0)) + b"idx!" + bytes((lane,)) + bytes(7) + bytes(16)
+
+        sent = {b"direct lane %d" % lane: (data(lane), lane % 3) for lane in (0, 1, 2, 3, 4, 255)}
+        sent.update({b"relayed lane %d" % lane: (bytes((wire.RELAYED, 0, 0, 0)) + b"\x64\x40\x00\x02" + data(lane),
+                                                   lane % 3) for lane in (0, 1, 2, 5)})
+        sent[b"init"] = (bytes((wire.INIT,)) + bytes(30), 0)
+        sent[b"relayed init"] = (bytes((wire.RELAYED, 0, 0, 0, 1, 2, 3, 4, wire.INIT)) + bytes(30), 0)
+        sent[b"runt"] = (bytes((wire.DATA, 0, 0)), 0)
+        sent[b"rr"] = (bytes((wire.RELAYED, 0, 0, 0, 1, 2, 3, 4, wire.DATA)), 0)  # a relayed runt: 11 bytes
+        for tag, (msg, _) in sent.items():
+            sender.sendto(msg + tag, ("127.0.0.1", port))
+        time.sleep(0.05)
+        got = {}
+        for i, s in enumerate(group):
+            while True:
+                try:
+                    msg = s.recv(256)
+                except BlockingIOError:
+                    break
+                tag = next(t for t, (m, _) in sent.items() if msg == m + t)
+                got[tag] = i
+        assert got == {tag: want for tag, (_, want) in sent.items()}
+    finally:
+        for s in group + [sender]:
+            s.close()

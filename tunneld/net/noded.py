@@ -21,7 +21,7 @@ import logging
 import os
 import shutil
 import socket
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from time import monotonic
 
@@ -42,9 +42,10 @@ from ..proto import endpoint, lock, wire
 from ..proto.endpoint import RELAY
 from ..proto.token import JoinToken, TokenError
 from ..state import NODE_FILE, SOCKET_FILE, load_identity, load_node_state, prepare_dir, save_node_state
-from . import ctlsock
+from . import ctlsock, steer
 from .base import Daemon, FramedStream, real_env, udp_socket
 from .dataplane import DataPlane
+from .node_workers import NodeWorkers
 
 log = logging.getLogger("tunneld.node")
 
@@ -116,6 +117,7 @@ class NodeDaemon(Daemon):
         self.stream: RelayStream | None = None
         self.state_dir = ""
         self.plane: DataPlane | None = None
+        self.workers: NodeWorkers | None = None
         self._host = ThreadPoolExecutor(1, thread_name_prefix="host")
         self._host_queue: deque = deque()
         self._host_wake: asyncio.Event | None = None
@@ -156,7 +158,11 @@ class NodeDaemon(Daemon):
         offload = os.environ.get("TUNNELD_OFFLOAD", "all")
         if offload not in OFFLOADS:
             raise ConfigError(f"TUNNELD_OFFLOAD={offload[:20]!r}: use {', '.join(OFFLOADS)}")
-        self.tun = Tun.open(s.interface, offload=offload)
+        self.tun = Tun.open(s.interface, offload=offload, queues=s.workers)
+        if s.workers > 1 and not self.tun.multiqueue:
+            log.warning("%s was made with one queue (by tunneld 0.3.0 or before): running 1 worker, not %d; "
+                        "to use them, stop the node, 'ip link del %s', and start it again",
+                        s.interface, s.workers, s.interface)
         if not self.tun.tunnel and offload == "all":
             log.info("the kernel hands VXLAN over %s packet by packet (no UDP-tunnel offload on TUN)", s.interface)
         self.start_base()
@@ -164,7 +170,7 @@ class NodeDaemon(Daemon):
         self._host_wake = asyncio.Event()
         host_worker = loop.create_task(self._host_worker())
         try:
-            self.sock = udp_socket("0.0.0.0", s.port, "--port")
+            self.sock = udp_socket("0.0.0.0", s.port, "--port", reuseport=bool(self.tun.queues))
             lan = self._lan_endpoints(route.ifname, self.sock.getsockname()[1])
             # The relay first: node.py checks it lies outside the overlay.
             others = tuple(endpoint.parse(r)[0] for r in s.relays[1:])
@@ -179,6 +185,7 @@ class NodeDaemon(Daemon):
                                 host_claims=(*self.links.claims(s.interface), *resolvers()),
                                 relays=s.relays or (self.relay_label,))
             self.engine = Node(identity, token.relay_public, config, self, real_env(), monotonic())
+            self._start_workers(route.mtu)
             self.plane = DataPlane(self.tun.fd, self.tun.tunnel, self.sock, route.mtu, self.drops, self.internal_error)
             self.after_input()  # a remembered address goes on the interface now
             ctl = await ctlsock.serve(os.path.join(self.state_dir, SOCKET_FILE), self._control)
@@ -196,6 +203,8 @@ class NodeDaemon(Daemon):
                     self.engine.bye()
                 loop.remove_reader(self.sock.fileno())
                 loop.remove_reader(self.tun.fd)
+                if self.workers is not None:
+                    self.workers.close()
                 self.stop_base()
                 ctl.close()
                 try:
@@ -231,6 +240,8 @@ class NodeDaemon(Daemon):
             if self.stream.transport is not None:
                 self.stream.transport.abort()
             self.stream = None
+        if self.workers is not None:
+            self.workers.sync(force=True)
 
     def relay_transport(self, tcp: bool) -> None:
         if tcp == self.use_tcp:
@@ -241,11 +252,22 @@ class NodeDaemon(Daemon):
             if self.stream.transport is not None:
                 self.stream.transport.close()
             self.stream = None
+        if self.workers is not None:
+            self.workers.sync(force=True)
+
+    def receive(self, data: bytes, ep, now: float) -> None:
+        """From the relay's TCP stream: relayed DATA in a worker's lane is that worker's to open."""
+        w = self.workers
+        if w is not None and len(data) > 16 and data[0] == wire.RELAYED and data[8] == wire.DATA and w.forward(data):
+            return
+        super().receive(data, ep, now)
 
     # -- effects: what the engine asks of the host, in order, off the receive path --------
 
     def after_input(self) -> None:
         engine = self.engine
+        if self.workers is not None and engine is not None:
+            self.workers.sync()
         if engine is None or not engine.effects:
             return
         for effect in engine.take_effects():
@@ -335,6 +357,28 @@ class NodeDaemon(Daemon):
 
     # -- adapters ------------------------------------------------------------------------
 
+    def _start_workers(self, mtu: int) -> None:
+        """--workers N: N - 1 more lanes, each on a queue of tunneld0 and a socket of our port."""
+        queues, self.tun.queues = self.tun.queues, []
+        if not queues:
+            return
+        port = self.sock.getsockname()[1]
+        socks = [udp_socket("0.0.0.0", port, "--port", reuseport=True) for _ in queues]
+        if not steer.attach(self.sock, len(queues) + 1, node=True):
+            log.warning("the kernel refused the steering program (SO_ATTACH_REUSEPORT_CBPF): running 1 worker")
+            for fd in queues:
+                os.close(fd)
+            for sock in socks:
+                sock.close()
+            return
+        self.workers = NodeWorkers(socks, queues, self.tun.tunnel, mtu)
+        for fd in queues:
+            os.close(fd)  # the workers' now
+        for sock in socks:
+            sock.close()
+        self.workers.start(self.loop, self)
+        log.info("%d workers carry the data, each on a queue of %s", self.workers.count, self.settings.interface)
+
     def _lan_endpoints(self, underlay: str, port: int) -> tuple[str, ...]:
         """Where neighbours on our LAN may reach us directly: the underlay interface's addresses.
         (Only that interface's: an address routed over the overlay itself, cni0's say, must
@@ -416,9 +460,11 @@ class NodeDaemon(Daemon):
             status = self.engine.status()
             status["interface"] = self.settings.interface
             status["ready"] = self.ready
-            status["drops"] = self.all_drops(status["drops"])
+            w = self.workers
+            status["drops"] = self.all_drops(Counter(status["drops"]) + (w.drops if w else Counter()))
             status["offload"] = {"tun": self.tun.offload, "tun_udp_tunnel": self.tun.tunnel,
                                  "udp_gso": self.plane.batch.gso, "udp_gro": self.plane.gro,
-                                 **self.plane.stats}
+                                 **(self.plane.stats + (w.stats if w else Counter()))}
+            status["workers"] = [{"worker": 0, "pid": os.getpid(), "running": True}] + (w.status() if w else [])
             return status
         return {"error": f"unknown command {str(request.get('cmd'))[:40]!r}"}

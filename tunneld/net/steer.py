@@ -13,8 +13,26 @@ bound (an index past the end falls back to the kernel's own hash):
   mod #N                   stay on one worker, in order
   ret a
 
-Steering only spreads the work: a worker hands the main socket whatever it cannot
-forward, so nothing depends on the program being there or right.
+Steering only spreads the relay's work: a worker hands the main socket whatever it
+cannot forward, so nothing depends on the program being there or right.
+
+A node's workers (node_program) are steered by lane, the top byte of a DATA message's
+counter (proto/session.py), so that each lane's replay window lives in one process:
+
+  ldb [0]                  the message type
+  jeq #RELAYED, 0, +4      RELAYED: is it DATA inside?
+  ldb [8]
+  jeq #DATA, 0, +6         no: the node's process
+  ldb [16]                 yes: its lane
+  ja +2
+  jeq #DATA, 0, +3         direct DATA: its lane; anything else the node's process
+  ldb [8]
+  mod #N                   lane mod N: lane 0 (and N, 2N...) is the node's process
+  ret a
+  ret #0
+
+(A load past the datagram's end returns 0: the node's process, which drops it.) Here the
+program is not optional: a node that cannot attach it runs with one worker.
 """
 
 from __future__ import annotations
@@ -41,9 +59,25 @@ def program(workers: int) -> list[tuple[int, int, int, int]]:
     ]
 
 
-def attach(sock: socket.socket, workers: int) -> bool:
+def node_program(workers: int) -> list[tuple[int, int, int, int]]:
+    return [
+        (0x30, 0, 0, 0),                # ldb [0]
+        (0x15, 0, 4, wire.RELAYED),     # jeq #RELAYED
+        (0x30, 0, 0, 8),                # ldb [8]
+        (0x15, 0, 6, wire.DATA),        # jeq #DATA, else ret #0
+        (0x30, 0, 0, 16),               # ldb [16]
+        (0x05, 0, 0, 2),                # ja mod
+        (0x15, 0, 3, wire.DATA),        # jeq #DATA, else ret #0
+        (0x30, 0, 0, 8),                # ldb [8]
+        (0x94, 0, 0, workers),          # mod #workers
+        (0x16, 0, 0, 0),                # ret a
+        (0x06, 0, 0, 0),                # ret #0
+    ]
+
+
+def attach(sock: socket.socket, workers: int, node: bool = False) -> bool:
     """Attach the program to sock's reuseport group; False where the kernel refuses it."""
-    insns = program(workers)
+    insns = node_program(workers) if node else program(workers)
     buf = ctypes.create_string_buffer(b"".join(_INSN.pack(*i) for i in insns))
     fprog = struct.pack("HxxxxxxQ", len(insns), ctypes.addressof(buf))
     try:

@@ -1,0 +1,197 @@
+"""A node's workers as lanes (engine/lanes.py, proto/session.py), in memory: the node
+engines and the relay of simnet.py, and beside a node's engine a Lane fed with the table
+export() gives it, as a worker process is. Steering is modelled as the kernel's program
+does it (net/steer.py): DATA in lane L goes to lane L mod N of the receiver."""
+
+import msgpack
+import pytest
+
+from tunneld.engine.lanes import Lane, export
+from tunneld.proto import wire
+from tunneld.proto.endpoint import RELAY
+from tunneld.proto.version import Hello
+from tests.sim.simnet import SimNet, ipv4_packet
+
+
+class LaneIO:
+    """A worker's output, recorded; sends go into the simulated network as the node's would."""
+
+    def __init__(self, net, name):
+        self.net, self.name = net, name
+        self.tun, self.handed, self.events, self.unreadable_from = [], [], [], []
+
+    def send(self, ep, data):
+        self.net.ios[self.name].send(ep, data)
+
+    def write_tun(self, packet):
+        self.tun.append(packet)
+
+    def to_engine(self, packet):
+        self.handed.append(packet)
+
+    def event(self, index, plaintext, via):
+        self.events.append((index, plaintext, via))
+
+    def unreadable(self, addr):
+        self.unreadable_from.append(addr)
+
+
+def lane_of(data: bytes):
+    """The lane the steering program reads: None for anything but DATA."""
+    if data[0] == wire.DATA and len(data) > 8:
+        return data[8]
+    if data[0] == wire.RELAYED and len(data) > 16 and data[8] == wire.DATA:
+        return data[16]
+    return None
+
+
+class Workers:
+    """Lanes 1..n-1 beside each named node; the tap steers their datagrams."""
+
+    def __init__(self, net, counts: dict):
+        self.net, self.counts = net, counts
+        self.lanes = {name: {k: Lane(k, LaneIO(net, name)) for k in range(1, n)} for name, n in counts.items()}
+        self.sync()
+        net.tap = self.steer
+
+    def sync(self):
+        for name, lanes in self.lanes.items():
+            table = msgpack.unpackb(msgpack.packb(export(self.net.nodes[name], relay_udp=True)))
+            for lane in lanes.values():
+                lane.apply(table)
+
+    def steer(self, dst, data, src):
+        name = dst if isinstance(dst, str) else None
+        if isinstance(dst, tuple) and dst[0] != "direct":
+            name = self.net.by_endpoint.get(dst)
+        n = self.counts.get(name)
+        lane = lane_of(data) if n else None
+        if lane is None or lane % n == 0:
+            return data
+        self.lanes[name][lane % n].receive(data, RELAY if src == "relay" else src, self.net.now)
+        return None
+
+
+def packet(net, src, dst, payload):
+    return ipv4_packet(net.nodes[src].assignment.address, net.nodes[dst].assignment.address, payload)
+
+
+@pytest.fixture
+def net():
+    n = SimNet()
+    for name in ("alpha", "bravo"):
+        n.add_node(name)
+    n.advance(2)
+    n.send_ip("alpha", "bravo", b"first")  # a session, handshaken by the engines
+    n.send_ip("bravo", "alpha", b"answer")  # which confirms it on bravo's side
+    return n
+
+
+def test_each_lane_seals_in_its_own_counters_and_the_receivers_lane_opens_them(net):
+    w = Workers(net, {"alpha": 3, "bravo": 2})
+    for i in range(4):
+        w.lanes["alpha"][1].from_tun(packet(net, "alpha", "bravo", b"lane1 %d" % i), net.now)
+        w.lanes["alpha"][2].from_tun(packet(net, "alpha", "bravo", b"lane2 %d" % i), net.now)
+        net.nodes["alpha"].from_tun(packet(net, "alpha", "bravo", b"lane0 %d" % i), net.now)
+    sent = []  # what the relay forwards to bravo
+
+    def capture(dst, data, src):
+        if src == "relay":
+            sent.append(data)
+        return w.steer(dst, data, src)
+
+    net.tap = capture
+    net.deliver()
+    counters = [int.from_bytes(d[16:24], "big") for d in sent if lane_of(d) is not None]
+    assert sorted(c for c in counters if c >> 56) == [k << 56 | n for k in (1, 2) for n in range(4)]
+    assert len([c for c in counters if not c >> 56]) >= 4  # the engine's own, lane 0
+    # bravo has 2 lanes: lane 1 to its worker; lanes 0 and 2 (2 mod 2) to its engine
+    assert [p[-7:] for p in w.lanes["bravo"][1].out.tun] == [b"lane1 %d" % i for i in range(4)]
+    got = [p[-7:] for p in net.ios["bravo"].tun]
+    assert all(b"lane0 %d" % i in got and b"lane2 %d" % i in got for i in range(4))
+    # every one of them again: each dropped as a replay, by whichever lane holds its window
+    bravo = net.nodes["bravo"]
+    before = bravo.drops["replay"]
+    for d in sent:
+        if lane_of(d) is not None:
+            net.queue.append((net.ios["bravo"].endpoint, d, "relay"))
+    net.tap = w.steer
+    net.deliver()
+    assert w.lanes["bravo"][1].drops["replay"] == 4
+    assert bravo.drops["replay"] - before == len([d for d in sent if lane_of(d) is not None and lane_of(d) % 2 == 0])
+    assert len(w.lanes["bravo"][1].out.tun) == 4
+
+
+def test_a_receiver_with_one_process_keeps_a_window_per_lane(net):
+    """Lanes interleave, each far ahead of the others in counter: none makes another's stale."""
+    w = Workers(net, {"alpha": 2})
+    for i in range(3):
+        w.lanes["alpha"][1].from_tun(packet(net, "alpha", "bravo", b"one %d" % i), net.now)
+        net.nodes["alpha"].from_tun(packet(net, "alpha", "bravo", b"zero %d" % i), net.now)
+    net.deliver()
+    got = b"|".join(net.ios["bravo"].tun)
+    assert all(b"one %d" % i in got for i in range(3)) and all(b"zero %d" % i in got for i in range(3))
+    bravo = net.nodes["bravo"]
+    (s,) = [x for x in bravo.table.sessions.values() if x.lanes]
+    assert set(s.lanes) == {1} and s.lanes[1].top == (1 << 56) + 2 and s.replay.top < 1 << 56
+
+
+def test_a_table_taken_again_keeps_the_counters_and_a_dropped_session_never_returns(net):
+    w = Workers(net, {"alpha": 2})
+    lane = w.lanes["alpha"][1]
+    (s,) = [p.session for p in lane.peers.values()]
+    lane.from_tun(packet(net, "alpha", "bravo", b"x"), net.now)
+    lane.from_tun(packet(net, "alpha", "bravo", b"y"), net.now)
+    assert s.send_counter == (1 << 56) + 2
+    table = msgpack.unpackb(msgpack.packb(export(net.nodes["alpha"], relay_udp=True)))
+    lane.apply(table)
+    assert [p.session for p in lane.peers.values()] == [s] and s.send_counter == (1 << 56) + 2
+    without = dict(table, sessions=[], peers=[[*p[:-1], None] for p in table["peers"]])
+    lane.apply(without)
+    lane.apply(table)  # the same keys again: a counter from 0 would reuse nonces
+    assert all(p.session is None for p in lane.peers.values()) and not lane.sessions
+    lane.from_tun(packet(net, "alpha", "bravo", b"z"), net.now)
+    assert lane.out.handed and lane.out.handed[-1].endswith(b"z")  # the engine sends it instead
+
+
+def test_a_peer_that_does_not_read_lanes_gets_only_lane_zero(net):
+    alpha = net.nodes["alpha"]
+    (peer,) = alpha.peers.values()
+    peer.said = Hello(2, 1, frozenset({"hello", "ep-proof"}))  # what 0.3.0 says
+    table = export(alpha, relay_udp=True)
+    assert table["sessions"] == [] and table["peers"][0][-1] is None
+    w = Workers(net, {"alpha": 2})
+    w.lanes["alpha"][1].from_tun(packet(net, "alpha", "bravo", b"old"), net.now)
+    assert w.lanes["alpha"][1].out.handed  # to the engine, which seals in lane 0
+
+
+def test_over_the_relays_tcp_stream_the_lane_hands_its_packets_to_the_engine(net):
+    w = Workers(net, {"alpha": 2})
+    lane = w.lanes["alpha"][1]
+    table = export(net.nodes["alpha"], relay_udp=False)
+    lane.apply(msgpack.unpackb(msgpack.packb(table)))
+    lane.from_tun(packet(net, "alpha", "bravo", b"tcp"), net.now)
+    assert lane.out.handed and not net.queue
+
+
+def test_what_only_the_engine_can_act_on_is_handed_to_it(net):
+    """A probe, and data from a path it does not send on, go to the engine as events;
+    data for a session the lane lacks asks for a re-handshake, at most once a second."""
+    w = Workers(net, {"bravo": 2})
+    lane = w.lanes["bravo"][1]
+    alpha = net.nodes["alpha"]
+    (peer,) = alpha.peers.values()
+    s = peer.keys.current
+    s.send_counter, s.send_limit = 1 << 56, 2 << 56  # alpha seals in lane 1 as its worker would
+    from_alpha = wire.relayed_header(bytes(map(int, alpha.assignment.address.split("."))))
+    probe = s.seal(bytes((wire.PROBE_REQUEST,)) + bytes(8), from_alpha)
+    lane.receive(probe, RELAY, net.now)
+    assert lane.out.events and lane.out.events[-1][1][0] == wire.PROBE_REQUEST
+    forged = bytearray(s.seal(b"", from_alpha))
+    forged[12:16] = b"nope"  # an index nobody has
+    for _ in range(5):
+        lane.receive(bytes(forged), RELAY, net.now)
+    assert lane.drops["unknown_session"] == 5 and len(lane.out.unreadable_from) == 1
+    spoof = s.seal(ipv4_packet("100.64.0.99", net.nodes["bravo"].assignment.address, b"spoof"), from_alpha)
+    lane.receive(spoof, RELAY, net.now)
+    assert lane.drops["spoofed_source"] == 1 and not lane.out.tun

@@ -1,0 +1,159 @@
+"""A node worker: one more process carrying a node's data, on a lane of its own.
+
+`tunneld join --workers N` starts N - 1 of these beside the node's process
+(node_workers.py). Each reads its own queue of tunneld0 and its own socket of the
+node's UDP port (steer.py gives it the DATA of its lanes) and runs engine/lanes.py's
+Lane between them: no lock, nothing shared per packet. It holds the keys of its peers'
+sessions, which the node's process sends it, never the node's private key.
+
+Control socket (SOCK_SEQPACKET), one message each way per item:
+  node -> worker   b"T" + msgpack: engine/lanes.py's table, with "relay": [host, port]
+                   b"R" + a RELAYED datagram in our lanes that came over the relay's TCP stream
+  worker -> node   b"P" + a packet from tunneld0 the node's engine sends (Lane.from_tun)
+                   b"E" + msgpack [index, plaintext, via]: Node.from_worker
+                   b"U" + a peer's address: data for a session we lack (a re-handshake)
+                   b"S" + msgpack {"peers", "drops", "handed", "stats"}  once a second
+The node's process ending (its end of the socket closing) ends the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from collections import Counter
+from time import monotonic
+
+import msgpack
+
+from ..drops import Drop
+from ..engine.lanes import Lane
+from ..proto.endpoint import RELAY
+from .base import run
+from .dataplane import DataPlane
+
+log = logging.getLogger("tunneld.node")
+REPORT_EVERY = 1.0
+CONTROL_READS = 64
+
+
+class NodeWorker:
+    def __init__(self, lane: int, sock: socket.socket, tun_fd: int, tunnel: bool, ctl: socket.socket, mtu: int):
+        self.ctl = ctl
+        self.drops: Counter = Counter()
+        self.plane = DataPlane(tun_fd, tunnel, sock, mtu, self.drops, self.error)
+        self.lane = Lane(lane, self)
+        self.relay: tuple | None = None
+        self.done: asyncio.Future | None = None
+        self._next_report: asyncio.TimerHandle | None = None
+
+    async def main(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.done = loop.create_future()
+        loop.add_reader(self.ctl.fileno(), self.on_ctl)
+        loop.add_reader(self.plane.sock.fileno(), self.on_udp)
+        loop.add_reader(self.plane.fd, self.on_tun)
+        self._next_report = loop.call_later(REPORT_EVERY, self.report)
+        try:
+            await self.done
+        finally:
+            self._next_report.cancel()
+
+    # -- what the Lane sends ---------------------------------------------------------------
+
+    def send(self, ep, data: bytes) -> None:
+        self.plane.batch.send(data, self.relay if ep is RELAY else ep)
+
+    def write_tun(self, packet: bytes) -> None:
+        self.plane.write_tun(packet)
+
+    def to_engine(self, packet: bytes) -> None:
+        self._tell(b"P" + packet)
+
+    def event(self, index: bytes, plaintext: bytes, via) -> None:
+        self._tell(b"E" + msgpack.packb([index, plaintext, None if via is RELAY else list(via)]))
+
+    def unreadable(self, addr: bytes) -> None:
+        self._tell(b"U" + addr)
+
+    def _tell(self, msg: bytes) -> None:
+        try:
+            self.ctl.send(msg)
+        except BlockingIOError:
+            self.drops[Drop.WORKER_HANDOFF_FULL] += 1
+        except OSError:
+            pass  # the node is going away; on_ctl ends us
+
+    def error(self) -> None:
+        self.drops[Drop.INTERNAL_ERROR] += 1
+        if self.drops[Drop.INTERNAL_ERROR] <= 5:
+            log.exception("internal error in node worker %d", self.lane.lane)
+
+    # -- input -----------------------------------------------------------------------------
+
+    def on_ctl(self) -> None:
+        for _ in range(CONTROL_READS):
+            try:
+                msg = self.ctl.recv(1 << 22)
+            except BlockingIOError:
+                return
+            except OSError:
+                msg = b""
+            if not msg:  # the node is gone: so are we
+                if not self.done.done():
+                    self.done.set_result(None)
+                return
+            kind = msg[:1]
+            if kind == b"T":
+                table = msgpack.unpackb(msg[1:])
+                self.relay = tuple(table["relay"]) if table["relay"] else None
+                self.lane.apply(table)
+            elif kind == b"R":
+                self.plane.coalescing = False
+                try:
+                    self.lane.receive(msg[1:], RELAY, monotonic())
+                except Exception:
+                    self.error()
+                self.plane.batch.flush()
+
+    def on_udp(self) -> None:
+        # The table first: a session the node's process made before its peer could use it
+        # (sent to us before the handshake's answer left) is there before the peer's data.
+        self.on_ctl()
+        self.plane.on_udp(self.lane.receive, self.relay)
+
+    def on_tun(self) -> None:
+        self.plane.on_tun(self.lane.from_tun)
+
+    def report(self) -> None:
+        out = self.lane.report()
+        self.drops.update(out["drops"])
+        out["drops"] = {str(k): v for k, v in self.drops.items()}
+        out["stats"] = dict(self.plane.stats)
+        self.drops.clear()
+        self.plane.stats.clear()
+        self._tell(b"S" + msgpack.packb(out))
+        self._next_report = asyncio.get_running_loop().call_later(REPORT_EVERY, self.report)
+
+
+def main(argv: list[str]) -> int:
+    """python -m tunneld.net.node_worker LANE UDP_FD TUN_FD CONTROL_FD MTU TUNNEL (the node starts it)."""
+    lane, udp_fd, tun_fd, ctl_fd, mtu, tunnel = (int(a) for a in argv)
+    sock = socket.socket(fileno=udp_fd)
+    ctl = socket.socket(fileno=ctl_fd)
+    sock.setblocking(False)
+    ctl.setblocking(False)
+    os.set_blocking(tun_fd, False)
+    for sig in (signal.SIGTERM, signal.SIGINT):  # the node's process ends us, by closing the control socket
+        signal.signal(sig, signal.SIG_IGN)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    run(NodeWorker(lane, sock, tun_fd, bool(tunnel), ctl, mtu).main())
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,161 @@
+"""The node's side of its workers (`tunneld join --workers N`, node_worker.py).
+
+It starts N - 1 worker processes, lanes 1..N-1, each on a queue of tunneld0 and a socket
+of the node's SO_REUSEPORT group bound after the node's own (steer.py's node program
+sends lane L to socket L mod N; lane 0 is the node's process). It keeps their table in
+step with the engine (engine/lanes.py's export, whenever the engine's table version
+moves or the relay's address or transport changes), does what they hand over, and adds
+their counters to the peers', the drops and status.
+
+A worker that dies ends the node (exit 1, and systemd starts it again): its lane's
+datagrams would otherwise land in another lane's process, whose replay windows are not
+that lane's.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import sys
+from collections import Counter
+from time import monotonic
+
+import msgpack
+
+from ..engine.lanes import export
+from ..errors import EXIT_FAILURE
+from ..proto.endpoint import RELAY
+from .base import socket_buffers
+
+log = logging.getLogger("tunneld.node")
+
+HANDOFF_BUFFER = 4 << 20
+CONTROL_READS = 256
+
+
+class NodeWorkers:
+    def __init__(self, socks: list[socket.socket], queues: list[int], tunnel: bool, mtu: int):
+        self.procs: list[subprocess.Popen] = []
+        self.ctls: list[socket.socket] = []
+        for lane, (sock, queue) in enumerate(zip(socks, queues), start=1):
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            for end in (ours, theirs):
+                socket_buffers(end, HANDOFF_BUFFER)
+            fds = (sock.fileno(), queue, theirs.fileno())
+            self.procs.append(subprocess.Popen(
+                [sys.executable, "-m", "tunneld.net.node_worker", str(lane), *map(str, fds), str(mtu),
+                 str(int(tunnel))], pass_fds=fds))
+            theirs.close()
+            ours.setblocking(False)
+            self.ctls.append(ours)
+        self.count = len(self.procs) + 1  # lanes, ours included
+        self.version = -1
+        self.drops: Counter = Counter()
+        self.stats: Counter = Counter()
+        self.carried = [[0, 0, 0] for _ in self.procs]  # per worker: bytes in, bytes out, packets handed to us
+        self.daemon = None
+        self.loop = None
+        self._buf = bytearray(1 << 17)
+
+    def start(self, loop, daemon) -> None:
+        self.loop, self.daemon = loop, daemon
+        for i, ctl in enumerate(self.ctls):
+            loop.add_reader(ctl.fileno(), self._on_ctl, i)
+        self.sync(force=True)
+
+    def sync(self, force: bool = False) -> None:
+        """After input and on every tick: the table, when the engine's moved."""
+        d = self.daemon
+        engine = d.engine
+        if engine.table.version == self.version and not force:
+            return
+        self.version = engine.table.version
+        table = export(engine, relay_udp=not d.use_tcp)
+        table["relay"] = list(d.relay_addr)
+        msg = b"T" + msgpack.packb(table)
+        for ctl in self.ctls:
+            try:
+                ctl.send(msg)
+            except OSError:
+                pass  # a dead worker: _on_ctl ends the node
+
+    def forward(self, data: bytes) -> bool:
+        """A RELAYED datagram from the relay's TCP stream: to the worker of its lane, if not ours."""
+        lane = data[16] % self.count
+        if not lane:
+            return False
+        try:
+            self.ctls[lane - 1].send(b"R" + data)
+        except OSError:
+            pass
+        return True
+
+    def _on_ctl(self, i: int) -> None:
+        ctl = self.ctls[i]
+        d = self.daemon
+        engine = d.engine
+        now = monotonic()
+        d.plane.batch.active = True
+        for _ in range(CONTROL_READS):
+            try:
+                msg = bytes(memoryview(self._buf)[: ctl.recv_into(self._buf)])
+            except BlockingIOError:
+                break
+            except OSError:
+                msg = b""
+            if not msg:
+                self.loop.remove_reader(ctl.fileno())
+                d.finish(EXIT_FAILURE, f"node worker {i + 1} (pid {self.procs[i].pid}) exited; "
+                                       "the node stops so that it starts again whole")
+                break
+            kind = msg[:1]
+            try:
+                if kind == b"P":
+                    engine.from_tun(msg[1:], now)
+                elif kind == b"E":
+                    index, plaintext, via = msgpack.unpackb(msg[1:])
+                    engine.from_worker(index, plaintext, RELAY if via is None else tuple(via), now)
+                elif kind == b"U":
+                    peer = engine.peers.get(msg[1:5])
+                    if peer is not None:
+                        engine.handshakes.unreadable(peer, now)
+                elif kind == b"S":
+                    self._report(i, msgpack.unpackb(msg[1:]), engine)
+            except Exception:
+                d.internal_error()
+        d.plane.batch.active = False
+        d.plane.batch.flush()
+        d.after_input()
+
+    def _report(self, i: int, report: dict, engine) -> None:
+        carried = self.carried[i]
+        for addr, (rx, tx, last_rx, last_tx) in report["peers"].items():
+            carried[0] += rx
+            carried[1] += tx
+            peer = engine.peers.get(addr)
+            if peer is not None:
+                peer.rx_bytes += rx
+                peer.tx_bytes += tx
+                peer.last_rx = max(peer.last_rx, last_rx)
+                peer.last_tx = max(peer.last_tx, last_tx)
+        carried[2] += report["handed"]
+        self.drops.update(report["drops"])
+        self.stats.update(report["stats"])
+
+    def status(self) -> list[dict]:
+        return [{"worker": i + 1, "pid": p.pid, "running": p.poll() is None, "rx_bytes": c[0], "tx_bytes": c[1],
+                 "handed_to_node": c[2]} for i, (p, c) in enumerate(zip(self.procs, self.carried))]
+
+    def close(self) -> None:
+        """Close the control sockets (each worker ends on that) and wait for them, by PID."""
+        for ctl in self.ctls:
+            if self.loop is not None:
+                self.loop.remove_reader(ctl.fileno())
+            ctl.close()
+        for proc in self.procs:
+            try:
+                proc.wait(3)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(3)
