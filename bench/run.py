@@ -172,7 +172,7 @@ def measure(seconds: float, repeat: int, only=None, compare: str | None = None) 
             routed=systems.routed(lab, ov, td_relayed, "sender", "receiver"))
         drops = {n: ov.node_status(n)["drops"] for n in ov.nodes}
         drops["relay"] = ov.status(ov.relay)["drops"]
-    if not only or any(o in ONE_WORKER + " direct" for o in only):
+    if not only or any(o in f"tunneld direct{ONE_WORKER} tunneld relayed{ONE_WORKER}" for o in only):
         with Lab() as lab:  # the same build on one process per node, for the workers' gain
             _, one_direct, one_relayed = systems.tunneld(lab, extra=("--workers", "1"))
             run(f"tunneld direct{ONE_WORKER}", one_direct, ("tcp1", "tcp4"), in_lab=lab)

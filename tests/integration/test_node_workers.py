@@ -60,6 +60,12 @@ def test_flows_spread_over_the_lanes_arrive_byte_exact_and_status_sums_them(ov):
     carried = [w["tx_bytes"] for w in workers(ov, "three")[1:]]
     assert sum(carried) > 0, carried  # some flows went through a worker (each lands on one of 3 queues)
     assert sum(w["rx_bytes"] for w in workers(ov, "two")[1:]) > 0
+    # GRO trains from one endpoint mix lanes; each went to the process holding its window,
+    # so none was refused as a replay or an unknown type, and nothing failed to open
+    for name in ("three", "two"):
+        drops = ov.node_status(name)["drops"]
+        assert not {k: v for k, v in drops.items() if k in ("replay", "bad_type", "auth", "unknown_session",
+                                                             "direct_unknown_session", "direct_bad_type")}, drops
 
 
 PAIRS = [("three", "one"), ("one", "three"), ("two", "one"), ("tcp", "three"), ("three", "tcp"), ("tcp", "two")]

@@ -18,7 +18,7 @@ class LaneIO:
 
     def __init__(self, net, name):
         self.net, self.name = net, name
-        self.tun, self.handed, self.events, self.unreadable_from = [], [], [], []
+        self.tun, self.handed, self.events, self.unreadable_from, self.passed_on = [], [], [], [], []
 
     def send(self, ep, data):
         self.net.ios[self.name].send(ep, data)
@@ -34,6 +34,9 @@ class LaneIO:
 
     def unreadable(self, addr):
         self.unreadable_from.append(addr)
+
+    def elsewhere(self, data, ep):
+        self.passed_on.append((data, ep))
 
 
 def lane_of(data: bytes):
@@ -57,6 +60,7 @@ class Workers:
     def sync(self):
         for name, lanes in self.lanes.items():
             table = msgpack.unpackb(msgpack.packb(export(self.net.nodes[name], relay_udp=True)))
+            table["lanes"] = self.counts[name]
             for lane in lanes.values():
                 lane.apply(table)
 
@@ -143,7 +147,7 @@ def test_a_table_taken_again_keeps_the_counters_and_a_dropped_session_never_retu
     lane.from_tun(packet(net, "alpha", "bravo", b"x"), net.now)
     lane.from_tun(packet(net, "alpha", "bravo", b"y"), net.now)
     assert s.send_counter == (1 << 56) + 2
-    table = msgpack.unpackb(msgpack.packb(export(net.nodes["alpha"], relay_udp=True)))
+    table = msgpack.unpackb(msgpack.packb(dict(export(net.nodes["alpha"], relay_udp=True), lanes=2)))
     lane.apply(table)
     assert [p.session for p in lane.peers.values()] == [s] and s.send_counter == (1 << 56) + 2
     without = dict(table, sessions=[], peers=[[*p[:-1], None] for p in table["peers"]])
@@ -168,7 +172,7 @@ def test_a_peer_that_does_not_read_lanes_gets_only_lane_zero(net):
 def test_over_the_relays_tcp_stream_the_lane_hands_its_packets_to_the_engine(net):
     w = Workers(net, {"alpha": 2})
     lane = w.lanes["alpha"][1]
-    table = export(net.nodes["alpha"], relay_udp=False)
+    table = dict(export(net.nodes["alpha"], relay_udp=False), lanes=2)
     lane.apply(msgpack.unpackb(msgpack.packb(table)))
     lane.from_tun(packet(net, "alpha", "bravo", b"tcp"), net.now)
     assert lane.out.handed and not net.queue
@@ -195,3 +199,24 @@ def test_what_only_the_engine_can_act_on_is_handed_to_it(net):
     spoof = s.seal(ipv4_packet("100.64.0.99", net.nodes["bravo"].assignment.address, b"spoof"), from_alpha)
     lane.receive(spoof, RELAY, net.now)
     assert lane.drops["spoofed_source"] == 1 and not lane.out.tun
+
+
+def test_a_datagram_of_another_lane_in_a_workers_train_is_passed_on_unopened(net):
+    """The kernel steers a GRO train by its first datagram; the rest may be any lane's, or
+    no DATA at all. A lane opens only its own: a window per lane, in one process."""
+    w = Workers(net, {"bravo": 3})
+    lane = w.lanes["bravo"][1]
+    alpha = net.nodes["alpha"]
+    (peer,) = alpha.peers.values()
+    s = peer.keys.current
+    from_alpha = wire.relayed_header(bytes(map(int, alpha.assignment.address.split("."))))
+    s.send_counter, s.send_limit = 2 << 56, 3 << 56  # lane 2: worker 2's
+    other = s.seal(ipv4_packet(alpha.assignment.address, net.nodes["bravo"].assignment.address, b"x"), from_alpha)
+    s.send_counter, s.send_limit = 4 << 56, 5 << 56  # lane 4 = 1 mod 3: ours
+    ours = s.seal(ipv4_packet(alpha.assignment.address, net.nodes["bravo"].assignment.address, b"y"), from_alpha)
+    handshake = from_alpha + bytes((wire.INIT,)) + bytes(100)
+    for d in (other, ours, handshake):
+        lane.receive(d, RELAY, net.now)
+    assert [d for d, _ in lane.out.passed_on] == [other, handshake]
+    assert len(lane.out.tun) == 1 and lane.out.tun[0].endswith(b"y")
+    assert not lane.drops

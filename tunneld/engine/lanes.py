@@ -14,15 +14,19 @@ engine: handshakes, the relay link, probes, paths, MTUs, routes, the lock, statu
   Lane.from_tun(packet)     route, clamp, seal in our lane, send; a packet the lane
                             cannot send (no confirmed session yet, a peer that does not
                             read lanes, the relay over TCP) goes to the engine instead
-  Lane.receive(data, ep)    DATA in our lanes (the steering program sends us nothing
-                            else): open, check the inner source, write to tunneld0;
-                            what only the engine can act on (a probe, a session's first
-                            DATA, data from a new path, data for a session we lack) is
-                            handed to it, opened, with the session's index
+  Lane.receive(data, ep)    DATA in our lanes: open, check the inner source, write to
+                            tunneld0; what only the engine can act on (a probe, a
+                            session's first DATA, data from a new path, data for a
+                            session we lack) is handed to it, opened, with the index.
+                            The steering program looks at a GRO train's first datagram
+                            only, and a train from one endpoint mixes lanes: whatever is
+                            not in our lanes goes, unopened, to the process whose it is
+                            (lane_of), so that each lane's window is in one process only
   Lane.report()             counters since the last report, which the engine adds to its own
 
 Out (a Lane's `out`): send(ep, data), write_tun(packet), to_engine(packet) for a packet
-the engine sends, event(index, plaintext, via) for Node.from_worker, unreadable(addr).
+the engine sends, event(index, plaintext, via) for Node.from_worker, unreadable(addr),
+elsewhere(data, ep) for a datagram of another lane (or none: the engine's).
 """
 
 from __future__ import annotations
@@ -38,6 +42,18 @@ from .routes import OutsideOverlay, within
 
 RETIRED = 65536  # sessions a lane remembers having dropped (never to be taken again)
 HEARD_EVERY = 1.0  # seconds between telling the engine of data from a path it does not send on
+
+
+def lane_of(data: bytes) -> int:
+    """The lane a datagram belongs to, as the steering program reads it (net/steer.py):
+    DATA's counter's top byte, direct or relayed; 0 (the engine's) for anything else."""
+    if len(data) > 16:
+        t = data[0]
+        if t == wire.DATA:
+            return data[8]
+        if t == wire.RELAYED and data[8] == wire.DATA:
+            return data[16]
+    return 0
 
 
 def export(node, relay_udp: bool) -> dict:
@@ -80,6 +96,7 @@ class Lane:
         self.sessions: dict[bytes, tuple[Session, LanePeer]] = {}
         self.routes: list = []
         self.relay_udp = False
+        self.count = 1  # lanes in all, the engine's included: lane L is ours if L % count == lane
         self.outside = OutsideOverlay()
         self.retired: dict[bytes, None] = {}  # insertion-ordered: the oldest go first
         self.drops: Counter = Counter()
@@ -87,6 +104,7 @@ class Lane:
 
     def apply(self, table: dict) -> None:
         self.relay_udp = table["relay_udp"]
+        self.count = table.get("lanes", 1)
         if table["overlay"]:
             self.outside.overlay = tuple(table["overlay"])
             self.outside.known.clear()
@@ -165,6 +183,9 @@ class Lane:
     # -- wire -> tunneld0 ---------------------------------------------------------------
 
     def receive(self, data: bytes, ep, now: float) -> None:
+        if lane_of(data) % self.count != self.lane:
+            self.out.elsewhere(data, ep)
+            return
         if ep is RELAY:
             if len(data) <= wire.RELAYED_HEADER_LEN or data[0] != wire.RELAYED or data[8] != wire.DATA:
                 self.drops[Drop.BAD_TYPE] += 1

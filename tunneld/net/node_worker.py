@@ -7,11 +7,14 @@ Lane between them: no lock, nothing shared per packet. It holds the keys of its 
 sessions, which the node's process sends it, never the node's private key.
 
 Control socket (SOCK_SEQPACKET), one message each way per item:
-  node -> worker   b"T" + msgpack: engine/lanes.py's table, with "relay": [host, port]
-                   b"R" + a RELAYED datagram in our lanes that came over the relay's TCP stream
+  node -> worker   b"T" + msgpack: engine/lanes.py's table, with "relay": [host, port] and
+                   "lanes": N
+                   b"R" + msgpack [host, port] or nil (the relay) + a datagram in our lanes
+                   that reached another process (in a GRO train, or the relay's TCP stream)
   worker -> node   b"P" + a packet from tunneld0 the node's engine sends (Lane.from_tun)
                    b"E" + msgpack [index, plaintext, via]: Node.from_worker
                    b"U" + a peer's address: data for a session we lack (a re-handshake)
+                   b"R" + as above: a datagram in a GRO train of ours that is not ours
                    b"S" + msgpack {"peers", "drops", "handed", "stats"}  once a second
 The node's process ending (its end of the socket closing) ends the worker.
 """
@@ -79,6 +82,10 @@ class NodeWorker:
     def unreadable(self, addr: bytes) -> None:
         self._tell(b"U" + addr)
 
+    def elsewhere(self, data: bytes, ep) -> None:
+        self.plane.stats["lane_handoffs"] += 1  # per datagram, but only for a train's strays
+        self._tell(handed(data, ep))
+
     def _tell(self, msg: bytes) -> None:
         try:
             self.ctl.send(msg)
@@ -112,9 +119,10 @@ class NodeWorker:
                 self.relay = tuple(table["relay"]) if table["relay"] else None
                 self.lane.apply(table)
             elif kind == b"R":
+                data, ep = unhand(msg)
                 self.plane.coalescing = False
                 try:
-                    self.lane.receive(msg[1:], RELAY, monotonic())
+                    self.lane.receive(data, ep, monotonic())
                 except Exception:
                     self.error()
                 self.plane.batch.flush()
@@ -137,6 +145,19 @@ class NodeWorker:
         self.plane.stats.clear()
         self._tell(b"S" + msgpack.packb(out))
         self._next_report = asyncio.get_running_loop().call_later(REPORT_EVERY, self.report)
+
+
+def handed(data: bytes, ep) -> bytes:
+    """A datagram for another process, with where it came from: b"R", the length of the
+    msgpack'd endpoint (nil for the relay), it, the datagram."""
+    head = msgpack.packb(None if ep is RELAY else list(ep))
+    return b"R" + bytes((len(head),)) + head + data
+
+
+def unhand(msg: bytes) -> tuple[bytes, object]:
+    n = msg[1]
+    ep = msgpack.unpackb(msg[2 : 2 + n])
+    return msg[2 + n :], RELAY if ep is None else tuple(ep)
 
 
 def main(argv: list[str]) -> int:

@@ -23,10 +23,12 @@ from time import monotonic
 
 import msgpack
 
-from ..engine.lanes import export
+from ..engine.lanes import export, lane_of
+from ..drops import Drop
 from ..errors import EXIT_FAILURE
 from ..proto.endpoint import RELAY
 from .base import socket_buffers
+from .node_worker import handed, unhand
 
 log = logging.getLogger("tunneld.node")
 
@@ -60,6 +62,7 @@ class NodeWorkers:
 
     def start(self, loop, daemon) -> None:
         self.loop, self.daemon = loop, daemon
+        self.engine_receive = daemon.engine.receive
         for i, ctl in enumerate(self.ctls):
             loop.add_reader(ctl.fileno(), self._on_ctl, i)
         self.sync(force=True)
@@ -73,6 +76,7 @@ class NodeWorkers:
         self.version = engine.table.version
         table = export(engine, relay_udp=not d.use_tcp)
         table["relay"] = list(d.relay_addr)
+        table["lanes"] = self.count
         msg = b"T" + msgpack.packb(table)
         for ctl in self.ctls:
             try:
@@ -80,16 +84,20 @@ class NodeWorkers:
             except OSError:
                 pass  # a dead worker: _on_ctl ends the node
 
-    def forward(self, data: bytes) -> bool:
-        """A RELAYED datagram from the relay's TCP stream: to the worker of its lane, if not ours."""
-        lane = data[16] % self.count
+    def receive(self, data: bytes, ep, now: float) -> None:
+        """Our socket's datagrams, the relay's TCP stream's and the workers' hand-offs: ours
+        to the engine, another lane's to its worker (steering saw only a train's first)."""
+        lane = lane_of(data) % self.count
         if not lane:
-            return False
+            self.engine_receive(data, ep, now)
+            return
+        self.stats["lane_handoffs"] += 1
         try:
-            self.ctls[lane - 1].send(b"R" + data)
+            self.ctls[lane - 1].send(handed(data, ep))
+        except BlockingIOError:
+            self.drops[Drop.WORKER_HANDOFF_FULL] += 1
         except OSError:
             pass
-        return True
 
     def _on_ctl(self, i: int) -> None:
         ctl = self.ctls[i]
@@ -120,6 +128,8 @@ class NodeWorkers:
                     peer = engine.peers.get(msg[1:5])
                     if peer is not None:
                         engine.handshakes.unreadable(peer, now)
+                elif kind == b"R":
+                    self.receive(*unhand(msg), now)
                 elif kind == b"S":
                     self._report(i, msgpack.unpackb(msg[1:]), engine)
             except Exception:

@@ -256,11 +256,14 @@ class NodeDaemon(Daemon):
             self.workers.sync(force=True)
 
     def receive(self, data: bytes, ep, now: float) -> None:
-        """From the relay's TCP stream: relayed DATA in a worker's lane is that worker's to open."""
-        w = self.workers
-        if w is not None and len(data) > 16 and data[0] == wire.RELAYED and data[8] == wire.DATA and w.forward(data):
-            return
-        super().receive(data, ep, now)
+        """From the relay's TCP stream: DATA in a worker's lane is that worker's to open."""
+        if self.workers is not None:
+            try:
+                self.workers.receive(data, ep, now)
+            except Exception:
+                self.internal_error()
+        else:
+            super().receive(data, ep, now)
 
     # -- effects: what the engine asks of the host, in order, off the receive path --------
 
@@ -411,7 +414,8 @@ class NodeDaemon(Daemon):
                 self.engine.transport_lost(monotonic())
 
     def _on_udp(self) -> None:
-        self.plane.on_udp(self.engine.receive, self.relay_addr)
+        w = self.workers
+        self.plane.on_udp(self.engine.receive if w is None else w.receive, self.relay_addr)
         if self.engine.effects:
             self.after_input()
 
