@@ -6,7 +6,7 @@ does it (net/steer.py): DATA in lane L goes to lane L mod N of the receiver."""
 import msgpack
 import pytest
 
-from tunneld.engine.lanes import Lane, export
+from tunneld.engine.lanes import Lane, export, lane_of
 from tunneld.proto import wire
 from tunneld.proto.endpoint import RELAY
 from tunneld.proto.version import Hello
@@ -39,15 +39,6 @@ class LaneIO:
         self.passed_on.append((data, ep))
 
 
-def lane_of(data: bytes):
-    """The lane the steering program reads: None for anything but DATA."""
-    if data[0] == wire.DATA and len(data) > 8:
-        return data[8]
-    if data[0] == wire.RELAYED and len(data) > 16 and data[8] == wire.DATA:
-        return data[16]
-    return None
-
-
 class Workers:
     """Lanes 1..n-1 beside each named node; the tap steers their datagrams."""
 
@@ -69,10 +60,9 @@ class Workers:
         if isinstance(dst, tuple) and dst[0] != "direct":
             name = self.net.by_endpoint.get(dst)
         n = self.counts.get(name)
-        lane = lane_of(data) if n else None
-        if lane is None or lane % n == 0:
+        if not n or lane_of(data) % n == 0:
             return data
-        self.lanes[name][lane % n].receive(data, RELAY if src == "relay" else src, self.net.now)
+        self.lanes[name][lane_of(data) % n].receive(data, RELAY if src == "relay" else src, self.net.now)
         return None
 
 
@@ -106,7 +96,7 @@ def test_each_lane_seals_in_its_own_counters_and_the_receivers_lane_opens_them(n
 
     net.tap = capture
     net.deliver()
-    counters = [int.from_bytes(d[16:24], "big") for d in sent if lane_of(d) is not None]
+    counters = [int.from_bytes(d[16:24], "big") for d in sent if d[8] == wire.DATA]
     assert sorted(c for c in counters if c >> 56) == [k << 56 | n for k in (1, 2) for n in range(4)]
     assert len([c for c in counters if not c >> 56]) >= 4  # the engine's own, lane 0
     # bravo has 2 lanes: lane 1 to its worker; lanes 0 and 2 (2 mod 2) to its engine
@@ -117,12 +107,12 @@ def test_each_lane_seals_in_its_own_counters_and_the_receivers_lane_opens_them(n
     bravo = net.nodes["bravo"]
     before = bravo.drops["replay"]
     for d in sent:
-        if lane_of(d) is not None:
+        if d[8] == wire.DATA:
             net.queue.append((net.ios["bravo"].endpoint, d, "relay"))
     net.tap = w.steer
     net.deliver()
     assert w.lanes["bravo"][1].drops["replay"] == 4
-    assert bravo.drops["replay"] - before == len([d for d in sent if lane_of(d) is not None and lane_of(d) % 2 == 0])
+    assert bravo.drops["replay"] - before == len([d for d in sent if d[8] == wire.DATA and lane_of(d) % 2 == 0])
     assert len(w.lanes["bravo"][1].out.tun) == 4
 
 
@@ -220,3 +210,31 @@ def test_a_datagram_of_another_lane_in_a_workers_train_is_passed_on_unopened(net
     assert [d for d, _ in lane.out.passed_on] == [other, handshake]
     assert len(lane.out.tun) == 1 and lane.out.tun[0].endswith(b"y")
     assert not lane.drops
+
+
+def test_after_a_rekey_the_lanes_seal_with_the_new_keys_and_forget_the_old(net):
+    w = Workers(net, {"alpha": 2, "bravo": 2})
+    (old,) = [p.session for p in w.lanes["alpha"][1].peers.values()]
+    for _ in range(100):  # 200 s of traffic: past REKEY_AFTER_TIME (120 s), and the old keys' REJECT_AFTER_TIME (180 s)
+        net.send_ip("alpha", "bravo", b"tick")
+        net.send_ip("bravo", "alpha", b"tock")
+        net.advance(2)
+        w.sync()
+    (new,) = [p.session for p in w.lanes["alpha"][1].peers.values()]
+    assert new is not None and new is not old and old.local_index not in w.lanes["alpha"][1].sessions
+    assert old.local_index in w.lanes["alpha"][1].retired
+    net.tap = w.steer
+    w.lanes["alpha"][1].from_tun(packet(net, "alpha", "bravo", b"after rekey"), net.now)
+    net.deliver()
+    assert w.lanes["bravo"][1].out.tun[-1].endswith(b"after rekey")
+
+
+def test_a_revoked_peer_leaves_every_lane(net):
+    w = Workers(net, {"alpha": 2})
+    assert net.relay.revoke("bravo")
+    net.advance(2)
+    w.sync()
+    lane = w.lanes["alpha"][1]
+    assert not lane.peers and not lane.sessions
+    lane.from_tun(packet(net, "alpha", "bravo", b"to the revoked"), net.now)
+    assert lane.drops["tun_no_peer"] == 1 and not net.queue
