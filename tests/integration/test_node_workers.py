@@ -98,7 +98,7 @@ while len(captured) < want and time.monotonic() < deadline:
         continue
     sport, dport = struct.unpack("!HH", ip[ihl:ihl + 4])
     payload = ip[ihl + 8:struct.unpack("!H", ip[2:4])[0]]
-    # direct DATA (type 3) in an odd lane (the counter's top byte), a ping with 300 bytes
+    # direct DATA (type 3) in an odd lane (the counter's top byte), a datagram of 400 bytes
     if sport == src_port and dport == dst_port and payload[:1] == b"\x03" and payload[8] % 2 == 1 \
             and len(payload) > 300:
         captured.append(payload)
@@ -110,6 +110,14 @@ print(len(captured), flush=True)
 """
 
 
+SPRAY = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for port in range(9000, 9032):
+    s.sendto(bytes(400), (sys.argv[1], port))
+"""
+
+
 def test_a_datagram_replayed_into_a_workers_lane_is_dropped(ov):
     """Direct DATA that three sealed in odd lanes, captured as it left and sent again three
     times: two's worker 1, which holds those lanes' windows, drops every copy."""
@@ -117,7 +125,9 @@ def test_a_datagram_replayed_into_a_workers_lane_is_dropped(ov):
         ep = next(n["endpoint"] for n in ov.status(ov.relay)["nodes"] if n["name"] == name)
         return ep.rsplit(":", 1)
 
-    assert next(p["path"] for p in ov.node_status("three")["peers"] if p["name"] == "two") == "direct"
+    ov.ping("three", ov.address("two"), count=2)
+    wait_for(lambda: next(p["path"] for p in ov.node_status("three")["peers"] if p["name"] == "two") == "direct",
+             20, what="three -> two to go direct")
     _, three_port = endpoint("three")
     two_host, two_port = endpoint("two")
     before = ov.node_status("two")["drops"].get("replay", 0)
@@ -126,8 +136,10 @@ def test_a_datagram_replayed_into_a_workers_lane_is_dropped(ov):
                              stderr=subprocess.PIPE)
     ov.lab.processes.append(sniff)
     time.sleep(0.5)
-    for _ in range(20):  # pings of other ids hash to other queues: some leave in lane 1 or 2
-        ov.ping("three", ov.address("two"), count=2, size=300)
+    # UDP to many ports: the kernel spreads flows over tunneld0's queues by their ports (pings
+    # would not do: ICMP hashes by addresses alone, one queue), so some leave in lane 1
+    for _ in range(10):
+        ov.lab.nsexec(ov.nodes["three"].ns, sys.executable, "-c", SPRAY, ov.address("two"))
         if sniff.poll() is not None:
             break
     out, err = sniff.communicate(timeout=40)
@@ -135,6 +147,7 @@ def test_a_datagram_replayed_into_a_workers_lane_is_dropped(ov):
     wait_for(lambda: ov.node_status("two")["drops"].get("replay", 0) - before == 9, 10,
              what="9 replays dropped by two's worker")
     assert ov.ping("three", ov.address("two"), count=2).returncode == 0
+    assert ov.node_procs["two"].poll() is None
 
 
 def test_a_worker_that_dies_ends_the_node_which_comes_back_whole(ov):

@@ -7,15 +7,22 @@ from tunneld.net.steer import attach, program
 from tunneld.proto import wire
 
 
+def reuseport_group(n):
+    """n sockets on one loopback port, bound in order (the order steering indexes)."""
+    group = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n)]
+    port = 0
+    for s in group:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.bind(("127.0.0.1", port))
+        port = s.getsockname()[1]
+        s.setblocking(False)
+    return group, port
+
+
 def test_relayed_datagrams_go_by_source_port_and_everything_else_to_the_first_socket():
-    group = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+    group, port = reuseport_group(3)
     senders = []
     try:
-        for s in group:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            s.bind(("127.0.0.1", 0 if s is group[0] else port))
-            port = s.getsockname()[1]
-            s.setblocking(False)
         assert attach(group[0], 3)
         for p in range(3):
             c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -51,14 +58,9 @@ def test_the_program_is_six_instructions_ending_in_a_return():
 def test_a_nodes_data_goes_by_lane_and_everything_else_to_the_first_socket():
     """Direct DATA by the counter's top byte (offset 8), RELAYED DATA by the inner one's (16),
     lane mod N; handshakes, relayed handshakes and runts to the node's own socket."""
-    group = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+    group, port = reuseport_group(3)
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        for s in group:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            s.bind(("127.0.0.1", 0 if s is group[0] else port))
-            port = s.getsockname()[1]
-            s.setblocking(False)
         assert attach(group[0], 3, node=True)
 
         def data(lane):

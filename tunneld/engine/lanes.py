@@ -38,7 +38,8 @@ from ..proto import wire
 from ..proto.endpoint import RELAY
 from ..proto.session import Session
 from .mss import clamp
-from .routes import OutsideOverlay, within
+from .offload import unpartial
+from .routes import OutsideOverlay, longest, within
 
 RETIRED = 65536  # sessions a lane remembers having dropped (never to be taken again)
 HEARD_EVERY = 1.0  # seconds between telling the engine of data from a path it does not send on
@@ -141,17 +142,13 @@ class Lane:
     # -- tunneld0 -> wire ---------------------------------------------------------------
 
     def from_tun(self, packet: bytes, now: float) -> None:
-        meta = b""
-        body = packet
-        if packet and packet[0] == wire.PARTIAL and len(packet) > wire.PARTIAL_HEADER_LEN:
-            meta = bytes((packet[2], packet[4], 0))  # as Node.from_tun: the checksum's place
-            body = packet[wire.PARTIAL_HEADER_LEN:]
+        body, meta = unpartial(packet)
         if len(body) < 20 or body[0] >> 4 != 4:
             self.drops[Drop.TUN_NOT_IPV4] += 1
             return
         peer = self.peers.get(body[16:20])
         if peer is None:
-            peer = self._lookup(body[16:20]) if self.routes else None
+            peer = longest(self.routes, body[16:20]) if self.routes else None
             if peer is None:
                 self.drops[Drop.TUN_NO_PEER] += 1
                 return
@@ -172,13 +169,6 @@ class Lane:
         peer.tx_bytes += len(body)
         peer.last_tx = now
         self.out.send(ep, sealed)
-
-    def _lookup(self, dst: bytes):
-        n = int.from_bytes(dst, "big")
-        for network, mask, peer in self.routes:
-            if n & mask == network:
-                return peer
-        return None
 
     # -- wire -> tunneld0 ---------------------------------------------------------------
 
@@ -203,10 +193,7 @@ class Lane:
                     self.out.unreadable(peer.addr)
                 return
         else:
-            ok = self.outside.known.get(ep)
-            if ok is None:
-                ok = self.outside.check(ep)
-            if not ok:
+            if not self.outside.allows(ep):
                 self.drops[Drop.DIRECT_BAD_SOURCE] += 1
                 return
             if not data or data[0] != wire.DATA:

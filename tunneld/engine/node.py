@@ -48,6 +48,7 @@ from ..proto.endpoint import RELAY
 from ..proto.handshake import Identity, Timestamper
 from .effects import Assignment, Env, SaveState, SetAddress, SetGateway, Stop, Transmit
 from .mss import clamp
+from .offload import unpartial
 from .peers import Peer, PeerHandshakes
 from .probes import Probes
 from .relaylink import DIRECTORY, JOINED, REFUSED, REVOKED, JoinRequest, RelayLink
@@ -116,11 +117,7 @@ class Node:
     # -- the hot path: TUN -> wire -------------------------------------------------------
 
     def from_tun(self, packet: bytes, now: float) -> None:
-        meta = b""
-        if packet and packet[0] == wire.PARTIAL and len(packet) > wire.PARTIAL_HEADER_LEN:
-            # a checksum left to the receiver's kernel; offload.py keeps its place below 256
-            meta = bytes((packet[2], packet[4], 0))
-            packet = packet[wire.PARTIAL_HEADER_LEN:]
+        packet, meta = unpartial(packet)  # a checksum left to the receiver's kernel, and its place
         if len(packet) < 20 or packet[0] >> 4 != 4:
             self.drops[Drop.TUN_NOT_IPV4] += 1
             return
@@ -165,10 +162,7 @@ class Node:
 
     def _direct(self, data: bytes, ep: tuple, now: float) -> None:
         """A message straight from a peer's endpoint (not through the relay)."""
-        ok = self.outside.known.get(ep)
-        if ok is None:
-            ok = self.outside.check(ep)
-        if not ok:
+        if not self.outside.allows(ep):  # one inside the overlay would tunnel the tunnel
             self.drops[Drop.DIRECT_BAD_SOURCE] += 1
             return
         t = data[0] if data else 0

@@ -91,6 +91,14 @@ def _complete(packet: bytes, start: int, offset: int) -> bytes:
     return _PARTIAL.pack(PARTIAL, start, offset) + packet
 
 
+def unpartial(packet: bytes) -> tuple[bytes, bytes]:
+    """(the IP packet, the DATA header's 3 bytes after its type: the deeper checksum's place,
+    or nothing) of what split() gave; the engines seal the first with the second."""
+    if packet and packet[0] == PARTIAL and len(packet) > PARTIAL_HEADER_LEN:
+        return packet[PARTIAL_HEADER_LEN:], bytes((packet[2], packet[4], 0))  # places stay below 256
+    return packet, b""
+
+
 def _complete_here(packet: bytes, start: int, offset: int) -> bytes:
     """The rare place the header cannot name: finish the checksum in software."""
     at = start + offset

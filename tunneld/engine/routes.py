@@ -51,11 +51,7 @@ class Routes:
 
     def lookup(self, dst: bytes):
         """The peer whose accepted prefix holds dst, longest prefix first; None if none."""
-        n = int.from_bytes(dst, "big")
-        for network, mask, peer in self.table:
-            if n & mask == network:
-                return peer
-        return None
+        return longest(self.table, dst)
 
     def update(self, peers) -> None:
         """Rebuild the table from the peers' advertised prefixes; SetRoutes if what goes
@@ -109,6 +105,10 @@ class OutsideOverlay:
         self.overlay = (int(network.network_address), int(network.netmask))
         self.known.clear()
 
+    def allows(self, ep: tuple) -> bool:
+        ok = self.known.get(ep)
+        return self.check(ep) if ok is None else ok
+
     def check(self, ep: tuple) -> bool:
         try:
             n = int(ipaddress.IPv4Address(ep[0]))
@@ -119,6 +119,16 @@ class OutsideOverlay:
             self.known.clear()
         self.known[ep] = ok
         return ok
+
+
+def longest(table: list, dst: bytes):
+    """The peer of table's first (network, mask, peer) that holds dst (the table is sorted
+    longest prefix first); None if none."""
+    n = int.from_bytes(dst, "big")
+    for network, mask, peer in table:
+        if n & mask == network:
+            return peer
+    return None
 
 
 def within(address: bytes, prefixes) -> bool:

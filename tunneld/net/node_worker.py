@@ -37,6 +37,7 @@ from ..engine.lanes import Lane
 from ..proto.endpoint import RELAY
 from .base import run
 from .dataplane import DataPlane
+from .procs import HANDOFF_BUFFER, messages
 
 log = logging.getLogger("tunneld.node")
 REPORT_EVERY = 1.0
@@ -52,6 +53,7 @@ class NodeWorker:
         self.relay: tuple | None = None
         self.done: asyncio.Future | None = None
         self._next_report: asyncio.TimerHandle | None = None
+        self._buf = bytearray(HANDOFF_BUFFER)
 
     async def main(self) -> None:
         loop = asyncio.get_running_loop()
@@ -102,13 +104,7 @@ class NodeWorker:
     # -- input -----------------------------------------------------------------------------
 
     def on_ctl(self) -> None:
-        for _ in range(CONTROL_READS):
-            try:
-                msg = self.ctl.recv(1 << 22)
-            except BlockingIOError:
-                return
-            except OSError:
-                msg = b""
+        for msg in messages(self.ctl, self._buf, CONTROL_READS):
             if not msg:  # the node is gone: so are we
                 if not self.done.done():
                     self.done.set_result(None)
@@ -161,8 +157,8 @@ def unhand(msg: bytes) -> tuple[bytes, object]:
 
 
 def main(argv: list[str]) -> int:
-    """python -m tunneld.net.node_worker LANE UDP_FD TUN_FD CONTROL_FD MTU TUNNEL (the node starts it)."""
-    lane, udp_fd, tun_fd, ctl_fd, mtu, tunnel = (int(a) for a in argv)
+    """python -m tunneld.net.node_worker LANE UDP_FD TUN_FD MTU TUNNEL CONTROL_FD (the node starts it, procs.py)."""
+    lane, udp_fd, tun_fd, mtu, tunnel, ctl_fd = (int(a) for a in argv)
     sock = socket.socket(fileno=udp_fd)
     ctl = socket.socket(fileno=ctl_fd)
     sock.setblocking(False)

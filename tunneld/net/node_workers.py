@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import subprocess
-import sys
 from collections import Counter
 from time import monotonic
 
@@ -27,30 +25,22 @@ from ..engine.lanes import export, lane_of
 from ..drops import Drop
 from ..errors import EXIT_FAILURE
 from ..proto.endpoint import RELAY
-from .base import socket_buffers
 from .node_worker import handed, unhand
+from .procs import HANDOFF_BUFFER, messages, spawn, stop
 
 log = logging.getLogger("tunneld.node")
 
-HANDOFF_BUFFER = 4 << 20
 CONTROL_READS = 256
 
 
 class NodeWorkers:
     def __init__(self, socks: list[socket.socket], queues: list[int], tunnel: bool, mtu: int):
-        self.procs: list[subprocess.Popen] = []
-        self.ctls: list[socket.socket] = []
+        self.procs, self.ctls = [], []
         for lane, (sock, queue) in enumerate(zip(socks, queues), start=1):
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            for end in (ours, theirs):
-                socket_buffers(end, HANDOFF_BUFFER)
-            fds = (sock.fileno(), queue, theirs.fileno())
-            self.procs.append(subprocess.Popen(
-                [sys.executable, "-m", "tunneld.net.node_worker", str(lane), *map(str, fds), str(mtu),
-                 str(int(tunnel))], pass_fds=fds))
-            theirs.close()
-            ours.setblocking(False)
-            self.ctls.append(ours)
+            proc, ctl = spawn("tunneld.net.node_worker", [lane, sock.fileno(), queue, mtu, int(tunnel)],
+                              (sock.fileno(), queue))
+            self.procs.append(proc)
+            self.ctls.append(ctl)
         self.count = len(self.procs) + 1  # lanes, ours included
         self.version = -1
         self.drops: Counter = Counter()
@@ -58,7 +48,7 @@ class NodeWorkers:
         self.carried = [[0, 0, 0] for _ in self.procs]  # per worker: bytes in, bytes out, packets handed to us
         self.daemon = None
         self.loop = None
-        self._buf = bytearray(1 << 17)
+        self._buf = bytearray(HANDOFF_BUFFER)
 
     def start(self, loop, daemon) -> None:
         self.loop, self.daemon = loop, daemon
@@ -105,13 +95,7 @@ class NodeWorkers:
         engine = d.engine
         now = monotonic()
         d.plane.batch.active = True
-        for _ in range(CONTROL_READS):
-            try:
-                msg = bytes(memoryview(self._buf)[: ctl.recv_into(self._buf)])
-            except BlockingIOError:
-                break
-            except OSError:
-                msg = b""
+        for msg in messages(ctl, self._buf, CONTROL_READS):
             if not msg:
                 self.loop.remove_reader(ctl.fileno())
                 d.finish(EXIT_FAILURE, f"node worker {i + 1} (pid {self.procs[i].pid}) exited; "
@@ -158,14 +142,4 @@ class NodeWorkers:
                  "handed_to_node": c[2]} for i, (p, c) in enumerate(zip(self.procs, self.carried))]
 
     def close(self) -> None:
-        """Close the control sockets (each worker ends on that) and wait for them, by PID."""
-        for ctl in self.ctls:
-            if self.loop is not None:
-                self.loop.remove_reader(ctl.fileno())
-            ctl.close()
-        for proc in self.procs:
-            try:
-                proc.wait(3)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(3)
+        stop(self.loop, self.ctls, self.procs)

@@ -34,6 +34,7 @@ import msgpack
 from ..drops import Drop
 from ..proto import wire
 from .base import READ_BATCH, run
+from .procs import HANDOFF_BUFFER, messages
 from .udpio import Batch, enable_gro, reads as udp_reads
 
 HANDOFF_RATE = 2000.0  # datagrams a second handed to the relay's process (burst: as many)
@@ -57,6 +58,7 @@ class Worker:
         self.refilled = monotonic()
         self.done: asyncio.Future | None = None
         self._next_report: asyncio.TimerHandle | None = None
+        self._buf = bytearray(HANDOFF_BUFFER)
 
     async def main(self) -> None:
         loop = asyncio.get_running_loop()
@@ -70,20 +72,14 @@ class Worker:
             self._next_report.cancel()
 
     def on_ctl(self) -> None:
-        try:
-            msg = self.ctl.recv(1 << 22)
-        except BlockingIOError:
-            return
-        except OSError:
-            msg = b""
-        if not msg:  # the relay is gone: so are we
-            if not self.done.done():
-                self.done.set_result(None)
-            return
-        if msg[:1] == b"T":
-            table = msgpack.unpackb(msg[1:])
-            self.by_endpoint = {(h, p): (prefix, addr) for h, p, addr, prefix in table}
-            self.by_addr = {addr: (h, p) for h, p, addr, _ in table}
+        for msg in messages(self.ctl, self._buf, 1):
+            if not msg:  # the relay is gone: so are we
+                if not self.done.done():
+                    self.done.set_result(None)
+            elif msg[:1] == b"T":
+                table = msgpack.unpackb(msg[1:])
+                self.by_endpoint = {(h, p): (prefix, addr) for h, p, addr, prefix in table}
+                self.by_addr = {addr: (h, p) for h, p, addr, _ in table}
 
     def on_udp(self) -> None:
         """The hot path, as the relay engine's RELAYED branch: look up, rewrite, send on."""
@@ -144,12 +140,12 @@ class Worker:
 
 
 def main(argv: list[str]) -> int:
-    """python -m tunneld.net.relay_worker UDP_FD CONTROL_FD MTU (the relay starts it)."""
+    """python -m tunneld.net.relay_worker UDP_FD MTU CONTROL_FD (the relay starts it, procs.py)."""
     sock = socket.socket(fileno=int(argv[0]))
-    ctl = socket.socket(fileno=int(argv[1]))
+    ctl = socket.socket(fileno=int(argv[2]))
     sock.setblocking(False)
     ctl.setblocking(False)
-    run(Worker(sock, ctl, int(argv[2])).main())
+    run(Worker(sock, ctl, int(argv[1])).main())
     return 0
 
 

@@ -12,36 +12,24 @@ from __future__ import annotations
 
 import logging
 import socket
-import subprocess
-import sys
 from collections import Counter
 from time import monotonic
 
 import msgpack
 
-from .base import socket_buffers
+from .procs import HANDOFF_BUFFER, messages, spawn, stop
 
 log = logging.getLogger("tunneld.relay")
 
 
-HANDOFF_BUFFER = 4 << 20
-
-
 class RelayWorkers:
     def __init__(self, socks: list[socket.socket], mtu: int):
-        self.procs: list[subprocess.Popen] = []
-        self.ctls: list[socket.socket] = []
+        self.procs, self.ctls = [], []
         for sock in socks:
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            for end in (ours, theirs):  # room for a burst handed over, as the UDP socket has
-                socket_buffers(end, HANDOFF_BUFFER)
-            proc = subprocess.Popen([sys.executable, "-m", "tunneld.net.relay_worker", str(sock.fileno()),
-                                     str(theirs.fileno()), str(mtu)], pass_fds=(sock.fileno(), theirs.fileno()))
-            theirs.close()
+            proc, ctl = spawn("tunneld.net.relay_worker", [sock.fileno(), mtu], (sock.fileno(),))
             sock.close()  # the worker's now
-            ours.setblocking(False)
             self.procs.append(proc)
-            self.ctls.append(ours)
+            self.ctls.append(ctl)
         self.version = -1
         self.forwarded = [0] * len(socks)
         self.drops: Counter = Counter()
@@ -74,13 +62,7 @@ class RelayWorkers:
     def _on_ctl(self, i: int) -> None:
         ctl = self.ctls[i]
         engine = self.daemon.engine
-        for _ in range(256):
-            try:
-                msg = bytes(memoryview(self._buf)[: ctl.recv_into(self._buf)])
-            except BlockingIOError:
-                break
-            except OSError:
-                msg = b""
+        for msg in messages(ctl, self._buf, 256):
             if not msg:
                 log.error("relay worker %d (pid %d) exited; its nodes go to the others", i + 1, self.procs[i].pid)
                 self.loop.remove_reader(ctl.fileno())
@@ -114,14 +96,4 @@ class RelayWorkers:
                 for i, p in enumerate(self.procs)]
 
     def close(self) -> None:
-        """Close the control sockets (each worker ends on that) and wait for them, by PID."""
-        for ctl in self.ctls:
-            if self.loop is not None:
-                self.loop.remove_reader(ctl.fileno())
-            ctl.close()
-        for proc in self.procs:
-            try:
-                proc.wait(3)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(3)
+        stop(self.loop, self.ctls, self.procs)
