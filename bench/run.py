@@ -153,7 +153,11 @@ def measure(seconds: float, repeat: int, only=None, compare: str | None = None) 
             print(f"  {name} ...", file=sys.stderr, flush=True)
             if routed is not None:
                 cells = (*cells, "podr")
-            rows[name] = measure_pair(in_lab, pair, cells, seconds, repeat, pods, routed)
+            try:
+                rows[name] = measure_pair(in_lab, pair, cells, seconds, repeat, pods, routed)
+            except LabError as exc:  # a check after a run failed (a path left): that row, not the bench
+                print(f"  {name} failed: {exc}", file=sys.stderr, flush=True)
+                rows[name] = {"failed": str(exc)}
 
         run("raw veth", systems.raw_veth(lab), ("tcp1", "tcp4", "udp64", "rtt"))
         bridged, natted = systems.underlay(lab)
@@ -324,6 +328,9 @@ def table(result: dict) -> str:
     lines.append(head)
     for name, cells in rows.items():
         line = f"{name:<26}"
+        if "failed" in cells:
+            lines.append(f"{line}failed: {cells['failed']}")
+            continue
         for c in CELLS:
             if c in cells:  # ~: its runs spread by more than SPREAD, a cell one run may not settle
                 v = cells[c]
@@ -355,7 +362,7 @@ def chart(result: dict, path: str, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    rows = result["rows"]
+    rows = {name: cells for name, cells in result["rows"].items() if "failed" not in cells}
     shown = [c for c in ("tcp1", "tcp4", "pod", "podr", "loss1", "udp64", "rtt") if any(c in r for r in rows.values())]
     fig, axes = plt.subplots(len(shown), 1, figsize=(8, 1.9 * len(shown)), constrained_layout=True)
     for ax, c in zip(axes, shown):

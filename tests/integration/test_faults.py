@@ -493,12 +493,19 @@ def test_a_listen_address_that_is_not_ours_changes_nothing(lab):
 
 def test_keys_rotate_on_time_under_traffic_without_a_pause(overlay):
     """130 s of pings every 0.1 s through the relay: longer than REKEY_AFTER_TIME (120 s), so
-    both the peers' session and each node's session with the relay rotate under the traffic."""
+    both the peers' session and each node's session with the relay rotate under the traffic.
+    Beside them, paced TCP streams both ways, over whichever of the nodes' workers (lanes)
+    the kernel gives their flows: each arrives byte-exact across the rotation."""
     ov = overlay
     src, dst = relayed_pair(ov)
     before = {n: ov.node_status(n)["counters"] for n in (src, dst)}
+    streams = [in_background(transfer, ov, a, b, 7900 + i, 125 * 40_000, 180, rate=40_000)
+               for i, (a, b) in enumerate([(src, dst), (dst, src), (src, dst), (dst, src)])]
     r = ov.lab.nsexec(ov.nodes[src].ns, "ping", "-n", "-q", "-c", "1300", "-i", "0.1", "-W", "2",
                       ov.address(dst), check=False, timeout=200)
+    for result in streams:
+        sent, received = result(60)
+        assert sent == received
     after = {n: ov.node_status(n)["counters"] for n in (src, dst)}
     transmitted, received = ping_stats(r)
     grew = {n: {k: after[n].get(k, 0) - before[n].get(k, 0) for k in ("peer_handshakes_sent",

@@ -2,8 +2,9 @@
 tunneld0 and a socket of the node's port, sealing in a lane of its own.
 
 A public node with three workers, one behind a cone NAT with two, a public one with a
-single process, and one whose network drops UDP (its relay link is TCP) with two: every
-pair mixes lane counts, and streams arrive byte-exact whichever lanes carry them."""
+single process, one with no inbound path (relayed over UDP to the cone one) with two, and
+one whose network drops UDP (its relay link is TCP) with the default: every pair mixes lane
+counts, and streams arrive byte-exact whichever lanes carry them."""
 
 import os
 import signal
@@ -14,6 +15,7 @@ import time
 import pytest
 
 from tests.lab import Lab, wait_for
+from tests.integration.test_faults import in_background
 from tests.lab.overlay import Overlay, transfer
 
 
@@ -27,9 +29,11 @@ def ov():
         ov.join(lab.public_host("three"), "three", token, "--workers", "3")
         ov.join(lab.nat_host("two", "cone"), "two", token, "--workers", "2")
         ov.join(lab.public_host("one"), "one", token, "--workers", "1")
+        ov.join(lab.nat_host("hidden", "no-inbound"), "hidden", token, "--workers", "2")
         ov.join(lab.nat_host("tcp", "no-udp"), "tcp", token)  # the default: one per core
         ov.wait_connected(timeout=60)
-        for a, b in (("three", "two"), ("three", "one"), ("two", "one"), ("tcp", "three"), ("tcp", "two")):
+        for a, b in (("three", "two"), ("three", "one"), ("two", "one"), ("tcp", "three"), ("tcp", "two"),
+                     ("hidden", "two")):
             assert ov.ping(a, ov.address(b), count=2).returncode == 0
         yield ov
     finally:
@@ -66,6 +70,25 @@ def test_flows_spread_over_the_lanes_arrive_byte_exact_and_status_sums_them(ov):
         drops = ov.node_status(name)["drops"]
         assert not {k: v for k, v in drops.items() if k in ("replay", "bad_type", "auth", "unknown_session",
                                                              "direct_unknown_session", "direct_bad_type")}, drops
+
+
+def path(ov, src, dst):
+    return next(p["path"] for p in ov.node_status(src)["peers"] if p["name"] == dst)
+
+
+@pytest.mark.parametrize("a,b,kind", [("three", "two", "direct"), ("hidden", "two", "relay")])
+def test_four_streams_both_ways_30_mb_arrive_byte_exact(ov, a, b, kind):
+    """Four TCP streams at once, two each way, 30 MB in all, over several lanes on each side."""
+    ov.ping(a, ov.address(b), count=2)
+    wait_for(lambda: path(ov, a, b) == kind, 20, what=f"{a} -> {b} to be {kind}")
+    base = 7600 if kind == "direct" else 7700
+    size = 30 << 20 >> 2
+    streams = [in_background(transfer, ov, src, dst, base + i, size, 120)
+               for i, (src, dst) in enumerate([(a, b), (b, a), (a, b), (b, a)])]
+    for result in streams:
+        sent, received = result(150)
+        assert sent == received and sent.startswith(str(size))
+    assert path(ov, a, b) == kind
 
 
 PAIRS = [("three", "one"), ("one", "three"), ("two", "one"), ("tcp", "three"), ("three", "tcp"), ("tcp", "two")]
@@ -175,3 +198,16 @@ def test_an_interface_made_single_queue_runs_one_worker_and_says_why(ov):
     assert "made with one queue" in ov.lab.log("one")
     sent, received = transfer(ov, "three", "one", 7991, 2 << 20)
     assert sent == received
+
+
+def test_a_second_join_on_the_same_interface_is_refused(ov):
+    """A multi-queue tunneld0 would take any number of readers: the claim on its name does not."""
+    host = ov.nodes["three"]
+    other = os.path.join(ov.lab.tmp, "second-state")
+    proc = ov.lab.tunneld(host, "join", "--relay", ov.relay_endpoint, "--token", ov.token(), "--name", "second",
+                          "--state-dir", other, log_name="second")
+    assert proc.wait(20) == 1
+    log = ov.lab.log("second")
+    assert "interface tunneld0 is in use by another process" in log, log
+    assert ov.node_procs["three"].poll() is None
+    assert ov.ping("two", ov.address("three"), count=2).returncode == 0
