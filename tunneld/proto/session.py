@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from ..drops import Drop
 from . import wire
-from .replay import ReplayWindow
+from .replay import WINDOW, ReplayWindow
 
 REKEY_AFTER_TIME = 120.0
 REJECT_AFTER_TIME = 180.0
@@ -88,7 +88,9 @@ class Session:
         lane = msg[8]
         replay = self.replay if not lane else (self.lanes.get(lane) or self._lane(lane))
         if not replay.fresh(n):
-            self.last_drop = Drop.REPLAY
+            # Seen already, or older than the window spans: the second is also what a datagram
+            # handed between workers under overload looks like (engine/lanes.py), so apart.
+            self.last_drop = Drop.REPLAY if replay.top - n < WINDOW else Drop.TOO_OLD
             return None
         nonce = _ZERO4 + (ctr if self._big_endian_nonce else n.to_bytes(8, "little"))
         try:
