@@ -19,7 +19,7 @@ class Drop(StrEnum):
     # Transport sessions (proto/session.py)
     SHORT = "short"
     REPLAY = "replay"
-    TOO_OLD = "too_old"  # below the replay window: reordered by more than it spans (workers under overload), or replayed
+    TOO_OLD = "too_old"  # below the replay window: reordered by more than it spans, or replayed long after
     AUTH = "auth"
     UNKNOWN_SESSION = "unknown_session"
     SESSION_EXHAUSTED = "session_exhausted"

@@ -88,8 +88,8 @@ class Session:
         lane = msg[8]
         replay = self.replay if not lane else (self.lanes.get(lane) or self._lane(lane))
         if not replay.fresh(n):
-            # Seen already, or older than the window spans: the second is also what a datagram
-            # handed between workers under overload looks like (engine/lanes.py), so apart.
+            # Seen already, or older than the window spans: the second is also what heavy
+            # reordering looks like, so an operator tells them apart.
             self.last_drop = Drop.REPLAY if replay.top - n < WINDOW else Drop.TOO_OLD
             return None
         nonce = _ZERO4 + (ctr if self._big_endian_nonce else n.to_bytes(8, "little"))
