@@ -26,7 +26,7 @@ from ..drops import Drop
 from ..errors import EXIT_FAILURE
 from ..proto.endpoint import RELAY
 from .node_worker import handed, unhand
-from .procs import HANDOFF_BUFFER, messages, spawn, stop
+from .procs import HANDOFF_BUFFER, broadcast, messages, spawn, stop
 
 log = logging.getLogger("tunneld.node")
 
@@ -67,12 +67,7 @@ class NodeWorkers:
         table = export(engine, relay_udp=not d.use_tcp)
         table["relay"] = list(d.relay_addr)
         table["lanes"] = self.count
-        msg = b"T" + msgpack.packb(table)
-        for ctl in self.ctls:
-            try:
-                ctl.send(msg)
-            except OSError:
-                pass  # a dead worker: _on_ctl ends the node
+        broadcast(self.ctls, b"T" + msgpack.packb(table))
 
     def receive(self, data: bytes, ep, now: float) -> None:
         """Our socket's datagrams, the relay's TCP stream's and the workers' hand-offs: ours

@@ -367,18 +367,16 @@ class NodeDaemon(Daemon):
             return
         port = self.sock.getsockname()[1]
         socks = [udp_socket("0.0.0.0", port, "--port", reuseport=True) for _ in queues]
-        if not steer.attach(self.sock, len(queues) + 1, node=True):
+        if steer.attach(self.sock, len(queues) + 1, node=True):
+            self.workers = NodeWorkers(socks, queues, self.tun.tunnel, mtu)
+        else:
             log.warning("the kernel refused the steering program (SO_ATTACH_REUSEPORT_CBPF): running 1 worker")
-            for fd in queues:
-                os.close(fd)
-            for sock in socks:
-                sock.close()
-            return
-        self.workers = NodeWorkers(socks, queues, self.tun.tunnel, mtu)
         for fd in queues:
-            os.close(fd)  # the workers' now
+            os.close(fd)  # the workers' now, or nobody's
         for sock in socks:
             sock.close()
+        if self.workers is None:
+            return
         self.workers.start(self.loop, self)
         log.info("%d workers carry the data, each on a queue of %s", self.workers.count, self.settings.interface)
 

@@ -42,6 +42,15 @@ def messages(ctl: socket.socket, buf: bytearray, limit: int):
         yield bytes(view[:n])
 
 
+def broadcast(ctls: list, msg: bytes) -> None:
+    """msg to every worker; a dead one's keeper has heard of it on reading (messages())."""
+    for ctl in ctls:
+        try:
+            ctl.send(msg)
+        except OSError:
+            pass
+
+
 def stop(loop, ctls: list, procs: list) -> None:
     """Close the control sockets (each worker ends on that) and wait for them, by PID."""
     for ctl in ctls:

@@ -17,7 +17,7 @@ from time import monotonic
 
 import msgpack
 
-from .procs import HANDOFF_BUFFER, messages, spawn, stop
+from .procs import HANDOFF_BUFFER, broadcast, messages, spawn, stop
 
 log = logging.getLogger("tunneld.relay")
 
@@ -52,12 +52,7 @@ class RelayWorkers:
         self.version = engine.table_version
         table = [[ep[0], ep[1], m.addr, m.relayed_prefix] for ep, m in engine.by_endpoint.items()
                  if ep.__class__ is tuple and engine.by_addr.get(m.addr) is m]
-        msg = b"T" + msgpack.packb(table)
-        for ctl in self.ctls:
-            try:
-                ctl.send(msg)
-            except OSError:
-                pass  # a dead worker: _on_ctl has said so
+        broadcast(self.ctls, b"T" + msgpack.packb(table))
 
     def _on_ctl(self, i: int) -> None:
         ctl = self.ctls[i]
