@@ -96,15 +96,20 @@ def test_pod_traffic_over_vxlan_at_full_size_arrives_byte_exact(paths_ready, kin
             lab.nsexec(ns, "ip", "link", "set", dev, "mtu", str(mtu - 50), "up")
             lab.nsexec(ns, "ip", "addr", "add", f"198.18.{251 if kind == 'direct' else 252}.{i}/24", "dev", dev)
         pods = f"198.18.{251 if kind == 'direct' else 252}.2"
-        before = offload(ov, src)
+        before, before_dst = offload(ov, src), offload(ov, dst)
+        write_errors = ov.node_status(dst)["drops"].get("tun_write_error", 0)
         sent, received = transfer_between(lab, ends[0][0], ends[1][0], pods, 7003, 8 << 20, timeout=40)
         assert sent == received and sent.startswith(str(8 << 20))
-        # Where the kernel hands VXLAN over whole, tunneld took it whole and cut it itself.
+        # Where the kernel hands VXLAN over whole, tunneld took it whole and cut it itself, and
+        # the receiver gave it back whole (tunnel_merge.py), every write taken.
         after = offload(ov, src)
         assert after["tun_udp_tunnel"] == kernel_offers_udp_tunnel_offload()
         if after["tun_udp_tunnel"]:  # the workers' reads reach status with their next report, each second
             wait_for(lambda: offload(ov, src).get("tun_tunnel_reads", 0) > before.get("tun_tunnel_reads", 0), 5,
                      what="tunnel super-packets read whole")
+            wait_for(lambda: offload(ov, dst).get("tun_tunnel_writes", 0) > before_dst.get("tun_tunnel_writes", 0) + 10,
+                     5, what="tunnel super-packets written whole")
+        assert ov.node_status(dst)["drops"].get("tun_write_error", 0) == write_errors
     finally:
         for ns, *_ in ends:
             lab.nsexec(ns, "ip", "link", "del", dev, check=False)
@@ -172,5 +177,49 @@ def test_an_unknown_offload_setting_is_refused_in_one_line():
         assert proc.wait(20) == 2
         lines = [line for line in lab.log("bogus").splitlines() if "TUNNELD_OFFLOAD" in line]
         assert lines and "all, tcp, none" in lines[0]
+    finally:
+        lab.close()
+
+
+REFUSED = """
+import os, socket, sys
+from collections import Counter
+sys.path.insert(0, os.getcwd())
+from tunneld.host.tun import Tun
+from tunneld.net.dataplane import DataPlane
+from tunneld.engine import tunnel_merge
+from tests.unit.test_offload import vxlan_tunnel_read
+from tunneld.engine.offload import split
+tun = Tun.open("refuse0", persist=False, offload="all")
+assert tun.tunnel, "this kernel offers UDP-tunnel offload"
+# Merged packets without the no-op options, as a kernel that took the flags could still
+# refuse them (it does: the outer UDP header at 20 is before 34).
+tunnel_merge.PAD, tunnel_merge.NOPS = 0, b""
+os.system("ip link set refuse0 up")
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+drops = Counter()
+dp = DataPlane(tun.fd, True, sock, 1420, drops, lambda: None)
+for round in range(2):
+    dp.coalescing = True
+    for s in split(vxlan_tunnel_read(os.urandom(20000), 1318, seq=5000 + 20000 * round), 24)[0]:
+        dp.write_tun(s)
+    dp.coalescing = False
+    dp.flush()
+    print(round, drops["tun_write_error"], dp.stats["tun_tunnel_refused"], dp.coalescer.tunnel)
+tun.close()
+"""
+
+
+def test_a_merged_vxlan_packet_the_kernel_refuses_turns_merging_off_and_the_rest_flows():
+    """A kernel that takes the UDP-tunnel flags but refuses a merged write: that one write is
+    lost (TCP resends it), and every later VXLAN packet goes alone and is taken."""
+    if not kernel_offers_udp_tunnel_offload():
+        pytest.fail("this test needs a kernel with UDP-tunnel offload on TUN (Linux 6.17 or later)")
+    lab = Lab()
+    try:
+        ns = lab.add_namespace("refuse")
+        out = lab.nsexec(ns, sys.executable, "-c", REFUSED).stdout.decode().split("\n")
+        assert out[0] == "0 1 1 False", out  # the one merged write refused, merging off
+        assert out[1] == "1 1 1 False", out  # the next batch: 16 single writes, all taken
     finally:
         lab.close()

@@ -39,6 +39,8 @@ from ..drops import Drop
 from ..proto.wire import PARTIAL, PARTIAL_HEADER_LEN
 from .checksum import finish, ip_header, pseudo_sum, sum16
 from .segment import cut
+from . import tunnel_merge
+from .tunnel_merge import TunnelFlow
 from .tunnel_split import GSO_UDP_TUNNEL_IPV4, VNET_TNL_LEN, split_udp_tunnel4, tunnel_offsets
 
 VNET_HDR_LEN = 10
@@ -121,7 +123,7 @@ def _split_tcp4(pkt: memoryview, gso_size: int) -> tuple[list[bytes], str]:
 
 
 class _Flow:
-    __slots__ = ("first", "parts", "seq", "size", "total", "closed", "psh", "same", "window", "options", "h")
+    __slots__ = ("first", "parts", "seq", "size", "total", "closed", "psh", "h", "mask", "ref")
 
     def __init__(self, packet: bytes, h: int, seq: int, size: int, flags: int):
         self.first = packet
@@ -130,13 +132,28 @@ class _Flow:
         self.seq = (seq + size) & 0xFFFFFFFF
         self.size = size
         self.total = len(packet)
-        self.closed = bool(flags & 0x08)  # PSH: the sender's write ends here
-        self.psh = self.closed
-        # What every later segment must repeat to join: TOS, DF/TTL, ack number and data
-        # offset, window, TCP options (timestamps) -- as the kernel's GRO asks.
-        self.same = (packet[1], packet[6], packet[8], packet[28:33])
-        self.window = packet[34:36]
-        self.options = packet[40:h]
+        self.closed = self.psh = bool(flags & 0x08)  # PSH: the sender's write ends here
+        self.mask = mask = _mask(h)
+        self.ref = int.from_bytes(packet[:h], "big") & mask
+
+
+# What a later segment of a flow may change in its headers: the IPv4 total length, id and
+# checksum, the TCP sequence number, PSH and the TCP checksum. All else must repeat the
+# flow's first (TOS, DF, TTL, addresses, ports, ack, data offset, flags, window, options),
+# as the kernel's GRO asks; one masked comparison of the headers as one integer checks it all.
+_VARY = (2, 3, 4, 5, 10, 11, 24, 25, 26, 27, 36, 37)
+_masks: dict[int, int] = {}
+
+
+def _mask(h: int) -> int:
+    m = _masks.get(h)
+    if m is None:
+        b = bytearray(b"\xff" * h)
+        for i in _VARY:
+            b[i] = 0
+        b[33] = 0xFF & ~0x08
+        m = _masks[h] = int.from_bytes(b, "big")
+    return m
 
 
 class Coalescer:
@@ -144,37 +161,42 @@ class Coalescer:
 
     A write is a list of buffers for os.writev: the virtio-net header, then the packet."""
 
-    def __init__(self):
-        self.items: list = []  # _Flow or a finished write, in arrival order
+    def __init__(self, tunnel: bool = False):
+        self.items: list = []  # _Flow, TunnelFlow or a finished write, in arrival order
         self.flows: dict[bytes, _Flow] = {}
+        self.tunnel = tunnel  # the device takes UDP-tunnel super-packets (tunnel_merge.py)
+        self.tflows: dict = {}
 
     def add(self, packet: bytes) -> None:
-        # The hot case first, in as few steps as Python allows: an IPv4 packet without
-        # options or fragmentation carrying a TCP segment with data and only ACK (and PSH).
+        # The hot case first, in as few steps as Python allows: the next segment of a flow.
+        flow = self.flows.get(packet[12:24]) if packet[9] == 6 else None
+        if flow is not None and not flow.closed:
+            h = flow.h
+            size = len(packet) - h
+            if (0 < size <= flow.size and _I.unpack_from(packet, 24)[0] == flow.seq
+                    and int.from_bytes(packet[:h], "big") & flow.mask == flow.ref
+                    and flow.total + size <= MAX_SUPER and len(flow.parts) < MAX_SEGMENTS):
+                flow.parts.append(memoryview(packet)[h:])
+                flow.seq = (flow.seq + size) & 0xFFFFFFFF
+                flow.total += size
+                if size < flow.size or packet[33] & 0x08:
+                    flow.closed = True
+                    flow.psh = bool(packet[33] & 0x08)
+                return
+        # The first segment of a flow: an IPv4 packet without options or fragmentation
+        # carrying a TCP segment with data and only ACK (and PSH).
         if (packet[0] == 0x45 and packet[9] == 6 and not (packet[6] & 0x3F or packet[7])
                 and len(packet) >= 40 and (packet[33] == _ACK or packet[33] == _ACK | 0x08)):
             h = 20 + (packet[32] >> 4) * 4
             size = len(packet) - h
-            if size > 0:
-                key = packet[12:24]
-                seq = _I.unpack_from(packet, 24)[0]
-                flow = self.flows.get(key)
-                if (flow is not None and not flow.closed and seq == flow.seq and size <= flow.size
-                        and h == flow.h and flow.total + size <= MAX_SUPER and len(flow.parts) < MAX_SEGMENTS
-                        and (packet[1], packet[6], packet[8], packet[28:33]) == flow.same
-                        and packet[34:36] == flow.window and packet[40:h] == flow.options):
-                    flow.parts.append(memoryview(packet)[h:])
-                    flow.seq = (seq + size) & 0xFFFFFFFF
-                    flow.total += size
-                    if size < flow.size or packet[33] & 0x08:
-                        flow.closed = True
-                        flow.psh = bool(packet[33] & 0x08)
-                    return
-                flow = _Flow(packet, h, seq, size, packet[33])
-                self.flows[key] = flow
+            if size > 0 and h >= 40:
+                flow = _Flow(packet, h, _I.unpack_from(packet, 24)[0], size, packet[33])
+                self.flows[packet[12:24]] = flow
                 self.items.append(flow)
                 return
         if packet[0] == PARTIAL:
+            if self.tunnel and tunnel_merge.add(self.tflows, self.items, packet):
+                return
             self.items.append(single(packet))
             return
         if packet[9] == 6 and len(packet) >= 24:
@@ -186,9 +208,12 @@ class Coalescer:
     def flush(self) -> list[list]:
         out = []
         for item in self.items:
-            out.append(_merge(item) if item.__class__ is _Flow else item)
+            cls = item.__class__
+            out.append(_merge(item) if cls is _Flow else tunnel_merge.merge(item, single) if cls is TunnelFlow
+                       else item)
         self.items = []
         self.flows = {}
+        self.tflows = {}
         return out
 
 

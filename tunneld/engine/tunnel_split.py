@@ -20,9 +20,7 @@ split_udp_tunnel4() checks the offsets and cuts it (segment.py) into the VXLAN p
 kernel would have sent, each whole on the wire under its own AEAD tag, behind a PARTIAL
 header that names the inner TCP checksum's place (offload.py).
 
-The far side writes these packets one by one: the kernel (6.18) takes UDP-tunnel
-super-packets only from a TAP device, whose packets start with an Ethernet header
-(virtio_net_hdr_tnl_to_skb wants the outer transport header at 34 bytes or more).
+The far side merges them back into one super-packet for its kernel (tunnel_merge.py).
 """
 
 from __future__ import annotations

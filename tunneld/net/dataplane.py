@@ -10,6 +10,7 @@ ways. The node's own process runs one (net/noded.py), and so does each of its wo
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections import Counter
@@ -23,9 +24,11 @@ from ..proto.endpoint import RELAY
 from .base import READ_BATCH
 from .udpio import Batch, enable_gro, reads as udp_reads
 
+log = logging.getLogger("tunneld.node")
+
 TUN_READS = 64  # reads per readiness callback; each may carry a 64 KB TCP super-packet
 TUN_READ_SIZE = VNET_TNL_LEN + 65535
-PAD = bytes(VNET_TNL_LEN - VNET_HDR_LEN)  # the tunnel header's fields, zero on every write
+PAD = bytes(VNET_TNL_LEN - VNET_HDR_LEN)  # the tunnel header's fields, zero but in tunnel_merge's
 WRITE_BATCH = 64  # packets held for merging before they go to the TUN device
 
 
@@ -39,7 +42,7 @@ class DataPlane:
         self.drops = drops
         self.stats: Counter = Counter()  # offload at work, counted per batch (never per packet)
         self.batch = Batch(sock, drops, self.stats, mtu - wire.UDP_OVERHEAD_IPV4)
-        self.coalescer = Coalescer()
+        self.coalescer = Coalescer(tunnel)
         self.coalescing = False
         self.error = error  # called for an exception out of the engine: counted, never fatal
 
@@ -53,16 +56,25 @@ class DataPlane:
             self.write(single(packet))
 
     def write(self, bufs: list) -> None:
-        if self.tunnel:
+        if self.tunnel and len(bufs[0]) == VNET_HDR_LEN:  # a merged tunnel packet has its own
             bufs.insert(1, PAD)
         try:
             os.writev(self.fd, bufs)
         except OSError:
             self.drops[Drop.TUN_WRITE_ERROR] += 1
+            if len(bufs[0]) == VNET_TNL_LEN and self.coalescer.tunnel:
+                # A kernel that took the offload flags but not a merged VXLAN packet: from
+                # now on they go one by one (TCP resends the one lost here).
+                self.coalescer.tunnel = False
+                self.stats["tun_tunnel_refused"] += 1
+                log.warning("the kernel refused a merged VXLAN super-packet on the TUN device: "
+                            "writing VXLAN packet by packet from now on")
 
     def flush(self) -> None:
         for bufs in self.coalescer.flush():
-            if len(bufs) > 4:
+            if len(bufs[0]) == VNET_TNL_LEN:
+                self.stats["tun_tunnel_writes"] += 1
+            elif len(bufs) > 4:
                 self.stats["tun_merged_writes"] += 1
             self.write(bufs)
         self.batch.flush()
