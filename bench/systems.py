@@ -248,8 +248,12 @@ def tunneld_mesh(lab: Lab) -> Pair:
     pids = [r.node_procs["sender"].pid, r.node_procs["receiver"].pid, r.procs[0].pid, r.procs[1].pid]
     pair = Pair(hosts["sender"].ns, hosts["receiver"].ns, dst, r.node_status("sender")["address"], "tunneld0", pids)
 
+    homes = {n: r.home(n) for n in ("sender", "receiver")}
+
     def check():
         if r.home("sender") == r.home("receiver"):
-            raise LabError("a node changed relays during the measurement")
+            moved = [f"{n} ({r.node_status(n)['counters'].get('relay_failovers', 0)} failovers)"
+                     for n in homes if r.home(n) != homes[n]]
+            raise LabError(f"a node changed relays during the measurement: {', '.join(moved)}")
     pair.cleanup.append(check)
     return pair

@@ -238,3 +238,26 @@ def test_a_revoked_peer_leaves_every_lane(net):
     assert not lane.peers and not lane.sessions
     lane.from_tun(packet(net, "alpha", "bravo", b"to the revoked"), net.now)
     assert lane.drops["tun_no_peer"] == 1 and not net.queue
+
+
+def test_relayed_data_a_worker_opens_tells_the_engine_its_relay_is_there(net):
+    """With several relays a node takes its home for dead after a second without a word from
+    it, and a relay under a flood may drop the pongs: the relayed data its workers open must
+    count as a word, a few times a second, not per packet."""
+    w = Workers(net, {"bravo": 2})
+    lane = w.lanes["bravo"][1]
+    alpha, bravo = net.nodes["alpha"], net.nodes["bravo"]
+    (peer,) = alpha.peers.values()
+    s = peer.keys.current
+    s.send_counter, s.send_limit = 1 << 56, 2 << 56  # alpha seals in lane 1 as its worker would
+    from_alpha = wire.relayed_header(bytes(map(int, alpha.assignment.address.split("."))))
+    t0 = net.now
+    for i in range(40):  # one second of relayed data
+        lane.receive(s.seal(packet(net, "alpha", "bravo", b"d %d" % i), from_alpha), RELAY, t0 + i * 0.025)
+    assert len(lane.out.tun) == 40
+    heard = [e for e in lane.out.events if e[2] is RELAY and e[1] == b""]
+    assert 3 <= len(heard) <= 5
+    bravo.relay.last_rx = t0 - 5
+    for index, plaintext, via in heard:
+        bravo.from_worker(index, plaintext, via, t0 + 1)
+    assert bravo.relay.last_rx == t0 + 1

@@ -43,6 +43,9 @@ from .routes import OutsideOverlay, longest, within
 
 RETIRED = 65536  # sessions a lane remembers having dropped (never to be taken again)
 HEARD_EVERY = 1.0  # seconds between telling the engine of data from a path it does not send on
+# ... and of relayed data: with several relays the engine takes its home for dead after a
+# second without a word from it, and under a flood the relay's pongs may be what it drops
+RELAY_HEARD_EVERY = 0.25
 
 
 def lane_of(data: bytes) -> int:
@@ -102,6 +105,7 @@ class Lane:
         self.retired: dict[bytes, None] = {}  # insertion-ordered: the oldest go first
         self.drops: Counter = Counter()
         self.handed = 0  # packets from tunneld0 the engine sent for us
+        self.relay_heard_at = -RELAY_HEARD_EVERY
 
     def apply(self, table: dict) -> None:
         self.relay_udp = table["relay_udp"]
@@ -213,9 +217,13 @@ class Lane:
         if not s.confirmed:  # the peer's first DATA on the session it answered: the engine's to confirm
             s.confirmed = True
             self.out.event(s.local_index, b"", ep)
-        elif ep is not RELAY and ep != peer.ep and now - peer.heard_at >= HEARD_EVERY:
-            peer.heard_at = now  # a way to it the engine may not know: it probes
-            self.out.event(s.local_index, b"", ep)
+        elif ep is not RELAY:
+            if ep != peer.ep and now - peer.heard_at >= HEARD_EVERY:
+                peer.heard_at = now  # a way to it the engine may not know: it probes
+                self.out.event(s.local_index, b"", ep)
+        elif now - self.relay_heard_at >= RELAY_HEARD_EVERY:
+            self.relay_heard_at = now  # the relay is there (node.py from_worker)
+            self.out.event(s.local_index, b"", RELAY)
         if not plaintext:
             return  # keepalive: the report carries last_rx
         if plaintext[0] >> 4 == 4:

@@ -217,6 +217,8 @@ class Node:
         keepalive, a session's first DATA, data from a new path (empty: it wrote that itself)."""
         s = self.table.sessions.get(index)
         if s is not None and s.owner is not self.relay:
+            if via is RELAY:
+                self.relay.last_rx = now  # as for relayed data of our own (receive)
             self._opened(s.owner, s, plaintext, b"", now, via)
 
     def _opened(self, peer: Peer, s, plaintext: bytes, msg: bytes, now: float, via) -> None:
