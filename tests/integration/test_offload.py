@@ -223,3 +223,43 @@ def test_a_merged_vxlan_packet_the_kernel_refuses_turns_merging_off_and_the_rest
         assert out[1] == "1 1 1 False", out  # the next batch: 16 single writes, all taken
     finally:
         lab.close()
+
+
+STALE = """
+import os, socket, sys, time
+from collections import Counter
+sys.path.insert(0, os.getcwd())
+from tunneld.net import udpio
+from tunneld.proto import wire
+os.system("ip link set lo up")
+rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+rx.bind(("127.0.0.1", 0))
+rx.setblocking(False)
+gro = udpio.enable_gro(rx)
+tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+data = bytes([wire.DATA]) + bytes(63)
+init = bytes([wire.INIT]) + bytes(63)
+for _ in range(200):
+    tx.sendto(data, rx.getsockname())
+tx.sendto(init, rx.getsockname())
+time.sleep(2 * udpio.STALE_AFTER)  # a daemon that fell behind
+for _ in range(5):
+    tx.sendto(data, rx.getsockname())
+drops, stats = Counter(), Counter()
+got = [d for datagrams, _ in udpio.reads(rx, gro, drops, stats, 1000) for d in datagrams]
+print(drops["stale"], sum(d == init for d in got), sum(d == data for d in got))
+"""
+
+
+def test_data_that_waited_in_the_sockets_buffer_is_dropped_unopened_by_the_kernels_clock():
+    """The real kernel's receive time on each read (SO_TIMESTAMPNS): DATA that sat in the
+    buffer longer than 100 ms (behind a flood, say) is counted stale and never opened, so a
+    ping after a flood waits 100 ms at most, not the seconds a 4 MB buffer of small datagrams
+    holds; a handshake as late is still read, and so is what came after the wait."""
+    lab = Lab()
+    try:
+        ns = lab.add_namespace("stale")
+        out = lab.nsexec(ns, sys.executable, "-c", STALE).stdout.decode().split()
+        assert out == ["200", "1", "5"], out
+    finally:
+        lab.close()
