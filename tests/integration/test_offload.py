@@ -235,6 +235,7 @@ os.system("ip link set lo up")
 rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 rx.bind(("127.0.0.1", 0))
 rx.setblocking(False)
+rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # all 206 fit
 gro = udpio.enable_gro(rx)
 tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 data = bytes([wire.DATA]) + bytes(63)
@@ -246,7 +247,7 @@ time.sleep(2 * udpio.STALE_AFTER)  # a daemon that fell behind
 for _ in range(5):
     tx.sendto(data, rx.getsockname())
 drops, stats = Counter(), Counter()
-got = [d for datagrams, _ in udpio.reads(rx, gro, drops, stats, 1000) for d in datagrams]
+got = [d for datagrams, _ in udpio.reads(rx, gro, drops, stats, 1000, ("192.0.2.1", 7000)) for d in datagrams]
 print(drops["stale"], sum(d == init for d in got), sum(d == data for d in got))
 """
 

@@ -185,9 +185,10 @@ def stamped(t: float) -> tuple:
 
 
 def test_data_that_waited_in_the_buffer_too_long_is_dropped_unopened_and_the_rest_is_not():
-    """Behind a flood the socket's buffer holds seconds of small datagrams; a DATA train
-    that waited longer than STALE_AFTER is counted stale and never opened. A handshake or a
-    control message is still read however late, and so is DATA that did not wait."""
+    """Behind a flood the socket's buffer holds seconds of small datagrams; a train of
+    peers' data that waited longer than STALE_AFTER is counted stale and never opened. A
+    handshake, and DATA from the node's relay (its link's control: pongs), are still read
+    however late, and so is data that did not wait. B is the relay here."""
     now = time.time()
     old, fresh = now - 2 * udpio.STALE_AFTER, now
     gro = (udpio.SOL_UDP, udpio.UDP_GRO, (100).to_bytes(4, "little"))
@@ -196,11 +197,15 @@ def test_data_that_waited_in_the_buffer_too_long_is_dropped_unopened_and_the_res
     init = bytes([wire.INIT]) + bytes(99)
     sock = FakeSocket()
     sock.inbox = [(data * 3, [gro, stamped(old)], 0, A), (relayed * 2, [stamped(old), gro], 0, A),
-                  (init, [stamped(old)], 0, B), (data * 2, [gro, stamped(fresh)], 0, A), (data, [], 0, B)]
+                  (init, [stamped(old)], 0, B), (data * 2, [gro, stamped(fresh)], 0, A), (data, [], 0, B),
+                  (data, [stamped(old)], 0, B), (relayed, [stamped(old)], 0, B)]
     drops, stats = Counter(), Counter()
-    got = [udpio.read(sock, True, drops, stats) for _ in range(5)]
-    assert [(len(d), addr) for d, addr in got] == [(0, A), (0, A), (1, B), (2, A), (1, B)]
-    assert drops[Drop.STALE] == 5
+    got = [udpio.read(sock, True, drops, stats, keep=B) for _ in range(7)]
+    assert [(len(d), addr) for d, addr in got] == [(0, A), (0, A), (1, B), (2, A), (1, B), (1, B), (0, B)]
+    assert drops[Drop.STALE] == 6
+    # on the relay (no keep) only relayed data is the peers': a node's DATA is its control
+    sock.inbox = [(data, [stamped(old)], 0, A), (relayed, [stamped(old)], 0, A)]
+    assert [len(udpio.read(sock, True, drops, stats)[0]) for _ in range(2)] == [1, 0]
 
 
 class FakeDaemon:

@@ -12,8 +12,10 @@ small datagrams: seconds of work once behind, which every later packet would wai
 ping as much as the flood. So the kernel stamps each read (SO_TIMESTAMPNS), and a DATA
 train that waited longer than STALE_AFTER is dropped unopened (`stale`): a drop costs a
 read, so the queue drains fast to what is fresh, and TCP inside sees a loss where it would
-have seen half a second of delay. Only DATA: a handshake or a control message late is
-still worth more than none.
+have seen half a second of delay. Only the peers' data: relayed DATA, and on a node DATA
+from anyone but its relay (`keep`), whose DATA carries the link's control messages, pongs
+among them; a handshake or a control message late is still worth more than none (a node
+that missed its relay's pongs for a second would move to another relay).
 
 Where the kernel or the route cannot do it (EIO: no checksum offload on the
 way out; EINVAL), the batch falls back to one sendto per datagram, for good.
@@ -80,9 +82,9 @@ def receive_batch(sock: socket.socket, gro: bool):
     return (data,), addr, at
 
 
-def read(sock: socket.socket, gro: bool, drops, stats):
+def read(sock: socket.socket, gro: bool, drops, stats, keep=None):
     """One read in a readiness callback: (datagrams, sender), or None when it is drained;
-    no datagrams for a stale DATA train (the top)."""
+    no datagrams for a stale train of peers' data (the top; keep: a node's relay)."""
     try:
         datagrams, addr, at = receive_batch(sock, gro)
     except BlockingIOError:
@@ -92,7 +94,7 @@ def read(sock: socket.socket, gro: bool, drops, stats):
         return None
     if at and time() - at > STALE_AFTER:
         d = datagrams[0]
-        if d and (d[0] == DATA or (d[0] == RELAYED and len(d) > 8 and d[8] == DATA)):
+        if d and ((d[0] == RELAYED and len(d) > 8 and d[8] == DATA) or (d[0] == DATA and keep and addr != keep)):
             drops[Drop.STALE] += len(datagrams)
             return (), addr
     if len(datagrams) > 1:
@@ -100,11 +102,11 @@ def read(sock: socket.socket, gro: bool, drops, stats):
     return datagrams, addr
 
 
-def reads(sock: socket.socket, gro: bool, drops, stats, limit: int):
+def reads(sock: socket.socket, gro: bool, drops, stats, limit: int, keep=None):
     """The reads of one readiness callback, at most limit: (datagrams, sender) each, until
     the socket is drained."""
     for _ in range(limit):
-        got = read(sock, gro, drops, stats)
+        got = read(sock, gro, drops, stats, keep)
         if got is None:
             return
         yield got
