@@ -78,7 +78,6 @@ class Drop(StrEnum):
 
     # Sockets and streams (the daemons)
     UDP_RECV_ERROR = "udp_recv_error"
-    STALE = "stale"  # DATA that waited in the socket's buffer longer than udpio.STALE_AFTER: dropped unopened
     UDP_SEND_FULL = "udp_send_full"
     UDP_SEND_ERROR = "udp_send_error"
     TCP_BAD_FRAMING = "tcp_bad_framing"

@@ -3,9 +3,6 @@
 daemon. No kernel: the fakes record every call."""
 
 import errno
-import socket
-import struct
-import time
 from collections import Counter
 
 from hypothesis import given, strategies as st
@@ -14,7 +11,6 @@ from tunneld.drops import Drop
 from tunneld.net import udpio
 from tunneld.net.base import FramedStream
 from tunneld.net.udpio import MAX_BYTES, MAX_SEGMENTS, Batch, receive_batch
-from tunneld.proto import wire
 from tunneld.proto.framing import frame
 
 A, B = ("198.51.100.1", 4000), ("198.51.100.2", 4000)
@@ -176,36 +172,8 @@ def test_a_gro_read_is_cut_back_into_its_datagrams():
     sock = FakeSocket()
     gro = [(udpio.SOL_UDP, udpio.UDP_GRO, (1400).to_bytes(4, "little"))]
     sock.inbox = [(b"a" * 1400 + b"b" * 1400 + b"c" * 10, gro, 0, A), (b"plain", [], 0, B)]
-    assert receive_batch(sock, True) == ([b"a" * 1400, b"b" * 1400, b"c" * 10], A, 0.0)
-    assert receive_batch(sock, True) == ((b"plain",), B, 0.0)
-
-
-def stamped(t: float) -> tuple:
-    return (socket.SOL_SOCKET, udpio.SO_TIMESTAMPNS, struct.pack("=qq", int(t), int(t % 1 * 1e9)))
-
-
-def test_data_that_waited_in_the_buffer_too_long_is_dropped_unopened_and_the_rest_is_not():
-    """Behind a flood the socket's buffer holds seconds of small datagrams; a train of
-    peers' data that waited longer than STALE_AFTER is counted stale and never opened. A
-    handshake, and DATA from the node's relay (its link's control: pongs), are still read
-    however late, and so is data that did not wait. B is the relay here."""
-    now = time.time()
-    old, fresh = now - 2 * udpio.STALE_AFTER, now
-    gro = (udpio.SOL_UDP, udpio.UDP_GRO, (100).to_bytes(4, "little"))
-    data = bytes([wire.DATA]) + bytes(99)
-    relayed = bytes([wire.RELAYED]) + bytes(7) + data[:92]
-    init = bytes([wire.INIT]) + bytes(99)
-    sock = FakeSocket()
-    sock.inbox = [(data * 3, [gro, stamped(old)], 0, A), (relayed * 2, [stamped(old), gro], 0, A),
-                  (init, [stamped(old)], 0, B), (data * 2, [gro, stamped(fresh)], 0, A), (data, [], 0, B),
-                  (data, [stamped(old)], 0, B), (relayed, [stamped(old)], 0, B)]
-    drops, stats = Counter(), Counter()
-    got = [udpio.read(sock, True, drops, stats, keep=B) for _ in range(7)]
-    assert [(len(d), addr) for d, addr in got] == [(0, A), (0, A), (1, B), (2, A), (1, B), (1, B), (0, B)]
-    assert drops[Drop.STALE] == 6
-    # on the relay (no keep) only relayed data is the peers': a node's DATA is its control
-    sock.inbox = [(data, [stamped(old)], 0, A), (relayed, [stamped(old)], 0, A)]
-    assert [len(udpio.read(sock, True, drops, stats)[0]) for _ in range(2)] == [1, 0]
+    assert receive_batch(sock, True) == ([b"a" * 1400, b"b" * 1400, b"c" * 10], A)
+    assert receive_batch(sock, True) == ((b"plain",), B)
 
 
 class FakeDaemon:

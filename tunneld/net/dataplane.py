@@ -84,7 +84,7 @@ class DataPlane:
         sock, gro, coalescer, error = self.sock, self.gro, self.coalescer, self.error
         self.coalescing = self.batch.active = True
         try:
-            for datagrams, addr in udp_reads(sock, gro, self.drops, self.stats, READ_BATCH, relay):
+            for datagrams, addr in udp_reads(sock, gro, self.drops, self.stats, READ_BATCH):
                 ep = RELAY if addr == relay else addr
                 for data in datagrams:
                     try:

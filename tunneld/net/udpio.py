@@ -7,16 +7,6 @@ in the stack), so the datagrams on the wire are exactly those we built.
 Receiving, UDP_GRO lets the kernel hand over such a train as one buffer with
 its segment size; receive_batch() cuts it back into datagrams.
 
-Queueing. Under a flood the socket's buffer (4 MB, net/base.py) holds tens of thousands of
-small datagrams: seconds of work once behind, which every later packet would wait out, a
-ping as much as the flood. So the kernel stamps each read (SO_TIMESTAMPNS), and a DATA
-train that waited longer than STALE_AFTER is dropped unopened (`stale`): a drop costs a
-read, so the queue drains fast to what is fresh, and TCP inside sees a loss where it would
-have seen half a second of delay. Only the peers' data: relayed DATA, and on a node DATA
-from anyone but its relay (`keep`), whose DATA carries the link's control messages, pongs
-among them; a handshake or a control message late is still worth more than none (a node
-that missed its relay's pongs for a second would move to another relay).
-
 Where the kernel or the route cannot do it (EIO: no checksum offload on the
 way out; EINVAL), the batch falls back to one sendto per datagram, for good.
 The kernel also refuses (EMSGSIZE) a train whose datagrams are larger than the
@@ -32,10 +22,7 @@ import logging
 import socket
 import struct
 
-from time import time
-
 from ..drops import Drop
-from ..proto.wire import DATA, RELAYED
 
 log = logging.getLogger("tunneld")
 
@@ -46,18 +33,10 @@ MAX_SEGMENTS = 64
 MAX_BYTES = 65000  # one IPv4 datagram's worth of payload, with room for headers
 ETHERNET_SEGMENT = 1500 - 20 - 8  # the largest datagram in one Ethernet frame
 _H = struct.Struct("=H")
-SO_TIMESTAMPNS = 35  # <asm-generic/socket.h>; SCM_TIMESTAMPNS, its message, is the same
-STALE_AFTER = 0.1  # seconds a DATA train may have waited in the socket's buffer
-_TS = struct.Struct("=qq")  # struct timespec
-_CMSG_SPACE = socket.CMSG_SPACE(4) + socket.CMSG_SPACE(_TS.size)
+_CMSG_SPACE = socket.CMSG_SPACE(4)
 
 
 def enable_gro(sock: socket.socket) -> bool:
-    """UDP GRO, and the kernel's receive time on every read (for STALE_AFTER)."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-    except OSError:
-        pass  # reads then carry no time, and nothing is ever stale
     try:
         sock.setsockopt(SOL_UDP, UDP_GRO, 1)
         return True
@@ -66,47 +45,37 @@ def enable_gro(sock: socket.socket) -> bool:
 
 
 def receive_batch(sock: socket.socket, gro: bool):
-    """One read: a list of datagrams, the sender's address, and the time the kernel took it
-    in (0.0 when it did not say). Raises like recvmsg."""
+    """One read: a list of datagrams and the sender's address. Raises like recvfrom."""
+    if not gro:
+        data, addr = sock.recvfrom(65535)
+        return (data,), addr
     data, anc, _flags, addr = sock.recvmsg(65535, _CMSG_SPACE)
-    size = 0
-    at = 0.0
-    for level, kind, value in anc:
-        if level == SOL_UDP and kind == UDP_GRO:
-            size = int.from_bytes(value[:4], "little")
-        elif kind == SO_TIMESTAMPNS and level == socket.SOL_SOCKET and len(value) >= _TS.size:
-            sec, ns = _TS.unpack_from(value)
-            at = sec + ns * 1e-9
-    if gro and len(data) > size > 0:
-        return [data[i : i + size] for i in range(0, len(data), size)], addr, at
-    return (data,), addr, at
+    if anc:
+        level, kind, value = anc[0]
+        if level == SOL_UDP and kind == UDP_GRO and len(data) > (size := int.from_bytes(value[:4], "little")) > 0:
+            return [data[i : i + size] for i in range(0, len(data), size)], addr
+    return (data,), addr
 
 
-def read(sock: socket.socket, gro: bool, drops, stats, keep=None):
-    """One read in a readiness callback: (datagrams, sender), or None when it is drained;
-    no datagrams for a stale train of peers' data (the top; keep: a node's relay)."""
+def read(sock: socket.socket, gro: bool, drops, stats):
+    """One read in a readiness callback: (datagrams, sender), or None when it is drained."""
     try:
-        datagrams, addr, at = receive_batch(sock, gro)
+        datagrams, addr = receive_batch(sock, gro)
     except BlockingIOError:
         return None
     except OSError:
         drops[Drop.UDP_RECV_ERROR] += 1
         return None
-    if at and time() - at > STALE_AFTER:
-        d = datagrams[0]
-        if d and ((d[0] == RELAYED and len(d) > 8 and d[8] == DATA) or (d[0] == DATA and keep and addr != keep)):
-            drops[Drop.STALE] += len(datagrams)
-            return (), addr
     if len(datagrams) > 1:
         stats["udp_gro_reads"] += 1
     return datagrams, addr
 
 
-def reads(sock: socket.socket, gro: bool, drops, stats, limit: int, keep=None):
+def reads(sock: socket.socket, gro: bool, drops, stats, limit: int):
     """The reads of one readiness callback, at most limit: (datagrams, sender) each, until
     the socket is drained."""
     for _ in range(limit):
-        got = read(sock, gro, drops, stats, keep)
+        got = read(sock, gro, drops, stats)
         if got is None:
             return
         yield got
