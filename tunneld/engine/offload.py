@@ -40,7 +40,7 @@ from ..proto.wire import PARTIAL, PARTIAL_HEADER_LEN
 from .checksum import finish, ip_header, pseudo_sum, sum16
 from .segment import cut
 from . import tunnel_merge
-from .tunnel_merge import TunnelFlow
+from .gro import Flow
 from .tunnel_split import GSO_UDP_TUNNEL_IPV4, VNET_TNL_LEN, split_udp_tunnel4, tunnel_offsets
 
 VNET_HDR_LEN = 10
@@ -55,7 +55,6 @@ _PARTIAL = struct.Struct("!BHH")
 
 PLAIN_HDR = _VNET.pack(0, GSO_NONE, 0, 0, 0, 0)
 MAX_SUPER = 65535  # an IPv4 total length
-MAX_SEGMENTS = 64
 
 _ACK = 0x10
 
@@ -122,38 +121,9 @@ def _split_tcp4(pkt: memoryview, gso_size: int) -> tuple[list[bytes], str]:
     return cut(pkt, gso_size, 0, ihl, h), ""
 
 
-class _Flow:
-    __slots__ = ("first", "parts", "seq", "size", "total", "closed", "psh", "h", "mask", "ref")
-
-    def __init__(self, packet: bytes, h: int, seq: int, size: int, flags: int):
-        self.first = packet
-        self.h = h
-        self.parts = [memoryview(packet)[h:]]
-        self.seq = (seq + size) & 0xFFFFFFFF
-        self.size = size
-        self.total = len(packet)
-        self.closed = self.psh = bool(flags & 0x08)  # PSH: the sender's write ends here
-        self.mask = mask = _mask(h)
-        self.ref = int.from_bytes(packet[:h], "big") & mask
-
-
-# What a later segment of a flow may change in its headers: the IPv4 total length, id and
-# checksum, the TCP sequence number, PSH and the TCP checksum. All else must repeat the
-# flow's first (TOS, DF, TTL, addresses, ports, ack, data offset, flags, window, options),
-# as the kernel's GRO asks; one masked comparison of the headers as one integer checks it all.
+# What a later segment of a flow may change in its headers (gro.py): the IPv4 total length,
+# id and checksum, the TCP sequence number and checksum.
 _VARY = (2, 3, 4, 5, 10, 11, 24, 25, 26, 27, 36, 37)
-_masks: dict[int, int] = {}
-
-
-def _mask(h: int) -> int:
-    m = _masks.get(h)
-    if m is None:
-        b = bytearray(b"\xff" * h)
-        for i in _VARY:
-            b[i] = 0
-        b[33] = 0xFF & ~0x08
-        m = _masks[h] = int.from_bytes(b, "big")
-    return m
 
 
 class Coalescer:
@@ -162,27 +132,16 @@ class Coalescer:
     A write is a list of buffers for os.writev: the virtio-net header, then the packet."""
 
     def __init__(self, tunnel: bool = False):
-        self.items: list = []  # _Flow, TunnelFlow or a finished write, in arrival order
-        self.flows: dict[bytes, _Flow] = {}
+        self.items: list = []  # Flow or a finished write, in arrival order
+        self.flows: dict[bytes, Flow] = {}
         self.tunnel = tunnel  # the device takes UDP-tunnel super-packets (tunnel_merge.py)
         self.tflows: dict = {}
 
     def add(self, packet: bytes) -> None:
         # The hot case first, in as few steps as Python allows: the next segment of a flow.
         flow = self.flows.get(packet[12:24]) if packet[9] == 6 else None
-        if flow is not None and not flow.closed:
-            h = flow.h
-            size = len(packet) - h
-            if (0 < size <= flow.size and _I.unpack_from(packet, 24)[0] == flow.seq
-                    and int.from_bytes(packet[:h], "big") & flow.mask == flow.ref
-                    and flow.total + size <= MAX_SUPER and len(flow.parts) < MAX_SEGMENTS):
-                flow.parts.append(memoryview(packet)[h:])
-                flow.seq = (flow.seq + size) & 0xFFFFFFFF
-                flow.total += size
-                if size < flow.size or packet[33] & 0x08:
-                    flow.closed = True
-                    flow.psh = bool(packet[33] & 0x08)
-                return
+        if flow is not None and not flow.closed and flow.join(packet):
+            return
         # The first segment of a flow: an IPv4 packet without options or fragmentation
         # carrying a TCP segment with data and only ACK (and PSH).
         if (packet[0] == 0x45 and packet[9] == 6 and not (packet[6] & 0x3F or packet[7])
@@ -190,7 +149,7 @@ class Coalescer:
             h = 20 + (packet[32] >> 4) * 4
             size = len(packet) - h
             if size > 0 and h >= 40:
-                flow = _Flow(packet, h, _I.unpack_from(packet, 24)[0], size, packet[33])
+                flow = Flow(packet, 0, 20, h, MAX_SUPER, _VARY)
                 self.flows[packet[12:24]] = flow
                 self.items.append(flow)
                 return
@@ -208,9 +167,10 @@ class Coalescer:
     def flush(self) -> list[list]:
         out = []
         for item in self.items:
-            cls = item.__class__
-            out.append(_merge(item) if cls is _Flow else tunnel_merge.merge(item, single) if cls is TunnelFlow
-                       else item)
+            if item.__class__ is Flow:
+                out.append(tunnel_merge.merge(item, single) if item.first[0] == PARTIAL else _merge(item))
+            else:
+                out.append(item)
         self.items = []
         self.flows = {}
         self.tflows = {}
@@ -241,7 +201,7 @@ def single(packet: bytes) -> list:
     return [_VNET.pack(NEEDS_CSUM, GSO_NONE, 0, 0, ihl, at - ihl), mv[:at], field, mv[at + 2:]]
 
 
-def _merge(flow: _Flow) -> list:
+def _merge(flow: Flow) -> list:
     first = flow.first
     if len(flow.parts) == 1:
         return single(first)

@@ -33,6 +33,7 @@ import struct
 
 from ..proto.wire import PARTIAL_HEADER_LEN
 from .checksum import ip_header, pseudo_sum
+from .gro import PSH, Flow
 from .tunnel_split import GSO_UDP_TUNNEL_IPV4
 
 B = PARTIAL_HEADER_LEN  # the IP packet starts here
@@ -42,13 +43,10 @@ NOPS = b"\x01" * PAD
 _HDR = struct.Struct("=BBHHHH10x")  # virtio_net_hdr_v1_hash_tunnel, less its last two fields (_TNL)
 _TNL = struct.Struct("<HH")
 _H = struct.Struct("!H")
-_I = struct.Struct("!I")
 _ACK = 0x10
-_PSH = 0x08
 NEEDS_CSUM = 1
 GSO_TCPV4 = 1
 MAX_SUPER = 65535 - PAD  # the merged outer IPv4 total length stays a 16-bit number
-MAX_SEGMENTS = 64
 
 
 def _first(p: bytes) -> bool:
@@ -58,43 +56,14 @@ def _first(p: bytes) -> bool:
             and p[1] == 0 and p[2] == INNER_TH and p[3] == 0 and p[4] == 16
             and p[B + 48] == 8 and p[B + 49] == 0 and p[B + 50] == 0x45 and p[B + 59] == 6
             and not (p[B + 56] & 0x3F or p[B + 57])
-            and (p[B + 83] == _ACK or p[B + 83] == _ACK | _PSH))
+            and (p[B + 83] == _ACK or p[B + 83] == _ACK | PSH))
 
 
-class TunnelFlow:
-    __slots__ = ("first", "parts", "seq", "size", "total", "closed", "psh", "h", "mask", "ref")
-
-    def __init__(self, packet: bytes, h: int, seq: int, size: int):
-        self.first = packet
-        self.h = h
-        self.parts = [memoryview(packet)[h:]]
-        self.seq = (seq + size) & 0xFFFFFFFF
-        self.size = size
-        self.total = len(packet) - B
-        self.closed = self.psh = bool(packet[B + 83] & _PSH)
-        self.mask = mask = _mask(h)
-        self.ref = int.from_bytes(packet[:h], "big") & mask
-
-
-# What a later packet of a flow may change: the outer IPv4 total length, id and checksum,
-# the UDP length and checksum, the inner total length, id and checksum, the TCP sequence
-# number, PSH and checksum. All else must repeat the first's (the PARTIAL header; the outer
-# TOS, DF, TTL, addresses and ports; VXLAN and the inner Ethernet header; the inner TOS,
-# DF, TTL, addresses and ports; ack, data offset, flags, window, options): the kernel's
-# GRO asks as much. One masked comparison of the headers as one integer checks it all.
-_VARY = [B + i for i in (2, 3, 4, 5, 10, 11, 24, 25, 26, 27, 52, 53, 54, 55, 60, 61, 74, 75, 76, 77, 86, 87)]
-_masks: dict[int, int] = {}
-
-
-def _mask(h: int) -> int:
-    m = _masks.get(h)
-    if m is None:
-        b = bytearray(b"\xff" * h)
-        for i in _VARY:
-            b[i] = 0
-        b[B + 83] = 0xFF & ~_PSH
-        m = _masks[h] = int.from_bytes(b, "big")
-    return m
+# What a later packet of a flow may change (gro.py): the outer IPv4 total length, id and
+# checksum, the UDP length and checksum, the inner total length, id and checksum, the TCP
+# sequence number and checksum. All else must repeat the first's: the PARTIAL header, the
+# outer headers, VXLAN and the inner Ethernet header too.
+_VARY = tuple(B + i for i in (2, 3, 4, 5, 10, 11, 24, 25, 26, 27, 52, 53, 54, 55, 60, 61, 74, 75, 76, 77, 86, 87))
 
 
 def add(flows: dict, items: list, p: bytes) -> bool:
@@ -102,24 +71,12 @@ def add(flows: dict, items: list, p: bytes) -> bool:
     goes alone (the caller's), which ends its flow."""
     key = p[B + 12 : B + 24]  # outer addresses and ports: VXLAN's source port follows the inner flow
     flow = flows.get(key)
-    if flow is not None and not flow.closed:
-        h = flow.h
-        size = len(p) - h
-        if (0 < size <= flow.size and _I.unpack_from(p, B + 74)[0] == flow.seq
-                and int.from_bytes(p[:h], "big") & flow.mask == flow.ref
-                and flow.total + size <= MAX_SUPER and len(flow.parts) < MAX_SEGMENTS):
-            flow.parts.append(memoryview(p)[h:])
-            flow.seq = (flow.seq + size) & 0xFFFFFFFF
-            flow.total += size
-            if size < flow.size or p[B + 83] & _PSH:
-                flow.closed = True
-                flow.psh = bool(p[B + 83] & _PSH)
-            return True
+    if flow is not None and not flow.closed and flow.join(p):
+        return True
     if _first(p):
         h = B + INNER_TH + (p[B + 82] >> 4) * 4
-        size = len(p) - h
-        if size > 0 and h >= B + INNER_TH + 20:
-            flow = flows[key] = TunnelFlow(p, h, _I.unpack_from(p, B + 74)[0], size)
+        if len(p) > h and h >= B + INNER_TH + 20:
+            flow = flows[key] = Flow(p, B, B + INNER_TH, h, MAX_SUPER, _VARY)
             items.append(flow)
             return True
     flow = flows.pop(key, None)  # keep the flow's order: what follows starts anew
@@ -128,7 +85,7 @@ def add(flows: dict, items: list, p: bytes) -> bool:
     return False
 
 
-def merge(flow: TunnelFlow, single) -> list:
+def merge(flow: Flow, single) -> list:
     """The writev buffers of a flow: the 24-byte header, the headers, the payloads; a flow
     of one packet as single() writes it."""
     if len(flow.parts) == 1:
@@ -149,7 +106,7 @@ def merge(flow: TunnelFlow, single) -> list:
     hdr[nh + 10 : nh + 12] = b"\x00\x00"
     _H.pack_into(hdr, nh + 10, ip_header(hdr[nh : nh + 20]))
     if flow.psh:
-        hdr[ith + 13] |= _PSH
+        hdr[ith + 13] |= PSH
     _H.pack_into(hdr, ith + 16, pseudo_sum(hdr[nh:], 6, total - ith))
     vnet = _HDR.pack(NEEDS_CSUM, GSO_UDP_TUNNEL_IPV4 | GSO_TCPV4, h + PAD, flow.size, ith, 16) + _TNL.pack(th, nh)
     return [vnet, hdr, *flow.parts]
