@@ -13,6 +13,7 @@ from __future__ import annotations
 import struct
 
 MAX_SEGMENTS = 64
+ACK = 0x10  # TCP flags: a segment that may start a flow carries ACK (and PSH) only
 PSH = 0x08
 _I = struct.Struct("!I")
 _masks: dict[tuple, int] = {}

@@ -40,7 +40,7 @@ from ..proto.wire import PARTIAL, PARTIAL_HEADER_LEN
 from .checksum import finish, ip_header, pseudo_sum, sum16
 from .segment import cut
 from . import tunnel_merge
-from .gro import Flow
+from .gro import ACK, PSH, Flow
 from .tunnel_split import GSO_UDP_TUNNEL_IPV4, VNET_TNL_LEN, split_udp_tunnel4, tunnel_offsets
 
 VNET_HDR_LEN = 10
@@ -55,8 +55,6 @@ _PARTIAL = struct.Struct("!BHH")
 
 PLAIN_HDR = _VNET.pack(0, GSO_NONE, 0, 0, 0, 0)
 MAX_SUPER = 65535  # an IPv4 total length
-
-_ACK = 0x10
 
 
 def split(buf: bytes, vnet_len: int = VNET_HDR_LEN) -> tuple[list[bytes], str]:
@@ -145,7 +143,7 @@ class Coalescer:
         # The first segment of a flow: an IPv4 packet without options or fragmentation
         # carrying a TCP segment with data and only ACK (and PSH).
         if (packet[0] == 0x45 and packet[9] == 6 and not (packet[6] & 0x3F or packet[7])
-                and len(packet) >= 40 and (packet[33] == _ACK or packet[33] == _ACK | 0x08)):
+                and len(packet) >= 40 and (packet[33] == ACK or packet[33] == ACK | PSH)):
             h = 20 + (packet[32] >> 4) * 4
             size = len(packet) - h
             if size > 0 and h >= 40:
@@ -212,7 +210,7 @@ def _merge(flow: Flow) -> list:
     hdr[10:12] = b"\x00\x00"
     _H.pack_into(hdr, 10, ip_header(hdr[:20]))
     if flow.psh:
-        hdr[33] |= 0x08
+        hdr[33] |= PSH
     _H.pack_into(hdr, 36, pseudo_sum(hdr, 6, total - 20))
     vnet = _VNET.pack(NEEDS_CSUM, GSO_TCPV4, h, flow.size, 20, 16)
     return [vnet, hdr, *flow.parts]

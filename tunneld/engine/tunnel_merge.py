@@ -33,7 +33,7 @@ import struct
 
 from ..proto.wire import PARTIAL_HEADER_LEN
 from .checksum import ip_header, pseudo_sum
-from .gro import PSH, Flow
+from .gro import ACK, PSH, Flow
 from .tunnel_split import GSO_UDP_TUNNEL_IPV4
 
 B = PARTIAL_HEADER_LEN  # the IP packet starts here
@@ -43,7 +43,6 @@ NOPS = b"\x01" * PAD
 _HDR = struct.Struct("=BBHHHH10x")  # virtio_net_hdr_v1_hash_tunnel, less its last two fields (_TNL)
 _TNL = struct.Struct("<HH")
 _H = struct.Struct("!H")
-_ACK = 0x10
 NEEDS_CSUM = 1
 GSO_TCPV4 = 1
 MAX_SUPER = 65535 - PAD  # the merged outer IPv4 total length stays a 16-bit number
@@ -56,7 +55,7 @@ def _first(p: bytes) -> bool:
             and p[1] == 0 and p[2] == INNER_TH and p[3] == 0 and p[4] == 16
             and p[B + 48] == 8 and p[B + 49] == 0 and p[B + 50] == 0x45 and p[B + 59] == 6
             and not (p[B + 56] & 0x3F or p[B + 57])
-            and (p[B + 83] == _ACK or p[B + 83] == _ACK | PSH))
+            and (p[B + 83] == ACK or p[B + 83] == ACK | PSH))
 
 
 # What a later packet of a flow may change (gro.py): the outer IPv4 total length, id and
