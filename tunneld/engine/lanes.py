@@ -21,8 +21,13 @@ engine: handshakes, the relay link, probes, paths, MTUs, routes, the lock, statu
                             The steering program looks at a GRO train's first datagram
                             only, and a train from one endpoint mixes lanes: whatever is
                             not in our lanes goes, unopened, to the process whose it is
-                            (lane_of), so that each lane's window is in one process only
-  Lane.report()             counters since the last report, which the engine adds to its own
+                            (lane_of), so that each lane's window is in one process only.
+                            DATA for a session (or a peer) the lane does not hold yet waits
+                            in a small limbo for the next table, which may bring it: the
+                            engine's table and its peer's first DATA on a new session race
+                            each other to a worker (a lost rekey's pings, otherwise)
+  Lane.report(now)          counters since the last report, which the engine adds to its own;
+                            what waited in limbo for longer than a table takes is dropped
 
 Out (a Lane's `out`): send(ep, data), write_tun(packet), to_engine(packet) for a packet
 the engine sends, event(index, plaintext, via) for Node.from_worker, unreadable(addr),
@@ -46,6 +51,8 @@ HEARD_EVERY = 1.0  # seconds between telling the engine of data from a path it d
 # ... and of relayed data: with several relays the engine takes its home for dead after a
 # second without a word from it, and under a flood the relay's pongs may be what it drops
 RELAY_HEARD_EVERY = 0.25
+LIMBO = 64  # datagrams held for a table that may bring their session; more are dropped at once
+LIMBO_WAIT = 0.5  # seconds: far longer than a table takes to reach a worker
 
 
 def lane_of(data: bytes) -> int:
@@ -106,6 +113,8 @@ class Lane:
         self.drops: Counter = Counter()
         self.handed = 0  # packets from tunneld0 the engine sent for us
         self.relay_heard_at = -RELAY_HEARD_EVERY
+        self.limbo: list = []  # (data, ep, time): DATA for sessions the next table may bring
+        self._retrying = False
 
     def apply(self, table: dict) -> None:
         self.relay_udp = table["relay_udp"]
@@ -142,6 +151,33 @@ class Lane:
                 peers[addr].session = sessions[send][0]
         self.peers, self.sessions = peers, sessions
         self.routes = [(net, mask, peers[addr]) for net, mask, addr in table["routes"] if addr in peers]
+        if self.limbo:
+            self._retry()
+
+    def _retry(self, until: float | None = None) -> None:
+        """What waited for a table (all of it, or what came before `until`), once more:
+        opened now, or dropped and counted."""
+        held, self.limbo = self.limbo, []
+        if until is not None:
+            self.limbo = [x for x in held if x[2] >= until]
+            held = [x for x in held if x[2] < until]
+        self._retrying = True
+        try:
+            for data, ep, t in held:
+                self.receive(data, ep, t)
+        finally:
+            self._retrying = False
+
+    def _lacks(self, data: bytes, ep, now: float, reason: str, peer) -> None:
+        """DATA for a session (or from a peer) this lane does not hold: it may be on its way
+        from the engine, so it waits for the next table (bounded); else it is dropped."""
+        if not self._retrying and len(self.limbo) < LIMBO:
+            self.limbo.append((data, ep, now))
+            return
+        self.drops[reason] += 1
+        if peer is not None and now - peer.unread_at >= HEARD_EVERY:  # the engine re-handshakes, at most this often
+            peer.unread_at = now
+            self.out.unreadable(peer.addr)
 
     # -- tunneld0 -> wire ---------------------------------------------------------------
 
@@ -186,15 +222,12 @@ class Lane:
                 return
             peer = self.peers.get(data[4:8])
             if peer is None:
-                self.drops[Drop.RELAYED_UNKNOWN_PEER] += 1
+                self._lacks(data, ep, now, Drop.RELAYED_UNKNOWN_PEER, None)
                 return
             msg = data[8:]
             entry = self.sessions.get(msg[4:8])
             if entry is None or entry[1] is not peer:
-                self.drops[Drop.UNKNOWN_SESSION] += 1
-                if now - peer.unread_at >= HEARD_EVERY:  # the engine re-handshakes, at most this often
-                    peer.unread_at = now
-                    self.out.unreadable(peer.addr)
+                self._lacks(data, ep, now, Drop.UNKNOWN_SESSION, peer)
                 return
         else:
             if not self.outside.allows(ep):
@@ -206,7 +239,7 @@ class Lane:
             msg = data
             entry = self.sessions.get(msg[4:8])
             if entry is None:
-                self.drops[Drop.DIRECT_UNKNOWN_SESSION] += 1
+                self._lacks(data, ep, now, Drop.DIRECT_UNKNOWN_SESSION, None)
                 return
         s, peer = entry
         plaintext = s.open(msg)
@@ -240,8 +273,12 @@ class Lane:
         else:
             self.drops[Drop.BAD_INNER_PACKET] += 1
 
-    def report(self) -> dict:
-        """Since the last report: per peer [rx bytes, tx bytes, last rx, last tx], drops, hand-offs."""
+    def report(self, now: float) -> dict:
+        """Since the last report: per peer [rx bytes, tx bytes, last rx, last tx], drops, hand-offs.
+        What has waited in limbo for longer than a table takes was for a session we will not
+        get: it is dropped (a peer's data for keys we lack makes the engine re-handshake)."""
+        if self.limbo:
+            self._retry(now - LIMBO_WAIT)
         peers = {}
         for p in self.peers.values():
             if p.rx_bytes or p.tx_bytes:

@@ -133,7 +133,7 @@ class NodeWorker:
         self.plane.on_tun(self.lane.from_tun)
 
     def report(self) -> None:
-        out = self.lane.report()
+        out = self.lane.report(monotonic())
         self.drops.update(out["drops"])
         out["drops"] = {str(k): v for k, v in self.drops.items()}
         out["stats"] = dict(self.plane.stats)

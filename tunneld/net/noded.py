@@ -223,6 +223,11 @@ class NodeDaemon(Daemon):
     # -- Transmit: what the engine sends, at once -----------------------------------------
 
     def send(self, ep, data: bytes) -> None:
+        w = self.workers
+        if w is not None and w.version != self.engine.table.version:
+            # A handshake's answer, or the first DATA on new keys, lets the peer use a new
+            # session: our workers get it first, or the peer's next data finds them without it.
+            w.sync()
         if ep is RELAY:
             if self.use_tcp:
                 self._stream().write(data)
