@@ -179,7 +179,7 @@ class Swarm:
             for r in receivers:
                 for _ in range(64):
                     try:
-                        datagrams, _ = receive_batch(r.sock, True)
+                        datagrams, _, _ = receive_batch(r.sock, True)
                     except BlockingIOError:
                         break
                     for d in datagrams:

@@ -78,6 +78,7 @@ class Drop(StrEnum):
 
     # Sockets and streams (the daemons)
     UDP_RECV_ERROR = "udp_recv_error"
+    STALE = "stale"  # peers' data behind a standing queue in the socket's buffer: dropped unopened (net/backlog.py)
     UDP_SEND_FULL = "udp_send_full"
     UDP_SEND_ERROR = "udp_send_error"
     TCP_BAD_FRAMING = "tcp_bad_framing"

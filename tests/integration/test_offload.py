@@ -5,7 +5,9 @@ Uses the seeds' topology: public -> hidden goes direct (hidden's own packets ope
 back), natted -> hidden cannot and crosses the relay.
 """
 
+import re
 import sys
+import time
 
 import pytest
 
@@ -113,6 +115,35 @@ def test_pod_traffic_over_vxlan_at_full_size_arrives_byte_exact(paths_ready, kin
     finally:
         for ns, *_ in ends:
             lab.nsexec(ns, "ip", "link", "del", dev, check=False)
+
+
+def ping_times(ov, src: str, dst: str, count: int) -> list[float]:
+    out = ov.lab.nsexec(ov.nodes[src].ns, "ping", "-n", "-c", str(count), "-i", "0.05", "-W", "3", ov.address(dst),
+                        check=False, timeout=30).stdout.decode()
+    return [float(t) for t in re.findall(r"time=([\d.]+)", out)]
+
+
+@pytest.mark.parametrize("kind", sorted(PAIRS))
+def test_a_flood_leaves_no_backlog_for_the_packets_after_it(paths_ready, kind):
+    """Small datagrams faster than the receiver opens them fill its socket's 4 MB buffer:
+    seconds of work. Behind such a standing queue the receiver drops the peers' data unopened
+    (`stale`), so a ping right after the flood is answered at once, not after the backlog."""
+    ov = paths_ready
+    src, dst = PAIRS[kind]
+    lab = ov.lab
+    stale = ov.node_status(dst)["drops"].get("stale", 0)
+    server = lab.spawn(ov.nodes[dst].ns, "iperf3", "-s", "-1", "-B", ov.address(dst), "-p", "5206")
+    try:
+        time.sleep(0.3)  # let the server bind
+        lab.nsexec(ov.nodes[src].ns, "iperf3", "-c", ov.address(dst), "-p", "5206", "-t", "3", "-u", "-l", "64",
+                   "-b", "0", timeout=30)
+        times = ping_times(ov, src, dst, 10)
+    finally:
+        lab.stop(server, timeout=2)
+    assert len(times) == 10, times
+    assert max(times) < 300, times  # without the drops: up to a second behind the flood
+    assert path(ov, src, dst) == kind
+    wait_for(lambda: ov.node_status(dst)["drops"].get("stale", 0) > stale, 5, what="stale data dropped")
 
 
 PROBE = """

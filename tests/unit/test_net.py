@@ -3,12 +3,17 @@
 daemon. No kernel: the fakes record every call."""
 
 import errno
+import socket
+import struct
+import time
 from collections import Counter
 
 from hypothesis import given, strategies as st
 
 from tunneld.drops import Drop
-from tunneld.net import udpio
+from tunneld.net import backlog, udpio
+from tunneld.net.backlog import Backlog
+from tunneld.proto import wire
 from tunneld.net.base import FramedStream
 from tunneld.net.udpio import MAX_BYTES, MAX_SEGMENTS, Batch, receive_batch
 from tunneld.proto.framing import frame
@@ -172,8 +177,60 @@ def test_a_gro_read_is_cut_back_into_its_datagrams():
     sock = FakeSocket()
     gro = [(udpio.SOL_UDP, udpio.UDP_GRO, (1400).to_bytes(4, "little"))]
     sock.inbox = [(b"a" * 1400 + b"b" * 1400 + b"c" * 10, gro, 0, A), (b"plain", [], 0, B)]
-    assert receive_batch(sock, True) == ([b"a" * 1400, b"b" * 1400, b"c" * 10], A)
-    assert receive_batch(sock, True) == ((b"plain",), B)
+    assert receive_batch(sock, True) == ([b"a" * 1400, b"b" * 1400, b"c" * 10], A, 0.0)
+    assert receive_batch(sock, True) == ((b"plain",), B, 0.0)
+
+
+def stamped(t: float) -> tuple:
+    return (socket.SOL_SOCKET, backlog.SO_TIMESTAMPNS, struct.pack("=qq", int(t), int(t % 1 * 1e9)))
+
+
+DATA = bytes([wire.DATA]) + bytes(99)
+RELAYED_DATA = bytes([wire.RELAYED]) + bytes(7) + DATA[:92]
+INIT = bytes([wire.INIT]) + bytes(99)
+
+
+def test_a_loop_that_paused_catches_up_on_what_waited_and_drops_nothing():
+    """A node whose loop was held up for half a second finds its queue old on waking; it
+    works through it well within INTERVAL, so that is a burst, not a standing queue."""
+    b = Backlog(keep=B)
+    now = 1000.0
+    for i in range(200):  # 200 reads, the last of them done 20 ms after waking
+        assert not b.stale(DATA, A, 0.5 - i * 0.0025, now + i * 0.0001)
+    assert not b.stale(DATA, A, 0.001, now + 0.03)
+
+
+def test_a_standing_queue_drops_the_peers_data_unopened_until_a_read_is_fresh():
+    b = Backlog(keep=B)
+    t = 1000.0
+    assert not b.stale(DATA, A, backlog.TARGET * 2, t)  # the watch starts
+    assert not b.stale(DATA, A, backlog.TARGET * 2, t + backlog.INTERVAL / 2)  # still a burst, maybe
+    late = t + backlog.INTERVAL
+    assert b.stale(DATA, A, 1.0, late) and b.stale(RELAYED_DATA, B, 1.0, late)  # a standing queue
+    assert not b.stale(INIT, A, 1.0, late)  # a handshake is read however late
+    assert not b.stale(DATA, B, 1.0, late)  # so is the relay's DATA: its link's control, pongs
+    assert not b.stale(DATA, A, backlog.TARGET / 2, late)  # fresh: the queue has drained
+    assert not b.stale(DATA, A, 1.0, late + 0.001)  # and a new watch starts over
+    # on the relay (keep None) only relayed data is the peers'; a node's DATA is its control
+    r = Backlog()
+    r.stale(DATA, A, 1.0, t)
+    assert not r.stale(DATA, A, 1.0, late) and r.stale(RELAYED_DATA, A, 1.0, late)
+
+
+def test_stale_trains_are_counted_and_never_reach_the_engine():
+    now = time.time()
+    gro = (udpio.SOL_UDP, udpio.UDP_GRO, (100).to_bytes(4, "little"))
+    sock = FakeSocket()
+    old = now - 1.0
+    sock.inbox = [(DATA * 3, [gro, stamped(old)], 0, A), (DATA * 2, [stamped(old), gro], 0, A),
+                  (INIT, [stamped(old)], 0, A), (DATA, [stamped(old)], 0, B), (DATA * 2, [gro, stamped(now)], 0, A),
+                  (DATA, [], 0, A)]
+    b = Backlog(keep=B)
+    b.watch_until = now - 1  # a queue already standing
+    drops, stats = Counter(), Counter()
+    got = [udpio.read(sock, True, drops, stats, b) for _ in range(6)]
+    assert [(len(d), addr) for d, addr in got] == [(0, A), (0, A), (1, A), (1, B), (2, A), (1, A)]
+    assert drops[Drop.STALE] == 5
 
 
 class FakeDaemon:

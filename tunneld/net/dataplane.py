@@ -22,6 +22,7 @@ from ..engine.tunnel_split import GSO_UDP_TUNNEL_IPV4, VNET_TNL_LEN
 from ..proto import wire
 from ..proto.endpoint import RELAY
 from .base import READ_BATCH
+from .backlog import Backlog
 from .udpio import Batch, enable_gro, reads as udp_reads
 
 log = logging.getLogger("tunneld.node")
@@ -39,6 +40,7 @@ class DataPlane:
         self.vnet_len = VNET_TNL_LEN if tunnel else VNET_HDR_LEN
         self.sock = sock
         self.gro = enable_gro(sock)
+        self.backlog = Backlog()
         self.drops = drops
         self.stats: Counter = Counter()  # offload at work, counted per batch (never per packet)
         self.batch = Batch(sock, drops, self.stats, mtu - wire.UDP_OVERHEAD_IPV4)
@@ -82,9 +84,10 @@ class DataPlane:
     def on_udp(self, receive, relay: tuple | None) -> None:
         now = monotonic()
         sock, gro, coalescer, error = self.sock, self.gro, self.coalescer, self.error
+        self.backlog.keep = relay or ()  # the relay's DATA is its link's control: never stale
         self.coalescing = self.batch.active = True
         try:
-            for datagrams, addr in udp_reads(sock, gro, self.drops, self.stats, READ_BATCH):
+            for datagrams, addr in udp_reads(sock, gro, self.drops, self.stats, READ_BATCH, self.backlog):
                 ep = RELAY if addr == relay else addr
                 for data in datagrams:
                     try:

@@ -35,6 +35,7 @@ from ..drops import Drop
 from ..proto import wire
 from .base import READ_BATCH, run
 from .procs import HANDOFF_BUFFER, messages
+from .backlog import Backlog
 from .udpio import Batch, enable_gro, reads as udp_reads
 
 HANDOFF_RATE = 2000.0  # datagrams a second handed to the relay's process (burst: as many)
@@ -50,6 +51,7 @@ class Worker:
         self.stats: Counter = Counter()
         self.batch = Batch(sock, self.drops, self.stats, mtu - wire.UDP_OVERHEAD_IPV4)
         self.gro = enable_gro(sock)
+        self.backlog = Backlog()  # the relay: only relayed DATA is ever stale
         self.by_endpoint: dict = {}  # (host, port) -> (relayed prefix, addr)
         self.by_addr: dict = {}  # addr -> (host, port)
         self.rx: dict = {}  # addr -> [bytes, packets], since the last report
@@ -87,7 +89,7 @@ class Worker:
         by_endpoint, by_addr, rx, tx = self.by_endpoint, self.by_addr, self.rx, self.tx
         batch.active = True
         try:
-            for datagrams, addr in udp_reads(sock, gro, self.drops, self.stats, READ_BATCH):
+            for datagrams, addr in udp_reads(sock, gro, self.drops, self.stats, READ_BATCH, self.backlog):
                 src = by_endpoint.get(addr)
                 for data in datagrams:
                     if src is not None and data[0] == _RELAYED and len(data) > wire.RELAYED_HEADER_LEN:

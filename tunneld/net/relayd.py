@@ -35,6 +35,7 @@ from .shared import SharedStore, shared_identity
 from . import ctlsock, steer
 from .relay_workers import RelayWorkers
 from .base import READ_BATCH, Daemon, FramedStream, bind_error, real_env, udp_socket
+from .backlog import Backlog
 from .udpio import Batch, enable_gro, reads as udp_reads
 
 log = logging.getLogger("tunneld.relay")
@@ -204,6 +205,7 @@ class RelayDaemon(Daemon):
         self.worker_socks: list[socket.socket] = []
         self.workers: RelayWorkers | None = None
         self.gro = False
+        self.backlog = Backlog()  # the relay: only relayed DATA is ever stale
 
     async def run(self) -> tuple[int, str]:
         s = self.settings
@@ -366,7 +368,7 @@ class RelayDaemon(Daemon):
         batch = self.batch
         batch.active = True
         try:
-            for datagrams, addr in udp_reads(sock, gro, self.drops, self.stats, READ_BATCH):
+            for datagrams, addr in udp_reads(sock, gro, self.drops, self.stats, READ_BATCH, self.backlog):
                 for data in datagrams:
                     try:
                         receive(data, addr, now)

@@ -5,7 +5,8 @@ datagrams to the same endpoint, all of one size but a smaller last one, leave in
 one sendmsg with UDP_SEGMENT: the kernel cuts them apart (in the NIC, or late
 in the stack), so the datagrams on the wire are exactly those we built.
 Receiving, UDP_GRO lets the kernel hand over such a train as one buffer with
-its segment size; receive_batch() cuts it back into datagrams.
+its segment size; receive_batch() cuts it back into datagrams. Each read carries the
+kernel's receive time, so that a standing queue of peers' data is drained (backlog.py).
 
 Where the kernel or the route cannot do it (EIO: no checksum offload on the
 way out; EINVAL), the batch falls back to one sendto per datagram, for good.
@@ -21,8 +22,10 @@ import errno
 import logging
 import socket
 import struct
+from time import time
 
 from ..drops import Drop
+from .backlog import Backlog, enable_stamps
 
 log = logging.getLogger("tunneld")
 
@@ -33,10 +36,14 @@ MAX_SEGMENTS = 64
 MAX_BYTES = 65000  # one IPv4 datagram's worth of payload, with room for headers
 ETHERNET_SEGMENT = 1500 - 20 - 8  # the largest datagram in one Ethernet frame
 _H = struct.Struct("=H")
-_CMSG_SPACE = socket.CMSG_SPACE(4)
+_TS = struct.Struct("=qq")  # struct timespec
+_CMSG_SPACE = socket.CMSG_SPACE(4) + socket.CMSG_SPACE(_TS.size)
+_SCM_TIMESTAMPNS = 35
 
 
 def enable_gro(sock: socket.socket) -> bool:
+    """UDP GRO, and the kernel's receive time on every read (backlog.py)."""
+    enable_stamps(sock)
     try:
         sock.setsockopt(SOL_UDP, UDP_GRO, 1)
         return True
@@ -45,37 +52,47 @@ def enable_gro(sock: socket.socket) -> bool:
 
 
 def receive_batch(sock: socket.socket, gro: bool):
-    """One read: a list of datagrams and the sender's address. Raises like recvfrom."""
-    if not gro:
-        data, addr = sock.recvfrom(65535)
-        return (data,), addr
+    """One read: a list of datagrams, the sender's address, and the time the kernel took it in
+    (0.0 where it did not say). Raises like recvmsg."""
     data, anc, _flags, addr = sock.recvmsg(65535, _CMSG_SPACE)
-    if anc:
-        level, kind, value = anc[0]
-        if level == SOL_UDP and kind == UDP_GRO and len(data) > (size := int.from_bytes(value[:4], "little")) > 0:
-            return [data[i : i + size] for i in range(0, len(data), size)], addr
-    return (data,), addr
+    size = 0
+    at = 0.0
+    for level, kind, value in anc:
+        if level == SOL_UDP and kind == UDP_GRO:
+            size = int.from_bytes(value[:4], "little")
+        elif kind == _SCM_TIMESTAMPNS and level == socket.SOL_SOCKET and len(value) >= _TS.size:
+            sec, ns = _TS.unpack_from(value)
+            at = sec + ns * 1e-9
+    if gro and len(data) > size > 0:
+        return [data[i : i + size] for i in range(0, len(data), size)], addr, at
+    return (data,), addr, at
 
 
-def read(sock: socket.socket, gro: bool, drops, stats):
-    """One read in a readiness callback: (datagrams, sender), or None when it is drained."""
+def read(sock: socket.socket, gro: bool, drops, stats, backlog: Backlog | None = None):
+    """One read in a readiness callback: (datagrams, sender), or None when it is drained; no
+    datagrams for a train of peers' data that a standing queue made stale (backlog.py)."""
     try:
-        datagrams, addr = receive_batch(sock, gro)
+        datagrams, addr, at = receive_batch(sock, gro)
     except BlockingIOError:
         return None
     except OSError:
         drops[Drop.UDP_RECV_ERROR] += 1
         return None
+    if at and backlog is not None:
+        now = time()
+        if backlog.stale(datagrams[0], addr, now - at, now):
+            drops[Drop.STALE] += len(datagrams)
+            return (), addr
     if len(datagrams) > 1:
         stats["udp_gro_reads"] += 1
     return datagrams, addr
 
 
-def reads(sock: socket.socket, gro: bool, drops, stats, limit: int):
+def reads(sock: socket.socket, gro: bool, drops, stats, limit: int, backlog: Backlog | None = None):
     """The reads of one readiness callback, at most limit: (datagrams, sender) each, until
     the socket is drained."""
     for _ in range(limit):
-        got = read(sock, gro, drops, stats)
+        got = read(sock, gro, drops, stats, backlog)
         if got is None:
             return
         yield got
