@@ -15,6 +15,7 @@ import time
 import pytest
 
 from tests.lab import Lab, wait_for
+from tunneld.proto import aead
 from tests.integration.test_faults import in_background
 from tests.lab.overlay import Overlay, transfer
 
@@ -28,7 +29,8 @@ def ov():
         token = ov.token("--ttl", "1h")
         ov.join(lab.public_host("three"), "three", token, "--workers", "3")
         ov.join(lab.nat_host("two", "cone"), "two", token, "--workers", "2")
-        ov.join(lab.public_host("one"), "one", token, "--workers", "1")
+        # cryptography's AEAD where the others run tunneld's own (proto/aead.py): the same bytes
+        ov.join(lab.public_host("one"), "one", token, "--workers", "1", env={"TUNNELD_NATIVE": "0"})
         ov.join(lab.nat_host("hidden", "no-inbound"), "hidden", token, "--workers", "2")
         ov.join(lab.nat_host("tcp", "no-udp"), "tcp", token)  # the default: one per core
         ov.wait_connected(timeout=60)
@@ -48,6 +50,14 @@ def test_each_node_runs_the_workers_asked_for_and_the_default_is_one_per_core(ov
     assert [len(workers(ov, n)) for n in ("three", "two", "one")] == [3, 2, 1]
     assert len(workers(ov, "tcp")) == len(os.sched_getaffinity(0))
     assert all(w["running"] for n in ov.nodes for w in workers(ov, n))
+
+
+def test_nodes_with_either_aead_carry_each_others_streams(ov):
+    """Every pair with "one" mixes the two implementations (the streams tests below)."""
+    assert ov.node_status("one")["offload"]["aead"] == "cryptography"
+    assert {ov.node_status(n)["offload"]["aead"] for n in ("three", "two", "hidden", "tcp")} == {aead.KIND}
+    sent, received = transfer(ov, "one", "three", 7390, 4 << 20)
+    assert sent == received and sent.startswith(str(4 << 20))
 
 
 def test_flows_spread_over_the_lanes_arrive_byte_exact_and_status_sums_them(ov):

@@ -54,7 +54,7 @@ def current_version() -> str:
 def previous_release() -> str:
     """The wheel of the newest release older than the version in pyproject.toml."""
     here = _version(current_version())
-    wheels = [os.path.join(WHEELS, n) for n in os.listdir(WHEELS) if re.fullmatch(r"tunneld-[\d.]+-py3-none-any\.whl", n)]
+    wheels = [os.path.join(WHEELS, n) for n in os.listdir(WHEELS) if re.fullmatch(r"tunneld-[\d.]+-[\w.]+-[\w.]+-[\w.]+\.whl", n)]
     older = [w for w in wheels if _version(os.path.basename(w)) < here]
     if not older:
         raise ReleaseError(f"no release older than {current_version()} in {WHEELS}")

@@ -20,6 +20,7 @@ from time import monotonic
 from ..drops import Drop
 from ..engine.effects import Env
 from ..errors import ConfigError
+from ..proto import aead
 from ..proto.errors import ProtocolError
 from ..proto.framing import Deframer, frame
 
@@ -38,7 +39,9 @@ def real_env() -> Env:
 
 
 def run(coro):
-    """Run on uvloop (the hot path's loop), or on plain asyncio where it is missing."""
+    """Run on uvloop (the hot path's loop), or on plain asyncio where it is missing; with our
+    AEAD unless TUNNELD_NATIVE=0 (proto/aead.py)."""
+    aead.choose(os.environ.get("TUNNELD_NATIVE", "1") != "0")
     try:
         import uvloop
     except ImportError:

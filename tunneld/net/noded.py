@@ -38,7 +38,7 @@ from ..host.links import Links
 from ..host.notify import notify
 from ..host.tun import OFFLOADS, Tun
 from ..kube import flannel_subnet
-from ..proto import endpoint, lock, wire
+from ..proto import aead, endpoint, lock, wire
 from ..proto.endpoint import RELAY
 from ..proto.token import JoinToken, TokenError
 from ..state import NODE_FILE, SOCKET_FILE, load_identity, load_node_state, prepare_dir, save_node_state
@@ -469,7 +469,7 @@ class NodeDaemon(Daemon):
             status["ready"] = self.ready
             w = self.workers
             status["drops"] = self.all_drops(Counter(status["drops"]) + (w.drops if w else Counter()))
-            status["offload"] = {"tun": self.tun.offload, "tun_udp_tunnel": self.tun.tunnel,
+            status["offload"] = {"aead": aead.KIND, "tun": self.tun.offload, "tun_udp_tunnel": self.tun.tunnel,
                                  "udp_gso": self.plane.batch.gso, "udp_gro": self.plane.gro,
                                  **(self.plane.stats + (w.stats if w else Counter()))}
             status["workers"] = [{"worker": 0, "pid": os.getpid(), "running": True}] + (w.status() if w else [])

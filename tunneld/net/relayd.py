@@ -28,7 +28,7 @@ from ..proto.lock import format_public
 from ..proto.wire import UDP_OVERHEAD_IPV4
 from ..state import DB_FILE, SOCKET_FILE, load_identity, prepare_dir
 from ..store.base import Register, StoreError
-from ..proto import mesh
+from ..proto import aead, mesh
 from ..store.etcd import open_store
 from ..store.sqlite import SqliteStore
 from .shared import SharedStore, shared_identity
@@ -405,7 +405,7 @@ class RelayDaemon(Daemon):
             status["drops"] = self.all_drops(status["drops"] if w is None else Counter(status["drops"]) + w.drops)
             status["tcp_streams"] = len(self.streams)
             status["tasks"] = len(asyncio.all_tasks())
-            status["offload"] = {"udp_gso": self.batch.gso, "udp_gro": self.gro,
+            status["offload"] = {"aead": aead.KIND, "udp_gso": self.batch.gso, "udp_gro": self.gro,
                                  **(self.stats if w is None else self.stats + w.stats)}
             status["workers"] = [] if w is None else w.status()
             return status

@@ -31,9 +31,9 @@ import hashlib
 import struct
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from ..drops import Drop
+from .aead import chachapoly
 from .replay import ReplayWindow
 
 MESH = 7
@@ -52,9 +52,9 @@ class Mesh:
     def __init__(self, secret: bytes, boot: bytes):
         self.secret = secret
         self.boot = boot
-        self._seal = ChaCha20Poly1305(self._key(boot))
+        self._seal = chachapoly(self._key(boot))
         self.counter = 0
-        self._peers: dict[bytes, tuple[ChaCha20Poly1305, ReplayWindow]] = {}
+        self._peers: dict[bytes, tuple] = {}  # boot -> (its AEAD, its window)
         self.last_drop = Drop.MESH_INVALID
 
     def _key(self, boot: bytes) -> bytes:
@@ -68,7 +68,7 @@ class Mesh:
                 del self._peers[b]
         for b in boots:
             if b not in self._peers and len(b) == 8:
-                self._peers[b] = (ChaCha20Poly1305(self._key(b)), ReplayWindow())
+                self._peers[b] = (chachapoly(self._key(b)), ReplayWindow())
 
     def seal(self, kind: int, src: bytes, dst: bytes, inner: bytes) -> bytes:
         n = self.counter

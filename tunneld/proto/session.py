@@ -20,10 +20,10 @@ seals for a peer only if it announced the "lanes" capability (version.py).
 from __future__ import annotations
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from ..drops import Drop
 from . import wire
+from .aead import aesgcm, chachapoly
 from .replay import WINDOW, ReplayWindow
 
 REKEY_AFTER_TIME = 120.0
@@ -62,7 +62,7 @@ class Session:
         self.keys = (send_key, recv_key)  # for the node's workers (engine/lanes.py)
         self.last_drop = Drop.AUTH
         self._hdr = _DATA_TYPE + remote_index
-        aead = AESGCM if suite == wire.SUITE_AESGCM else ChaCha20Poly1305
+        aead = aesgcm if suite == wire.SUITE_AESGCM else chachapoly
         self._encrypt = aead(send_key).encrypt
         self._decrypt = aead(recv_key).decrypt
         # Noise's nonce encodings: big-endian for AES-GCM, little-endian for ChaChaPoly.
