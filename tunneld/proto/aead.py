@@ -14,9 +14,9 @@ from __future__ import annotations
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 try:
-    from ._aead import Aead
+    from ._aead import Aead, Channel  # Channel: a session's DATA both ways (channel.py)
 except ImportError:  # built without a compiler or OpenSSL's headers
-    Aead = None
+    Aead = Channel = None
 
 NATIVE = Aead is not None
 KIND = "openssl" if NATIVE else "cryptography"  # what status shows

@@ -19,12 +19,7 @@ seals for a peer only if it announced the "lanes" capability (version.py).
 
 from __future__ import annotations
 
-from cryptography.exceptions import InvalidTag
-
-from ..drops import Drop
-from . import wire
-from .aead import aesgcm, chachapoly
-from .replay import WINDOW, ReplayWindow
+from .channel import channel
 
 REKEY_AFTER_TIME = 120.0
 REJECT_AFTER_TIME = 180.0
@@ -32,17 +27,13 @@ REKEY_AFTER_MESSAGES = 2**32
 REJECT_AFTER_MESSAGES = 2**33
 LANE_SHIFT = 56
 LANE_MASK = (1 << LANE_SHIFT) - 1
-_ZERO4 = b"\x00\x00\x00\x00"
-_DATA_TYPE = bytes((wire.DATA, 0, 0, 0))
-_MIN_DATA = wire.DATA_HEADER_LEN + wire.TAG_LEN
 
 
 class Session:
-    __slots__ = (
-        "local_index", "remote_index", "suite", "initiator", "created", "confirmed",
-        "owner", "send_counter", "send_limit", "replay", "lanes", "last_drop", "keys", "_hdr", "_encrypt",
-        "_decrypt", "_big_endian_nonce",
-    )
+    # seal, open and window_top are the channel's own (channel.py): in C, a packet sealed or
+    # opened costs no Python frame at all.
+    __slots__ = ("local_index", "remote_index", "suite", "initiator", "created", "confirmed", "owner", "keys",
+                 "channel", "seal", "open", "window_top")
 
     def __init__(self, local_index: bytes, remote_index: bytes, suite: int,
                  send_key: bytes, recv_key: bytes, initiator: bool, created: float, lane: int = 0):
@@ -55,55 +46,32 @@ class Session:
         # (its first DATA arrived); a replayed initiation thus never takes over.
         self.confirmed = initiator
         self.owner = None
-        self.send_counter = lane << LANE_SHIFT
-        self.send_limit = self.send_counter + REJECT_AFTER_MESSAGES
-        self.replay = ReplayWindow()  # lane 0's
-        self.lanes: dict[int, ReplayWindow] = {}  # the others', made as they first appear
         self.keys = (send_key, recv_key)  # for the node's workers (engine/lanes.py)
-        self.last_drop = Drop.AUTH
-        self._hdr = _DATA_TYPE + remote_index
-        aead = aesgcm if suite == wire.SUITE_AESGCM else chachapoly
-        self._encrypt = aead(send_key).encrypt
-        self._decrypt = aead(recv_key).decrypt
-        # Noise's nonce encodings: big-endian for AES-GCM, little-endian for ChaChaPoly.
-        self._big_endian_nonce = suite == wire.SUITE_AESGCM
+        first = lane << LANE_SHIFT
+        self.channel = ch = channel(send_key, recv_key, suite, remote_index, first, first + REJECT_AFTER_MESSAGES)
+        self.seal = ch.seal  # (plaintext, prefix=b"", meta=b""): DATA, or None at the limit
+        self.open = ch.open  # (msg): plaintext, or None and last_drop says why
+        self.window_top = ch.window_top  # (lane): the highest counter it accepted, -1 for none
 
-    def seal(self, plaintext: bytes, prefix: bytes = b"", meta: bytes = b"") -> bytes | None:
-        """meta: the header's 3 bytes after the type (a checksum's place, wire.py), or zeros."""
-        n = self.send_counter
-        if n >= self.send_limit:
-            return None
-        self.send_counter = n + 1
-        ctr = n.to_bytes(8, "big")
-        hdr = (b"\x03" + meta + self.remote_index if meta else self._hdr) + ctr
-        nonce = _ZERO4 + (ctr if self._big_endian_nonce else n.to_bytes(8, "little"))
-        return prefix + hdr + self._encrypt(nonce, plaintext, hdr)
+    @property
+    def send_counter(self) -> int:
+        return self.channel.send_counter
 
-    def open(self, msg: bytes) -> bytes | None:
-        if len(msg) < _MIN_DATA:
-            self.last_drop = Drop.SHORT
-            return None
-        ctr = msg[8:16]
-        n = int.from_bytes(ctr, "big")
-        lane = msg[8]
-        replay = self.replay if not lane else (self.lanes.get(lane) or self._lane(lane))
-        if not replay.fresh(n):
-            # Seen already, or older than the window spans: the second is also what heavy
-            # reordering looks like, so an operator tells them apart.
-            self.last_drop = Drop.REPLAY if replay.top - n < WINDOW else Drop.TOO_OLD
-            return None
-        nonce = _ZERO4 + (ctr if self._big_endian_nonce else n.to_bytes(8, "little"))
-        try:
-            plaintext = self._decrypt(nonce, msg[16:], msg[:16])
-        except InvalidTag:
-            self.last_drop = Drop.AUTH
-            return None
-        replay.mark(n)
-        return plaintext
+    @send_counter.setter
+    def send_counter(self, value: int) -> None:
+        self.channel.send_counter = value
 
-    def _lane(self, lane: int) -> ReplayWindow:
-        w = self.lanes[lane] = ReplayWindow()  # at most 255: the top byte's values
-        return w
+    @property
+    def send_limit(self) -> int:
+        return self.channel.send_limit
+
+    @send_limit.setter
+    def send_limit(self, value: int) -> None:
+        self.channel.send_limit = value
+
+    @property
+    def last_drop(self):
+        return self.channel.last_drop
 
     def expired(self, now: float) -> bool:
         return now - self.created >= REJECT_AFTER_TIME or self.send_counter >= self.send_limit
