@@ -313,3 +313,34 @@ def test_the_limbo_is_bounded_and_what_overflows_is_dropped_and_counted(net):
 
 def lane_table(net, name, lanes=2):
     return msgpack.unpackb(msgpack.packb(dict(export(net.nodes[name], relay_udp=True), lanes=lanes)))
+
+
+def test_a_super_packets_segments_are_routed_once_and_each_sealed_in_order(net):
+    """One read from tunneld0 is a train (from_tun_train): each segment sealed in our lane,
+    in order, the peer's byte count the train's; a train for no peer counts each packet."""
+    w = Workers(net, {"alpha": 2})
+    lane = w.lanes["alpha"][1]
+    sent = []
+    forward = lane.out.send
+    lane.out.send = lambda ep, data: (sent.append((ep, data)), forward(ep, data))
+    segs = [packet(net, "alpha", "bravo", b"segment %d" % i) for i in range(5)]
+    lane.from_tun_train(segs, net.now)
+    (peer,) = lane.peers.values()
+    assert [int.from_bytes(d[16:24], "big") for _, d in sent] == [(1 << 56) + i for i in range(5)]
+    assert len({ep for ep, _ in sent}) == 1 and peer.tx_bytes == sum(len(p) for p in segs)
+    net.deliver()
+    assert [p[-9:] for p in net.ios["bravo"].tun[-5:]] == [b"segment %d" % i for i in range(5)]
+    lane.from_tun_train([ipv4_packet(net.nodes["alpha"].assignment.address, "100.64.9.9", b"x")] * 3, net.now)
+    assert lane.drops["tun_no_peer"] == 3 and len(sent) == 5
+
+
+def test_the_engine_queues_a_whole_train_while_its_handshake_runs():
+    n = SimNet()
+    for name in ("alpha", "bravo"):
+        n.add_node(name)
+    n.advance(2)
+    alpha = n.nodes["alpha"]
+    segs = [packet(n, "alpha", "bravo", b"early %d" % i) for i in range(3)]
+    alpha.from_tun_train(segs, n.now)  # no session yet: all three wait for the handshake
+    n.deliver()
+    assert [p[-7:] for p in n.ios["bravo"].tun] == [b"early %d" % i for i in range(3)]

@@ -11,9 +11,10 @@ engine: handshakes, the relay link, probes, paths, MTUs, routes, the lock, statu
   Lane.apply(table)         a worker takes it in, keeping every session it already has
                             (its counters and windows): a session it once dropped never
                             comes back, so no nonce is ever used twice
-  Lane.from_tun(packet)     route, clamp, seal in our lane, send; a packet the lane
-                            cannot send (no confirmed session yet, a peer that does not
-                            read lanes, the relay over TCP) goes to the engine instead
+  Lane.from_tun_train(packets)  route (once for a super-packet's segments), clamp, seal
+                            in our lane, send; a packet the lane cannot send (no confirmed
+                            session yet, a peer that does not read lanes, the relay over
+                            TCP) goes to the engine instead. from_tun(packet): one
   Lane.receive(data, ep)    DATA in our lanes: open, check the inner source, write to
                             tunneld0; what only the engine can act on (a probe, a
                             session's first DATA, data from a new path, data for a
@@ -182,33 +183,47 @@ class Lane:
     # -- tunneld0 -> wire ---------------------------------------------------------------
 
     def from_tun(self, packet: bytes, now: float) -> None:
-        body, meta = unpartial(packet)
+        self.from_tun_train((packet,), now)
+
+    def from_tun_train(self, packets, now: float) -> None:
+        """The packets of one read from tunneld0: a lone one, or one super-packet's segments,
+        which share their headers' addresses: routed once, each clamped and sealed."""
+        body, meta = unpartial(packets[0])
         if len(body) < 20 or body[0] >> 4 != 4:
-            self.drops[Drop.TUN_NOT_IPV4] += 1
+            self.drops[Drop.TUN_NOT_IPV4] += len(packets)
             return
-        peer = self.peers.get(body[16:20])
+        dst = body[16:20]
+        peer = self.peers.get(dst)
         if peer is None:
-            peer = longest(self.routes, body[16:20]) if self.routes else None
+            peer = longest(self.routes, dst) if self.routes else None
             if peer is None:
-                self.drops[Drop.TUN_NO_PEER] += 1
+                self.drops[Drop.TUN_NO_PEER] += len(packets)
                 return
         s = peer.session
         ep = peer.ep
         if s is None or (ep is RELAY and not self.relay_udp):
-            self.handed += 1
-            self.out.to_engine(packet)
+            self.handed += len(packets)
+            for packet in packets:
+                self.out.to_engine(packet)
             return
-        proto = body[9]
-        if proto == 6 or proto == 17:
-            body = clamp(body, peer.mss, peer.vxlan_mss)
-        sealed = s.seal(body, peer.prefix, meta)
-        if sealed is None:  # our lane's counters ran out: the engine's rekey is near
-            self.handed += 1
-            self.out.to_engine(packet)
-            return
-        peer.tx_bytes += len(body)
-        peer.last_tx = now
-        self.out.send(ep, sealed)
+        seal, send, prefix, mss, vxlan_mss = s.seal, self.out.send, peer.prefix, peer.mss, peer.vxlan_mss
+        sent = 0
+        for i, packet in enumerate(packets):
+            if i:  # the first is unpartial'd above
+                body, meta = unpartial(packet)
+            proto = body[9]
+            if proto == 6 or proto == 17:
+                body = clamp(body, mss, vxlan_mss)
+            sealed = seal(body, prefix, meta)
+            if sealed is None:  # our lane's counters ran out: the engine's rekey is near
+                self.handed += 1
+                self.out.to_engine(packet)
+                continue
+            sent += len(body)
+            send(ep, sealed)
+        if sent:
+            peer.tx_bytes += sent
+            peer.last_tx = now
 
     # -- wire -> tunneld0 ---------------------------------------------------------------
 

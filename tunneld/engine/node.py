@@ -1,6 +1,7 @@
 """A node, without I/O: the demux between the TUN device, the relay and the peers.
 
-In:   from_tun(packet, now)   an IP packet our kernel routed into tunneld0
+In:   from_tun_train(packets, now)  one read of tunneld0: a packet, or a super-packet's
+                              segments (routed once); from_tun(packet, now): one
       receive(data, ep, now)  a datagram (or TCP frame) from the relay (ep RELAY), or
                               straight from a peer's endpoint
       tick(now)               time passes
@@ -8,7 +9,7 @@ Out:  Transmit.send(ep, data), write_tun(packet)   at once, never blocking
       effects                 changes to the host, in order (effects.py), which the
                               daemon carries out off the receive path
 
-The send pipeline, from_tun(), per packet:
+The send pipeline, per packet (per read, the route):
   1. route    the destination names the peer (a dict lookup), or falls in a prefix a
               peer advertises (routes.py, with accept_routes)
   2. clamp    a TCP SYN's MSS is cut to what the path carries (mss.py)
@@ -117,30 +118,39 @@ class Node:
     # -- the hot path: TUN -> wire -------------------------------------------------------
 
     def from_tun(self, packet: bytes, now: float) -> None:
-        packet, meta = unpartial(packet)  # a checksum left to the receiver's kernel, and its place
+        self.from_tun_train((packet,), now)
+
+    def from_tun_train(self, packets, now: float) -> None:
+        packet, meta = unpartial(packets[0])  # a checksum left to the receiver's kernel, and its place
         if len(packet) < 20 or packet[0] >> 4 != 4:
-            self.drops[Drop.TUN_NOT_IPV4] += 1
+            self.drops[Drop.TUN_NOT_IPV4] += len(packets)
             return
-        peer = self.peers.get(packet[16:20])
+        dst = packet[16:20]
+        peer = self.peers.get(dst)
         if peer is None:
-            peer = self.routes.lookup(packet[16:20]) if self.routes.table else None
+            peer = self.routes.lookup(dst) if self.routes.table else None
             if peer is None:
-                self.drops[Drop.TUN_NO_PEER] += 1
+                self.drops[Drop.TUN_NO_PEER] += len(packets)
                 return
-        proto = packet[9]
-        if proto == 6 or proto == 17:
-            packet = clamp(packet, peer.mss, peer.vxlan_mss)
-        s = peer.keys.current
-        if s is None:
-            self.handshakes.queue(peer, packet, now)
-            return
-        sealed = s.seal(packet, peer.tx_prefix, meta)
-        if sealed is None:
-            self.drops[Drop.SESSION_EXHAUSTED] += 1
-            return
-        peer.tx_bytes += len(packet)
-        peer.last_tx = now
-        self.out.send(peer.tx_ep, sealed)
+        s, mss, vxlan_mss = peer.keys.current, peer.mss, peer.vxlan_mss
+        sent = 0
+        for i, raw in enumerate(packets):
+            if i:  # the first is unpartial'd above
+                packet, meta = unpartial(raw)
+            proto = packet[9]
+            if proto == 6 or proto == 17:
+                packet = clamp(packet, mss, vxlan_mss)
+            if s is None:
+                self.handshakes.queue(peer, packet, now)
+                continue
+            sealed = s.seal(packet, peer.tx_prefix, meta)
+            if sealed is None:
+                self.drops[Drop.SESSION_EXHAUSTED] += 1
+                continue
+            sent += len(packet)
+            self.out.send(peer.tx_ep, sealed)
+        if sent:
+            peer.tx_bytes, peer.last_tx = peer.tx_bytes + sent, now
 
     # -- the hot path: wire -> TUN -------------------------------------------------------
 

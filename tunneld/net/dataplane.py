@@ -3,7 +3,8 @@ ways. The node's own process runs one (net/noded.py), and so does each of its wo
 (net/node_worker.py), around whichever engine reads and writes the packets.
 
   on_tun()   read (header + packet, up to 64 KB) -> split into MTU-sized packets ->
-             from_tun each (route, clamp, seal) -> batched sends, flushed at the end
+             from_tun_train (route once, clamp and seal each) -> batched sends, flushed
+             at the end
   on_udp()   read (a GRO train is cut into datagrams) -> receive each -> write_tun
              merges in-order TCP segments -> flush to tunneld0 and the socket
 """
@@ -100,7 +101,7 @@ class DataPlane:
             self.coalescing = self.batch.active = False
             self.flush()
 
-    def on_tun(self, from_tun) -> None:
+    def on_tun(self, from_tun_train) -> None:
         now = monotonic()
         read = os.read
         fd, drops, stats, vnet_len, error = self.fd, self.drops, self.stats, self.vnet_len, self.error
@@ -117,13 +118,13 @@ class DataPlane:
                 packets, reason = split(buf, vnet_len)
                 if reason:
                     drops[reason] += 1
-                elif len(packets) > 1:
+                    continue
+                if len(packets) > 1:
                     stats["tun_tunnel_reads" if buf[1] & GSO_UDP_TUNNEL_IPV4 else "tun_super_reads"] += 1
-                for packet in packets:
-                    try:
-                        from_tun(packet, now)
-                    except Exception:
-                        error()
+                try:
+                    from_tun_train(packets, now)
+                except Exception:
+                    error()
         finally:
             self.batch.active = False
             self.batch.flush()

@@ -11,7 +11,7 @@ Control socket (SOCK_SEQPACKET), one message each way per item:
                    "lanes": N
                    b"R" + msgpack [host, port] or nil (the relay) + a datagram in our lanes
                    that reached another process (in a GRO train, or the relay's TCP stream)
-  worker -> node   b"P" + a packet from tunneld0 the node's engine sends (Lane.from_tun)
+  worker -> node   b"P" + a packet from tunneld0 the node's engine sends (Lane.from_tun_train)
                    b"E" + msgpack [index, plaintext, via]: Node.from_worker
                    b"U" + a peer's address: data for a session we lack (a re-handshake)
                    b"R" + as above: a datagram in a GRO train of ours that is not ours
@@ -130,7 +130,7 @@ class NodeWorker:
         self.plane.on_udp(self.lane.receive, self.relay)
 
     def on_tun(self) -> None:
-        self.plane.on_tun(self.lane.from_tun)
+        self.plane.on_tun(self.lane.from_tun_train)
 
     def report(self) -> None:
         out = self.lane.report(monotonic())

@@ -423,7 +423,7 @@ class NodeDaemon(Daemon):
             self.after_input()
 
     def _on_tun(self) -> None:
-        self.plane.on_tun(self.engine.from_tun)
+        self.plane.on_tun(self.engine.from_tun_train)
         if self.engine.effects:
             self.after_input()
 
