@@ -12,7 +12,8 @@ ROUNDS rounds (the floor this machine allows), divided by the packets it handled
                split      offload.split: the super-packet cut into IP packets
                clamp      mss.clamp on each (not a SYN: the common case)
                seal       Session.seal, AES-GCM (ChaCha20-Poly1305 without AES-NI)
-               rest of from_tun   Node.from_tun around clamp and seal: the peer lookup,
+               rest of from_tun   Node.from_tun_train (a super-packet's segments; before it,
+                          Node.from_tun on each) around clamp and seal: the peer lookup,
                           counters (two node engines after a real handshake, tests/sim)
                send       udpio.Batch: a train of datagrams in one sendmsg (UDP_SEGMENT)
   receive side receive    udpio.read: one recvmsg of a GRO train, cut into datagrams
@@ -225,8 +226,8 @@ def inner() -> dict:
 
 
 def node_engines(segs: list) -> dict:
-    """Node.from_tun and Node.receive whole (peer lookup, clamp, seal; session lookup, source
-    checks, open), on two node engines after a real handshake, wired by the simulation's
+    """Node.from_tun_train (Node.from_tun per packet before it) and Node.receive whole (peer
+    lookup, clamp, seal; session lookup, source checks, open), on two node engines after a real handshake, wired by the simulation's
     in-memory network (tests/sim), with the TUN and the socket replaced by lists."""
     import ipaddress
 
@@ -253,8 +254,12 @@ def node_engines(segs: list) -> dict:
     a.out = b.out = Out()
     now = net.now
     from_tun = a.from_tun
+    train = getattr(a, "from_tun_train", None)  # a super-packet's segments at once (since 0.3.0)
 
     def send_side():
+        if train is not None:
+            train(packets, now)
+            return
         for p in packets:
             from_tun(p, now)
     path = [p for p in a.peers.values()][0].tx_ep
