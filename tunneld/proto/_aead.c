@@ -41,6 +41,41 @@
 
 static PyObject *InvalidTag;
 
+/* What both types share: a context per direction with its key set up once, and one AEAD
+   call each way that only sets the nonce (1 on success, 0 on failure: for open, a bad tag). */
+static int set_up(EVP_CIPHER_CTX **enc, EVP_CIPHER_CTX **dec, const EVP_CIPHER *cipher,
+                  const void *send_key, const void *recv_key) {
+    EVP_CIPHER_CTX_free(*enc);
+    EVP_CIPHER_CTX_free(*dec);
+    *enc = EVP_CIPHER_CTX_new();
+    *dec = EVP_CIPHER_CTX_new();
+    return *enc && *dec
+        && EVP_EncryptInit_ex(*enc, cipher, NULL, send_key, NULL) == 1
+        && EVP_DecryptInit_ex(*dec, cipher, NULL, recv_key, NULL) == 1;
+}
+
+/* in[0:n] -> out[0:n] + a 16-byte tag at out + n */
+static int seal(EVP_CIPHER_CTX *ctx, const unsigned char *nonce, const void *aad, int aad_len,
+                const void *in, int n, unsigned char *out) {
+    int len;
+    return EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, nonce) == 1
+        && (aad_len == 0 || EVP_EncryptUpdate(ctx, NULL, &len, aad, aad_len) == 1)
+        && EVP_EncryptUpdate(ctx, out, &len, in, n) == 1
+        && EVP_EncryptFinal_ex(ctx, out + len, &len) == 1
+        && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, TAG, out + n) == 1;
+}
+
+/* in[0:n] and its tag at in + n -> out[0:n], if the tag holds */
+static int open_(EVP_CIPHER_CTX *ctx, const unsigned char *nonce, const void *aad, int aad_len,
+                 const unsigned char *in, int n, unsigned char *out) {
+    int len;
+    return EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, nonce) == 1
+        && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, TAG, (void *)(in + n)) == 1
+        && (aad_len == 0 || EVP_DecryptUpdate(ctx, NULL, &len, aad, aad_len) == 1)
+        && EVP_DecryptUpdate(ctx, out, &len, in, n) == 1
+        && EVP_DecryptFinal_ex(ctx, out + len, &len) == 1;
+}
+
 typedef struct {
     PyObject_HEAD
     EVP_CIPHER_CTX *enc;
@@ -71,13 +106,7 @@ static int Aead_init(Aead *self, PyObject *args, PyObject *kw) {
         PyErr_SetString(PyExc_ValueError, "key: 16 or 32 bytes for AES-GCM, 32 for ChaCha20-Poly1305");
         return -1;
     }
-    EVP_CIPHER_CTX_free(self->enc);
-    EVP_CIPHER_CTX_free(self->dec);
-    self->enc = EVP_CIPHER_CTX_new();
-    self->dec = EVP_CIPHER_CTX_new();
-    int ok = self->enc && self->dec
-        && EVP_EncryptInit_ex(self->enc, cipher, NULL, key.buf, NULL) == 1
-        && EVP_DecryptInit_ex(self->dec, cipher, NULL, key.buf, NULL) == 1;
+    int ok = set_up(&self->enc, &self->dec, cipher, key.buf, key.buf);
     PyBuffer_Release(&key);
     if (!ok) {
         PyErr_SetString(PyExc_RuntimeError, "OpenSSL could not set up the cipher");
@@ -122,12 +151,8 @@ static PyObject *Aead_encrypt(Aead *self, PyObject *const *args, Py_ssize_t n) {
         release(b);
         return NULL;
     }
-    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(out);
-    int len, ok = EVP_EncryptInit_ex(self->enc, NULL, NULL, NULL, b[0].buf) == 1
-        && (b[2].len == 0 || EVP_EncryptUpdate(self->enc, NULL, &len, b[2].buf, (int)b[2].len) == 1)
-        && EVP_EncryptUpdate(self->enc, o, &len, b[1].buf, (int)b[1].len) == 1
-        && EVP_EncryptFinal_ex(self->enc, o + len, &len) == 1
-        && EVP_CIPHER_CTX_ctrl(self->enc, EVP_CTRL_AEAD_GET_TAG, TAG, o + b[1].len) == 1;
+    int ok = seal(self->enc, b[0].buf, b[2].buf, (int)b[2].len, b[1].buf, (int)b[1].len,
+                  (unsigned char *)PyBytes_AS_STRING(out));
     release(b);
     if (!ok) {
         Py_DECREF(out);
@@ -152,13 +177,8 @@ static PyObject *Aead_decrypt(Aead *self, PyObject *const *args, Py_ssize_t n) {
         release(b);
         return NULL;
     }
-    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(out);
-    const unsigned char *data = b[1].buf;
-    int len, ok = EVP_DecryptInit_ex(self->dec, NULL, NULL, NULL, b[0].buf) == 1
-        && EVP_CIPHER_CTX_ctrl(self->dec, EVP_CTRL_AEAD_SET_TAG, TAG, (void *)(data + plain)) == 1
-        && (b[2].len == 0 || EVP_DecryptUpdate(self->dec, NULL, &len, b[2].buf, (int)b[2].len) == 1)
-        && EVP_DecryptUpdate(self->dec, o, &len, data, (int)plain) == 1
-        && EVP_DecryptFinal_ex(self->dec, o + len, &len) == 1;
+    int ok = open_(self->dec, b[0].buf, b[2].buf, (int)b[2].len, b[1].buf, (int)plain,
+                   (unsigned char *)PyBytes_AS_STRING(out));
     release(b);
     if (!ok) {
         Py_DECREF(out);
@@ -230,13 +250,7 @@ static int Channel_init(Channel *self, PyObject *args, PyObject *kw) {
     if (ok) {
         const EVP_CIPHER *cipher = chacha ? EVP_chacha20_poly1305() : EVP_aes_256_gcm();
         memcpy(self->remote, ri.buf, 4);
-        EVP_CIPHER_CTX_free(self->enc);
-        EVP_CIPHER_CTX_free(self->dec);
-        self->enc = EVP_CIPHER_CTX_new();
-        self->dec = EVP_CIPHER_CTX_new();
-        ok = self->enc && self->dec
-            && EVP_EncryptInit_ex(self->enc, cipher, NULL, sk.buf, NULL) == 1
-            && EVP_DecryptInit_ex(self->dec, cipher, NULL, rk.buf, NULL) == 1;
+        ok = set_up(&self->enc, &self->dec, cipher, sk.buf, rk.buf);
     } else {
         PyErr_SetString(PyExc_ValueError, "keys of 32 bytes, an index of 4 and four drop names");
     }
@@ -298,11 +312,7 @@ static PyObject *Channel_seal(Channel *self, PyObject *const *args, Py_ssize_t n
     for (int i = 0; i < 8; i++)
         h[8 + i] = (unsigned char)(c >> (56 - 8 * i));
     nonce_of(self, c, nonce);
-    int len, ok = EVP_EncryptInit_ex(self->enc, NULL, NULL, NULL, nonce) == 1
-        && EVP_EncryptUpdate(self->enc, NULL, &len, h, HEADER) == 1
-        && EVP_EncryptUpdate(self->enc, h + HEADER, &len, b[0].buf, (int)plain) == 1
-        && EVP_EncryptFinal_ex(self->enc, h + HEADER + len, &len) == 1
-        && EVP_CIPHER_CTX_ctrl(self->enc, EVP_CTRL_AEAD_GET_TAG, TAG, h + HEADER + plain) == 1;
+    int ok = seal(self->enc, nonce, h, HEADER, b[0].buf, (int)plain, h + HEADER);
     for (int i = 0; i < got; i++)
         PyBuffer_Release(&b[i]);
     if (!ok) {
@@ -364,12 +374,7 @@ static PyObject *open_msg(Channel *self, const unsigned char *m, Py_ssize_t size
         return NULL;
     unsigned char *o = (unsigned char *)PyBytes_AS_STRING(out), nonce[NONCE];
     nonce_of(self, c, nonce);
-    int len, ok = EVP_DecryptInit_ex(self->dec, NULL, NULL, NULL, nonce) == 1
-        && EVP_CIPHER_CTX_ctrl(self->dec, EVP_CTRL_AEAD_SET_TAG, TAG, (void *)(m + size - TAG)) == 1
-        && EVP_DecryptUpdate(self->dec, NULL, &len, m, HEADER) == 1
-        && EVP_DecryptUpdate(self->dec, o, &len, m + HEADER, (int)plain) == 1
-        && EVP_DecryptFinal_ex(self->dec, o + len, &len) == 1;
-    if (!ok) {
+    if (!open_(self->dec, nonce, m, HEADER, m + HEADER, (int)plain, o)) {
         Py_DECREF(out);
         return dropped(self, 3);
     }

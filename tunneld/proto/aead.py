@@ -18,8 +18,7 @@ try:
 except ImportError:  # built without a compiler or OpenSSL's headers
     Aead = Channel = None
 
-NATIVE = Aead is not None
-KIND = "openssl" if NATIVE else "cryptography"  # what status shows
+NATIVE = KIND = None  # ours or not, and what status shows: set by choose(), below
 
 
 def choose(native: bool) -> None:
@@ -27,6 +26,9 @@ def choose(native: bool) -> None:
     global NATIVE, KIND
     NATIVE = native and Aead is not None
     KIND = "openssl" if NATIVE else "cryptography"
+
+
+choose(True)
 
 
 def aesgcm(key: bytes):
