@@ -15,6 +15,7 @@ import time
 import pytest
 
 from tests.lab import Lab, wait_for
+from tunneld.net import express
 from tunneld.proto import aead
 from tests.integration.test_faults import in_background
 from tests.lab.overlay import Overlay, transfer
@@ -55,7 +56,10 @@ def test_each_node_runs_the_workers_asked_for_and_the_default_is_one_per_core(ov
 def test_nodes_with_either_aead_carry_each_others_streams(ov):
     """Every pair with "one" mixes the two implementations (the streams tests below)."""
     assert ov.node_status("one")["offload"]["aead"] == "cryptography"
+    assert not ov.node_status("one")["offload"]["express"]  # all Python (net/express.py)
     assert {ov.node_status(n)["offload"]["aead"] for n in ("three", "two", "hidden", "tcp")} == {aead.KIND}
+    assert all(ov.node_status(n)["offload"]["express"] == (express.Express is not None)
+               for n in ("three", "two", "hidden", "tcp"))
     sent, received = transfer(ov, "one", "three", 7390, 4 << 20)
     assert sent == received and sent.startswith(str(4 << 20))
 

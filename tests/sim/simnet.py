@@ -242,6 +242,19 @@ class SimNet:
         return packet
 
 
+def public_pair() -> tuple["SimNet", Node, Node]:
+    """Two public nodes "a" and "b" that have made their session (a real handshake) and each
+    sent the other a packet: the engines the data path's benches and tests drive."""
+    net = SimNet()
+    net.add_node("a", nat="public")
+    net.add_node("b", nat="public")
+    net.advance(3)
+    net.send_ip("a", "b")
+    net.send_ip("b", "a")
+    net.advance(3)
+    return net, net.nodes["a"], net.nodes["b"]
+
+
 def ipv4_packet(src: str, dst: str, payload: bytes, proto: int = 17) -> bytes:
     total = 20 + len(payload)
     header = bytes([0x45, 0, total >> 8, total & 0xFF, 0, 0, 0x40, 0, 64, proto, 0, 0])

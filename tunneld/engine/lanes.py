@@ -115,6 +115,7 @@ class Lane:
         self.handed = 0  # packets from tunneld0 the engine sent for us
         self.relay_heard_at = -RELAY_HEARD_EVERY
         self.limbo: list = []  # (data, ep, time): DATA for sessions the next table may bring
+        self.version = 0  # moves with every table taken in (net/express.py follows it)
         self._retrying = False
 
     def apply(self, table: dict) -> None:
@@ -151,6 +152,7 @@ class Lane:
             if send is not None and send in sessions:
                 peers[addr].session = sessions[send][0]
         self.peers, self.sessions = peers, sessions
+        self.version += 1
         self.routes = [(net, mask, peers[addr]) for net, mask, addr in table["routes"] if addr in peers]
         if self.limbo:
             self._retry()
@@ -261,6 +263,10 @@ class Lane:
         if plaintext is None:
             self.drops[s.last_drop] += 1
             return
+        self.opened(s, peer, plaintext, msg, ep, now)
+
+    def opened(self, s: Session, peer: LanePeer, plaintext: bytes, msg: bytes, ep, now: float) -> None:
+        """What a DATA message of ours says, once opened (here, or by the express path)."""
         peer.last_rx = now
         if not s.confirmed:  # the peer's first DATA on the session it answered: the engine's to confirm
             s.confirmed = True

@@ -7,6 +7,10 @@ ways. The node's own process runs one (net/noded.py), and so does each of its wo
              at the end
   on_udp()   read (a GRO train is cut into datagrams) -> receive each -> write_tun
              merges in-order TCP segments -> flush to tunneld0 and the socket
+
+With the express path on (use_express, express.py), each callback starts in C: lone
+packets go from read to write there, and the Python path above starts at the first read
+the C code hands back, so that nothing overtakes anything.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import logging
 import os
 import socket
 from collections import Counter
+from itertools import chain
 from time import monotonic
 
 from ..drops import Drop
@@ -23,8 +28,9 @@ from ..engine.tunnel_split import GSO_UDP_TUNNEL_IPV4, VNET_TNL_LEN
 from ..proto import wire
 from ..proto.endpoint import RELAY
 from .base import READ_BATCH
+from . import express
 from .backlog import Backlog
-from .udpio import Batch, enable_gro, reads as udp_reads
+from .udpio import Batch, cut, enable_gro, judge, reads as udp_reads
 
 log = logging.getLogger("tunneld.node")
 
@@ -48,6 +54,40 @@ class DataPlane:
         self.coalescer = Coalescer(tunnel)
         self.coalescing = False
         self.error = error  # called for an exception out of the engine: counted, never fatal
+        self.express = None  # _express.c's Express, once use_express() found it built
+        self._folded: dict = {}
+
+    def use_express(self, source, slow_tun, slow_udp):
+        """Lone packets through the C path (express.py), on the tables of source; the reader
+        callbacks to register, (on_tun, on_udp), or None where it is not built. slow_tun and
+        slow_udp: the daemon's Python paths from a read it hands back (on_tun, on_udp)."""
+        if express.Express is None:
+            return None
+        self.express = express.Express(self.fd, self.sock.fileno(), self.vnet_len, self.drops,
+                                       (Drop.UDP_SEND_FULL, Drop.UDP_SEND_ERROR, Drop.TUN_WRITE_ERROR),
+                                       source, self.backlog, slow_tun, slow_udp, self.merge, READ_BATCH,
+                                       self.batch.max_segment)
+        return self.express.on_tun, self.express.on_udp
+
+    def merge(self, packets: list) -> None:
+        """A GRO train's packets the express path opened: TCP segments merged, as on_udp does."""
+        add = self.coalescer.add
+        for packet in packets:
+            add(packet)
+        self.flush()
+
+    def relay_is(self, relay: tuple | None) -> None:
+        """Where the relay link speaks from: never the express path's."""
+        if self.express is not None:
+            self.express.relay(express.ep6(relay) if relay else None)
+
+    def fold_express(self) -> None:
+        """What the express path carried since the last call, into stats (status, reports)."""
+        if self.express is not None:
+            counts = self.express.counts
+            for key, value in counts.items():
+                self.stats[key] += value - self._folded.get(key, 0)
+            self._folded = counts
 
     def send(self, ep: tuple, data: bytes) -> None:
         self.batch.send(data, ep)
@@ -82,13 +122,22 @@ class DataPlane:
             self.write(bufs)
         self.batch.flush()
 
-    def on_udp(self, receive, relay: tuple | None) -> None:
-        now = monotonic()
+    def on_udp(self, receive, relay: tuple | None, first=None, now: float = 0.0) -> None:
+        """first: a read the express path handed back (_express.c), and its time."""
+        now = now or monotonic()
         sock, gro, coalescer, error = self.sock, self.gro, self.coalescer, self.error
         self.backlog.keep = relay or ()  # the relay's DATA is its link's control: never stale
+        reads = udp_reads(sock, gro, self.drops, self.stats, READ_BATCH, self.backlog)
+        if first is not None:
+            if first.__class__ is int:
+                self.drops[Drop.UDP_RECV_ERROR] += 1
+                return
+            data, size, addr, at = first
+            reads = chain((judge(cut(data, size if gro else 0), addr, at, self.drops, self.stats, self.backlog),),
+                          reads)
         self.coalescing = self.batch.active = True
         try:
-            for datagrams, addr in udp_reads(sock, gro, self.drops, self.stats, READ_BATCH, self.backlog):
+            for datagrams, addr in reads:
                 ep = RELAY if addr == relay else addr
                 for data in datagrams:
                     try:
@@ -101,20 +150,27 @@ class DataPlane:
             self.coalescing = self.batch.active = False
             self.flush()
 
-    def on_tun(self, from_tun_train) -> None:
-        now = monotonic()
+    def on_tun(self, from_tun_train, first=None, now: float = 0.0) -> None:
+        """first: a read the express path handed back (_express.c), and its time."""
+        now = now or monotonic()
         read = os.read
         fd, drops, stats, vnet_len, error = self.fd, self.drops, self.stats, self.vnet_len, self.error
+        if first.__class__ is int:
+            drops[Drop.TUN_READ_ERROR] += 1
+            return
         self.batch.active = True
         try:
             for _ in range(TUN_READS):
-                try:
-                    buf = read(fd, TUN_READ_SIZE)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    drops[Drop.TUN_READ_ERROR] += 1
-                    break
+                if first is not None:
+                    buf, first = first, None
+                else:
+                    try:
+                        buf = read(fd, TUN_READ_SIZE)
+                    except BlockingIOError:
+                        break
+                    except OSError:
+                        drops[Drop.TUN_READ_ERROR] += 1
+                        break
                 packets, reason = split(buf, vnet_len)
                 if reason:
                     drops[reason] += 1

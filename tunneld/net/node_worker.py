@@ -37,6 +37,7 @@ from ..engine.lanes import Lane
 from ..proto.endpoint import RELAY
 from .base import run
 from .dataplane import DataPlane
+from .express import LaneSource
 from .procs import HANDOFF_BUFFER, messages
 
 log = logging.getLogger("tunneld.node")
@@ -59,8 +60,10 @@ class NodeWorker:
         loop = asyncio.get_running_loop()
         self.done = loop.create_future()
         loop.add_reader(self.ctl.fileno(), self.on_ctl)
-        loop.add_reader(self.plane.sock.fileno(), self.on_udp)
-        loop.add_reader(self.plane.fd, self.on_tun)
+        source = LaneSource(self.lane, lambda: self.relay, self.error)
+        on_tun, on_udp = self.plane.use_express(source, self.on_tun, self.on_udp) or (self.on_tun, self.on_udp)
+        loop.add_reader(self.plane.sock.fileno(), on_udp)
+        loop.add_reader(self.plane.fd, on_tun)
         self._next_report = loop.call_later(REPORT_EVERY, self.report)
         try:
             await self.done
@@ -113,6 +116,7 @@ class NodeWorker:
             if kind == b"T":
                 table = msgpack.unpackb(msg[1:])
                 self.relay = tuple(table["relay"]) if table["relay"] else None
+                self.plane.relay_is(self.relay)
                 self.lane.apply(table)
             elif kind == b"R":
                 data, ep = unhand(msg)
@@ -123,19 +127,22 @@ class NodeWorker:
                     self.error()
                 self.plane.batch.flush()
 
-    def on_udp(self) -> None:
-        # The table first: a session the node's process made before its peer could use it
-        # (sent to us before the handshake's answer left) is there before the peer's data.
+    def on_udp(self, first=None, now: float = 0.0) -> None:
+        """The socket's reads (from first, one the express path handed back). The table
+        first: a session the node's process made before its peer could use it (sent to us
+        before the handshake's answer left) is there before the peer's data. (The express
+        path carries only sessions the table brought already.)"""
         self.on_ctl()
-        self.plane.on_udp(self.lane.receive, self.relay)
+        self.plane.on_udp(self.lane.receive, self.relay, first, now)
 
-    def on_tun(self) -> None:
-        self.plane.on_tun(self.lane.from_tun_train)
+    def on_tun(self, first=None, now: float = 0.0) -> None:
+        self.plane.on_tun(self.lane.from_tun_train, first, now)
 
     def report(self) -> None:
         out = self.lane.report(monotonic())
         self.drops.update(out["drops"])
         out["drops"] = {str(k): v for k, v in self.drops.items()}
+        self.plane.fold_express()
         out["stats"] = dict(self.plane.stats)
         self.drops.clear()
         self.plane.stats.clear()

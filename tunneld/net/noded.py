@@ -45,6 +45,7 @@ from ..state import NODE_FILE, SOCKET_FILE, load_identity, load_node_state, prep
 from . import ctlsock, steer
 from .base import Daemon, FramedStream, real_env, udp_socket
 from .dataplane import DataPlane
+from .express import NodeSource
 from .node_workers import NodeWorkers
 
 log = logging.getLogger("tunneld.node")
@@ -187,10 +188,15 @@ class NodeDaemon(Daemon):
             self.engine = Node(identity, token.relay_public, config, self, real_env(), monotonic())
             self._start_workers(route.mtu)
             self.plane = DataPlane(self.tun.fd, self.tun.tunnel, self.sock, route.mtu, self.drops, self.internal_error)
+            source = NodeSource(self.engine, lambda: self.workers.count if self.workers else 1,
+                                lambda: None if self.use_tcp else self.relay_addr, self.after_input,
+                                self.internal_error)
+            on_tun, on_udp = self.plane.use_express(source, self._on_tun, self._on_udp) or (self._on_tun, self._on_udp)
+            self.plane.relay_is(self.relay_addr)
             self.after_input()  # a remembered address goes on the interface now
             ctl = await ctlsock.serve(os.path.join(self.state_dir, SOCKET_FILE), self._control)
-            loop.add_reader(self.sock.fileno(), self._on_udp)
-            loop.add_reader(self.tun.fd, self._on_tun)
+            loop.add_reader(self.sock.fileno(), on_udp)
+            loop.add_reader(self.tun.fd, on_tun)
             log.info("joining relay %s as %s via %s (underlay MTU %d)",
                      self.relay_label, s.name, route.ifname, route.mtu)
             self.engine.tick(monotonic())
@@ -241,6 +247,8 @@ class NodeDaemon(Daemon):
     def relay_endpoint(self, address: str) -> None:
         self.relay_addr = endpoint.parse(address)  # the link passes only addresses that parse
         self.relay_label = address
+        if self.plane is not None:
+            self.plane.relay_is(self.relay_addr)
         if self.stream is not None:  # a TCP stream goes to the old relay
             if self.stream.transport is not None:
                 self.stream.transport.abort()
@@ -252,6 +260,8 @@ class NodeDaemon(Daemon):
         if tcp == self.use_tcp:
             return
         self.use_tcp = tcp
+        if self.plane is not None:
+            self.plane.relay_is(self.relay_addr)  # the express path's tables follow (relayed: UDP only)
         log.info("trying the relay over %s", "TCP" if tcp else "UDP")
         if not tcp and self.stream is not None:
             if self.stream.transport is not None:
@@ -416,14 +426,15 @@ class NodeDaemon(Daemon):
             if self.use_tcp:
                 self.engine.transport_lost(monotonic())
 
-    def _on_udp(self) -> None:
+    def _on_udp(self, first=None, now: float = 0.0) -> None:
+        """The socket's reads (from first, one the express path handed back)."""
         w = self.workers
-        self.plane.on_udp(self.engine.receive if w is None else w.receive, self.relay_addr)
+        self.plane.on_udp(self.engine.receive if w is None else w.receive, self.relay_addr, first, now)
         if self.engine.effects:
             self.after_input()
 
-    def _on_tun(self) -> None:
-        self.plane.on_tun(self.engine.from_tun_train)
+    def _on_tun(self, first=None, now: float = 0.0) -> None:
+        self.plane.on_tun(self.engine.from_tun_train, first, now)
         if self.engine.effects:
             self.after_input()
 
@@ -469,7 +480,9 @@ class NodeDaemon(Daemon):
             status["ready"] = self.ready
             w = self.workers
             status["drops"] = self.all_drops(Counter(status["drops"]) + (w.drops if w else Counter()))
-            status["offload"] = {"aead": aead.KIND, "tun": self.tun.offload, "tun_udp_tunnel": self.tun.tunnel,
+            self.plane.fold_express()
+            status["offload"] = {"aead": aead.KIND, "express": self.plane.express is not None,
+                                 "tun": self.tun.offload, "tun_udp_tunnel": self.tun.tunnel,
                                  "udp_gso": self.plane.batch.gso, "udp_gro": self.plane.gro,
                                  **(self.plane.stats + (w.stats if w else Counter()))}
             status["workers"] = [{"worker": 0, "pid": os.getpid(), "running": True}] + (w.status() if w else [])

@@ -63,9 +63,14 @@ def receive_batch(sock: socket.socket, gro: bool):
         elif kind == _SCM_TIMESTAMPNS and level == socket.SOL_SOCKET and len(value) >= _TS.size:
             sec, ns = _TS.unpack_from(value)
             at = sec + ns * 1e-9
-    if gro and len(data) > size > 0:
-        return [data[i : i + size] for i in range(0, len(data), size)], addr, at
-    return (data,), addr, at
+    return cut(data, size if gro else 0), addr, at
+
+
+def cut(data: bytes, size: int):
+    """A GRO train back into its datagrams (size: the kernel's segment size, 0: none)."""
+    if len(data) > size > 0:
+        return [data[i : i + size] for i in range(0, len(data), size)]
+    return (data,)
 
 
 def read(sock: socket.socket, gro: bool, drops, stats, backlog: Backlog | None = None):
@@ -78,6 +83,11 @@ def read(sock: socket.socket, gro: bool, drops, stats, backlog: Backlog | None =
     except OSError:
         drops[Drop.UDP_RECV_ERROR] += 1
         return None
+    return judge(datagrams, addr, at, drops, stats, backlog)
+
+
+def judge(datagrams, addr, at: float, drops, stats, backlog: Backlog | None):
+    """A read's datagrams as read() gives them: none where the backlog finds them stale."""
     if at and backlog is not None:
         now = time()
         if backlog.stale(datagrams[0], addr, now - at, now):

@@ -1,0 +1,355 @@
+"""The express path (tunneld/net/_express.c) case by case, run in a network namespace of its
+own by tests/integration/test_express.py: `python express_cases.py CASE`, exit 0 when the
+case holds, an assertion's message otherwise.
+
+Two real node engines (the in-memory network's, after a real handshake) each drive a real
+DataPlane with a real UDP socket on the namespace's loopback; each one's TUN device is one
+end of a datagram socketpair, so that a case writes what the kernel would hand tunneld
+(virtio-net header and packet) and reads back exactly what tunneld wrote.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import sys
+import time
+from collections import Counter
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+
+from tests.sim.simnet import public_pair  # noqa: E402
+from tunneld.engine.offload import GSO_TCPV4, NEEDS_CSUM, PLAIN_HDR, _VNET, single  # noqa: E402
+from tunneld.engine.checksum import ip_header  # noqa: E402
+from tunneld.net import express  # noqa: E402
+from tunneld.net.dataplane import DataPlane  # noqa: E402
+from tunneld.net.express import NodeSource  # noqa: E402
+from tunneld.proto import wire  # noqa: E402
+from tunneld.proto.endpoint import RELAY  # noqa: E402
+
+UDP_SEGMENT = 103
+
+
+def ipv4(src: bytes, dst: bytes, proto: int, body: bytes, frag: int = 0x4000, ident: int = 1) -> bytes:
+    hdr = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), ident, frag, 64, proto, 0, src, dst))
+    struct.pack_into("!H", hdr, 10, ip_header(bytes(hdr)))
+    return bytes(hdr) + body
+
+
+def tcp(src, dst, seq, payload=b"", flags=0x10, sport=40000, dport=10250, ident=1):
+    return ipv4(src, dst, 6, struct.pack("!HHIIBBHHH", sport, dport, seq, 1, 0x50, flags, 65535, 0, 0) + payload,
+                ident=ident)
+
+
+def udp(src, dst, payload, dport=9999, csum=0x1234):
+    return ipv4(src, dst, 17, struct.pack("!HHHH", 5000, dport, 8 + len(payload), csum) + payload)
+
+
+def icmp(src, dst, payload=b"ping" * 14):
+    return ipv4(src, dst, 1, b"\x08\x00\x00\x00\x00\x01\x00\x01" + payload)
+
+
+class Node:
+    """One engine, its DataPlane, its socket, and its TUN device's far end (`app`)."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+        self.app, tun = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.app.setblocking(False)
+        tun.setblocking(False)
+        self.tun = tun
+        self.drops: Counter = Counter()
+        self.errors = 0
+        self.plane = DataPlane(tun.fileno(), False, self.sock, 1500, self.drops, self.error)
+        self.handed_tun: list = []
+        self.handed_udp: list = []
+        self.relay = None  # where a case's relay speaks from (over UDP)
+        source = NodeSource(engine, lambda: 1, lambda: self.relay, lambda: None, self.error)
+        readers = self.plane.use_express(source, self.slow_tun, self.slow_udp)
+        assert readers is not None, "the express path is not built"
+        self.on_tun, self.on_udp = readers
+        engine.out = self
+
+    def error(self):
+        self.errors += 1
+
+    # the engine's Transmit, as the daemon's
+    def send(self, ep, data):
+        self.plane.send(ep, data)
+
+    def write_tun(self, packet):
+        self.plane.write_tun(packet)
+
+    # the Python paths, recorded (and run, where a case wants them)
+    run_slow = False
+
+    def slow_tun(self, first, now):
+        self.handed_tun.append(first)
+        if self.run_slow:
+            self.plane.on_tun(self.engine.from_tun_train, first, now)
+
+    def slow_udp(self, first, now):
+        self.handed_udp.append(first)
+        if self.run_slow:
+            self.plane.on_udp(self.engine.receive, None, first, now)
+
+    def written(self) -> list[bytes]:
+        out = []
+        for _ in range(1000):
+            try:
+                out.append(self.app.recv(1 << 17))
+            except BlockingIOError:
+                return out
+        return out
+
+    def peer(self):
+        (p,) = self.engine.peers.values()
+        return p
+
+    @property
+    def address(self) -> bytes:
+        return socket.inet_aton(self.engine.assignment.address)
+
+
+def pair():
+    if express.Express is None:
+        raise SystemExit("the express path (tunneld/net/_express.c) is not built")
+    _, ea, eb = public_pair()
+    a, b = Node(ea), Node(eb)
+    # the real sockets are where each sends the other
+    a.peer().tx_ep, b.peer().tx_ep = b.sock.getsockname(), a.sock.getsockname()
+    a.engine.table.version += 1
+    b.engine.table.version += 1
+    return a, b
+
+
+def settle(sock, timeout=1.0):
+    """Until the datagrams sent on loopback are in the socket (they are at once; bounded)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            return
+        except BlockingIOError:
+            time.sleep(0.001)
+    raise AssertionError("nothing arrived")
+
+
+def through(a, b, packet, vnet=PLAIN_HDR):
+    a.app.send(vnet + packet)
+    a.on_tun()
+    settle(b.sock)
+    b.on_udp()
+    return b.written()
+
+
+def case_lone_packets_cross_in_c():
+    """ICMP, UDP with and without a checksum, a TCP ACK (its checksum left partial by the
+    kernel), a fragment: each crosses in C both ways, and tunneld0 gets exactly what the
+    Python path writes (offload.single)."""
+    a, b = pair()
+    src, dst = a.address, b.address
+    partial_tcp = _VNET.pack(NEEDS_CSUM, 0, 0, 0, 20, 16)
+    partial_udp = _VNET.pack(NEEDS_CSUM, 0, 0, 0, 20, 6)
+    cases = [(icmp(src, dst), PLAIN_HDR), (udp(src, dst, b"x" * 36), partial_udp),
+             (udp(src, dst, b"y" * 3, csum=0), PLAIN_HDR), (tcp(src, dst, 7, b"z" * 100), partial_tcp),
+             (ipv4(src, dst, 17, struct.pack("!HHHH", 5000, 9999, 200, 0x4321) + b"f" * 64, frag=0x2000),
+              PLAIN_HDR)]
+    tx0, rx0 = a.peer().tx_bytes, b.peer().rx_bytes
+    for packet, vnet in cases:
+        got = through(a, b, packet, vnet)
+        assert got == [b"".join(bytes(x) for x in single(packet))], (packet.hex(), [g.hex() for g in got])
+    sent = sum(len(p) for p, _ in cases)
+    assert a.peer().tx_bytes - tx0 == sent and b.peer().rx_bytes - rx0 == sent
+    assert not a.handed_tun and not b.handed_udp, (a.handed_tun, b.handed_udp)
+    assert a.plane.express.counts["express_sent"] == len(cases)
+    assert b.plane.express.counts["express_received"] == len(cases)
+    assert not a.drops and not b.drops and not a.errors and not b.errors
+
+
+def case_what_c_does_not_carry_goes_to_python_as_read():
+    """A SYN (its MSS is clamped), VXLAN, a super-packet, IPv6, an unknown destination and a
+    checksum left deeper in: each read goes to the Python path byte for byte, and nothing of
+    it leaves from C."""
+    a, b = pair()
+    src, dst = a.address, b.address
+    syn = tcp(src, dst, 1, flags=0x02)
+    reads = [PLAIN_HDR + syn,
+             _VNET.pack(0, 0, 0, 0, 0, 0) + udp(src, dst, b"v" * 58, dport=8472),
+             _VNET.pack(NEEDS_CSUM, GSO_TCPV4, 40, 100, 20, 16) + tcp(src, dst, 1, b"s" * 300),
+             PLAIN_HDR + b"\x60" + bytes(39),
+             PLAIN_HDR + icmp(src, socket.inet_aton("100.100.100.100")),
+             _VNET.pack(NEEDS_CSUM, 0, 0, 0, 28, 6) + udp(src, dst, b"d" * 40)]
+    for buf in reads:
+        a.app.send(buf)
+        a.on_tun()
+        assert a.handed_tun[-1] == buf, (buf.hex(), a.handed_tun[-1])
+        try:
+            b.sock.recv(2048)
+            raise AssertionError(f"C sent something for {buf.hex()}")
+        except BlockingIOError:
+            pass
+    assert a.plane.express.counts["express_sent"] == 0
+
+
+def case_a_new_path_or_a_stranger_goes_to_python_unopened():
+    """DATA from an endpoint we do not send to, for an unknown session, and a handshake
+    message go to the Python path as they came: the engine still opens the first (its replay
+    window untouched by C) and probes the new path."""
+    a, b = pair()
+    sealed = a.peer().keys.current.seal(icmp(a.address, b.address))
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other.bind(("127.0.0.1", 0))
+    other.sendto(sealed, b.sock.getsockname())
+    settle(b.sock)
+    b.run_slow = True
+    b.on_udp()
+    data, size, addr, _ = b.handed_udp[-1]
+    assert data == sealed and addr == other.getsockname(), (data, addr)
+    # the Python path opened it (a first read from a new path) and wrote it
+    assert b.written() == [b"".join(bytes(x) for x in single(icmp(a.address, b.address)))]
+    b.run_slow = False
+    for msg in (sealed[:4] + b"\xee\xee\xee\xee" + sealed[8:], bytes((wire.INIT,)) + bytes(150)):
+        a.sock.sendto(msg, b.sock.getsockname())
+        settle(b.sock)
+        b.on_udp()
+        assert b.handed_udp[-1][0] == msg
+    assert b.plane.express.counts["express_received"] == 0
+
+
+def case_replays_and_forgeries_are_dropped_and_counted():
+    """A replayed datagram and one with a flipped bit, from the right endpoint: dropped,
+    counted by the session's reason, and nothing reaches tunneld0."""
+    a, b = pair()
+    s = a.peer().keys.current
+    sealed = s.seal(icmp(a.address, b.address))
+    forged = s.seal(icmp(a.address, b.address))
+    for msg in (sealed, sealed, forged[:-1] + bytes((forged[-1] ^ 1,))):
+        a.sock.sendto(msg, b.sock.getsockname())
+    settle(b.sock)
+    b.on_udp()
+    assert len(b.written()) == 1
+    assert b.drops["replay"] == 1 and b.drops["auth"] == 1, dict(b.drops)
+    assert not b.handed_udp
+
+
+def case_a_train_is_opened_in_c_and_merged():
+    """Consecutive TCP segments read from tunneld0 in one callback leave as one UDP train
+    (UDP_SEGMENT); the receiver gets it as one GRO read, opens it in C, and tunneld0 gets the
+    segments merged into one super-packet."""
+    a, b = pair()
+    b.sock.setsockopt(17, 104, 1)  # UDP_GRO, as the daemon's socket (udpio.enable_gro)
+    partial = _VNET.pack(NEEDS_CSUM, 0, 0, 0, 20, 16)
+    segs = [tcp(a.address, b.address, 1000 + i * 1000, bytes([i]) * 1000, ident=i + 1) for i in range(8)]
+    for s in segs:
+        a.app.send(partial + s)
+    a.on_tun()
+    settle(b.sock)
+    b.on_udp()
+    counts_a, counts_b = a.plane.express.counts, b.plane.express.counts
+    assert counts_a["udp_gso_sends"] == 1 and counts_b["udp_gro_reads"] == 1, (counts_a, counts_b)
+    (merged,) = b.written()
+    flags, gso_type, hdr_len, gso_size, *_ = _VNET.unpack_from(merged)
+    assert gso_type == GSO_TCPV4 and gso_size == 1000, (gso_type, gso_size)
+    assert merged[10 + 40:] == b"".join(bytes([i]) * 1000 for i in range(8))
+    assert not a.handed_tun and not b.handed_udp
+
+
+def case_a_train_with_a_stranger_hands_back_its_rest():
+    """A GRO train whose third datagram is not ours to open: the first two are opened in C,
+    and the Python path gets the rest of the train from the third on, unopened."""
+    a, b = pair()
+    b.sock.setsockopt(17, 104, 1)
+    s = a.peer().keys.current
+    msgs = [s.seal(udp(a.address, b.address, bytes([i]) * 100)) for i in range(5)]
+    msgs[2] = msgs[2][:4] + b"\xee\xee\xee\xee" + msgs[2][8:]
+    a.sock.sendmsg([b"".join(msgs)], [(17, UDP_SEGMENT, struct.pack("=H", len(msgs[0])))], 0,
+                   b.sock.getsockname())
+    settle(b.sock)
+    b.on_udp()
+    assert len(b.written()) == 2
+    data, size, _, _ = b.handed_udp[-1]
+    assert data == b"".join(msgs[2:]) and size == len(msgs[0]), (len(data), size)
+
+
+def case_tables_follow_the_engine():
+    """A new path and a rekey reach the C tables before the next packet: it leaves for the new
+    endpoint, sealed with the new session."""
+    a, b = pair()
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other.bind(("127.0.0.1", 0))
+    other.setblocking(False)
+    peer = a.peer()
+    peer.tx_ep = other.getsockname()
+    a.engine.table.version += 1  # as probes.retarget does
+    a.app.send(PLAIN_HDR + icmp(a.address, b.address))
+    a.on_tun()
+    settle(other)
+    got = other.recv(2048)
+    assert got[4:8] == peer.keys.current.remote_index
+    b.peer().keys.current = None  # b forgets the session: its C table follows
+    b.engine.table.sessions.clear()
+    b.engine.table.version += 1
+    a.sock.sendto(got, b.sock.getsockname())
+    settle(b.sock)
+    b.on_udp()
+    assert b.handed_udp and b.handed_udp[-1][0] == got
+
+
+def case_relayed_data_crosses_in_c():
+    """Peers on the relay's path over UDP: the sender seals in C with the relayed header for
+    the relay; the receiver opens RELAYED DATA from its relay in C, with the peer's address in
+    the header, and hears that its relay is there. A header naming another node, or one from
+    an endpoint that is not the relay, goes to the Python path."""
+    a, b = pair()
+    relay = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    relay.bind(("127.0.0.1", 0))
+    relay.setblocking(False)
+    for n in (a, b):
+        n.peer().tx_ep, n.peer().tx_prefix = RELAY, n.peer().relayed_prefix
+        n.relay = relay.getsockname()
+        n.plane.relay_is(n.relay)
+    packet = icmp(a.address, b.address)
+    a.app.send(PLAIN_HDR + packet)
+    a.on_tun()
+    settle(relay)
+    out = relay.recv(2048)
+    assert out[0] == wire.RELAYED and out[4:8] == b.address, out[:8]
+    forwarded = out[:4] + a.address + out[8:]  # as the relay hands it on: from whom
+    heard = b.engine.relay.last_rx
+    relay.sendto(forwarded, b.sock.getsockname())
+    settle(b.sock)
+    b.on_udp()
+    assert b.written() == [b"".join(bytes(x) for x in single(packet))]
+    assert b.plane.express.counts["express_received"] == 1 and not b.handed_udp
+    assert b.engine.relay.last_rx > heard
+    sealed = a.peer().keys.current.seal(packet)
+    for msg, sender in ((out[:4] + socket.inet_aton("100.64.9.9") + sealed, relay),
+                        (out[:4] + a.address + sealed, a.sock)):
+        sender.sendto(msg, b.sock.getsockname())
+        settle(b.sock)
+        b.on_udp()
+        assert b.handed_udp[-1][0] == msg
+    assert b.plane.express.counts["express_received"] == 1
+
+
+def case_a_read_that_waited_goes_to_the_backlog_judge():
+    """A datagram that sat in the socket past the backlog's target goes to the Python path,
+    where backlog.py decides whether the queue stands (here: the first of a watch, opened)."""
+    a, b = pair()
+    a.sock.sendto(a.peer().keys.current.seal(icmp(a.address, b.address)), b.sock.getsockname())
+    time.sleep(0.08)
+    b.on_udp()
+    assert len(b.handed_udp) == 1 and b.handed_udp[0][3] > 0
+
+
+CASES = {name[5:]: fn for name, fn in globals().items() if name.startswith("case_")}
+
+if __name__ == "__main__":
+    CASES[sys.argv[1]]()
+    print("ok")
