@@ -23,6 +23,8 @@ ROUNDS rounds (the floor this machine allows), divided by the packets it handled
                merge      offload.Coalescer: segments back into one super-packet
                tun write  one os.writev of it, per segment
   relay        forward    Relay.receive of a RELAYED datagram: look up, rewrite, hand on
+  lone         a lone 84-byte packet's hop each way (lone()): back to back, and after 20 ms
+               idle as a ping's are; Python path and express path (net/_express.c)
 
 Usage: bin/bench --budget [--compare REV]   (or: python3 bench/budget.py [--compare REV], as root)
   --compare REV   the same stages of tunneld at REV (a tag or commit of this repository), in
@@ -222,6 +224,7 @@ def inner() -> dict:
     result.update(interleaved(stages + relay_stages + node_stages))
     result["forward_ok"] = relay_ok()
     result["engine_ok"] = node_ok()
+    result.update(lone())
     return result
 
 
@@ -231,15 +234,8 @@ def node_engines(segs: list) -> dict:
     in-memory network (tests/sim), with the TUN and the socket replaced by lists."""
     import ipaddress
 
-    from tests.sim.simnet import SimNet
-    net = SimNet()
-    net.add_node("a", nat="public")
-    net.add_node("b", nat="public")
-    net.advance(3)
-    net.send_ip("a", "b")
-    net.send_ip("b", "a")
-    net.advance(3)
-    a, b = net.nodes["a"], net.nodes["b"]
+    from tests.sim.simnet import public_pair
+    net, a, b = public_pair()
     src = ipaddress.IPv4Address(a.assignment.address).packed
     dst = ipaddress.IPv4Address(b.assignment.address).packed
     packets = [p[:12] + src + dst + p[20:] for p in segs]
@@ -323,6 +319,98 @@ STAGES = (("send", (("tun read", "tun_read"), ("split", "split"), ("clamp", "cla
           ("relay", (("forward", "forward"),)))
 
 
+LONE = 300  # lone packets per measurement
+PAUSE = 0.02  # the bench's ping interval: a hop that slept that long, its caches gone cold
+
+
+def lone() -> dict:
+    """A lone 84-byte packet through both hops of a direct pair, one at a time: tunneld0 to
+    the socket (the reader callback on tunneld0) and the socket to tunneld0, on a real TUN
+    device and real UDP sockets, two node engines after a real handshake. Back to back
+    ("warm") and each after a PAUSE ("cold"); the median hop in µs, on the Python path and,
+    where the revision has it, the express path (net/_express.c)."""
+    import statistics
+    from collections import Counter
+
+    from tests.sim.simnet import public_pair
+    from tunneld.host.tun import Tun
+    from tunneld.net.dataplane import DataPlane
+
+    _, a, b = public_pair()
+    tun = Tun.open("tdl0", persist=False, offload="tcp")
+    out: dict = {}
+    try:
+        for cmd in (("addr", "add", f"{a.assignment.address}/32", "dev", "tdl0"),
+                    ("link", "set", "tdl0", "mtu", str(MTU), "up"),
+                    ("route", "add", f"{b.assignment.address}/32", "dev", "tdl0")):
+            subprocess.run(["ip", *cmd], check=True, capture_output=True)
+        os.set_blocking(tun.fd, False)
+        socks = []
+        for _ in range(3):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(("127.0.0.1", 0))
+            s.setblocking(False)
+            socks.append(s)
+        ua, ub, app = socks
+        app.close()
+        app = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        app.bind((a.assignment.address, 0))
+        (pa_peer,), (pb_peer,) = a.peers.values(), b.peers.values()
+        pa_peer.tx_ep, pb_peer.tx_ep = ub.getsockname(), ua.getsockname()
+        a.table.version += 1
+        b.table.version += 1
+        dst = (b.assignment.address, 9)
+        for kind in ("python", "express"):
+            pa = DataPlane(tun.fd, False, ua, 1500, Counter(), lambda: None)
+            pb = DataPlane(tun.fd, False, ub, 1500, Counter(), lambda: None)
+
+            class Out:
+                def __init__(self, plane):
+                    self.plane = plane
+
+                def send(self, ep, data):
+                    self.plane.send(ep, data)
+
+                def write_tun(self, packet):
+                    self.plane.write_tun(packet)
+            a.out, b.out = Out(pa), Out(pb)
+            on_tun = lambda: pa.on_tun(a.from_tun_train)  # noqa: E731
+            on_udp = lambda: pb.on_udp(b.receive, None)  # noqa: E731
+            if kind == "express":
+                if not hasattr(pa, "use_express"):
+                    break
+                from tunneld.net.express import NodeSource
+                got_a = pa.use_express(NodeSource(a, lambda: 1, lambda: None, lambda: None, lambda: None),
+                                       lambda first, now: pa.on_tun(a.from_tun_train, first, now), None)
+                got_b = pb.use_express(NodeSource(b, lambda: 1, lambda: None, lambda: None, lambda: None),
+                                       None, lambda first, now: pb.on_udp(b.receive, None, first, now))
+                if got_a is None or got_b is None:
+                    break
+                on_tun, on_udp = got_a[0], got_b[1]
+            for _ in range(1000):  # what the device said coming up (IPv6 solicitations), gone
+                try:
+                    os.read(tun.fd, 65600)
+                except BlockingIOError:
+                    break
+            for pause, label in ((0.0, "warm"), (PAUSE, "cold")):
+                send, receive = [], []
+                for _ in range(LONE):
+                    app.sendto(b"x" * 56, dst)
+                    time.sleep(pause or 0.0001)  # the kernel's path to tunneld0 first
+                    t0 = time.perf_counter()
+                    on_tun()
+                    t1 = time.perf_counter()
+                    on_udp()
+                    t2 = time.perf_counter()
+                    send.append(t1 - t0)
+                    receive.append(t2 - t1)
+                out[f"lone_{kind}_send_{label}"] = statistics.median(send) * 1e6
+                out[f"lone_{kind}_receive_{label}"] = statistics.median(receive) * 1e6
+    finally:
+        tun.close()
+    return out
+
+
 def table(r: dict) -> str:
     r = dict(r)  # what the engines add around clamp, seal and open: lookups, checks, counters
     r["from_tun_rest"] = max(0.0, r.get("engine_send", 0.0) - r["clamp"] - r["seal"])
@@ -334,6 +422,12 @@ def table(r: dict) -> str:
         cells = "  ".join(f"{name} {r[k]:.2f}" for name, k in stages)
         lines.append(f"{side:8} {cells}  = {total:.2f} µs  ({1 / total:.2f} Mpps, "
                      f"{r['mtu'] * 8 / total / 1000:.2f} Gbit/s on one core)")
+    for kind in ("python", "express"):
+        if f"lone_{kind}_send_warm" in r:
+            lines.append(f"lone {kind:7} µs per hop (median of {LONE}), tunneld0 -> socket "
+                         f"{r[f'lone_{kind}_send_warm']:.1f}, socket -> tunneld0 {r[f'lone_{kind}_receive_warm']:.1f}; "
+                         f"after {PAUSE * 1000:.0f} ms idle: {r[f'lone_{kind}_send_cold']:.1f} and "
+                         f"{r[f'lone_{kind}_receive_cold']:.1f}")
     checks = {k: r.get(k) for k in ("tun_super_ok", "merge_ok", "udp_gso", "udp_gro", "forward_ok", "engine_ok")}
     lines.append(f"checks   {checks}")
     return "\n".join(lines)
