@@ -20,7 +20,7 @@ from collections import Counter
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 from tests.sim.simnet import public_pair  # noqa: E402
-from tunneld.engine.offload import GSO_TCPV4, NEEDS_CSUM, PLAIN_HDR, _VNET, single  # noqa: E402
+from tunneld.engine.offload import GSO_TCPV4, NEEDS_CSUM, PLAIN_HDR, _VNET, single, split  # noqa: E402
 from tunneld.engine.checksum import ip_header  # noqa: E402
 from tunneld.net import express  # noqa: E402
 from tunneld.net.dataplane import DataPlane  # noqa: E402
@@ -173,15 +173,16 @@ def case_lone_packets_cross_in_c():
 
 
 def case_what_c_does_not_carry_goes_to_python_as_read():
-    """A SYN (its MSS is clamped), VXLAN, a super-packet, IPv6, an unknown destination and a
-    checksum left deeper in: each read goes to the Python path byte for byte, and nothing of
-    it leaves from C."""
+    """A SYN (its MSS is clamped), VXLAN, a super-packet that is not TCP, another GSO type,
+    IPv6, an unknown destination and a checksum left deeper in: each read goes to the Python
+    path byte for byte, and nothing of it leaves from C."""
     a, b = pair()
     src, dst = a.address, b.address
     syn = tcp(src, dst, 1, flags=0x02)
     reads = [PLAIN_HDR + syn,
              _VNET.pack(0, 0, 0, 0, 0, 0) + udp(src, dst, b"v" * 58, dport=8472),
-             _VNET.pack(NEEDS_CSUM, GSO_TCPV4, 40, 100, 20, 16) + tcp(src, dst, 1, b"s" * 300),
+             _VNET.pack(NEEDS_CSUM, GSO_TCPV4, 40, 100, 20, 16) + udp(src, dst, b"s" * 300),  # a lie
+             _VNET.pack(NEEDS_CSUM, 5, 28, 100, 20, 6) + udp(src, dst, b"u" * 300),  # UDP GSO: not ours
              PLAIN_HDR + b"\x60" + bytes(39),
              PLAIN_HDR + icmp(src, socket.inet_aton("100.100.100.100")),
              _VNET.pack(NEEDS_CSUM, 0, 0, 0, 28, 6) + udp(src, dst, b"d" * 40)]
@@ -195,6 +196,35 @@ def case_what_c_does_not_carry_goes_to_python_as_read():
         except BlockingIOError:
             pass
     assert a.plane.express.counts["express_sent"] == 0
+
+
+def case_super_packets_are_cut_as_the_python_path_cuts_them():
+    """TCP super-packets from tunneld0 (CWR, PSH and FIN set, ECN, a short last segment, one
+    segment alone) leave in C as exactly the segments offload.split() cuts, each sealed."""
+    a, b = pair()
+    catch = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    catch.bind(("127.0.0.1", 0))
+    catch.setblocking(False)
+    a.peer().tx_ep = catch.getsockname()
+    a.engine.table.version += 1
+    opener = b.peer().keys.current
+    for payload, gso, flags, gso_type in ((4000, 1000, 0x80 | 0x18 | 0x01, GSO_TCPV4), (4321, 1380, 0x18, GSO_TCPV4),
+                                          (700, 1380, 0x10, GSO_TCPV4), (3000, 1000, 0x10, GSO_TCPV4 | 0x80)):
+        body = bytes(range(256)) * (payload // 256) + b"e" * (payload % 256)
+        packet = tcp(a.address, b.address, 0xFFFFF000, body, flags=flags, ident=0xFFFE)
+        buf = _VNET.pack(NEEDS_CSUM, gso_type, 40, gso, 20, 16) + packet
+        want, reason = split(buf)
+        assert not reason
+        a.app.send(buf)
+        a.on_tun()
+        got = []
+        for _ in range(len(want) + 1):
+            try:
+                got.append(opener.open(catch.recv(4096)))
+            except BlockingIOError:
+                break
+        assert got == want, (len(got), len(want), [g[:40].hex() for g in got], [w[:40].hex() for w in want])
+    assert not a.handed_tun and a.plane.express.counts["tun_super_reads"] == 4
 
 
 def case_a_new_path_or_a_stranger_goes_to_python_unopened():

@@ -358,3 +358,23 @@ def test_tcp_streams_are_capped_per_source_and_unauthenticated_ones_overall():
     t = PeerTransport("192.0.2.50")
     relayd.NodeStream(d).connection_made(t)
     assert not t.aborted
+
+
+def test_the_relays_trains_hold_one_lane_each():
+    """The relay forwards several processes' DATA to one node: a train it sends must hold one
+    lane only, as the node's kernel steers the whole train by its first datagram's lane."""
+    sock = FakeSocket()
+    drops, stats = Counter(), Counter()
+    b = Batch(sock, drops, stats, lanes=True)
+    b.active = True
+
+    def relayed(lane: int, i: int) -> bytes:
+        data = bytes((wire.DATA, 0, 0, 0)) + b"idx!" + bytes((lane,)) + bytes(7) + bytes([i]) * 1000
+        return wire.relayed_header(b"\x64\x40\x00\x02") + data
+    sent = [relayed(lane, i) for i, lane in enumerate((0, 0, 1, 1, 1, 0))]
+    for data in sent:
+        b.send(data, A)
+    b.flush()
+    # [0 0] and [1 1 1] in a train each, the last 0 alone (trains were [0 0 1 1 1 0] before)
+    assert [len(s[2]) if s[0] == "gso" else 1 for s in sock.sent] == [2, 3, 1]
+    assert datagrams_on_the_wire(sock) == [(d, A) for d in sent]

@@ -7,9 +7,11 @@
    on tables the engine fills (express.py), and everything else is handed back, unopened,
    to the Python path that has always handled it:
 
-     on_tun()   tunneld0 is readable: a lone IPv4 packet (no GSO, a checksum left in its
-                own TCP/UDP header or none) to a peer in `send`, not a TCP SYN nor VXLAN
-                (their MSS is clamped in Python), is sealed and sent to the peer's endpoint
+     on_tun()   tunneld0 is readable: a lone IPv4 packet (a checksum left in its own
+                TCP/UDP header or none) or a TCP super-packet (cut as segment.cut does)
+                to a peer in `send`, not a TCP SYN nor VXLAN (their MSS is clamped in
+                Python), is sealed and sent to the peer's endpoint; where the session's
+                lane runs out of counters, source.from_tun_train(the rest, now)
      on_udp()   the socket is readable: a DATA datagram (alone, or in a GRO train) from a
                 peer's endpoint (not inside the overlay), or RELAYED from the relay with
                 the peer's address, in a session of `recv` whose endpoint it came from, of
@@ -61,6 +63,7 @@
 #define DATA_MIN 32         /* wire.DATA_HEADER_LEN + wire.TAG_LEN */
 #define VNET_LEN 10         /* offload.VNET_HDR_LEN: the fields we set; a longer header is zero past them */
 #define NEEDS_CSUM 1
+#define GSO_TCPV4 1
 #define GSO_ECN 0x80
 #define VXLAN_PORT 8472     /* mss.VXLAN_PORT: its inner SYNs are clamped in Python */
 #define SOL_UDP_ 17
@@ -92,13 +95,14 @@ typedef struct {
     int has_ov, lane, count, has_relay, limit;
     unsigned char relay[6];
     unsigned long long sent, received;    /* packets that took the express path */
-    unsigned long long gso_sends, gro_reads;  /* trains out and in, as udpio.py counts them */
+    unsigned long long gso_sends, gro_reads, super_reads;  /* as udpio.py and dataplane.py count them */
     /* the outgoing train (udpio.Batch's rules): datagrams of one size (the last may be
        shorter) to one endpoint, sent in one sendmsg with UDP_SEGMENT */
     struct sockaddr_in out_to;
     Py_ssize_t out_len, out_seg, max_segment;
     int out_n, out_ended, gso;
     unsigned char out[MAX_BYTES];
+    unsigned char seg[MAX_BYTES];         /* a super-packet's segment, cut */
     unsigned char buf[BUF];
 } Express;
 
@@ -324,14 +328,77 @@ static int send_train(Express *self, const char *data, Py_ssize_t n, const struc
     return 0;
 }
 
+/* Sealed and on its way (in the outgoing train): 0, or 1 where the session's lane ran out
+   of counters (nothing sent), -1: an exception. */
+static int seal_send(Express *self, PyObject *seal, PyObject *prefix, const struct sockaddr_in *to,
+                     const unsigned char *packet, Py_ssize_t len) {
+    PyObject *pkt = PyBytes_FromStringAndSize((const char *)packet, len);
+    if (pkt == NULL) return -1;
+    PyObject *argv[2] = {pkt, prefix};
+    PyObject *sealed = PyObject_Vectorcall(seal, argv, 2, NULL);
+    Py_DECREF(pkt);
+    if (sealed == NULL) return -1;
+    if (sealed == Py_None || !PyBytes_Check(sealed)) {
+        Py_DECREF(sealed);
+        return 1;
+    }
+    int r = send_train(self, PyBytes_AS_STRING(sealed), PyBytes_GET_SIZE(sealed), to);
+    Py_DECREF(sealed);
+    if (r == 0) self->sent++;
+    return r;
+}
+
+/* As segment.cut for a plain TCPv4 super-packet (nh 0, th ihl, headers h long): segment k
+   of it into seg (h + gso bytes at most); its length. Only what varies is written: the
+   IPv4 total length, id and checksum, the sequence number, and the flags (CWR on the
+   first, PSH and FIN on the last); the TCP checksum stays the partial sum it came with. */
+static Py_ssize_t segment(unsigned char *seg, const unsigned char *p, Py_ssize_t len, int ihl, int h, int gso,
+                          Py_ssize_t k) {
+    Py_ssize_t off = h + k * gso, size = len - off < gso ? len - off : gso;
+    int flags = p[ihl + 13];
+    uint32_t seq = (((uint32_t)p[ihl + 4] << 24) | (p[ihl + 5] << 16) | (p[ihl + 6] << 8) | p[ihl + 7]) +
+                   (uint32_t)(k * gso);
+    uint16_t ident = (uint16_t)(((p[4] << 8) | p[5]) + k);
+    memcpy(seg, p, h);
+    memcpy(seg + h, p + off, size);
+    if (k > 0) flags &= ~0x80;               /* CWR: the first only */
+    if (off + size < len) flags &= ~0x09;    /* PSH and FIN: the last only */
+    seg[ihl + 13] = flags;
+    uint16_t total = (uint16_t)(h + size);
+    seg[2] = total >> 8;
+    seg[3] = total & 0xFF;
+    seg[4] = ident >> 8;
+    seg[5] = ident & 0xFF;
+    seg[10] = seg[11] = 0;
+    uint32_t c = 0;
+    for (int i = 0; i < ihl; i += 2) c += (seg[i] << 8) | seg[i + 1];
+    c = (c & 0xFFFF) + (c >> 16);
+    c = (c & 0xFFFF) + (c >> 16);
+    c = ~c & 0xFFFF;
+    seg[10] = c >> 8;
+    seg[11] = c & 0xFF;
+    seg[ihl + 4] = seq >> 24;
+    seg[ihl + 5] = (seq >> 16) & 0xFF;
+    seg[ihl + 6] = (seq >> 8) & 0xFF;
+    seg[ihl + 7] = seq & 0xFF;
+    return h + size;
+}
+
 /* 0: sent (or dropped and counted), 1: for the Python path, -1: an exception */
 static int tun_one(Express *self, Py_ssize_t n, PyObject *now) {
     const unsigned char *b = self->buf, *p = b + self->vnet_len;
     Py_ssize_t len = n - self->vnet_len;
-    if (len < 20 || (b[1] & ~GSO_ECN) != 0 || p[0] >> 4 != 4) return 1;
-    int ihl = (p[0] & 0x0F) * 4, proto = p[9];
-    if (ihl < 20 || len < ihl + (proto == 6 ? 14 : proto == 17 ? 4 : 0)) return 1;
-    if (b[0] & NEEDS_CSUM) {  /* a partial checksum is fine in the packet's own header only */
+    int gso_type = b[1] & ~GSO_ECN;
+    if (len < 20 || (gso_type != 0 && gso_type != GSO_TCPV4) || p[0] >> 4 != 4) return 1;
+    int ihl = (p[0] & 0x0F) * 4, proto = p[9], h = 0, gso = 0;
+    if (ihl < 20 || len < ihl + (proto == 6 ? 20 : proto == 17 ? 4 : 0)) return 1;
+    if (gso_type) {  /* a TCP super-packet: the checks of offload._split_tcp4, else Python's to drop */
+        uint16_t size;
+        memcpy(&size, b + 4, 2);
+        gso = size;
+        h = ihl + (p[ihl + 12] >> 4) * 4;
+        if (proto != 6 || gso == 0 || h < ihl + 20 || h >= len || h + gso > MAX_BYTES) return 1;
+    } else if (b[0] & NEEDS_CSUM) {  /* a partial checksum is fine in the packet's own header only */
         uint16_t start, offset;
         memcpy(&start, b + 6, 2);
         memcpy(&offset, b + 8, 2);
@@ -348,25 +415,46 @@ static int tun_one(Express *self, Py_ssize_t n, PyObject *now) {
     PyObject *seal = PyTuple_GET_ITEM(entry, 0), *prefix = PyTuple_GET_ITEM(entry, 1);
     PyObject *ep = PyTuple_GET_ITEM(entry, 2), *peer = PyTuple_GET_ITEM(entry, 3);
     if (!PyBytes_Check(ep) || PyBytes_GET_SIZE(ep) != 6) return 1;
-    PyObject *packet = PyBytes_FromStringAndSize((const char *)p, len);
-    if (packet == NULL) return -1;
-    PyObject *argv[2] = {packet, prefix};
-    PyObject *sealed = PyObject_Vectorcall(seal, argv, 2, NULL);
-    Py_DECREF(packet);
-    if (sealed == NULL) return -1;
-    if (sealed == Py_None || !PyBytes_Check(sealed)) {  /* the lane's counters ran out: Python's to hand on */
-        Py_DECREF(sealed);
-        return 1;
-    }
     struct sockaddr_in to = {.sin_family = AF_INET};
     const char *e = PyBytes_AS_STRING(ep);
     memcpy(&to.sin_addr, e, 4);
     memcpy(&to.sin_port, e + 4, 2);
-    int r = send_train(self, PyBytes_AS_STRING(sealed), PyBytes_GET_SIZE(sealed), &to);
-    Py_DECREF(sealed);
-    if (r < 0) return -1;
-    self->sent++;
-    if (add_attr(peer, s_tx_bytes, len) < 0 || set_time(peer, s_last_tx, now) < 0) return -1;
+    if (!gso) {
+        int r = seal_send(self, seal, prefix, &to, p, len);
+        if (r != 0) return r;  /* out of counters: the Python path hands it on */
+        return add_attr(peer, s_tx_bytes, len) < 0 || set_time(peer, s_last_tx, now) < 0 ? -1 : 0;
+    }
+    self->super_reads++;
+    Py_ssize_t count = (len - h + gso - 1) / gso, sent = 0, k = 0;
+    for (; k < count; k++) {
+        Py_ssize_t m = segment(self->seg, p, len, ihl, h, gso, k);
+        int r = seal_send(self, seal, prefix, &to, self->seg, m);
+        if (r < 0) return -1;
+        if (r > 0) break;
+        sent += m;
+    }
+    if (k < count) {  /* the lane ran out of counters: the engine has the rest, as from_tun_train */
+        PyObject *rest = PyList_New(0);
+        if (rest == NULL || flush_out(self) < 0) {
+            Py_XDECREF(rest);
+            return -1;
+        }
+        for (; k < count; k++) {
+            PyObject *seg = PyBytes_FromStringAndSize((const char *)self->seg, segment(self->seg, p, len, ihl, h,
+                                                                                         gso, k));
+            if (seg == NULL || PyList_Append(rest, seg) < 0) {
+                Py_XDECREF(seg);
+                Py_DECREF(rest);
+                return -1;
+            }
+            Py_DECREF(seg);
+        }
+        PyObject *r = PyObject_CallMethod(self->source, "from_tun_train", "OO", rest, now);
+        Py_DECREF(rest);
+        if (r == NULL) return -1;
+        Py_DECREF(r);
+    }
+    if (sent && (add_attr(peer, s_tx_bytes, sent) < 0 || set_time(peer, s_last_tx, now) < 0)) return -1;
     return 0;
 }
 
@@ -712,8 +800,9 @@ static PyMethodDef Express_methods[] = {
     {NULL}};
 
 static PyObject *Express_get_counts(Express *self, void *c) {
-    return Py_BuildValue("{sKsKsKsK}", "express_sent", self->sent, "express_received", self->received,
-                         "udp_gso_sends", self->gso_sends, "udp_gro_reads", self->gro_reads);
+    return Py_BuildValue("{sKsKsKsKsK}", "express_sent", self->sent, "express_received", self->received,
+                         "udp_gso_sends", self->gso_sends, "udp_gro_reads", self->gro_reads, "tun_super_reads",
+                         self->super_reads);
 }
 
 static PyGetSetDef Express_getset[] = {

@@ -90,6 +90,10 @@ class NodeSource:
     def relay_heard(self, s, now: float) -> None:
         self.node.relay.last_rx = now  # as for relayed data in Node.receive
 
+    def from_tun_train(self, packets: list, now: float) -> None:
+        """A super-packet's segments the session's lane has no counters left for."""
+        self.node.from_tun_train(packets, now)
+
 
 class LaneSource:
     """A worker's Lane: its peers, and the sessions it holds; relay(): where the relay is."""
@@ -120,6 +124,9 @@ class LaneSource:
             self.lane.opened(s, peer, plaintext, msg, RELAY if ep is None else ep, now)
         except Exception:
             self.error()
+
+    def from_tun_train(self, packets: list, now: float) -> None:
+        self.lane.from_tun_train(packets, now)
 
     def relay_heard(self, s, now: float) -> None:
         lane = self.lane

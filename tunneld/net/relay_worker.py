@@ -49,7 +49,7 @@ class Worker:
         self.ctl = ctl
         self.drops: Counter = Counter()
         self.stats: Counter = Counter()
-        self.batch = Batch(sock, self.drops, self.stats, mtu - wire.UDP_OVERHEAD_IPV4)
+        self.batch = Batch(sock, self.drops, self.stats, mtu - wire.UDP_OVERHEAD_IPV4, lanes=True)
         self.gro = enable_gro(sock)
         self.backlog = Backlog()  # the relay: only relayed DATA is ever stale
         self.by_endpoint: dict = {}  # (host, port) -> (relayed prefix, addr)

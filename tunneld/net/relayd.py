@@ -306,7 +306,7 @@ class RelayDaemon(Daemon):
             await shared.start()
         self.gro = enable_gro(self.sock)
         self.stats = Counter()
-        self.batch = Batch(self.sock, self.drops, self.stats, relay_mtu - UDP_OVERHEAD_IPV4)
+        self.batch = Batch(self.sock, self.drops, self.stats, relay_mtu - UDP_OVERHEAD_IPV4, lanes=True)
         server = await loop.create_server(lambda: NodeStream(self), sock=tcp_sock, backlog=1024)
         ctl = await ctlsock.serve(os.path.join(state_dir, SOCKET_FILE), self._control)
         loop.add_reader(self.sock.fileno(), self._on_udp)

@@ -25,6 +25,7 @@ import struct
 from time import time
 
 from ..drops import Drop
+from ..engine.lanes import lane_of
 from .backlog import Backlog, enable_stamps
 
 log = logging.getLogger("tunneld")
@@ -111,10 +112,15 @@ def reads(sock: socket.socket, gro: bool, drops, stats, limit: int, backlog: Bac
 class Batch:
     """Outgoing datagrams, held while `active` and sent by flush(); sent at once otherwise."""
 
-    def __init__(self, sock: socket.socket, drops, stats, max_segment: int = ETHERNET_SEGMENT):
+    def __init__(self, sock: socket.socket, drops, stats, max_segment: int = ETHERNET_SEGMENT,
+                 lanes: bool = False):
         """max_segment: the largest datagram that may join a train, what one frame of the
-        underlay carries (its MTU less the IPv4 and UDP headers)."""
+        underlay carries (its MTU less the IPv4 and UDP headers). lanes: a train holds DATA
+        of one lane only (the relay's: it forwards several senders' processes to one node,
+        whose kernel steers a train to a process by its first datagram's lane)."""
         self.sock = sock
+        self.lanes = lanes
+        self.lane = 0
         self.max_segment = max_segment
         self.drops = drops
         self.stats = stats
@@ -132,12 +138,13 @@ class Batch:
             return
         bufs = self.bufs
         n = len(data)
+        lane = lane_of(data) if self.lanes else 0
         if n > self.max_segment:  # alone, in order: the kernel fragments it, a train it would refuse
             if bufs:
                 self.flush()
             self._sendto(data, addr)
             return
-        if (bufs and addr == self.addr and not self.ended and n <= self.size
+        if (bufs and addr == self.addr and not self.ended and n <= self.size and lane == self.lane
                 and len(bufs) < MAX_SEGMENTS and self.total + n <= MAX_BYTES):
             bufs.append(data)
             self.total += n
@@ -148,6 +155,7 @@ class Batch:
             self.flush()
         self.bufs = [data]
         self.addr = addr
+        self.lane = lane
         self.size = self.total = n
         self.ended = False
 
