@@ -53,7 +53,7 @@ def icmp(src, dst, payload=b"ping" * 14):
 class Node:
     """One engine, its DataPlane, its socket, and its TUN device's far end (`app`)."""
 
-    def __init__(self, engine):
+    def __init__(self, engine, tunnel: bool = False):
         self.engine = engine
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
@@ -65,7 +65,7 @@ class Node:
         self.tun = tun
         self.drops: Counter = Counter()
         self.errors = 0
-        self.plane = DataPlane(tun.fileno(), False, self.sock, 1500, self.drops, self.error)
+        self.plane = DataPlane(tun.fileno(), tunnel, self.sock, 1500, self.drops, self.error)
         self.handed_tun: list = []
         self.handed_udp: list = []
         self.relay = None  # where a case's relay speaks from (over UDP)
@@ -116,11 +116,11 @@ class Node:
         return socket.inet_aton(self.engine.assignment.address)
 
 
-def pair():
+def pair(tunnel: bool = False):
     if express.Express is None:
         raise SystemExit("the express path (tunneld/net/_express.c) is not built")
     _, ea, eb = public_pair()
-    a, b = Node(ea), Node(eb)
+    a, b = Node(ea, tunnel), Node(eb, tunnel)
     # the real sockets are where each sends the other
     a.peer().tx_ep, b.peer().tx_ep = b.sock.getsockname(), a.sock.getsockname()
     a.engine.table.version += 1
@@ -225,6 +225,47 @@ def case_super_packets_are_cut_as_the_python_path_cuts_them():
                 break
         assert got == want, (len(got), len(want), [g[:40].hex() for g in got], [w[:40].hex() for w in want])
     assert not a.handed_tun and a.plane.express.counts["tun_super_reads"] == 4
+
+
+def vxlan_super(a, b, payload: int, gso: int, flags: int) -> bytes:
+    """flannel's VXLAN as the kernel hands it over whole (tunnel_split.py): the 24-byte header,
+    outer IPv4 and UDP to 8472, VXLAN, Ethernet, a pod's TCP segment of payload bytes."""
+    pod_a, pod_b = socket.inet_aton("198.18.1.2"), socket.inet_aton("198.18.2.2")
+    inner = tcp(pod_a, pod_b, 0x7FFFFFF0, bytes(range(256)) * (payload // 256) + b"p" * (payload % 256),
+                flags=flags, ident=0xFFFF)
+    inner = inner[:36] + struct.pack("!H", 0xABCD) + inner[38:]  # the partial sum the kernel leaves
+    vxlan = b"\x08\x00\x00\x00\x00\x00\x01\x00" + bytes(6) + bytes(6) + b"\x08\x00" + inner
+    outer = ipv4(a, b, 17, struct.pack("!HHHH", 41234, 8472, 8 + len(vxlan), 0) + vxlan, ident=0xFFF0)
+    inner_nh = 20 + 8 + 8 + 14
+    head = _VNET.pack(NEEDS_CSUM, 0x21, inner_nh + 40, gso, inner_nh + 20, 16)
+    return head + bytes(10) + struct.pack("<HH", 20, inner_nh) + outer
+
+
+def case_vxlan_super_packets_are_cut_as_the_python_path_cuts_them():
+    """flannel's VXLAN, handed over whole: cut in C into exactly the VXLAN packets
+    tunnel_split cuts, each sealed with the inner TCP checksum's place in its DATA header."""
+    a, b = pair(tunnel=True)
+    catch = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    catch.bind(("127.0.0.1", 0))
+    catch.setblocking(False)
+    a.peer().tx_ep = catch.getsockname()
+    a.engine.table.version += 1
+    opener = b.peer().keys.current
+    for payload, gso, flags in ((5000, 1330, 0x80 | 0x18), (1000, 1330, 0x10), (2660, 1330, 0x11)):
+        buf = vxlan_super(a.address, b.address, payload, gso, flags)
+        want, reason = split(buf, 24)
+        assert not reason, reason
+        a.app.send(buf)
+        a.on_tun()
+        got = []
+        for _ in range(len(want) + 1):
+            try:
+                msg = catch.recv(4096)
+            except BlockingIOError:
+                break
+            got.append(bytes((wire.PARTIAL, 0, msg[1], 0, msg[2])) + opener.open(msg))
+        assert got == want, (len(got), len(want), [g[:90].hex() for g in got], [w[:90].hex() for w in want])
+    assert not a.handed_tun and a.plane.express.counts["tun_tunnel_reads"] == 3
 
 
 def case_a_new_path_or_a_stranger_goes_to_python_unopened():

@@ -50,6 +50,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <arpa/inet.h>
+#include <endian.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -64,6 +65,8 @@
 #define VNET_LEN 10         /* offload.VNET_HDR_LEN: the fields we set; a longer header is zero past them */
 #define NEEDS_CSUM 1
 #define GSO_TCPV4 1
+#define GSO_UDP_TUNNEL_IPV4 0x20  /* tunnel_split.py */
+#define VNET_TNL_LEN 24
 #define GSO_ECN 0x80
 #define VXLAN_PORT 8472     /* mss.VXLAN_PORT: its inner SYNs are clamped in Python */
 #define SOL_UDP_ 17
@@ -95,7 +98,7 @@ typedef struct {
     int has_ov, lane, count, has_relay, limit;
     unsigned char relay[6];
     unsigned long long sent, received;    /* packets that took the express path */
-    unsigned long long gso_sends, gro_reads, super_reads;  /* as udpio.py and dataplane.py count them */
+    unsigned long long gso_sends, gro_reads, super_reads, tunnel_reads;  /* as udpio.py and dataplane.py count */
     /* the outgoing train (udpio.Batch's rules): datagrams of one size (the last may be
        shorter) to one endpoint, sent in one sendmsg with UDP_SEGMENT */
     struct sockaddr_in out_to;
@@ -331,11 +334,11 @@ static int send_train(Express *self, const char *data, Py_ssize_t n, const struc
 /* Sealed and on its way (in the outgoing train): 0, or 1 where the session's lane ran out
    of counters (nothing sent), -1: an exception. */
 static int seal_send(Express *self, PyObject *seal, PyObject *prefix, const struct sockaddr_in *to,
-                     const unsigned char *packet, Py_ssize_t len) {
+                     const unsigned char *packet, Py_ssize_t len, PyObject *meta) {
     PyObject *pkt = PyBytes_FromStringAndSize((const char *)packet, len);
     if (pkt == NULL) return -1;
-    PyObject *argv[2] = {pkt, prefix};
-    PyObject *sealed = PyObject_Vectorcall(seal, argv, 2, NULL);
+    PyObject *argv[3] = {pkt, prefix, meta};
+    PyObject *sealed = PyObject_Vectorcall(seal, argv, meta ? 3 : 2, NULL);
     Py_DECREF(pkt);
     if (sealed == NULL) return -1;
     if (sealed == Py_None || !PyBytes_Check(sealed)) {
@@ -348,40 +351,77 @@ static int seal_send(Express *self, PyObject *seal, PyObject *prefix, const stru
     return r;
 }
 
-/* As segment.cut for a plain TCPv4 super-packet (nh 0, th ihl, headers h long): segment k
-   of it into seg (h + gso bytes at most); its length. Only what varies is written: the
-   IPv4 total length, id and checksum, the sequence number, and the flags (CWR on the
-   first, PSH and FIN on the last); the TCP checksum stays the partial sum it came with. */
-static Py_ssize_t segment(unsigned char *seg, const unsigned char *p, Py_ssize_t len, int ihl, int h, int gso,
-                          Py_ssize_t k) {
+static uint16_t be16(const unsigned char *p) { return (uint16_t)((p[0] << 8) | p[1]); }
+
+static void put16(unsigned char *p, uint32_t v) {
+    p[0] = (v >> 8) & 0xFF;
+    p[1] = v & 0xFF;
+}
+
+static uint32_t fold(uint32_t c) {
+    c = (c & 0xFFFF) + (c >> 16);
+    return (c & 0xFFFF) + (c >> 16);
+}
+
+/* An IPv4 header's checksum field, its own zero while summed. */
+static void ip_checksum(unsigned char *hdr, int len) {
+    uint32_t c = 0;
+    hdr[10] = hdr[11] = 0;
+    for (int i = 0; i < len; i += 2) c += be16(hdr + i);
+    put16(hdr + 10, ~fold(c) & 0xFFFF);
+}
+
+/* As segment.cut: segment k of the super-packet p (len bytes) cut at gso into seg; its
+   length. The TCP/IPv4 stream at nh and th, the headers h long; outer_th >= 0: inside a UDP
+   tunnel (VXLAN) whose outer IPv4 header starts at 0 and whose UDP header is at outer_th.
+   Only what varies is written: the IPv4 total lengths, ids and checksums, the outer UDP
+   length (its checksum zero), the sequence number, the flags (CWR on the first segment, PSH
+   and FIN on the last); the TCP checksum stays the partial sum the kernel left, or in a
+   tunnel becomes the pseudo-header's, for the receiving kernel to complete (offload.py). */
+static Py_ssize_t segment(unsigned char *seg, const unsigned char *p, Py_ssize_t len, int nh, int th, int h,
+                          int outer_th, int gso, Py_ssize_t k) {
     Py_ssize_t off = h + k * gso, size = len - off < gso ? len - off : gso;
-    int flags = p[ihl + 13];
-    uint32_t seq = (((uint32_t)p[ihl + 4] << 24) | (p[ihl + 5] << 16) | (p[ihl + 6] << 8) | p[ihl + 7]) +
+    int flags = p[th + 13];
+    uint32_t seq = (((uint32_t)p[th + 4] << 24) | (p[th + 5] << 16) | (p[th + 6] << 8) | p[th + 7]) +
                    (uint32_t)(k * gso);
-    uint16_t ident = (uint16_t)(((p[4] << 8) | p[5]) + k);
     memcpy(seg, p, h);
     memcpy(seg + h, p + off, size);
     if (k > 0) flags &= ~0x80;               /* CWR: the first only */
     if (off + size < len) flags &= ~0x09;    /* PSH and FIN: the last only */
-    seg[ihl + 13] = flags;
-    uint16_t total = (uint16_t)(h + size);
-    seg[2] = total >> 8;
-    seg[3] = total & 0xFF;
-    seg[4] = ident >> 8;
-    seg[5] = ident & 0xFF;
-    seg[10] = seg[11] = 0;
-    uint32_t c = 0;
-    for (int i = 0; i < ihl; i += 2) c += (seg[i] << 8) | seg[i + 1];
-    c = (c & 0xFFFF) + (c >> 16);
-    c = (c & 0xFFFF) + (c >> 16);
-    c = ~c & 0xFFFF;
-    seg[10] = c >> 8;
-    seg[11] = c & 0xFF;
-    seg[ihl + 4] = seq >> 24;
-    seg[ihl + 5] = (seq >> 16) & 0xFF;
-    seg[ihl + 6] = (seq >> 8) & 0xFF;
-    seg[ihl + 7] = seq & 0xFF;
-    return h + size;
+    seg[th + 13] = flags;
+    uint32_t total = (uint32_t)(h + size);
+    if (outer_th >= 0) {
+        put16(seg + 2, total);
+        put16(seg + 4, be16(p + 4) + k);
+        ip_checksum(seg, outer_th);
+        put16(seg + outer_th + 4, total - outer_th);
+        put16(seg + outer_th + 6, 0);
+        uint32_t pseudo = be16(p + nh + 12) + be16(p + nh + 14) + be16(p + nh + 16) + be16(p + nh + 18) + 6;
+        put16(seg + th + 16, fold(pseudo + total - th));
+    }
+    put16(seg + nh + 2, total - nh);
+    put16(seg + nh + 4, be16(p + nh + 4) + k);
+    ip_checksum(seg + nh, th - nh);
+    seg[th + 4] = seq >> 24;
+    seg[th + 5] = (seq >> 16) & 0xFF;
+    seg[th + 6] = (seq >> 8) & 0xFF;
+    seg[th + 7] = seq & 0xFF;
+    return total;
+}
+
+/* A tunnel segment as the Python path carries it: behind wire.PARTIAL's header naming the
+   inner TCP checksum's place (tunnel_split.py). */
+static PyObject *partial_packet(const unsigned char *seg, Py_ssize_t m, int th) {
+    PyObject *out = PyBytes_FromStringAndSize(NULL, m + 5);
+    if (out == NULL) return NULL;
+    unsigned char *w = (unsigned char *)PyBytes_AS_STRING(out);
+    w[0] = PARTIAL_TYPE;
+    w[1] = 0;
+    w[2] = th;
+    w[3] = 0;
+    w[4] = 16;
+    memcpy(w + 5, seg, m);
+    return out;
 }
 
 /* 0: sent (or dropped and counted), 1: for the Python path, -1: an exception */
@@ -389,23 +429,33 @@ static int tun_one(Express *self, Py_ssize_t n, PyObject *now) {
     const unsigned char *b = self->buf, *p = b + self->vnet_len;
     Py_ssize_t len = n - self->vnet_len;
     int gso_type = b[1] & ~GSO_ECN;
-    if (len < 20 || (gso_type != 0 && gso_type != GSO_TCPV4) || p[0] >> 4 != 4) return 1;
-    int ihl = (p[0] & 0x0F) * 4, proto = p[9], h = 0, gso = 0;
+    int tunnel = gso_type == (GSO_UDP_TUNNEL_IPV4 | GSO_TCPV4) && self->vnet_len >= VNET_TNL_LEN;
+    if (len < 20 || (gso_type != 0 && gso_type != GSO_TCPV4 && !tunnel) || p[0] >> 4 != 4) return 1;
+    int ihl = (p[0] & 0x0F) * 4, proto = p[9], nh = 0, th = ihl, outer_th = -1, h = 0, gso = 0;
+    uint16_t start, offset, size;
+    memcpy(&size, b + 4, 2);
+    memcpy(&start, b + 6, 2);
+    memcpy(&offset, b + 8, 2);
     if (ihl < 20 || len < ihl + (proto == 6 ? 20 : proto == 17 ? 4 : 0)) return 1;
-    if (gso_type) {  /* a TCP super-packet: the checks of offload._split_tcp4, else Python's to drop */
-        uint16_t size;
-        memcpy(&size, b + 4, 2);
-        gso = size;
-        h = ihl + (p[ihl + 12] >> 4) * 4;
-        if (proto != 6 || gso == 0 || h < ihl + 20 || h >= len || h + gso > MAX_BYTES) return 1;
-    } else if (b[0] & NEEDS_CSUM) {  /* a partial checksum is fine in the packet's own header only */
-        uint16_t start, offset;
-        memcpy(&start, b + 6, 2);
-        memcpy(&offset, b + 8, 2);
+    if (tunnel) {  /* flannel's VXLAN whole: the checks of tunnel_split.split_udp_tunnel4 */
+        uint16_t offsets[2];
+        memcpy(offsets, b + 20, 4);  /* outer UDP header, inner IPv4 header: little-endian */
+        outer_th = le16toh(offsets[0]);
+        nh = le16toh(offsets[1]);
+        th = start;
+        if (len < th + 20 || ihl != outer_th || proto != 17 || nh < outer_th + 8 || p[nh] >> 4 != 4 ||
+            p[nh + 9] != 6 || th != nh + (p[nh] & 0x0F) * 4 || th > 255)
+            return 1;
+    } else if (!gso_type && (b[0] & NEEDS_CSUM)) {  /* a partial checksum is fine in the packet's own header only */
         if (start != ihl || !((proto == 6 && offset == 16) || (proto == 17 && offset == 6))) return 1;
     }
-    if (proto == 6 && (p[ihl + 13] & 0x02)) return 1;  /* a SYN: its MSS is clamped */
-    if (proto == 17 && ((p[ihl + 2] << 8) | p[ihl + 3]) == VXLAN_PORT) return 1;
+    if (gso_type) {  /* a TCP super-packet (offload._split_tcp4's checks), else Python's to drop */
+        gso = size;
+        h = th + (p[th + 12] >> 4) * 4;
+        if ((!tunnel && proto != 6) || gso == 0 || h < th + 20 || h >= len || h + gso > MAX_BYTES) return 1;
+    }
+    if ((proto == 6 || tunnel) && (p[th + 13] & 0x02)) return 1;  /* a SYN: its MSS is clamped */
+    if (proto == 17 && !tunnel && ((p[ihl + 2] << 8) | p[ihl + 3]) == VXLAN_PORT) return 1;
     PyObject *key = PyBytes_FromStringAndSize((const char *)p + 16, 4);
     if (key == NULL) return -1;
     PyObject *entry = PyDict_GetItemWithError(self->send, key);
@@ -420,19 +470,29 @@ static int tun_one(Express *self, Py_ssize_t n, PyObject *now) {
     memcpy(&to.sin_addr, e, 4);
     memcpy(&to.sin_port, e + 4, 2);
     if (!gso) {
-        int r = seal_send(self, seal, prefix, &to, p, len);
+        int r = seal_send(self, seal, prefix, &to, p, len, NULL);
         if (r != 0) return r;  /* out of counters: the Python path hands it on */
         return add_attr(peer, s_tx_bytes, len) < 0 || set_time(peer, s_last_tx, now) < 0 ? -1 : 0;
     }
-    self->super_reads++;
+    if (tunnel)
+        self->tunnel_reads++;
+    else
+        self->super_reads++;
+    /* in a tunnel, the inner TCP checksum's place goes in the DATA header (wire.py) */
+    PyObject *meta = NULL;
+    if (tunnel && (meta = PyBytes_FromStringAndSize((const char[]){(char)th, 16, 0}, 3)) == NULL) return -1;
     Py_ssize_t count = (len - h + gso - 1) / gso, sent = 0, k = 0;
     for (; k < count; k++) {
-        Py_ssize_t m = segment(self->seg, p, len, ihl, h, gso, k);
-        int r = seal_send(self, seal, prefix, &to, self->seg, m);
-        if (r < 0) return -1;
+        Py_ssize_t m = segment(self->seg, p, len, nh, th, h, outer_th, gso, k);
+        int r = seal_send(self, seal, prefix, &to, self->seg, m, meta);
+        if (r < 0) {
+            Py_XDECREF(meta);
+            return -1;
+        }
         if (r > 0) break;
         sent += m;
     }
+    Py_XDECREF(meta);
     if (k < count) {  /* the lane ran out of counters: the engine has the rest, as from_tun_train */
         PyObject *rest = PyList_New(0);
         if (rest == NULL || flush_out(self) < 0) {
@@ -440,8 +500,9 @@ static int tun_one(Express *self, Py_ssize_t n, PyObject *now) {
             return -1;
         }
         for (; k < count; k++) {
-            PyObject *seg = PyBytes_FromStringAndSize((const char *)self->seg, segment(self->seg, p, len, ihl, h,
-                                                                                         gso, k));
+            Py_ssize_t m = segment(self->seg, p, len, nh, th, h, outer_th, gso, k);
+            PyObject *seg = tunnel ? partial_packet(self->seg, m, th)
+                                   : PyBytes_FromStringAndSize((const char *)self->seg, m);
             if (seg == NULL || PyList_Append(rest, seg) < 0) {
                 Py_XDECREF(seg);
                 Py_DECREF(rest);
@@ -800,9 +861,9 @@ static PyMethodDef Express_methods[] = {
     {NULL}};
 
 static PyObject *Express_get_counts(Express *self, void *c) {
-    return Py_BuildValue("{sKsKsKsKsK}", "express_sent", self->sent, "express_received", self->received,
+    return Py_BuildValue("{sKsKsKsKsKsK}", "express_sent", self->sent, "express_received", self->received,
                          "udp_gso_sends", self->gso_sends, "udp_gro_reads", self->gro_reads, "tun_super_reads",
-                         self->super_reads);
+                         self->super_reads, "tun_tunnel_reads", self->tunnel_reads);
 }
 
 static PyGetSetDef Express_getset[] = {
