@@ -23,8 +23,10 @@ ROUNDS rounds (the floor this machine allows), divided by the packets it handled
                merge      offload.Coalescer: segments back into one super-packet
                tun write  one os.writev of it, per segment
   relay        forward    Relay.receive of a RELAYED datagram: look up, rewrite, hand on
+  express      the same super-packet through the express path (net/_express.c) each way:
+               cut, seal and send in C; receive, open in C, merged, written
   lone         a lone 84-byte packet's hop each way (lone()): back to back, and after 20 ms
-               idle as a ping's are; Python path and express path (net/_express.c)
+               idle as a ping's are; Python path and express path
 
 Usage: bin/bench --budget [--compare REV]   (or: python3 bench/budget.py [--compare REV], as root)
   --compare REV   the same stages of tunneld at REV (a tag or commit of this repository), in
@@ -225,6 +227,7 @@ def inner() -> dict:
     result["forward_ok"] = relay_ok()
     result["engine_ok"] = node_ok()
     result.update(lone())
+    result.update(express_train())
     return result
 
 
@@ -317,6 +320,34 @@ STAGES = (("send", (("tun read", "tun_read"), ("split", "split"), ("clamp", "cla
           ("receive", (("receive", "receive"), ("open", "open"), ("rest of receive", "receive_rest"),
                        ("merge", "merge"), ("tun write", "tun_write"))),
           ("relay", (("forward", "forward"),)))
+
+
+def express_train() -> dict:
+    """The express path (net/_express.c) on a whole super-packet, µs per segment: the read
+    callback on tunneld0 (cut, seal, one train out) and the one on the socket (one GRO read,
+    open, merged back for tunneld0), each TUN device one end of a datagram socketpair
+    (tests/lab/express_cases.py's pair). Empty where the revision has no express path."""
+    try:
+        from tests.lab.express_cases import pair
+        from tunneld.engine.offload import GSO_TCPV4, NEEDS_CSUM, _VNET
+        a, b = pair()
+    except (ImportError, SystemExit, TypeError):
+        return {}
+    b.sock.setsockopt(17, 104, 1)  # UDP_GRO, as the daemon's socket
+    size = MTU - 52
+    buf = _VNET.pack(NEEDS_CSUM, GSO_TCPV4, 52, size, 20, 16) + tcp_super(a.address, b.address, SEGMENTS, size)
+    written = []
+
+    def send():
+        a.app.send(buf)
+        a.on_tun()
+
+    def receive():
+        b.on_udp()
+        written.extend(b.written())
+    out = in_turn(send, receive)
+    ok = bool(written) and all(len(w) > 10 * size for w in written) and not a.handed_tun and not b.handed_udp
+    return {"express_send": out[0], "express_receive": out[1], "express_ok": ok}
 
 
 LONE = 300  # lone packets per measurement
@@ -422,13 +453,17 @@ def table(r: dict) -> str:
         cells = "  ".join(f"{name} {r[k]:.2f}" for name, k in stages)
         lines.append(f"{side:8} {cells}  = {total:.2f} µs  ({1 / total:.2f} Mpps, "
                      f"{r['mtu'] * 8 / total / 1000:.2f} Gbit/s on one core)")
+    if "express_send" in r:
+        lines.append(f"express  the same super-packet in C (net/_express.c): cut, seal, send {r['express_send']:.2f}; "
+                     f"receive, open, merge, tun write {r['express_receive']:.2f} µs per packet")
     for kind in ("python", "express"):
         if f"lone_{kind}_send_warm" in r:
             lines.append(f"lone {kind:7} µs per hop (median of {LONE}), tunneld0 -> socket "
                          f"{r[f'lone_{kind}_send_warm']:.1f}, socket -> tunneld0 {r[f'lone_{kind}_receive_warm']:.1f}; "
                          f"after {PAUSE * 1000:.0f} ms idle: {r[f'lone_{kind}_send_cold']:.1f} and "
                          f"{r[f'lone_{kind}_receive_cold']:.1f}")
-    checks = {k: r.get(k) for k in ("tun_super_ok", "merge_ok", "udp_gso", "udp_gro", "forward_ok", "engine_ok")}
+    checks = {k: r.get(k) for k in ("tun_super_ok", "merge_ok", "udp_gso", "udp_gro", "forward_ok", "engine_ok",
+                                    "express_ok") if k in r}
     lines.append(f"checks   {checks}")
     return "\n".join(lines)
 

@@ -23,6 +23,7 @@ from tests.sim.simnet import public_pair  # noqa: E402
 from tunneld.engine.offload import GSO_TCPV4, NEEDS_CSUM, PLAIN_HDR, _VNET, single, split  # noqa: E402
 from tunneld.engine.checksum import ip_header  # noqa: E402
 from tunneld.net import express  # noqa: E402
+from tunneld.net import backlog  # noqa: E402
 from tunneld.net.dataplane import DataPlane  # noqa: E402
 from tunneld.net.express import NodeSource  # noqa: E402
 from tunneld.proto import wire  # noqa: E402
@@ -409,14 +410,47 @@ def case_relayed_data_crosses_in_c():
     assert b.plane.express.counts["express_received"] == 1
 
 
-def case_a_read_that_waited_goes_to_the_backlog_judge():
-    """A datagram that sat in the socket past the backlog's target goes to the Python path,
-    where backlog.py decides whether the queue stands (here: the first of a watch, opened)."""
+def case_a_standing_queue_is_dropped_as_the_backlog_says():
+    """backlog.py's rules in C: a read that waited past the target starts a watch and is
+    opened; one still waiting when the watch ends is dropped unopened and counted `stale`;
+    a fresh one ends the watch."""
     a, b = pair()
-    a.sock.sendto(a.peer().keys.current.seal(icmp(a.address, b.address)), b.sock.getsockname())
-    time.sleep(0.08)
-    b.on_udp()
-    assert len(b.handed_udp) == 1 and b.handed_udp[0][3] > 0
+    s = a.peer().keys.current
+    ping = icmp(a.address, b.address)
+
+    def arrive(wait):
+        a.sock.sendto(s.seal(ping), b.sock.getsockname())
+        time.sleep(wait)
+        b.on_udp()
+        return len(b.written())
+    assert arrive(backlog.TARGET * 4) == 1 and b.plane.backlog.watch_until > 0
+    assert arrive(backlog.INTERVAL * 1.5) == 0 and b.drops["stale"] == 1, dict(b.drops)
+    assert arrive(0) == 1 and b.plane.backlog.watch_until == 0
+    assert not b.handed_udp
+
+
+def case_routed_destinations_go_to_their_peer():
+    """A destination in a prefix the peer advertises (routed pods) leaves in C for that peer;
+    one in no prefix goes to the Python path."""
+    a, b = pair()
+    catch = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    catch.bind(("127.0.0.1", 0))
+    catch.setblocking(False)
+    peer = a.peer()
+    peer.tx_ep = catch.getsockname()
+    net = int.from_bytes(socket.inet_aton("198.18.2.0"), "big")
+    a.engine.routes.table = [(net | 0x80, 0xFFFFFF80, peer), (net, 0xFFFFFF00, peer)]
+    a.engine.table.version += 1
+    for dst in ("198.18.2.9", "198.18.2.200"):
+        packet = udp(a.address, socket.inet_aton(dst), b"r" * 40, csum=0)
+        a.app.send(PLAIN_HDR + packet)
+        a.on_tun()
+        settle(catch)
+        assert b.peer().keys.current.open(catch.recv(4096)) == packet
+    stray = PLAIN_HDR + udp(a.address, socket.inet_aton("198.18.3.1"), b"s" * 40, csum=0)
+    a.app.send(stray)
+    a.on_tun()
+    assert a.handed_tun == [stray]
 
 
 CASES = {name[5:]: fn for name, fn in globals().items() if name.startswith("case_")}

@@ -15,7 +15,7 @@
      on_udp()   the socket is readable: a DATA datagram (alone, or in a GRO train) from a
                 peer's endpoint (not inside the overlay), or RELAYED from the relay with
                 the peer's address, in a session of `recv` whose endpoint it came from, of
-                our lane, that waited less than the backlog's target, is opened (relayed:
+                our lane, not stale by the backlog's rules (backlog.py), is opened (relayed:
                 source.relay_heard(session, now) at most every RELAY_HEARD_EVERY); an IPv4 packet from
                 the peer's own address (or a prefix it may send from) goes to tunneld0
                 as offload.single() writes it, TCP in a GRO train by way of the coalescer, a
@@ -34,7 +34,8 @@
      recv: {index (4 bytes): (session, open, peer, peer address (4 bytes), endpoint, sources)}
      endpoint: 4 address bytes + 2 port bytes, big-endian; sources: the peer's accepted
      prefixes as (network, mask) pairs of 4 bytes each, big-endian; overlay: (network, mask)
-     or None -> (send, recv, overlay, lane, count)
+     or None; routes: the accepted prefixes as (network, mask, peer address), 12 bytes each,
+     longest first -> (send, recv, overlay, lane, count, routes)
    relay(endpoint or None)   where the relay speaks from (None: not over UDP); only RELAYED
                              DATA from there is ours, and the tables are taken again
 
@@ -71,7 +72,8 @@
 #define VXLAN_PORT 8472     /* mss.VXLAN_PORT: its inner SYNs are clamped in Python */
 #define SOL_UDP_ 17
 #define UDP_GRO_ 104
-#define TARGET 0.05         /* backlog.TARGET */
+#define TARGET 0.005        /* backlog.TARGET */
+#define INTERVAL 0.1        /* backlog.INTERVAL */
 #define UDP_SEGMENT_ 103
 #define MAX_SEGMENTS 64     /* udpio.MAX_SEGMENTS */
 #define MAX_BYTES 65000     /* udpio.MAX_BYTES */
@@ -83,8 +85,9 @@ typedef struct {
     PyObject_HEAD
     int tun, udp, vnet_len;
     PyObject *send, *recv;                /* dicts, see load() */
+    PyObject *routes;                     /* bytes: (network, mask, peer address) longest first */
     PyObject *drops;                      /* the data plane's Counter */
-    PyObject *send_full, *send_error, *tun_write_error;  /* its Drop members */
+    PyObject *send_full, *send_error, *tun_write_error, *stale_drop;  /* its Drop members */
     PyObject *opened;                     /* the engine's code after opening */
     PyObject *backlog;                    /* backlog.Backlog: a fresh read ends its watch */
     PyObject *source;                     /* express.py's: tables(), opened() and versioned */
@@ -151,10 +154,12 @@ static int endpoint(PyObject *ep, unsigned char out[6]) {
 static void Express_dealloc(Express *self) {
     Py_XDECREF(self->send);
     Py_XDECREF(self->recv);
+    Py_XDECREF(self->routes);
     Py_XDECREF(self->drops);
     Py_XDECREF(self->send_full);
     Py_XDECREF(self->send_error);
     Py_XDECREF(self->tun_write_error);
+    Py_XDECREF(self->stale_drop);
     Py_XDECREF(self->opened);
     Py_XDECREF(self->backlog);
     Py_XDECREF(self->source);
@@ -193,14 +198,15 @@ static int Express_init(Express *self, PyObject *args, PyObject *kw) {
         PyErr_SetString(PyExc_ValueError, "vnet_len: 10 to 64");
         return -1;
     }
-    if (!PyTuple_Check(reasons) || PyTuple_GET_SIZE(reasons) != 3) {
-        PyErr_SetString(PyExc_ValueError, "reasons: (send_full, send_error, tun_write_error)");
+    if (!PyTuple_Check(reasons) || PyTuple_GET_SIZE(reasons) != 4) {
+        PyErr_SetString(PyExc_ValueError, "reasons: (send_full, send_error, tun_write_error, stale)");
         return -1;
     }
     Py_XSETREF(self->drops, Py_NewRef(drops));
     Py_XSETREF(self->send_full, Py_NewRef(PyTuple_GET_ITEM(reasons, 0)));
     Py_XSETREF(self->send_error, Py_NewRef(PyTuple_GET_ITEM(reasons, 1)));
     Py_XSETREF(self->tun_write_error, Py_NewRef(PyTuple_GET_ITEM(reasons, 2)));
+    Py_XSETREF(self->stale_drop, Py_NewRef(PyTuple_GET_ITEM(reasons, 3)));
     Py_XSETREF(self->backlog, Py_NewRef(backlog));
     Py_XSETREF(self->send, PyDict_New());
     Py_XSETREF(self->recv, PyDict_New());
@@ -209,10 +215,16 @@ static int Express_init(Express *self, PyObject *args, PyObject *kw) {
 }
 
 static int load(Express *self, PyObject *tables) {
-    PyObject *send, *recv, *overlay;
+    PyObject *send, *recv, *overlay, *routes;
     int lane, count;
-    if (!PyArg_ParseTuple(tables, "O!O!Oii", &PyDict_Type, &send, &PyDict_Type, &recv, &overlay, &lane, &count))
+    if (!PyArg_ParseTuple(tables, "O!O!OiiS", &PyDict_Type, &send, &PyDict_Type, &recv, &overlay, &lane, &count,
+                          &routes))
         return -1;
+    if (PyBytes_GET_SIZE(routes) % 12) {
+        PyErr_SetString(PyExc_ValueError, "routes: (network, mask, peer address), 12 bytes each");
+        return -1;
+    }
+    Py_XSETREF(self->routes, Py_NewRef(routes));
     if (count < 1 || lane < 0 || lane >= count) {
         PyErr_SetString(PyExc_ValueError, "lane: 0 to count - 1");
         return -1;
@@ -409,6 +421,34 @@ static Py_ssize_t segment(unsigned char *seg, const unsigned char *p, Py_ssize_t
     return total;
 }
 
+/* The send entry for a destination: its peer's own address, or the peer of the longest
+   accepted prefix that holds it (routes.longest). NULL, without an exception: none. */
+static PyObject *sender(Express *self, const unsigned char *dst) {
+    const unsigned char *key = dst;
+    PyObject *k = PyBytes_FromStringAndSize((const char *)dst, 4);
+    if (k == NULL) return NULL;
+    PyObject *entry = PyDict_GetItemWithError(self->send, k);
+    Py_DECREF(k);
+    if (entry != NULL || PyErr_Occurred() || self->routes == NULL) return entry;
+    const unsigned char *r = (const unsigned char *)PyBytes_AS_STRING(self->routes);
+    Py_ssize_t n = PyBytes_GET_SIZE(self->routes);
+    uint32_t a = ((uint32_t)dst[0] << 24) | (dst[1] << 16) | (dst[2] << 8) | dst[3];
+    for (Py_ssize_t i = 0; i + 12 <= n; i += 12) {
+        uint32_t net = ((uint32_t)r[i] << 24) | (r[i + 1] << 16) | (r[i + 2] << 8) | r[i + 3];
+        uint32_t mask = ((uint32_t)r[i + 4] << 24) | (r[i + 5] << 16) | (r[i + 6] << 8) | r[i + 7];
+        if ((a & mask) == net) {
+            key = r + i + 8;
+            break;
+        }
+    }
+    if (key == dst) return NULL;
+    k = PyBytes_FromStringAndSize((const char *)key, 4);
+    if (k == NULL) return NULL;
+    entry = PyDict_GetItemWithError(self->send, k);
+    Py_DECREF(k);
+    return entry;
+}
+
 /* A tunnel segment as the Python path carries it: behind wire.PARTIAL's header naming the
    inner TCP checksum's place (tunnel_split.py). */
 static PyObject *partial_packet(const unsigned char *seg, Py_ssize_t m, int th) {
@@ -456,10 +496,7 @@ static int tun_one(Express *self, Py_ssize_t n, PyObject *now) {
     }
     if ((proto == 6 || tunnel) && (p[th + 13] & 0x02)) return 1;  /* a SYN: its MSS is clamped */
     if (proto == 17 && !tunnel && ((p[ihl + 2] << 8) | p[ihl + 3]) == VXLAN_PORT) return 1;
-    PyObject *key = PyBytes_FromStringAndSize((const char *)p + 16, 4);
-    if (key == NULL) return -1;
-    PyObject *entry = PyDict_GetItemWithError(self->send, key);
-    Py_DECREF(key);
+    PyObject *entry = sender(self, p + 16);
     if (entry == NULL) return PyErr_Occurred() ? -1 : 1;
     if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 4) return 1;
     PyObject *seal = PyTuple_GET_ITEM(entry, 0), *prefix = PyTuple_GET_ITEM(entry, 1);
@@ -782,6 +819,35 @@ done:
     return r;
 }
 
+static int set_watch(Express *self, double until) {
+    PyObject *v = PyFloat_FromDouble(until);
+    int r = v == NULL ? -1 : PyObject_SetAttr(self->backlog, s_watch_until, v);
+    Py_XDECREF(v);
+    return r;
+}
+
+/* As backlog.py's Backlog.stale, on its state: 1 where the read (n bytes in buf, taken in
+   by the kernel at `at`) is peers' data behind a standing queue, dropped and counted;
+   0 to go on with it; -1: an exception. */
+static int stale(Express *self, Py_ssize_t n, int gso, int relayed, double at) {
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    double now = t.tv_sec + t.tv_nsec * 1e-9;
+    PyObject *w = PyObject_GetAttr(self->backlog, s_watch_until);
+    if (w == NULL) return -1;
+    double until = PyFloat_AsDouble(w);
+    Py_DECREF(w);
+    if (until == -1.0 && PyErr_Occurred()) return -1;
+    if (now - at < TARGET) return until != 0.0 ? set_watch(self, 0.0) : 0;
+    if (until == 0.0) return set_watch(self, now + INTERVAL);
+    const unsigned char *d = self->buf;
+    /* only the peers' data: relayed DATA, or DATA from anyone but the relay (whose DATA is
+       its link's control, pongs among it) */
+    int peers = relayed ? n > RELAYED_LEN && d[0] == RELAYED_TYPE && d[RELAYED_LEN] == DATA_TYPE : d[0] == DATA_TYPE;
+    if (now < until || !peers) return 0;
+    return bump_by(self->drops, self->stale_drop, gso > 0 && n > gso ? (long)((n + gso - 1) / gso) : 1) < 0 ? -1 : 1;
+}
+
 static PyObject *udp_reads(Express *self, PyObject *now) {
     for (int i = 0; i < self->limit; i++) {
         struct sockaddr_in from;
@@ -809,23 +875,10 @@ static PyObject *udp_reads(Express *self, PyObject *now) {
         int hand = from.sin_family != AF_INET || mh.msg_namelen < sizeof from;
         int relayed = !hand && self->has_relay && !memcmp(self->relay, &from.sin_addr, 4) &&
                       !memcmp(self->relay + 4, &from.sin_port, 2);
-        if (!hand && at) {  /* as backlog.py's Backlog.stale: a long wait is for it to judge */
-            struct timespec t;
-            clock_gettime(CLOCK_REALTIME, &t);
-            if (t.tv_sec + t.tv_nsec * 1e-9 - at >= TARGET) {
-                hand = 1;
-            } else {
-                PyObject *w = PyObject_GetAttr(self->backlog, s_watch_until);
-                if (w == NULL) return NULL;
-                int watching = PyObject_IsTrue(w);
-                Py_DECREF(w);
-                if (watching) {
-                    PyObject *zero = PyFloat_FromDouble(0.0);
-                    int r = zero == NULL ? -1 : PyObject_SetAttr(self->backlog, s_watch_until, zero);
-                    Py_XDECREF(zero);
-                    if (r < 0) return NULL;
-                }
-            }
+        if (!hand && at) {
+            int r = stale(self, n, gso, relayed, at);
+            if (r < 0) return NULL;
+            if (r > 0) continue;
         }
         /* a GRO train's datagrams one by one; the first we do not carry goes back with the
            rest of its train behind it */

@@ -28,7 +28,7 @@ import socket
 from ..proto.wire import DATA, RELAYED, RELAYED_HEADER_LEN
 
 SO_TIMESTAMPNS = 35  # <asm-generic/socket.h>; its control message, SCM_TIMESTAMPNS, is the same
-TARGET = 0.05  # seconds of wait that make a queue worth watching
+TARGET = 0.005  # seconds of wait that make a queue worth watching (CoDel's own target)
 INTERVAL = 0.1  # seconds it must last to be a standing queue and not a burst
 
 

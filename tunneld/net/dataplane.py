@@ -64,7 +64,7 @@ class DataPlane:
         if express.Express is None:
             return None
         self.express = express.Express(self.fd, self.sock.fileno(), self.vnet_len, self.drops,
-                                       (Drop.UDP_SEND_FULL, Drop.UDP_SEND_ERROR, Drop.TUN_WRITE_ERROR),
+                                       (Drop.UDP_SEND_FULL, Drop.UDP_SEND_ERROR, Drop.TUN_WRITE_ERROR, Drop.STALE),
                                        source, self.backlog, slow_tun, slow_udp, self.merge, READ_BATCH,
                                        self.batch.max_segment)
         return self.express.on_tun, self.express.on_udp

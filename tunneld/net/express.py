@@ -7,8 +7,9 @@ runs its Python path only on what the C code hands back. What it may carry is ex
 the engine would do without a decision: a peer's current session on its path (direct, or
 the relay over UDP), a confirmed session's DATA from the endpoint we send to (or relayed,
 with the peer's address), an inner packet from the peer's own address or an accepted
-prefix. Handshakes, the relay link, new paths, MSS clamping, probes and every drop but a
-failed open stay with the engine.
+prefix, a destination in a prefix a peer advertises. Handshakes, the relay link, new
+paths, MSS clamping, probes and every drop but a failed open or a stale read stay with the
+engine.
 
   Express       the C object, or None where it was not built (or TUNNELD_NATIVE=0)
   NodeSource    the node engine's tables (the node's own process, lane 0)
@@ -47,6 +48,11 @@ def packed(prefixes) -> bytes:
     return b"".join(net.to_bytes(4, "big") + mask.to_bytes(4, "big") for net, mask in prefixes)
 
 
+def routes(table) -> bytes:
+    """Accepted prefixes, longest first (routes.py), as (network, mask, peer address)."""
+    return b"".join(net.to_bytes(4, "big") + mask.to_bytes(4, "big") + peer.addr for net, mask, peer in table)
+
+
 class NodeSource:
     """The node engine's peers and sessions. lanes(): how many lanes the node runs; relay():
     where the relay is over UDP (None over TCP); after(): the daemon's work after the
@@ -77,7 +83,7 @@ class NodeSource:
             ep = relay_ep if p.tx_ep is RELAY else ep6(p.tx_ep)
             if ep is not None:
                 recv[index] = (s, s.open, p, p.addr, ep, packed(p.sources))
-        return send, recv, node.outside.overlay, 0, self.lanes()
+        return send, recv, node.outside.overlay, 0, self.lanes(), routes(node.routes.table)
 
     def opened(self, s, peer, plaintext: bytes, msg: bytes, ep, now: float) -> None:
         try:
@@ -117,7 +123,7 @@ class LaneSource:
             ep = relay_ep if p.ep is RELAY else ep6(p.ep)
             if s.confirmed and ep is not None:
                 recv[index] = (s, s.open, p, p.addr, ep, packed(p.sources))
-        return send, recv, lane.outside.overlay, lane.lane, lane.count
+        return send, recv, lane.outside.overlay, lane.lane, lane.count, routes(lane.routes)
 
     def opened(self, s, peer, plaintext: bytes, msg: bytes, ep, now: float) -> None:
         try:
