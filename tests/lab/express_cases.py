@@ -100,13 +100,7 @@ class Node:
             self.plane.on_udp(self.engine.receive, None, first, now)
 
     def written(self) -> list[bytes]:
-        out = []
-        for _ in range(1000):
-            try:
-                out.append(self.app.recv(1 << 17))
-            except BlockingIOError:
-                return out
-        return out
+        return received(self.app)
 
     def peer(self):
         (p,) = self.engine.peers.values()
@@ -127,6 +121,33 @@ def pair(tunnel: bool = False):
     a.engine.table.version += 1
     b.engine.table.version += 1
     return a, b
+
+
+def endpoint() -> socket.socket:
+    """A UDP socket of the case's own on the namespace's loopback, non-blocking."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    return sock
+
+
+def redirect(n: Node) -> socket.socket:
+    """n's peer moved to a socket of the case's own, as probes.retarget moves a path."""
+    sock = endpoint()
+    n.peer().tx_ep = sock.getsockname()
+    n.engine.table.version += 1
+    return sock
+
+
+def received(sock, most: int = 1000) -> list[bytes]:
+    """What sock holds now, up to most datagrams."""
+    out = []
+    for _ in range(most):
+        try:
+            out.append(sock.recv(1 << 17))
+        except BlockingIOError:
+            break
+    return out
 
 
 def settle(sock, timeout=1.0):
@@ -203,11 +224,7 @@ def case_super_packets_are_cut_as_the_python_path_cuts_them():
     """TCP super-packets from tunneld0 (CWR, PSH and FIN set, ECN, a short last segment, one
     segment alone) leave in C as exactly the segments offload.split() cuts, each sealed."""
     a, b = pair()
-    catch = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    catch.bind(("127.0.0.1", 0))
-    catch.setblocking(False)
-    a.peer().tx_ep = catch.getsockname()
-    a.engine.table.version += 1
+    catch = redirect(a)
     opener = b.peer().keys.current
     for payload, gso, flags, gso_type in ((4000, 1000, 0x80 | 0x18 | 0x01, GSO_TCPV4), (4321, 1380, 0x18, GSO_TCPV4),
                                           (700, 1380, 0x10, GSO_TCPV4), (3000, 1000, 0x10, GSO_TCPV4 | 0x80)):
@@ -218,12 +235,7 @@ def case_super_packets_are_cut_as_the_python_path_cuts_them():
         assert not reason
         a.app.send(buf)
         a.on_tun()
-        got = []
-        for _ in range(len(want) + 1):
-            try:
-                got.append(opener.open(catch.recv(4096)))
-            except BlockingIOError:
-                break
+        got = [opener.open(msg) for msg in received(catch, len(want) + 1)]
         assert got == want, (len(got), len(want), [g[:40].hex() for g in got], [w[:40].hex() for w in want])
     assert not a.handed_tun and a.plane.express.counts["tun_super_reads"] == 4
 
@@ -246,11 +258,7 @@ def case_vxlan_super_packets_are_cut_as_the_python_path_cuts_them():
     """flannel's VXLAN, handed over whole: cut in C into exactly the VXLAN packets
     tunnel_split cuts, each sealed with the inner TCP checksum's place in its DATA header."""
     a, b = pair(tunnel=True)
-    catch = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    catch.bind(("127.0.0.1", 0))
-    catch.setblocking(False)
-    a.peer().tx_ep = catch.getsockname()
-    a.engine.table.version += 1
+    catch = redirect(a)
     opener = b.peer().keys.current
     for payload, gso, flags in ((5000, 1330, 0x80 | 0x18), (1000, 1330, 0x10), (2660, 1330, 0x11)):
         buf = vxlan_super(a.address, b.address, payload, gso, flags)
@@ -258,13 +266,8 @@ def case_vxlan_super_packets_are_cut_as_the_python_path_cuts_them():
         assert not reason, reason
         a.app.send(buf)
         a.on_tun()
-        got = []
-        for _ in range(len(want) + 1):
-            try:
-                msg = catch.recv(4096)
-            except BlockingIOError:
-                break
-            got.append(bytes((wire.PARTIAL, 0, msg[1], 0, msg[2])) + opener.open(msg))
+        got = [bytes((wire.PARTIAL, 0, msg[1], 0, msg[2])) + opener.open(msg)
+               for msg in received(catch, len(want) + 1)]
         assert got == want, (len(got), len(want), [g[:90].hex() for g in got], [w[:90].hex() for w in want])
     assert not a.handed_tun and a.plane.express.counts["tun_tunnel_reads"] == 3
 
@@ -275,8 +278,7 @@ def case_a_new_path_or_a_stranger_goes_to_python_unopened():
     window untouched by C) and probes the new path."""
     a, b = pair()
     sealed = a.peer().keys.current.seal(icmp(a.address, b.address))
-    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    other.bind(("127.0.0.1", 0))
+    other = endpoint()
     other.sendto(sealed, b.sock.getsockname())
     settle(b.sock)
     b.run_slow = True
@@ -353,12 +355,8 @@ def case_tables_follow_the_engine():
     """A new path and a rekey reach the C tables before the next packet: it leaves for the new
     endpoint, sealed with the new session."""
     a, b = pair()
-    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    other.bind(("127.0.0.1", 0))
-    other.setblocking(False)
+    other = redirect(a)
     peer = a.peer()
-    peer.tx_ep = other.getsockname()
-    a.engine.table.version += 1  # as probes.retarget does
     a.app.send(PLAIN_HDR + icmp(a.address, b.address))
     a.on_tun()
     settle(other)
@@ -379,9 +377,7 @@ def case_relayed_data_crosses_in_c():
     the header, and hears that its relay is there. A header naming another node, or one from
     an endpoint that is not the relay, goes to the Python path."""
     a, b = pair()
-    relay = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    relay.bind(("127.0.0.1", 0))
-    relay.setblocking(False)
+    relay = endpoint()
     for n in (a, b):
         n.peer().tx_ep, n.peer().tx_prefix = RELAY, n.peer().relayed_prefix
         n.relay = relay.getsockname()
@@ -433,11 +429,8 @@ def case_routed_destinations_go_to_their_peer():
     """A destination in a prefix the peer advertises (routed pods) leaves in C for that peer;
     one in no prefix goes to the Python path."""
     a, b = pair()
-    catch = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    catch.bind(("127.0.0.1", 0))
-    catch.setblocking(False)
+    catch = redirect(a)
     peer = a.peer()
-    peer.tx_ep = catch.getsockname()
     net = int.from_bytes(socket.inet_aton("198.18.2.0"), "big")
     a.engine.routes.table = [(net | 0x80, 0xFFFFFF80, peer), (net, 0xFFFFFF00, peer)]
     a.engine.table.version += 1

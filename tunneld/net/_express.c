@@ -112,6 +112,44 @@ typedef struct {
     unsigned char buf[BUF];
 } Express;
 
+static uint16_t be16(const unsigned char *p) { return (uint16_t)((p[0] << 8) | p[1]); }
+
+static uint32_t be32(const unsigned char *p) { return ((uint32_t)be16(p) << 16) | be16(p + 2); }
+
+static void put16(unsigned char *p, uint32_t v) {
+    p[0] = (v >> 8) & 0xFF;
+    p[1] = v & 0xFF;
+}
+
+static uint32_t fold(uint32_t c) {
+    c = (c & 0xFFFF) + (c >> 16);
+    return (c & 0xFFFF) + (c >> 16);
+}
+
+/* The first entry of a table of (network, mask, ...) entries, stride bytes each, big-endian,
+   whose prefix holds addr (routes.longest, routes.within); NULL: none. */
+static const unsigned char *matching(PyObject *table, Py_ssize_t stride, const unsigned char *addr) {
+    const unsigned char *t = (const unsigned char *)PyBytes_AS_STRING(table);
+    Py_ssize_t n = PyBytes_GET_SIZE(table);
+    uint32_t a = be32(addr);
+    for (Py_ssize_t i = 0; i + stride <= n; i += stride)
+        if ((a & be32(t + i + 4)) == be32(t + i)) return t + i;
+    return NULL;
+}
+
+/* A packet as the Python path carries one whose checksum lies deeper: behind wire.PARTIAL's
+   header naming the place (offload.py, tunnel_split.py). */
+static PyObject *partial_packet(const unsigned char *packet, Py_ssize_t m, int start, int offset) {
+    PyObject *out = PyBytes_FromStringAndSize(NULL, m + 5);
+    if (out == NULL) return NULL;
+    unsigned char *w = (unsigned char *)PyBytes_AS_STRING(out);
+    w[0] = PARTIAL_TYPE;
+    put16(w + 1, start);
+    put16(w + 3, offset);
+    memcpy(w + 5, packet, m);
+    return out;
+}
+
 static int bump_by(PyObject *counter, PyObject *key, long by) {
     PyObject *v = PyDict_GetItemWithError(counter, key);
     if (v == NULL && PyErr_Occurred()) return -1;
@@ -363,18 +401,6 @@ static int seal_send(Express *self, PyObject *seal, PyObject *prefix, const stru
     return r;
 }
 
-static uint16_t be16(const unsigned char *p) { return (uint16_t)((p[0] << 8) | p[1]); }
-
-static void put16(unsigned char *p, uint32_t v) {
-    p[0] = (v >> 8) & 0xFF;
-    p[1] = v & 0xFF;
-}
-
-static uint32_t fold(uint32_t c) {
-    c = (c & 0xFFFF) + (c >> 16);
-    return (c & 0xFFFF) + (c >> 16);
-}
-
 /* An IPv4 header's checksum field, its own zero while summed. */
 static void ip_checksum(unsigned char *hdr, int len) {
     uint32_t c = 0;
@@ -394,8 +420,7 @@ static Py_ssize_t segment(unsigned char *seg, const unsigned char *p, Py_ssize_t
                           int outer_th, int gso, Py_ssize_t k) {
     Py_ssize_t off = h + k * gso, size = len - off < gso ? len - off : gso;
     int flags = p[th + 13];
-    uint32_t seq = (((uint32_t)p[th + 4] << 24) | (p[th + 5] << 16) | (p[th + 6] << 8) | p[th + 7]) +
-                   (uint32_t)(k * gso);
+    uint32_t seq = be32(p + th + 4) + (uint32_t)(k * gso);
     memcpy(seg, p, h);
     memcpy(seg + h, p + off, size);
     if (k > 0) flags &= ~0x80;               /* CWR: the first only */
@@ -424,44 +449,18 @@ static Py_ssize_t segment(unsigned char *seg, const unsigned char *p, Py_ssize_t
 /* The send entry for a destination: its peer's own address, or the peer of the longest
    accepted prefix that holds it (routes.longest). NULL, without an exception: none. */
 static PyObject *sender(Express *self, const unsigned char *dst) {
-    const unsigned char *key = dst;
     PyObject *k = PyBytes_FromStringAndSize((const char *)dst, 4);
     if (k == NULL) return NULL;
     PyObject *entry = PyDict_GetItemWithError(self->send, k);
     Py_DECREF(k);
     if (entry != NULL || PyErr_Occurred() || self->routes == NULL) return entry;
-    const unsigned char *r = (const unsigned char *)PyBytes_AS_STRING(self->routes);
-    Py_ssize_t n = PyBytes_GET_SIZE(self->routes);
-    uint32_t a = ((uint32_t)dst[0] << 24) | (dst[1] << 16) | (dst[2] << 8) | dst[3];
-    for (Py_ssize_t i = 0; i + 12 <= n; i += 12) {
-        uint32_t net = ((uint32_t)r[i] << 24) | (r[i + 1] << 16) | (r[i + 2] << 8) | r[i + 3];
-        uint32_t mask = ((uint32_t)r[i + 4] << 24) | (r[i + 5] << 16) | (r[i + 6] << 8) | r[i + 7];
-        if ((a & mask) == net) {
-            key = r + i + 8;
-            break;
-        }
-    }
-    if (key == dst) return NULL;
-    k = PyBytes_FromStringAndSize((const char *)key, 4);
+    const unsigned char *route = matching(self->routes, 12, dst);
+    if (route == NULL) return NULL;
+    k = PyBytes_FromStringAndSize((const char *)route + 8, 4);
     if (k == NULL) return NULL;
     entry = PyDict_GetItemWithError(self->send, k);
     Py_DECREF(k);
     return entry;
-}
-
-/* A tunnel segment as the Python path carries it: behind wire.PARTIAL's header naming the
-   inner TCP checksum's place (tunnel_split.py). */
-static PyObject *partial_packet(const unsigned char *seg, Py_ssize_t m, int th) {
-    PyObject *out = PyBytes_FromStringAndSize(NULL, m + 5);
-    if (out == NULL) return NULL;
-    unsigned char *w = (unsigned char *)PyBytes_AS_STRING(out);
-    w[0] = PARTIAL_TYPE;
-    w[1] = 0;
-    w[2] = th;
-    w[3] = 0;
-    w[4] = 16;
-    memcpy(w + 5, seg, m);
-    return out;
 }
 
 /* 0: sent (or dropped and counted), 1: for the Python path, -1: an exception */
@@ -538,7 +537,7 @@ static int tun_one(Express *self, Py_ssize_t n, PyObject *now) {
         }
         for (; k < count; k++) {
             Py_ssize_t m = segment(self->seg, p, len, nh, th, h, outer_th, gso, k);
-            PyObject *seg = tunnel ? partial_packet(self->seg, m, th)
+            PyObject *seg = tunnel ? partial_packet(self->seg, m, th, 16)
                                    : PyBytes_FromStringAndSize((const char *)self->seg, m);
             if (seg == NULL || PyList_Append(rest, seg) < 0) {
                 Py_XDECREF(seg);
@@ -646,12 +645,7 @@ static int write_tun(Express *self, const unsigned char *q, Py_ssize_t n, const 
         hdr[0] = NEEDS_CSUM;
         memcpy(hdr + 6, &start, 2);
         memcpy(hdr + 8, &offset, 2);
-        uint32_t s = ((q[12] << 8) | q[13]) + ((q[14] << 8) | q[15]) + ((q[16] << 8) | q[17]) +
-                     ((q[18] << 8) | q[19]) + proto + (uint32_t)(n - ihl);
-        s = (s & 0xFFFF) + (s >> 16);
-        s = (s & 0xFFFF) + (s >> 16);
-        field[0] = s >> 8;
-        field[1] = s & 0xFF;
+        put16(field, fold(be16(q + 12) + be16(q + 14) + be16(q + 16) + be16(q + 18) + proto + (uint32_t)(n - ihl)));
         iov[k].iov_base = (void *)q;
         iov[k++].iov_len = at;
         iov[k].iov_base = field;
@@ -668,17 +662,7 @@ static int write_tun(Express *self, const unsigned char *q, Py_ssize_t n, const 
 
 /* As routes.within: the inner source in one of the peer's accepted prefixes, packed as
    (network, mask) pairs of big-endian 32-bit words. */
-static int within(const unsigned char *src, PyObject *sources) {
-    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(sources);
-    Py_ssize_t n = PyBytes_GET_SIZE(sources);
-    uint32_t a = ((uint32_t)src[0] << 24) | (src[1] << 16) | (src[2] << 8) | src[3];
-    for (Py_ssize_t i = 0; i + 8 <= n; i += 8) {
-        uint32_t net = ((uint32_t)p[i] << 24) | (p[i + 1] << 16) | (p[i + 2] << 8) | p[i + 3];
-        uint32_t mask = ((uint32_t)p[i + 4] << 24) | (p[i + 5] << 16) | (p[i + 6] << 8) | p[i + 7];
-        if ((a & mask) == net) return 1;
-    }
-    return 0;
-}
+static int within(const unsigned char *src, PyObject *sources) { return matching(sources, 8, src) != NULL; }
 
 /* A train's packets wait in `pending` for the coalescer (merge), so that TCP segments leave
    as one super-packet; once one waits, all after it in the train wait, in order. */
@@ -698,21 +682,10 @@ static int flush_pending(Express *self) {
 }
 
 static int keep(Express *self, PyObject *plaintext, const unsigned char *meta) {
-    PyObject *item;
-    if (meta[0]) {  /* as the Python path hands it on: wire.PARTIAL's 5-byte header first */
-        Py_ssize_t m = PyBytes_GET_SIZE(plaintext);
-        item = PyBytes_FromStringAndSize(NULL, m + 5);
-        if (item == NULL) return -1;
-        unsigned char *w = (unsigned char *)PyBytes_AS_STRING(item);
-        w[0] = PARTIAL_TYPE;
-        w[1] = 0;
-        w[2] = meta[0];
-        w[3] = 0;
-        w[4] = meta[1];
-        memcpy(w + 5, PyBytes_AS_STRING(plaintext), m);
-    } else {
-        item = Py_NewRef(plaintext);
-    }
+    PyObject *item = meta[0] ? partial_packet((const unsigned char *)PyBytes_AS_STRING(plaintext),
+                                              PyBytes_GET_SIZE(plaintext), meta[0], meta[1])
+                             : Py_NewRef(plaintext);
+    if (item == NULL) return -1;
     int r = PyList_Append(self->pending, item);
     Py_DECREF(item);
     if (r == 0 && PyList_GET_SIZE(self->pending) >= PENDING) return flush_pending(self);

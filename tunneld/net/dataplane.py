@@ -77,7 +77,8 @@ class DataPlane:
         self.flush()
 
     def relay_is(self, relay: tuple | None) -> None:
-        """Where the relay link speaks from: never the express path's."""
+        """Where the relay speaks from: only its RELAYED DATA is the express path's (the
+        link's own messages never are), and its tables are taken again (relayed peers')."""
         if self.express is not None:
             self.express.relay(express.ep6(relay) if relay else None)
 
