@@ -64,19 +64,28 @@ def test_nodes_with_either_aead_carry_each_others_streams(ov):
     assert sent == received and sent.startswith(str(4 << 20))
 
 
-def test_flows_spread_over_the_lanes_arrive_byte_exact_and_status_sums_them(ov):
+def test_flows_take_the_lanes_in_turn_arrive_byte_exact_and_status_sums_them(ov):
+    """host/spread.py's program on tunneld0: each new flow goes to the next queue, so eight
+    flows one after another take three's three lanes in turn (by hash, one time in 2,187)."""
     def sent_to(src, dst):
         return next(p["tx_bytes"] for p in ov.node_status(src)["peers"] if p["name"] == dst)
 
-    before = sent_to("three", "two")
+    def carried(name):
+        return [w["tx_bytes"] for w in workers(ov, name)[1:]]
+
+    assert ov.node_status("three")["offload"]["spread"]
+    assert not ov.node_status("one")["offload"]["spread"]  # one process: nothing to spread over
     size = 2 << 20
-    for i in range(8):  # eight flows: the kernel spreads them over tunneld0's queues by hash
+    lanes = []
+    for i in range(8):
+        before, by_worker = sent_to("three", "two"), carried("three")
         sent, received = transfer(ov, "three", "two", 7400 + i, size)
         assert sent == received and sent.startswith(str(size))
-    # the workers report each second; the node's status adds their bytes to the peer's
-    wait_for(lambda: sent_to("three", "two") - before >= 8 * size, 5, what="the workers' bytes in status")
-    carried = [w["tx_bytes"] for w in workers(ov, "three")[1:]]
-    assert sum(carried) > 0, carried  # some flows went through a worker (each lands on one of 3 queues)
+        # the workers report each second; the node's status adds their bytes to the peer's
+        wait_for(lambda: sent_to("three", "two") - before >= size, 5, what="the workers' bytes in status")
+        grew = [after - b for b, after in zip(by_worker, carried("three"))]
+        lanes.append(next((lane for lane, n in enumerate(grew, start=1) if n >= size // 2), 0))
+    assert all(b == (a + 1) % 3 for a, b in zip(lanes, lanes[1:])), lanes
     assert sum(w["rx_bytes"] for w in workers(ov, "two")[1:]) > 0
     # GRO trains from one endpoint mix lanes; each went to the process holding its window,
     # so none was refused as a replay or an unknown type, and nothing failed to open

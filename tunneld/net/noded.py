@@ -32,7 +32,7 @@ from ..engine import effects as fx
 from ..engine.node import Node, NodeConfig
 from ..engine.routes import OVERHEAD
 from ..errors import EXIT_FAILURE, EXIT_REFUSED, ConfigError, HostError
-from ..host import nat
+from ..host import nat, spread
 from ..host.cpu import has_aes
 from ..host.links import Links
 from ..host.notify import notify
@@ -119,6 +119,7 @@ class NodeDaemon(Daemon):
         self.state_dir = ""
         self.plane: DataPlane | None = None
         self.workers: NodeWorkers | None = None
+        self.spread = False  # host/spread.py's program steers tunneld0's flows over the workers
         self._host = ThreadPoolExecutor(1, thread_name_prefix="host")
         self._host_queue: deque = deque()
         self._host_wake: asyncio.Event | None = None
@@ -394,6 +395,12 @@ class NodeDaemon(Daemon):
             return
         self.workers.start(self.loop, self)
         log.info("%d workers carry the data, each on a queue of %s", self.workers.count, self.settings.interface)
+        try:
+            spread.attach(self.tun.fd)
+            self.spread = True
+        except OSError as exc:
+            log.warning("the kernel refused the flow-steering program for %s (%s): flows go to the workers "
+                        "by their hash", self.settings.interface, exc)
 
     def _lan_endpoints(self, underlay: str, port: int) -> tuple[str, ...]:
         """Where neighbours on our LAN may reach us directly: the underlay interface's addresses.
@@ -481,7 +488,7 @@ class NodeDaemon(Daemon):
             w = self.workers
             status["drops"] = self.all_drops(Counter(status["drops"]) + (w.drops if w else Counter()))
             self.plane.fold_express()
-            status["offload"] = {"aead": aead.KIND, "express": self.plane.express is not None,
+            status["offload"] = {"aead": aead.KIND, "express": self.plane.express is not None, "spread": self.spread,
                                  "tun": self.tun.offload, "tun_udp_tunnel": self.tun.tunnel,
                                  "udp_gso": self.plane.batch.gso, "udp_gro": self.plane.gro,
                                  **(self.plane.stats + (w.stats if w else Counter()))}
