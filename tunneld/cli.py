@@ -80,18 +80,20 @@ def cli():
 @click.option("--store-key", metavar="FILE", help="Key of the client certificate (TLS).")
 @click.option("--advertise", metavar="HOST:PORT", help="Where nodes and other relays reach this relay "
                                                        "[the --listen address].")
+@click.option("--metrics", metavar="HOST:PORT", help="Serve Prometheus metrics at http://HOST:PORT/metrics [off].")
 @click.option("--workers", metavar="N", type=int, help="Processes forwarding relayed traffic on the port, "
                                                        "the relay's own included [1].")
 def serve(listen, network, state_dir, config, log_level, lock, auto_approve_routes, store, store_prefix,
-          store_ca, store_cert, store_key, advertise, workers):
+          store_ca, store_cert, store_key, advertise, metrics, workers):
     """Run the relay (rendezvous and forwarder) in the foreground."""
     s = merged(dict(listen=listen, network=network, state_dir=state_dir, log_level=log_level, lock=lock,
                     auto_approve_routes=list(auto_approve_routes) or None, store=store, store_prefix=store_prefix,
                     store_ca=store_ca, store_cert=store_cert, store_key=store_key, advertise=advertise,
-                    workers=workers), config,
+                    metrics=metrics, workers=workers), config,
                {"listen": None, "network": DEFAULT_NETWORK, "state_dir": DEFAULT_STATE_DIR, "log_level": "info",
                 "lock": None, "auto_approve_routes": [], "store": None, "store_prefix": "/tunneld/",
-                "store_ca": None, "store_cert": None, "store_key": None, "advertise": None, "workers": 1})
+                "store_ca": None, "store_cert": None, "store_key": None, "advertise": None, "metrics": None,
+                "workers": 1})
     if not s["listen"]:
         raise ConfigError("serve needs --listen HOST:PORT, e.g. --listen 0.0.0.0:7000")
     host, port = parse_hostport(s["listen"], "--listen")
@@ -109,7 +111,7 @@ def serve(listen, network, state_dir, config, log_level, lock, auto_approve_rout
     settings = ServeSettings(host, port, parse_network(s["network"]), s["state_dir"],
                              check_log_level(s["log_level"]), auto, lock_public, s["store"] or None,
                              str(s["store_prefix"]), s["store_ca"], s["store_cert"], s["store_key"], advertise,
-                             workers)
+                             workers, _metrics(s["metrics"]))
     _logging(settings.log_level)
     from .net.base import run
     from .net.relayd import RelayDaemon
@@ -123,6 +125,14 @@ def _check_workers(workers) -> int:
     if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= MAX_WORKERS:
         raise ConfigError(f"--workers {str(workers)[:20]!r}: give 1 to {MAX_WORKERS}")
     return workers
+
+
+def _metrics(value) -> tuple[str, int] | None:
+    """--metrics HOST:PORT, or none."""
+    if not value:
+        return None
+    host, port = parse_hostport(str(value), "--metrics")
+    return resolve_ipv4(host, "--metrics"), port
 
 
 def _cores() -> int:
@@ -172,20 +182,21 @@ def _advertise(s: dict, host: str, port: int) -> str:
 @click.option("--pod-cidr", metavar="CIDR|FILE",
               help="This node's pod network, carried natively (routed mode, no VXLAN inside the tunnel): "
                    "a CIDR, or the path of flannel's subnet.env to follow. Implies --accept-routes.")
+@click.option("--metrics", metavar="HOST:PORT", help="Serve Prometheus metrics at http://HOST:PORT/metrics [off].")
 @click.option("--workers", metavar="N", type=int, help="Processes carrying the node's traffic, each on a queue of "
                                                        "the interface, the node's own included [the cores].")
 @click.option("--log-level", metavar="LEVEL", help="debug, info, warning or error [info].")
 def join(relay, token_, token_file, name, interface, state_dir, config, port, advertise_routes, accept_routes,
-         snat_routes, pod_cidr, workers, log_level):
+         snat_routes, pod_cidr, metrics, workers, log_level):
     """Join the overlay and keep the node on it, in the foreground (systemd runs it)."""
     s = merged(dict(relay=relay, token=token_, token_file=token_file, name=name, interface=interface,
                     state_dir=state_dir, port=port, log_level=log_level, accept_routes=accept_routes,
                     advertise_routes=list(advertise_routes) or None, snat_routes=snat_routes, pod_cidr=pod_cidr,
-                    workers=workers),
+                    metrics=metrics, workers=workers),
                config,
                {"relay": None, "token": None, "token_file": None, "name": None, "interface": DEFAULT_INTERFACE,
                 "state_dir": DEFAULT_STATE_DIR, "port": 0, "log_level": "info", "advertise_routes": [],
-                "accept_routes": False, "snat_routes": True, "pod_cidr": "", "workers": _cores()})
+                "accept_routes": False, "snat_routes": True, "pod_cidr": "", "metrics": None, "workers": _cores()})
     if not s["relay"]:
         raise ConfigError("join needs --relay HOST:PORT, the relay's public address")
     given = s["relay"] if isinstance(s["relay"], list) else str(s["relay"]).split(",")
@@ -228,7 +239,7 @@ def join(relay, token_, token_file, name, interface, state_dir, config, port, ad
                             check_interface_name(s["interface"]), s["state_dir"], lport,
                             check_log_level(s["log_level"]), routes, s["accept_routes"] or bool(pods),
                             s["snat_routes"], tuple(dict.fromkeys(f"{ip}:{p}" for _, ip, p in relays)), pods,
-                            s["workers"])
+                            s["workers"], _metrics(s["metrics"]))
     from .proto.token import JoinToken, TokenError
     try:
         JoinToken.parse(text)
@@ -256,6 +267,20 @@ def status(state_dir, as_json):
         click.echo(json.dumps(st, indent=1))
     else:
         click.echo(format_status(st))
+    return 0
+
+
+@cli.command()
+@click.option("--state-dir", metavar="DIR", default=DEFAULT_STATE_DIR, show_default=True)
+def metrics(state_dir):
+    """Print the running daemon's Prometheus metrics once (for node-exporter's textfile
+    collector: tunneld metrics > DIR/tunneld.prom.$$ && mv DIR/tunneld.prom.$$ DIR/tunneld.prom)."""
+    from .metrics import render
+    from .net.ctlsock import request
+    st = request(os.path.join(os.path.abspath(state_dir), SOCKET_FILE), {"cmd": "status"})
+    if "error" in st:
+        raise TunneldError(f"the daemon answered: {st['error']}")
+    click.echo(render(st).decode(), nl=False)
     return 0
 
 

@@ -122,6 +122,7 @@ class ServeSettings:
     store_key: str | None = None
     advertise: str = ""  # host:port where nodes and the other relays reach this one
     workers: int = 1  # processes forwarding on the port (net/relay_workers.py)
+    metrics: tuple[str, int] | None = None  # --metrics: where Prometheus scrapes /metrics
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,7 @@ class JoinSettings:
     relays: tuple[str, ...] = ()  # every --relay given, "ip:port", the first of them first
     pod_cidr: str = ""  # this node's pod network, routed natively: a CIDR, or flannel's subnet.env to follow
     workers: int = 1  # lanes of the data path, the node's own process included (net/node_workers.py)
+    metrics: tuple[str, int] | None = None  # --metrics: where Prometheus scrapes /metrics
 
 
 def parse_routes(value) -> tuple[str, ...]:

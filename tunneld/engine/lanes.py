@@ -90,12 +90,12 @@ def export(node, relay_udp: bool) -> dict:
 
 class LanePeer:
     __slots__ = ("addr", "ep", "prefix", "mss", "vxlan_mss", "sources", "session",
-                 "rx_bytes", "tx_bytes", "last_rx", "last_tx", "heard_at", "unread_at")
+                 "rx_bytes", "tx_bytes", "rx_packets", "tx_packets", "last_rx", "last_tx", "heard_at", "unread_at")
 
     def __init__(self, addr: bytes):
         self.addr = addr
         self.session: Session | None = None  # what we seal with, in our lane
-        self.rx_bytes = self.tx_bytes = 0
+        self.rx_bytes = self.tx_bytes = self.rx_packets = self.tx_packets = 0
         self.last_rx = self.last_tx = 0.0
         self.heard_at = self.unread_at = -HEARD_EVERY
 
@@ -209,7 +209,7 @@ class Lane:
                 self.out.to_engine(packet)
             return
         seal, send, prefix, mss, vxlan_mss = s.seal, self.out.send, peer.prefix, peer.mss, peer.vxlan_mss
-        sent = 0
+        sent = count = 0
         for i, packet in enumerate(packets):
             if i:  # the first is unpartial'd above
                 body, meta = unpartial(packet)
@@ -222,9 +222,11 @@ class Lane:
                 self.out.to_engine(packet)
                 continue
             sent += len(body)
+            count += 1
             send(ep, sealed)
         if sent:
             peer.tx_bytes += sent
+            peer.tx_packets += count
             peer.last_tx = now
 
     # -- wire -> tunneld0 ---------------------------------------------------------------
@@ -284,6 +286,7 @@ class Lane:
             if len(plaintext) >= 20 and (plaintext[12:16] == peer.addr or
                                          (peer.sources and within(plaintext[12:16], peer.sources))):
                 peer.rx_bytes += len(plaintext)
+                peer.rx_packets += 1
                 if msg[1]:  # a deeper checksum, left for our kernel (wire.py)
                     plaintext = bytes((wire.PARTIAL, 0, msg[1], 0, msg[2])) + plaintext
                 self.out.write_tun(plaintext)
@@ -295,7 +298,8 @@ class Lane:
             self.drops[Drop.BAD_INNER_PACKET] += 1
 
     def report(self, now: float) -> dict:
-        """Since the last report: per peer [rx bytes, tx bytes, last rx, last tx], drops, hand-offs.
+        """Since the last report: per peer [rx bytes, tx bytes, last rx, last tx, rx packets, tx
+        packets], drops, hand-offs.
         What has waited in limbo for longer than a table takes was for a session we will not
         get: it is dropped (a peer's data for keys we lack makes the engine re-handshake)."""
         if self.limbo:
@@ -303,8 +307,8 @@ class Lane:
         peers = {}
         for p in self.peers.values():
             if p.rx_bytes or p.tx_bytes:
-                peers[p.addr] = [p.rx_bytes, p.tx_bytes, p.last_rx, p.last_tx]
-                p.rx_bytes = p.tx_bytes = 0
+                peers[p.addr] = [p.rx_bytes, p.tx_bytes, p.last_rx, p.last_tx, p.rx_packets, p.tx_packets]
+                p.rx_bytes = p.tx_bytes = p.rx_packets = p.tx_packets = 0
         out = {"peers": peers, "drops": {str(k): v for k, v in self.drops.items()}, "handed": self.handed}
         self.drops.clear()
         self.handed = 0

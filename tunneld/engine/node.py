@@ -133,7 +133,7 @@ class Node:
                 self.drops[Drop.TUN_NO_PEER] += len(packets)
                 return
         s, mss, vxlan_mss = peer.keys.current, peer.mss, peer.vxlan_mss
-        sent = 0
+        sent = count = 0
         for i, raw in enumerate(packets):
             if i:  # the first is unpartial'd above
                 packet, meta = unpartial(raw)
@@ -148,9 +148,10 @@ class Node:
                 self.drops[Drop.SESSION_EXHAUSTED] += 1
                 continue
             sent += len(packet)
+            count += 1
             self.out.send(peer.tx_ep, sealed)
         if sent:
-            peer.tx_bytes, peer.last_tx = peer.tx_bytes + sent, now
+            peer.tx_bytes, peer.tx_packets, peer.last_tx = peer.tx_bytes + sent, peer.tx_packets + count, now
 
     # -- the hot path: wire -> TUN -------------------------------------------------------
 
@@ -244,6 +245,7 @@ class Node:
             if len(plaintext) >= 20 and (plaintext[12:16] == peer.addr or
                                          (peer.sources and within(plaintext[12:16], peer.sources))):
                 peer.rx_bytes += len(plaintext)
+                peer.rx_packets += 1
                 if msg[1]:  # a deeper checksum, left for our kernel (wire.py, offload.py)
                     plaintext = bytes((wire.PARTIAL, 0, msg[1], 0, msg[2])) + plaintext
                 self.out.write_tun(plaintext)

@@ -68,7 +68,7 @@ class Peer:
     __slots__ = ("name", "addr", "address", "key", "online", "endpoint", "lan", "underlay_mtu", "routes",
                  "announced", "said", "problem",
                  "keys", "hs", "hs_attempts", "hs_next", "last_ts", "queue", "unreadable_at",
-                 "tx_bytes", "rx_bytes", "last_rx", "last_tx",
+                 "tx_bytes", "rx_bytes", "tx_packets", "rx_packets", "last_rx", "last_tx",
                  "tx_ep", "tx_prefix", "relayed_prefix", "path", "rtt_relay", "probe_seq", "probe_at", "probes",
                  "path_mtu", "direct_mtu", "mss", "vxlan_mss", "sources")
 
@@ -86,6 +86,7 @@ class Peer:
         self.queue: deque = deque(maxlen=QUEUE_LIMIT)
         self.unreadable_at = -REHANDSHAKE_INTERVAL  # when we last handshook over data we could not open
         self.tx_bytes = self.rx_bytes = 0
+        self.tx_packets = self.rx_packets = 0  # inner packets, as the bytes (metrics)
         self.last_rx = self.last_tx = 0.0
         # Where data goes now: the relay (with the relayed header), or a direct endpoint.
         self.relayed_prefix = wire.relayed_header(entry.addr)
@@ -112,7 +113,8 @@ class Peer:
                 "routes": list(self.routes), "session": self.keys.current is not None,
                 "protocol": str(self.hello), "problem": self.problem or None,
                 "rtt_ms": None if self.rtt is None else round(self.rtt * 1000, 3),
-                "rx_bytes": self.rx_bytes, "tx_bytes": self.tx_bytes}
+                "rx_bytes": self.rx_bytes, "tx_bytes": self.tx_bytes,
+                "rx_packets": self.rx_packets, "tx_packets": self.tx_packets}
 
     def update(self, entry: Entry, now: float) -> None:
         self.name, self.online, self.endpoint = entry.name, entry.online, entry.endpoint
@@ -288,6 +290,7 @@ class PeerHandshakes:
             if sealed is None:
                 break
             peer.tx_bytes += len(packet)
+            peer.tx_packets += 1
             self.out.send(peer.tx_ep, sealed)
         if sent:
             peer.last_tx = now

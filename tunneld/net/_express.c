@@ -39,8 +39,8 @@
    relay(endpoint or None)   where the relay speaks from (None: not over UDP); only RELAYED
                              DATA from there is ours, and the tables are taken again
 
-   Counters go where the Python path puts them: the peer's tx_bytes, last_tx, rx_bytes and
-   last_rx attributes, the drops Counter (a failed open's reason, a full socket). One
+   Counters go where the Python path puts them: the peer's tx_bytes, tx_packets, last_tx,
+   rx_bytes, rx_packets and last_rx attributes, the drops Counter (a failed open's reason, a full socket). One
    process, one thread (the event loop's).
 */
 #define PY_SSIZE_T_CLEAN
@@ -80,6 +80,7 @@
 #define PENDING 64          /* dataplane.WRITE_BATCH */
 
 static PyObject *s_tx_bytes, *s_last_tx, *s_rx_bytes, *s_last_rx, *s_last_drop, *s_watch_until, *s_version;
+static PyObject *s_tx_packets, *s_rx_packets;
 
 typedef struct {
     PyObject_HEAD
@@ -508,7 +509,8 @@ static int tun_one(Express *self, Py_ssize_t n, PyObject *now) {
     if (!gso) {
         int r = seal_send(self, seal, prefix, &to, p, len, NULL);
         if (r != 0) return r;  /* out of counters: the Python path hands it on */
-        return add_attr(peer, s_tx_bytes, len) < 0 || set_time(peer, s_last_tx, now) < 0 ? -1 : 0;
+        return add_attr(peer, s_tx_bytes, len) < 0 || add_attr(peer, s_tx_packets, 1) < 0 ||
+               set_time(peer, s_last_tx, now) < 0 ? -1 : 0;
     }
     if (tunnel)
         self->tunnel_reads++;
@@ -517,7 +519,7 @@ static int tun_one(Express *self, Py_ssize_t n, PyObject *now) {
     /* in a tunnel, the inner TCP checksum's place goes in the DATA header (wire.py) */
     PyObject *meta = NULL;
     if (tunnel && (meta = PyBytes_FromStringAndSize((const char[]){(char)th, 16, 0}, 3)) == NULL) return -1;
-    Py_ssize_t count = (len - h + gso - 1) / gso, sent = 0, k = 0;
+    Py_ssize_t count = (len - h + gso - 1) / gso, sent = 0, k = 0, packets = 0;
     for (; k < count; k++) {
         Py_ssize_t m = segment(self->seg, p, len, nh, th, h, outer_th, gso, k);
         int r = seal_send(self, seal, prefix, &to, self->seg, m, meta);
@@ -527,6 +529,7 @@ static int tun_one(Express *self, Py_ssize_t n, PyObject *now) {
         }
         if (r > 0) break;
         sent += m;
+        packets++;
     }
     Py_XDECREF(meta);
     if (k < count) {  /* the lane ran out of counters: the engine has the rest, as from_tun_train */
@@ -551,7 +554,9 @@ static int tun_one(Express *self, Py_ssize_t n, PyObject *now) {
         if (r == NULL) return -1;
         Py_DECREF(r);
     }
-    if (sent && (add_attr(peer, s_tx_bytes, sent) < 0 || set_time(peer, s_last_tx, now) < 0)) return -1;
+    if (sent && (add_attr(peer, s_tx_bytes, sent) < 0 || add_attr(peer, s_tx_packets, packets) < 0 ||
+                 set_time(peer, s_last_tx, now) < 0))
+        return -1;
     return 0;
 }
 
@@ -756,7 +761,7 @@ static int udp_one(Express *self, const unsigned char *d, Py_ssize_t n, const st
     const unsigned char meta[2] = {d[1], d[2]};
     if (m == 0) goto done;  /* a keepalive: last_rx is all it says */
     if (q[0] >> 4 == 4 && m >= 20 && (!memcmp(q + 12, PyBytes_AS_STRING(addr), 4) || within(q + 12, sources))) {
-        if (add_attr(peer, s_rx_bytes, m) < 0)
+        if (add_attr(peer, s_rx_bytes, m) < 0 || add_attr(peer, s_rx_packets, 1) < 0)
             r = -1;
         else if (train && (q[9] == 6 || meta[0] || PyList_GET_SIZE(self->pending)))
             r = keep(self, plaintext, meta);
@@ -918,7 +923,10 @@ PyMODINIT_FUNC PyInit__express(void) {
     s_last_drop = PyUnicode_InternFromString("last_drop");
     s_watch_until = PyUnicode_InternFromString("watch_until");
     s_version = PyUnicode_InternFromString("version");
-    if (!s_tx_bytes || !s_last_tx || !s_rx_bytes || !s_last_rx || !s_last_drop || !s_watch_until || !s_version)
+    s_tx_packets = PyUnicode_InternFromString("tx_packets");
+    s_rx_packets = PyUnicode_InternFromString("rx_packets");
+    if (!s_tx_bytes || !s_last_tx || !s_rx_bytes || !s_last_rx || !s_last_drop || !s_watch_until || !s_version ||
+        !s_tx_packets || !s_rx_packets)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;

@@ -119,13 +119,15 @@ class NodeWorkers:
 
     def _report(self, i: int, report: dict, engine) -> None:
         carried = self.carried[i]
-        for addr, (rx, tx, last_rx, last_tx) in report["peers"].items():
+        for addr, (rx, tx, last_rx, last_tx, rx_packets, tx_packets) in report["peers"].items():
             carried[0] += rx
             carried[1] += tx
             peer = engine.peers.get(addr)
             if peer is not None:
                 peer.rx_bytes += rx
                 peer.tx_bytes += tx
+                peer.rx_packets += rx_packets
+                peer.tx_packets += tx_packets
                 peer.last_rx = max(peer.last_rx, last_rx)
                 peer.last_tx = max(peer.last_tx, last_tx)
         carried[2] += report["handed"]

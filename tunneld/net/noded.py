@@ -42,7 +42,7 @@ from ..proto import aead, endpoint, lock, wire
 from ..proto.endpoint import RELAY
 from ..proto.token import JoinToken, TokenError
 from ..state import NODE_FILE, SOCKET_FILE, load_identity, load_node_state, prepare_dir, save_node_state
-from . import ctlsock, steer
+from . import ctlsock, metrics_http, steer
 from .base import Daemon, FramedStream, real_env, udp_socket
 from .dataplane import DataPlane
 from .express import NodeSource
@@ -195,6 +195,7 @@ class NodeDaemon(Daemon):
             on_tun, on_udp = self.plane.use_express(source, self._on_tun, self._on_udp) or (self._on_tun, self._on_udp)
             self.plane.relay_is(self.relay_addr)
             self.after_input()  # a remembered address goes on the interface now
+            scrape = await metrics_http.start(s.metrics, lambda: self._control({"cmd": "status"}))
             ctl = await ctlsock.serve(os.path.join(self.state_dir, SOCKET_FILE), self._control)
             loop.add_reader(self.sock.fileno(), on_udp)
             loop.add_reader(self.tun.fd, on_tun)
@@ -214,6 +215,8 @@ class NodeDaemon(Daemon):
                     self.workers.close()
                 self.stop_base()
                 ctl.close()
+                if scrape is not None:
+                    scrape.close()
                 try:
                     os.unlink(os.path.join(self.state_dir, SOCKET_FILE))
                 except OSError:

@@ -32,7 +32,7 @@ from ..proto import aead, mesh
 from ..store.etcd import open_store
 from ..store.sqlite import SqliteStore
 from .shared import SharedStore, shared_identity
-from . import ctlsock, steer
+from . import ctlsock, metrics_http, steer
 from .relay_workers import RelayWorkers
 from .base import READ_BATCH, Daemon, FramedStream, bind_error, real_env, udp_socket
 from .backlog import Backlog
@@ -308,6 +308,7 @@ class RelayDaemon(Daemon):
         self.stats = Counter()
         self.batch = Batch(self.sock, self.drops, self.stats, relay_mtu - UDP_OVERHEAD_IPV4, lanes=True)
         server = await loop.create_server(lambda: NodeStream(self), sock=tcp_sock, backlog=1024)
+        scrape = await metrics_http.start(s.metrics, lambda: self._control({"cmd": "status"}))
         ctl = await ctlsock.serve(os.path.join(state_dir, SOCKET_FILE), self._control)
         loop.add_reader(self.sock.fileno(), self._on_udp)
         if self.worker_socks:
@@ -326,6 +327,8 @@ class RelayDaemon(Daemon):
             loop.remove_reader(self.sock.fileno())
             self.stop_base()
             ctl.close()
+            if scrape is not None:
+                scrape.close()
             server.close()
             for stream in list(self.streams):
                 stream.transport.abort()
