@@ -9,14 +9,13 @@ operator's mistake. The names of commands and options are a contract (README,
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
 import sys
 
 import click
 
-from . import __version__
+from . import __version__, logs
 from .cli_lock import lock_group
 from .cli_relay import revoke, routes, token
 from .config import (DEFAULT_INTERFACE, DEFAULT_NETWORK, DEFAULT_STATE_DIR, JoinSettings, ServeSettings,
@@ -28,21 +27,10 @@ from .state import SOCKET_FILE
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-class OneLineFormatter(logging.Formatter):
-    """Every record is one line: text that came from the network (a refused node's name, an
-    error) is escaped, so it cannot forge log lines of its own."""
-
-    _ESCAPES = {c: f"\\x{c:02x}" for c in (*range(32), 127) if c != 9}
-
-    def formatMessage(self, record) -> str:
-        return super().formatMessage(record).translate(self._ESCAPES)
-
-
-def _logging(level: str) -> None:
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per etcd call otherwise
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(OneLineFormatter("%(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
+def _log_format(value) -> str:
+    if value not in logs.FORMATS:
+        raise ConfigError(f"--log-format {str(value)[:20]!r}: give text or json")
+    return value
 
 
 def _finish(result: tuple[int, str]) -> int:
@@ -81,19 +69,30 @@ def cli():
 @click.option("--advertise", metavar="HOST:PORT", help="Where nodes and other relays reach this relay "
                                                        "[the --listen address].")
 @click.option("--metrics", metavar="HOST:PORT", help="Serve Prometheus metrics at http://HOST:PORT/metrics [off].")
+@click.option("--log-format", metavar="text|json", help="One line per record, as text or JSON [text].")
 @click.option("--workers", metavar="N", type=int, help="Processes forwarding relayed traffic on the port, "
                                                        "the relay's own included [1].")
 def serve(listen, network, state_dir, config, log_level, lock, auto_approve_routes, store, store_prefix,
-          store_ca, store_cert, store_key, advertise, metrics, workers):
+          store_ca, store_cert, store_key, advertise, metrics, log_format, workers):
     """Run the relay (rendezvous and forwarder) in the foreground."""
-    s = merged(dict(listen=listen, network=network, state_dir=state_dir, log_level=log_level, lock=lock,
-                    auto_approve_routes=list(auto_approve_routes) or None, store=store, store_prefix=store_prefix,
-                    store_ca=store_ca, store_cert=store_cert, store_key=store_key, advertise=advertise,
-                    metrics=metrics, workers=workers), config,
+    given = dict(listen=listen, network=network, state_dir=state_dir, log_level=log_level, lock=lock,
+                 auto_approve_routes=list(auto_approve_routes) or None, store=store, store_prefix=store_prefix,
+                 store_ca=store_ca, store_cert=store_cert, store_key=store_key, advertise=advertise,
+                 metrics=metrics, log_format=log_format, workers=workers)
+    settings = _serve_settings(given, config)
+    logs.setup(settings.log_level, settings.log_format)
+    from .net.base import run
+    from .net.relayd import RelayDaemon
+    return _finish(run(RelayDaemon(settings, lambda: _serve_settings(given, config)).run()))
+
+
+def _serve_settings(given: dict, config: str | None) -> ServeSettings:
+    """The command line's settings over the config file's, checked; again on every reload."""
+    s = merged(given, config,
                {"listen": None, "network": DEFAULT_NETWORK, "state_dir": DEFAULT_STATE_DIR, "log_level": "info",
                 "lock": None, "auto_approve_routes": [], "store": None, "store_prefix": "/tunneld/",
                 "store_ca": None, "store_cert": None, "store_key": None, "advertise": None, "metrics": None,
-                "workers": 1})
+                "log_format": "text", "workers": 1})
     if not s["listen"]:
         raise ConfigError("serve needs --listen HOST:PORT, e.g. --listen 0.0.0.0:7000")
     host, port = parse_hostport(s["listen"], "--listen")
@@ -108,14 +107,10 @@ def serve(listen, network, state_dir, config, log_level, lock, auto_approve_rout
     auto = parse_prefixes(s["auto_approve_routes"], "--auto-approve-routes")
     advertise = _advertise(s, host, port)
     workers = _check_workers(s["workers"])
-    settings = ServeSettings(host, port, parse_network(s["network"]), s["state_dir"],
-                             check_log_level(s["log_level"]), auto, lock_public, s["store"] or None,
-                             str(s["store_prefix"]), s["store_ca"], s["store_cert"], s["store_key"], advertise,
-                             workers, _metrics(s["metrics"]))
-    _logging(settings.log_level)
-    from .net.base import run
-    from .net.relayd import RelayDaemon
-    return _finish(run(RelayDaemon(settings).run()))
+    return ServeSettings(host, port, parse_network(s["network"]), s["state_dir"],
+                         check_log_level(s["log_level"]), auto, lock_public, s["store"] or None,
+                         str(s["store_prefix"]), s["store_ca"], s["store_cert"], s["store_key"], advertise,
+                         workers, _metrics(s["metrics"]), _log_format(s["log_format"]))
 
 
 MAX_WORKERS = 64
@@ -183,30 +178,48 @@ def _advertise(s: dict, host: str, port: int) -> str:
               help="This node's pod network, carried natively (routed mode, no VXLAN inside the tunnel): "
                    "a CIDR, or the path of flannel's subnet.env to follow. Implies --accept-routes.")
 @click.option("--metrics", metavar="HOST:PORT", help="Serve Prometheus metrics at http://HOST:PORT/metrics [off].")
+@click.option("--log-format", metavar="text|json", help="One line per record, as text or JSON [text].")
 @click.option("--workers", metavar="N", type=int, help="Processes carrying the node's traffic, each on a queue of "
                                                        "the interface, the node's own included [the cores].")
 @click.option("--log-level", metavar="LEVEL", help="debug, info, warning or error [info].")
 def join(relay, token_, token_file, name, interface, state_dir, config, port, advertise_routes, accept_routes,
-         snat_routes, pod_cidr, metrics, workers, log_level):
+         snat_routes, pod_cidr, metrics, log_format, workers, log_level):
     """Join the overlay and keep the node on it, in the foreground (systemd runs it)."""
-    s = merged(dict(relay=relay, token=token_, token_file=token_file, name=name, interface=interface,
-                    state_dir=state_dir, port=port, log_level=log_level, accept_routes=accept_routes,
-                    advertise_routes=list(advertise_routes) or None, snat_routes=snat_routes, pod_cidr=pod_cidr,
-                    metrics=metrics, workers=workers),
-               config,
+    given = dict(relay=relay, token=token_, token_file=token_file, name=name, interface=interface,
+                 state_dir=state_dir, port=port, log_level=log_level, accept_routes=accept_routes,
+                 advertise_routes=list(advertise_routes) or None, snat_routes=snat_routes, pod_cidr=pod_cidr,
+                 metrics=metrics, log_format=log_format, workers=workers)
+    settings = _join_settings(given, config)
+    if token_:
+        click.echo("tunneld: warning: --token leaves the token in the process list for every local user; "
+                   "use --token-file FILE or the TUNNELD_TOKEN environment variable", err=True)
+    logs.setup(settings.log_level, settings.log_format)
+    from .net.base import run
+    from .net.noded import NodeDaemon
+    # a reload rereads everything but the token, which was for the first join (its file may be gone)
+    return _finish(run(NodeDaemon(settings, lambda: _join_settings(given, config, settings.token_text)).run()))
+
+
+def _join_settings(given: dict, config: str | None, token: str | None = None) -> JoinSettings:
+    """The command line's settings over the config file's, checked; again on every reload,
+    with the token the node started with (token)."""
+    s = merged(given, config,
                {"relay": None, "token": None, "token_file": None, "name": None, "interface": DEFAULT_INTERFACE,
                 "state_dir": DEFAULT_STATE_DIR, "port": 0, "log_level": "info", "advertise_routes": [],
-                "accept_routes": False, "snat_routes": True, "pod_cidr": "", "metrics": None, "workers": _cores()})
+                "accept_routes": False, "snat_routes": True, "pod_cidr": "", "metrics": None, "log_format": "text",
+                "workers": _cores()})
     if not s["relay"]:
         raise ConfigError("join needs --relay HOST:PORT, the relay's public address")
-    given = s["relay"] if isinstance(s["relay"], list) else str(s["relay"]).split(",")
+    listed = s["relay"] if isinstance(s["relay"], list) else str(s["relay"]).split(",")
     relays = []
-    for text in (str(r).strip() for r in given):
+    for text in (str(r).strip() for r in listed):
         rhost, rp = parse_hostport(text, "--relay")
         relays.append((rhost, resolve_ipv4(rhost, "--relay"), rp))
     if not relays:
         raise ConfigError("join needs --relay HOST:PORT, the relay's public address")
     host, rport = relays[0][0], relays[0][2]
+    if token is not None:
+        s["token"], s["token_file"] = token, None
     if not s["token"] and not s["token_file"] and os.environ.get("TUNNELD_TOKEN"):
         s["token"] = os.environ["TUNNELD_TOKEN"]
     if bool(s["token"]) == bool(s["token_file"]):
@@ -239,19 +252,13 @@ def join(relay, token_, token_file, name, interface, state_dir, config, port, ad
                             check_interface_name(s["interface"]), s["state_dir"], lport,
                             check_log_level(s["log_level"]), routes, s["accept_routes"] or bool(pods),
                             s["snat_routes"], tuple(dict.fromkeys(f"{ip}:{p}" for _, ip, p in relays)), pods,
-                            s["workers"], _metrics(s["metrics"]))
+                            s["workers"], _metrics(s["metrics"]), _log_format(s["log_format"]))
     from .proto.token import JoinToken, TokenError
     try:
         JoinToken.parse(text)
     except TokenError as exc:
         raise ConfigError(str(exc)) from None
-    if token_:
-        click.echo("tunneld: warning: --token leaves the token in the process list for every local user; "
-                   "use --token-file FILE or the TUNNELD_TOKEN environment variable", err=True)
-    _logging(settings.log_level)
-    from .net.base import run
-    from .net.noded import NodeDaemon
-    return _finish(run(NodeDaemon(settings).run()))
+    return settings
 
 
 @cli.command()

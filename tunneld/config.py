@@ -123,6 +123,7 @@ class ServeSettings:
     advertise: str = ""  # host:port where nodes and the other relays reach this one
     workers: int = 1  # processes forwarding on the port (net/relay_workers.py)
     metrics: tuple[str, int] | None = None  # --metrics: where Prometheus scrapes /metrics
+    log_format: str = "text"  # logs.py: text or json
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,7 @@ class JoinSettings:
     pod_cidr: str = ""  # this node's pod network, routed natively: a CIDR, or flannel's subnet.env to follow
     workers: int = 1  # lanes of the data path, the node's own process included (net/node_workers.py)
     metrics: tuple[str, int] | None = None  # --metrics: where Prometheus scrapes /metrics
+    log_format: str = "text"  # logs.py: text or json
 
 
 def parse_routes(value) -> tuple[str, ...]:

@@ -396,7 +396,7 @@ def test_a_member_cannot_shrink_the_overlay_mtu_below_a_tunnels_minimum(net):
 def test_a_refused_name_cannot_forge_log_lines(caplog):
     """The relay logs refused joins; the name in one came from an unknown node."""
     import logging
-    from tunneld.cli import OneLineFormatter
+    from tunneld.logs import OneLineFormatter
     net = SimNet()
     forged = "evil\nINFO tunneld.relay: mallory (100.64.0.9) connected from 192.0.2.1:1"
     with caplog.at_level(logging.WARNING, logger="tunneld"):

@@ -23,6 +23,7 @@ import json
 import logging
 import struct
 
+from ..logs import event
 from ..control.directory import Entry, hello_list
 from ..drops import Drop
 from ..proto import endpoint, mesh, wire
@@ -151,9 +152,10 @@ class Cluster:
                 info.heard, info.rtt = old.heard, old.rtt
             self.by_boot[info.boot] = info
             if old is None:
-                log.info("relay %s joined the network", relay_id)
+                log.info("relay %s joined the network", relay_id, extra=event("relay_joined", relay=relay_id))
         elif old is not None:
-            log.warning("relay %s left the network (its etcd lease ended)", relay_id)
+            log.warning("relay %s left the network (its etcd lease ended)", relay_id,
+                        extra=event("relay_left", relay=relay_id))
         self.mesh.set_boots(self.by_boot)
         self.relay.directory.set_relays([self.relay.listen, *sorted(i.listen for i in self.relays.values())])
         for name, v in list(self.presence.items()):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 
+from ..logs import event
 from ..control.directory import Entry
 from ..control.registry import Refusal, RouteError, check_routes
 from ..drops import Drop
@@ -124,7 +125,8 @@ class Joins:
         if isinstance(decision, Refusal):
             r.counts["join_refused"] += 1
             log.warning("refused %r from %s: %s (%s)", request["name"][:64], endpoint.format(ep), decision.code,
-                        decision.message)
+                        decision.message, extra=event("join_refused", name=request["name"][:64],
+                                                      endpoint=endpoint.format(ep), code=decision.code))
             reply = {"ok": False, "code": decision.code, "error": decision.message, "retry": decision.retry,
                      **OURS.wire()}
             resp, _ = incoming.accept(index, messages.encode(reply), now, ephemeral)

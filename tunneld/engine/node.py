@@ -3,8 +3,8 @@
 In:   from_tun_train(packets, now)  one read of tunneld0: a packet, or a super-packet's
                               segments (routed once); from_tun(packet, now): one
       receive(data, ep, now)  a datagram (or TCP frame) from the relay (ep RELAY), or
-                              straight from a peer's endpoint
-      tick(now)               time passes
+                              straight from a peer's endpoint; tick(now): time passes
+      advertise(routes, now), accept(flag)   what we route for others, and take from them
 Out:  Transmit.send(ep, data), write_tun(packet)   at once, never blocking
       effects                 changes to the host, in order (effects.py), which the
                               daemon carries out off the receive path
@@ -71,8 +71,7 @@ class NodeConfig:
     assignment: Assignment | None = None  # as last known (node.json)
     routes: tuple[str, ...] = ()  # prefixes we route for others (a gateway)
     accept_routes: bool = False
-    protected: tuple[str, ...] = ()  # addresses and prefixes no accepted route may touch: the relay's,
-    # the host's connected networks, its gateway
+    protected: tuple[str, ...] = ()  # what no accepted route may touch: the relay, the host's networks, its gateway
     lan: tuple[str, ...] = ()  # our LAN endpoints, offered to peers as direct candidates
     relay_label: str = ""  # how status names the relay
     chain: bytes | None = None  # our network-lock chain, from an endorsed token
@@ -99,11 +98,9 @@ class Node:
         self.peers_by_key: dict[bytes, Peer] = {}
         self.mirror = DirectoryMirror()
         timestamps = Timestamper(env.wall_ns)
-        self.relay = RelayLink(identity, relay_public, JoinRequest(config.name, config.credential,
-                                                                   config.underlay_mtu, config.routes, config.lan,
-                                                                   config.chain),
-                               out, env, now, table=self.table, drops=self.drops, counts=self.counts,
-                               timestamps=timestamps, backoff=backoff, suite=config.suite,
+        join = JoinRequest(config.name, config.credential, config.underlay_mtu, config.routes, config.lan, config.chain)
+        self.relay = RelayLink(identity, relay_public, join, out, env, now, table=self.table, drops=self.drops,
+                               counts=self.counts, timestamps=timestamps, backoff=backoff, suite=config.suite,
                                joined_before=config.assignment is not None, relays=config.relays)
         self.handshakes = PeerHandshakes(identity, self.table, out, env, timestamps, self.drops, self.counts,
                                          self.peers_by_key, now)
@@ -147,8 +144,7 @@ class Node:
             if sealed is None:
                 self.drops[Drop.SESSION_EXHAUSTED] += 1
                 continue
-            sent += len(packet)
-            count += 1
+            sent, count = sent + len(packet), count + 1
             self.out.send(peer.tx_ep, sealed)
         if sent:
             peer.tx_bytes, peer.tx_packets, peer.last_tx = peer.tx_bytes + sent, peer.tx_packets + count, now
@@ -244,8 +240,7 @@ class Node:
         if first >> 4 == 4:
             if len(plaintext) >= 20 and (plaintext[12:16] == peer.addr or
                                          (peer.sources and within(plaintext[12:16], peer.sources))):
-                peer.rx_bytes += len(plaintext)
-                peer.rx_packets += 1
+                peer.rx_bytes, peer.rx_packets = peer.rx_bytes + len(plaintext), peer.rx_packets + 1
                 if msg[1]:  # a deeper checksum, left for our kernel (wire.py, offload.py)
                     plaintext = bytes((wire.PARTIAL, 0, msg[1], 0, msg[2])) + plaintext
                 self.out.write_tun(plaintext)
@@ -318,6 +313,11 @@ class Node:
         self.relay.advertise(self.config.routes, now)
         if self.assignment is not None:
             self.effects.append(SetGateway(self.assignment.network, self.config.routes))
+
+    def accept(self, accept: bool) -> None:  # a reload turned accepting peers' prefixes on or off
+        self.config = replace(self.config, accept_routes=accept)
+        self.routes.set_accept(accept, self.peers.values())
+        self.table.version += 1  # the data path's tables: routed destinations and sources
 
     def _adopt_mtu(self, network_mtu: int) -> bool:
         """The overlay MTU the relay says; True if tunneld0's changed (the caller saves it)."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 
+from ..logs import event
+
 
 log = logging.getLogger("tunneld.relay")
 
@@ -36,7 +38,7 @@ class OperatorCommands:
         self._mtus.pop(name, None)
         if self.cluster is not None:
             self.cluster.let_go(record)
-        log.info("revoked %s (%s)", name, record.address)
+        log.info("revoked %s (%s)", name, record.address, extra=event("revoked", node=name, address=record.address))
 
     def issue_token(self, ttl: float | None, uses: int = 1) -> str:
         token, write = self.registry.issue_token(self.identity.public, ttl, self.env.wall(), self.env.random, uses)

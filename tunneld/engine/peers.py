@@ -31,6 +31,7 @@ import ipaddress
 import logging
 from collections import deque
 
+from ..logs import event
 from ..control.directory import Entry
 from ..control.paths import PathState
 from ..control.ratelimit import HandshakeGuard
@@ -268,7 +269,8 @@ class PeerHandshakes:
             return True
         self.drops[Drop.PEER_VERSION] += 1
         if problem != peer.problem:
-            log.warning("cannot talk to %s: %s", peer.name, problem)
+            log.warning("cannot talk to %s: %s", peer.name, problem,
+                        extra=event("peer_refused", peer=peer.name, problem=problem))
         peer.problem = problem
         return False
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 
+from ..logs import event
 from ..drops import Drop
 from ..proto import endpoint, wire
 from ..proto.endpoint import RELAY
@@ -79,7 +80,9 @@ class Probes:
         direct = peer.path.direct(now)
         ep = RELAY if direct is None else direct
         if ep != peer.tx_ep:
-            log.info("path to %s: %s", peer.name, "relay" if direct is None else f"direct via {endpoint.format(direct)}")
+            via = None if direct is None else endpoint.format(direct)
+            log.info("path to %s: %s", peer.name, "relay" if via is None else f"direct via {via}",
+                     extra=event("path", peer=peer.name, path="relay" if via is None else "direct", endpoint=via))
             self.counts["path_changes"] += 1
             peer.tx_ep = ep
             peer.tx_prefix = peer.relayed_prefix if direct is None else b""

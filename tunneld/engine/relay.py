@@ -38,6 +38,7 @@ import logging
 from collections import Counter, deque
 from typing import Callable
 
+from ..logs import event
 from ..control.directory import Directory
 from ..control.ratelimit import HandshakeGuard
 from ..control.registry import Registry
@@ -287,7 +288,8 @@ class Relay(OperatorCommands):
         if not m.online:
             m.online = True
             self.counts["connects"] += 1
-            log.info("%s (%s) connected from %s", m.name, m.address, endpoint.format(ep))
+            log.info("%s (%s) connected from %s", m.name, m.address, endpoint.format(ep),
+                     extra=event("node_connected", node=m.name, address=m.address, endpoint=endpoint.format(ep)))
             self._seen[m.name] = self.env.wall()
         self.by_addr[m.addr] = m
         self.directory.set(m.entry())
@@ -301,7 +303,8 @@ class Relay(OperatorCommands):
         if m.online:
             m.online = False
             self._seen[m.name] = self.env.wall()
-            log.info("%s (%s) %s", m.name, m.address, why)
+            log.info("%s (%s) %s", m.name, m.address, why,
+                     extra=event("node_offline", node=m.name, address=m.address, reason=why))
         self.directory.set(m.entry())  # (a member that moved away: cluster.py shows its new home next)
 
     def moved_away(self, m: Member) -> None:

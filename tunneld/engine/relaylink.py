@@ -38,6 +38,7 @@ from dataclasses import dataclass, replace
 
 from collections import Counter
 
+from ..logs import event
 from ..control.backoff import Backoff
 from ..drops import Drop
 from ..proto import messages, wire
@@ -192,13 +193,14 @@ class RelayLink:
         if not reply["ok"]:
             if reply["code"] == "unknown_key" and self.request.credential is not None and not self.send_token:
                 log.warning("the relay does not know this node's key (its state was reset?); joining with the "
-                            "token again")
+                            "token again", extra=event("relay_refused", code="unknown_key", retry=True))
                 self.send_token = True
                 self.next_attempt = now
                 return None
             if reply["retry"]:
                 self.problem = reply["error"]
-                log.warning("the relay cannot take this node now (%s); retrying", reply["error"])
+                log.warning("the relay cannot take this node now (%s); retrying", reply["error"],
+                            extra=event("relay_refused", code=reply["code"], error=reply["error"], retry=True))
                 return None
             return REFUSED, (reply["code"], reply["error"])
         self.failures = self.tries_here = 0
@@ -210,7 +212,9 @@ class RelayLink:
         self.last_rx = now
         if not self.up:
             log.info("connected to the relay over %s as %s (%s)", "TCP" if self.tcp else "UDP",
-                     reply["name"], reply["address"])
+                     reply["name"], reply["address"],
+                     extra=event("relay_connected", relay=self.endpoint, transport="tcp" if self.tcp else "udp",
+                                 name=reply["name"], address=reply["address"]))
         self.up = True
         self.ever_joined = True
         self.hello = reply["hello"]
@@ -291,7 +295,8 @@ class RelayLink:
     def transport_lost(self, now: float) -> None:
         """The adapter's TCP stream to the relay closed: reconnect now, not after a timeout."""
         if self.up:
-            log.warning("lost the TCP connection to the relay; reconnecting")
+            log.warning("lost the TCP connection to the relay; reconnecting",
+                        extra=event("relay_lost", relay=self.endpoint, reason="tcp_closed"))
         self.up = False
         self.hs.stop()
         self.next_attempt = now
@@ -327,7 +332,8 @@ class RelayLink:
         self.next_attempt = now
         self.counts["relay_failovers"] += 1
         self.out.relay_endpoint(self.endpoint)
-        log.warning("relay %s %s; moving to relay %s", old, why, self.endpoint)
+        log.warning("relay %s %s; moving to relay %s", old, why, self.endpoint,
+                    extra=event("relay_failover", old=old, relay=self.endpoint, reason=why))
 
     def _home_dead(self, now: float) -> bool:
         if len(self.relays) < 2 or not self.up:
@@ -343,10 +349,13 @@ class RelayLink:
             self._fail_over(now, f"has not answered for {now - self.last_rx:.1f} s")
         if self.up and now - self.last_rx > RELAY_DEAD_AFTER:
             self.up = False
-            log.warning("no answer from the relay for %.0f s; reconnecting", now - self.last_rx)
+            log.warning("no answer from the relay for %.0f s; reconnecting", now - self.last_rx,
+                        extra=event("relay_lost", relay=self.endpoint, reason="silent",
+                                    seconds=round(now - self.last_rx, 1)))
         if self.keys.expire(now, RELAY_DEAD_AFTER) and self.up:
             self.up = False  # no rekey went through in time: the session may not be used any more
-            log.warning("the relay session expired without a rekey; reconnecting")
+            log.warning("the relay session expired without a rekey; reconnecting",
+                        extra=event("relay_lost", relay=self.endpoint, reason="session_expired"))
         if not self.up:
             # next_attempt is set when a handshake goes out, so a refusal that says "retry"
             # waits its backoff too; transport_lost() and hints bring it forward.
@@ -376,7 +385,7 @@ class RelayLink:
     def _unanswered(self) -> None:
         problem = WRONG_KEY_PROBLEM if self.wrong_key_hints else SILENT_PROBLEM.format(n=self.failures)
         if problem.split(" after ")[0] != self.problem.split(" after ")[0]:
-            log.warning("%s; retrying", problem)
+            log.warning("%s; retrying", problem, extra=event("relay_problem", relay=self.endpoint, problem=problem))
         self.problem = problem
 
     def status(self, label: str) -> dict:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 
+from ..logs import event
 from ..drops import Drop
 from ..proto import wire
 from .effects import SetMtu, SetRoutes
@@ -59,6 +60,15 @@ class Routes:
         if self.accept:
             self._accept(peers)
         self.install(peers)
+
+    def set_accept(self, accept: bool, peers) -> None:
+        """Accepting peers' prefixes turned on or off (a reload): the table rebuilt or emptied."""
+        self.accept = accept
+        if not accept:
+            self.table, self.accepted = [], []
+            for peer in peers:
+                peer.sources = ()
+        self.update(peers)
 
     def install(self, peers, again: bool = False) -> None:
         """What goes through tunneld0: each peer's own address, and the accepted prefixes;
@@ -157,7 +167,7 @@ class Mtu:
             if self.settled:
                 log.warning("the overlay MTU fell to %d (a node with a smaller path joined): lowering "
                             "the interface from %d; restart flannel on this node so that pods follow",
-                            target, self.interface)
+                            target, self.interface, extra=event("mtu", mtu=target, was=self.interface))
             self.interface = target
             self.effects.append(SetMtu(target))
         self.settled = True

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 
+from ..logs import event
 from ..drops import Drop
 from ..proto.lock import ChainCache, format_public
 
@@ -55,7 +56,8 @@ class Trust:
                     log.warning("KEY CHANGE: %s's key is now %s… (was %s…). Expected if that node was reinstalled "
                                 "or its key file deleted; if not, its traffic may be intercepted by whoever "
                                 "holds the relay%s", e.name, e.key.hex()[:16], before.hex()[:16],
-                                "" if self.chains else " (the network lock prevents this: tunneld lock)")
+                                "" if self.chains else " (the network lock prevents this: tunneld lock)",
+                                extra=event("key_change", peer=e.name, new_key=e.key.hex(), old_key=before.hex()))
                 self.known[e.name] = e.key
                 changed = True
         self.unendorsed = unendorsed

@@ -15,11 +15,14 @@ import signal
 import socket
 import time
 from collections import Counter
+from dataclasses import replace
 from time import monotonic
 
+from .. import logs
 from ..drops import Drop
 from ..engine.effects import Env
-from ..errors import ConfigError
+from ..errors import ConfigError, TunneldError
+from ..logs import event
 from ..proto import aead
 from ..proto.errors import ProtocolError
 from ..proto.framing import Deframer, frame
@@ -131,21 +134,81 @@ class FramedStream(asyncio.Protocol):
 
 
 class Daemon:
-    """A stop future, signal handlers and a periodic tick; subclasses fill in the rest."""
+    """A stop future, signal handlers, a periodic tick and reloading the config on SIGHUP;
+    subclasses fill in the rest.
 
-    def __init__(self):
+    Reload: reread() gives the settings the command line and the config file say now (the
+    CLI's own checks: a bad file raises ConfigError, and the running config stays); the log
+    level and format and the metrics address change here, a subclass's changed() the rest
+    it can change running (routes); what only a restart changes is kept, and said."""
+
+    RESTART_ONLY: tuple[str, ...] = ()  # settings a reload cannot change
+
+    def __init__(self, reread=None):
         self.loop: asyncio.AbstractEventLoop | None = None
         self.engine = None  # the sans-IO engine
         self.drops: Counter = Counter()  # what the daemon itself dropped: sockets, streams, the TUN
         self._done: asyncio.Future | None = None
         self._ticker: asyncio.TimerHandle | None = None
+        self.reread = reread
+        self.scrape: asyncio.AbstractServer | None = None  # --metrics (metrics_http.py)
 
     def start_base(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._done = self.loop.create_future()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.finish, 0, "")
+        self.loop.add_signal_handler(signal.SIGHUP, self.reload)
         self._ticker = self.loop.call_later(TICK, self._tick)
+
+    def reload(self) -> None:
+        if self.reread is None:
+            return
+        try:
+            new = self.reread()
+        except TunneldError as exc:
+            log.error("reload refused, the running config stays: %s", exc,
+                      extra=event("reload", ok=False, error=str(exc)))
+            return
+        old = self.settings
+        kept = [name for name in self.RESTART_ONLY if getattr(new, name) != getattr(old, name)]
+        if kept:
+            log.warning("reload: %s changes only when the daemon restarts; keeping the running value",
+                        ", ".join(n.replace("_", "-") for n in kept), extra=event("reload_kept", settings=kept))
+            new = replace(new, **{name: getattr(old, name) for name in kept})
+        changed = [name for name in ("log_level", "log_format") if getattr(new, name) != getattr(old, name)]
+        if changed:
+            logs.setup(new.log_level, new.log_format)
+        if new.metrics != old.metrics:
+            changed.append("metrics")
+            self.loop.create_task(self._move_metrics(new.metrics))
+        try:
+            changed += self.changed(old, new)
+        except Exception:
+            self.internal_error()
+        self.settings = replace(new, metrics=old.metrics) if "metrics" in changed else new
+        log.info("reloaded the config: %s", ", ".join(c.replace("_", "-") for c in changed) or "nothing changed",
+                 extra=event("reload", ok=True, changed=changed))
+
+    def changed(self, old, new) -> list[str]:
+        """What else the new settings change, done: the names of the settings."""
+        return []
+
+    async def _move_metrics(self, where) -> None:
+        """--metrics moved: the new address first, then the old one closed (kept if the new fails)."""
+        from . import metrics_http  # (it imports this module)
+        try:
+            server = await metrics_http.start(where, self.status_now)
+        except TunneldError as exc:
+            log.error("reload: metrics stay where they were: %s", exc, extra=event("reload", ok=False, error=str(exc)))
+            return
+        if self.scrape is not None:
+            self.scrape.close()
+        self.scrape = server
+        self.settings = replace(self.settings, metrics=where)
+
+    def status_now(self) -> dict:
+        return self._control({"cmd": "status"})
 
     def finish(self, code: int, message: str) -> None:
         if self._done is not None and not self._done.done():
@@ -157,8 +220,10 @@ class Daemon:
     def stop_base(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             self.loop.remove_signal_handler(sig)
+        if self.scrape is not None:
+            self.scrape.close()
 
     def receive(self, data: bytes, ep, now: float) -> None:
         try:

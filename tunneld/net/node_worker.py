@@ -32,6 +32,7 @@ from time import monotonic
 
 import msgpack
 
+from .. import logs
 from ..drops import Drop
 from ..engine.lanes import Lane
 from ..proto.endpoint import RELAY
@@ -171,9 +172,10 @@ def main(argv: list[str]) -> int:
     sock.setblocking(False)
     ctl.setblocking(False)
     os.set_blocking(tun_fd, False)
-    for sig in (signal.SIGTERM, signal.SIGINT):  # the node's process ends us, by closing the control socket
+    # the node's process ends us, by closing the control socket; a reload (SIGHUP) is its alone
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logs.setup("info", os.environ.get(logs.ENV, "text"))  # as the node logs
     run(NodeWorker(lane, sock, tun_fd, bool(tunnel), ctl, mtu).main())
     return 0
 

@@ -33,6 +33,7 @@ from ..engine.node import Node, NodeConfig
 from ..engine.routes import OVERHEAD
 from ..errors import EXIT_FAILURE, EXIT_REFUSED, ConfigError, HostError
 from ..host import nat, spread
+from ..logs import event
 from ..host.cpu import has_aes
 from ..host.links import Links
 from ..host.notify import notify
@@ -104,8 +105,11 @@ def resolvers(path: str = "/etc/resolv.conf") -> list[tuple[str, str]]:
 
 
 class NodeDaemon(Daemon):
-    def __init__(self, settings: JoinSettings):
-        super().__init__()
+    RESTART_ONLY = ("relay_host", "relay_ip", "relay_port", "name", "interface", "state_dir", "port", "snat_routes",
+                    "relays", "pod_cidr", "workers")
+
+    def __init__(self, settings: JoinSettings, reread=None):
+        super().__init__(reread)
         self.settings = settings
         self.engine: Node | None = None
         self.tun: Tun | None = None
@@ -195,7 +199,7 @@ class NodeDaemon(Daemon):
             on_tun, on_udp = self.plane.use_express(source, self._on_tun, self._on_udp) or (self._on_tun, self._on_udp)
             self.plane.relay_is(self.relay_addr)
             self.after_input()  # a remembered address goes on the interface now
-            scrape = await metrics_http.start(s.metrics, lambda: self._control({"cmd": "status"}))
+            self.scrape = await metrics_http.start(s.metrics, self.status_now)
             ctl = await ctlsock.serve(os.path.join(self.state_dir, SOCKET_FILE), self._control)
             loop.add_reader(self.sock.fileno(), on_udp)
             loop.add_reader(self.tun.fd, on_tun)
@@ -215,8 +219,6 @@ class NodeDaemon(Daemon):
                     self.workers.close()
                 self.stop_base()
                 ctl.close()
-                if scrape is not None:
-                    scrape.close()
                 try:
                     os.unlink(os.path.join(self.state_dir, SOCKET_FILE))
                 except OSError:
@@ -323,8 +325,8 @@ class NodeDaemon(Daemon):
                 except OSError as exc:
                     log.error("cannot write %s: %s", os.path.join(self.state_dir, "node.json"), exc)
                     continue
-                if said:
-                    log.info("%s", said)
+                if said:  # the interface's address, MTU or routes changed: what changed, in words
+                    log.info("%s", said, extra=event("host", change=type(effect).__name__))
                 if isinstance(effect, fx.SetAddress) and not self.ready:
                     self.ready = True
                     notify(f"READY=1\nSTATUS={self.settings.interface} {effect.interface.ip}")
@@ -482,6 +484,20 @@ class NodeDaemon(Daemon):
         if not start:
             self.engine.advertise(self.settings.advertise_routes + pods, now)
             self.after_input()
+
+    def changed(self, old, new) -> list[str]:
+        """A reload's routes: advertised ones go to the relay in the link's next handshake
+        (peers' sessions are untouched); accepting peers' prefixes turns on or off."""
+        out = []
+        if new.advertise_routes != old.advertise_routes:
+            self.engine.advertise(new.advertise_routes + self.pods, monotonic())
+            out.append("advertise_routes")
+        if new.accept_routes != old.accept_routes:
+            self.engine.accept(new.accept_routes)
+            out.append("accept_routes")
+        if out:
+            self.after_input()
+        return out
 
     def _control(self, request: dict) -> dict:
         if request.get("cmd") == "status":

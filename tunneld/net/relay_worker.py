@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import sys
 from collections import Counter
@@ -31,6 +32,7 @@ from time import monotonic
 
 import msgpack
 
+from .. import logs
 from ..drops import Drop
 from ..proto import wire
 from .base import READ_BATCH, run
@@ -147,6 +149,8 @@ def main(argv: list[str]) -> int:
     ctl = socket.socket(fileno=int(argv[2]))
     sock.setblocking(False)
     ctl.setblocking(False)
+    logs.setup("info", os.environ.get(logs.ENV, "text"))  # as the relay logs
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload is the relay's own process's
     run(Worker(sock, ctl, int(argv[1])).main())
     return 0
 

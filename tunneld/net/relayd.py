@@ -192,8 +192,11 @@ class StoreWriter:
 
 
 class RelayDaemon(Daemon):
-    def __init__(self, settings: ServeSettings):
-        super().__init__()
+    RESTART_ONLY = ("listen_host", "port", "network", "state_dir", "auto_approve_routes", "lock", "store",
+                    "store_prefix", "store_ca", "store_cert", "store_key", "advertise", "workers")
+
+    def __init__(self, settings: ServeSettings, reread=None):
+        super().__init__(reread)
         self.settings = settings
         self.streams: set[NodeStream] = set()
         self.fresh: set[NodeStream] = set()  # streams that had not authenticated when last looked at
@@ -308,7 +311,7 @@ class RelayDaemon(Daemon):
         self.stats = Counter()
         self.batch = Batch(self.sock, self.drops, self.stats, relay_mtu - UDP_OVERHEAD_IPV4, lanes=True)
         server = await loop.create_server(lambda: NodeStream(self), sock=tcp_sock, backlog=1024)
-        scrape = await metrics_http.start(s.metrics, lambda: self._control({"cmd": "status"}))
+        self.scrape = await metrics_http.start(s.metrics, self.status_now)
         ctl = await ctlsock.serve(os.path.join(state_dir, SOCKET_FILE), self._control)
         loop.add_reader(self.sock.fileno(), self._on_udp)
         if self.worker_socks:
@@ -327,8 +330,6 @@ class RelayDaemon(Daemon):
             loop.remove_reader(self.sock.fileno())
             self.stop_base()
             ctl.close()
-            if scrape is not None:
-                scrape.close()
             server.close()
             for stream in list(self.streams):
                 stream.transport.abort()
