@@ -291,6 +291,29 @@ def metrics(state_dir):
     return 0
 
 
+@cli.command()
+@click.option("--state-dir", metavar="DIR", default=DEFAULT_STATE_DIR, show_default=True)
+def doctor(state_dir):
+    """Check this host for what keeps tunneld, kubelet and flannel from working, and say how
+    to fix it: exit 0 when all is well, 1 when something is wrong."""
+    from .doctor import check, render
+    from .host.facts import gather
+    from .net.ctlsock import request
+    state_dir = os.path.abspath(state_dir)
+    status, error = None, None
+    try:
+        status = request(os.path.join(state_dir, SOCKET_FILE), {"cmd": "status"})
+    except TunneldError as exc:
+        error = str(exc)
+    if status is not None and "error" in status:
+        status, error = None, f"the daemon answered: {status['error']}"
+    facts = gather(status, (status or {}).get("interface") or DEFAULT_INTERFACE, state_dir)
+    facts["error"] = error
+    findings = check(facts)
+    click.echo(render(findings))
+    return 0 if all(f.ok for f in findings) else 1
+
+
 @cli.command("kube-env")
 @click.option("--state-dir", metavar="DIR", default=DEFAULT_STATE_DIR, show_default=True)
 @click.option("--net-conf", "mode", metavar="vxlan|routed",

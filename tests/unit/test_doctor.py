@@ -1,0 +1,66 @@
+"""doctor.check: the rules on made-up facts (the lab test plants each on a real host)."""
+
+from tunneld.doctor import check, render
+
+LINKS = {"lo": {"index": 1, "up": True, "mtu": 65536, "master": None, "kind": None},
+         "eth0": {"index": 2, "up": True, "mtu": 1500, "master": None, "kind": "veth"},
+         "tunneld0": {"index": 3, "up": True, "mtu": 1432, "master": None, "kind": "tun"}}
+STATUS = {"role": "node", "address": "100.64.0.2", "network": "100.64.0.0/10", "mtu": 1432, "interface": "tunneld0",
+          "relay": {"endpoint": "192.0.2.1:7000", "connected": True, "transport": "udp", "rtt_ms": 1.0},
+          "advertised_routes": [], "accepted_routes": [], "peers": []}
+
+
+def facts(**over):
+    out = {"status": STATUS, "interface": "tunneld0", "links": dict(LINKS),
+           "addresses": {"lo": ["127.0.0.1"], "eth0": ["198.51.100.11"], "tunneld0": ["100.64.0.2"]},
+           "ip_forward": "0", "rp_filter": "0", "rp_filter_all": "0", "kubelet": [], "resolvers": [],
+           "routes_elsewhere": [], "disk_free": 1 << 40}
+    out.update(over)
+    return out
+
+
+def bad(findings):
+    return [f.what for f in findings if not f.ok]
+
+
+def test_a_healthy_node_has_no_finding_and_renders_ok_lines():
+    found = check(facts())
+    assert bad(found) == [] and render(found).startswith("ok   tunneld0 is up with 100.64.0.2")
+
+
+def test_the_address_missing_from_tunneld0_and_kubelet_refusing_it():
+    found = bad(check(facts(addresses={"tunneld0": []})))
+    assert any("does not hold the overlay address" in f for f in found)
+    assert any("kubelet would refuse --node-ip=100.64.0.2" in f for f in found)
+
+
+def test_reverse_path_filtering_is_judged_as_the_kernel_does():
+    routes = dict(STATUS, accepted_routes=["198.18.1.0/24"])
+    assert bad(check(facts(status=routes, rp_filter="1", rp_filter_all="2"))) == []  # loose wins
+    assert bad(check(facts(status=routes, rp_filter="0", rp_filter_all="1")))
+    assert bad(check(facts(status=routes, rp_filter="1", rp_filter_all="0")))
+
+
+def test_flannel_on_another_link_or_local_and_pods_larger():
+    links = dict(LINKS, **{"flannel.1": {"index": 4, "up": True, "mtu": 1382, "master": None, "kind": "vxlan",
+                                         "vxlan_link": 2, "vxlan_local": "198.51.100.11"}})
+    assert any("flannel.1 is not on tunneld0" in f for f in bad(check(facts(links=links))))
+    links["flannel.1"] = dict(links["flannel.1"], vxlan_link=3, vxlan_local="100.64.0.2")
+    links["cni0"] = {"index": 5, "up": True, "mtu": 1382, "master": None, "kind": "bridge"}
+    links["veth1"] = {"index": 6, "up": True, "mtu": 1450, "master": 5, "kind": "veth"}
+    assert bad(check(facts(links=links))) == ["veth1's MTU 1450 is larger than flannel.1's 1382"]
+
+
+def test_the_relay_tcp_fallback_and_a_resolver_in_the_overlay():
+    tcp = dict(STATUS, relay=dict(STATUS["relay"], transport="tcp"))
+    assert any("fell back to TCP" in f for f in bad(check(facts(status=tcp))))
+    found = bad(check(facts(resolvers=[("/etc/resolv.conf", "100.100.100.100"), ("/etc/resolv.conf", "::1")])))
+    assert found == ["the resolver 100.100.100.100 in /etc/resolv.conf is inside the overlay's range "
+                     "100.64.0.0/10: DNS may go into the tunnel"]
+
+
+def test_not_running_and_a_relay_with_its_store_down_and_no_disk():
+    assert bad(check({"status": None, "error": "no control socket"}))
+    relay = {"role": "relay", "listen": "192.0.2.1:7000", "store": {"kind": "etcd", "problem": "timed out"}}
+    found = bad(check({"status": relay, "disk_free": 10 << 20}))
+    assert len(found) == 2 and "etcd" in found[0] and "10 MB free" in found[1]
