@@ -82,11 +82,22 @@ def _node(status: dict) -> list:
     iface = _gauge("tunneld_interface_mtu_bytes", "The MTU of the node's TUN interface.", ["interface"])
     if status.get("mtu"):
         iface.add_metric([str(status.get("interface") or "")], status["mtu"])
+    handshakes = _counter("tunneld_handshakes", "Handshakes with peers and the relay, by outcome: sent, "
+                          "completed (ours answered), answered (theirs), refused (dropped, by any handshake_ "
+                          "reason).", ["with", "outcome"])
+    counters = status.get("counters", {})
+    for side in ("peer", "relay"):
+        for outcome in ("sent", "completed", "answered"):
+            if side == "peer" or outcome != "answered":
+                handshakes.add_metric([side, outcome], counters.get(f"{side}_handshakes_{outcome}", 0))
+    handshakes.add_metric(["peer", "refused"], sum(n for reason, n in status.get("drops", {}).items()
+                                                    if reason.startswith("handshake_")))
     peers = _gauge("tunneld_peers", "Peers the node knows.")
     peers.add_metric([], len(status.get("peers", ())))
     sessions = _gauge("tunneld_sessions", "Peers the node holds a session with.")
     sessions.add_metric([], sum(1 for p in status.get("peers", ()) if p.get("session")))
-    return out + [rx, tx, rxp, txp, rtt, mtu, online, session, connected, relay_rtt, iface, peers, sessions]
+    return out + [rx, tx, rxp, txp, rtt, mtu, online, session, connected, relay_rtt, iface, handshakes, peers,
+                  sessions]
 
 
 def _relay(status: dict) -> list:

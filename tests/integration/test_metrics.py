@@ -122,6 +122,10 @@ def test_node_peer_bytes_and_packets_by_path_as_prometheus_stores_them(lab):
     assert rtt and all(0 < v < 1 for v in rtt.values())
     mtu = values(query(f'tunneld_interface_mtu_bytes{{instance="{ma}"}}'))
     assert list(mtu.values()) == [float(ov.node_status("ma")["mtu"])]
+    done = values(query('sum(tunneld_handshakes_total{with="peer",outcome=~"completed|answered"})'))
+    assert list(done.values())[0] >= 2  # ma's and mb's, at least: ma asked, mb answered
+    relay_done = values(query(f'tunneld_handshakes_total{{instance="{ma}",with="relay",outcome="completed"}}'))
+    assert list(relay_done.values())[0] >= 1
     up = values(query(f'tunneld_relay_connected{{instance="{ma}"}}'))
     assert [(dict(k)["transport"], v) for k, v in up.items()] == [("udp", 1.0)]
 

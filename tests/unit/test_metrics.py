@@ -10,7 +10,8 @@ NODE = {"role": "node", "name": "a", "protocol": "0.4", "interface": "tunneld0",
                    "rx_bytes": 10, "tx_bytes": 20, "rx_packets": 1, "tx_packets": 2},
                   {"name": "c", "path": "relay", "rtt_ms": None, "mtu": None, "session": False,
                    "rx_bytes": 0, "tx_bytes": 0}],
-        "counters": {"path_changes": 3}, "drops": {"replay": 4},
+        "counters": {"path_changes": 3, "peer_handshakes_sent": 2, "peer_handshakes_completed": 1},
+        "drops": {"replay": 4, "handshake_replay": 5, "handshake_invalid": 1},
         "offload": {"aead": "openssl", "express": True, "udp_gso_sends": 7},
         "workers": [{"worker": 0}, {"worker": 1}]}
 RELAY = {"role": "relay", "listen": "192.0.2.1:7000", "protocol": "0.4", "sessions": 3, "tcp_streams": 1,
@@ -45,6 +46,9 @@ def test_a_nodes_peers_counters_and_gauges():
     assert ("tunneld_offload_total", (("kind", "express"),)) not in got  # a flag, not a count
     assert got[("tunneld_interface_mtu_bytes", (("interface", "tunneld0"),))] == 1432
     assert got[("tunneld_sessions", ())] == 1 and got[("tunneld_workers", ())] == 2
+    assert got[("tunneld_handshakes_total", (("outcome", "completed"), ("with", "peer")))] == 1
+    assert got[("tunneld_handshakes_total", (("outcome", "refused"), ("with", "peer")))] == 6
+    assert got[("tunneld_handshakes_total", (("outcome", "sent"), ("with", "relay")))] == 0
 
 
 def test_a_relays_nodes_sessions_and_peers():

@@ -190,6 +190,7 @@ class PeerHandshakes:
         if not self._hello_ok(peer, hello):
             return
         peer.keys.install(s)
+        self.counts["peer_handshakes_completed"] += 1
         peer.last_rx = now  # the handshake itself was word from the peer
         if not self.flush(peer, now):
             self.keepalive(peer, now)  # confirms the session to the responder
@@ -234,6 +235,7 @@ class PeerHandshakes:
                                   KeyPair.from_private_bytes(self.env.random(32)))
         peer.keys.offer(s)
         peer.reply(self.out, via, resp)
+        self.counts["peer_handshakes_answered"] += 1
 
     def _init_allowed(self, peer: Peer | None, msg: bytes, now: float, via) -> bool:
         """The relay's flood defence, on a node: under load, no Diffie-Hellman for an INIT

@@ -209,6 +209,7 @@ class RelayLink:
         self.wrong_key_hints = 0
         self.good_tcp = self.tcp
         self.keys.install(s)
+        self.counts["relay_handshakes_completed"] += 1
         self.last_rx = now
         if not self.up:
             log.info("connected to the relay over %s as %s (%s)", "TCP" if self.tcp else "UDP",
