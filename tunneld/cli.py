@@ -261,15 +261,21 @@ def _join_settings(given: dict, config: str | None, token: str | None = None) ->
     return settings
 
 
+def _status(state_dir: str) -> dict:
+    """The running daemon's status through its control socket (status, metrics, doctor)."""
+    from .net.ctlsock import request
+    st = request(os.path.join(os.path.abspath(state_dir), SOCKET_FILE), {"cmd": "status"})
+    if "error" in st:
+        raise TunneldError(f"the daemon answered: {st['error']}")
+    return st
+
+
 @cli.command()
 @click.option("--state-dir", metavar="DIR", default=DEFAULT_STATE_DIR, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
 def status(state_dir, as_json):
     """Ask the running daemon (node or relay) how it is."""
-    from .net.ctlsock import request
-    st = request(os.path.join(os.path.abspath(state_dir), SOCKET_FILE), {"cmd": "status"})
-    if "error" in st:
-        raise TunneldError(f"the daemon answered: {st['error']}")
+    st = _status(state_dir)
     if as_json:
         click.echo(json.dumps(st, indent=1))
     else:
@@ -283,11 +289,7 @@ def metrics(state_dir):
     """Print the running daemon's Prometheus metrics once (for node-exporter's textfile
     collector: tunneld metrics > DIR/tunneld.prom.$$ && mv DIR/tunneld.prom.$$ DIR/tunneld.prom)."""
     from .metrics import render
-    from .net.ctlsock import request
-    st = request(os.path.join(os.path.abspath(state_dir), SOCKET_FILE), {"cmd": "status"})
-    if "error" in st:
-        raise TunneldError(f"the daemon answered: {st['error']}")
-    click.echo(render(st).decode(), nl=False)
+    click.echo(render(_status(state_dir)).decode(), nl=False)
     return 0
 
 
@@ -298,16 +300,12 @@ def doctor(state_dir):
     to fix it: exit 0 when all is well, 1 when something is wrong."""
     from .doctor import check, render
     from .host.facts import gather
-    from .net.ctlsock import request
-    state_dir = os.path.abspath(state_dir)
     status, error = None, None
     try:
-        status = request(os.path.join(state_dir, SOCKET_FILE), {"cmd": "status"})
+        status = _status(state_dir)
     except TunneldError as exc:
         error = str(exc)
-    if status is not None and "error" in status:
-        status, error = None, f"the daemon answered: {status['error']}"
-    facts = gather(status, (status or {}).get("interface") or DEFAULT_INTERFACE, state_dir)
+    facts = gather(status, (status or {}).get("interface") or DEFAULT_INTERFACE, os.path.abspath(state_dir))
     facts["error"] = error
     findings = check(facts)
     click.echo(render(findings))

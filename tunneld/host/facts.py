@@ -1,6 +1,6 @@
 """What `tunneld doctor` looks at on this host (doctor.py judges it): links, addresses,
-routes and flannel's VXLAN device through netlink, a few sysctls, kubelet's configured
---node-ip, the resolvers. Read only; nothing here changes the host.
+routes and flannel's VXLAN device through netlink (links.py), a few sysctls, kubelet's
+configured --node-ip, the resolvers. Read only; nothing here changes the host.
 """
 
 from __future__ import annotations
@@ -10,17 +10,12 @@ import os
 import re
 import shutil
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from ..errors import HostError
+from .links import Links
 
 KUBELET_FILES = ("/etc/default/kubelet", "/etc/sysconfig/kubelet", "/var/lib/kubelet/kubeadm-flags.env")
 RESOLV_FILES = ("/etc/resolv.conf", "/run/systemd/resolve/resolv.conf")
 NODE_IP = re.compile(r"--node-ip[= ]+([0-9A-Fa-f.:,]+)")
-
-
-def _attr(msg, name, default=None):
-    value = msg.get_attr(name)
-    return default if value is None else value
 
 
 def _read(path: str) -> str:
@@ -29,29 +24,6 @@ def _read(path: str) -> str:
             return f.read()
     except OSError:
         return ""
-
-
-def links(ipr: IPRoute) -> dict:
-    """{name: {index, up, mtu, master, kind, vxlan_link, vxlan_local}}"""
-    out = {}
-    for link in ipr.get_links():
-        info = link.get_attr("IFLA_LINKINFO")
-        kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
-        data = info.get_attr("IFLA_INFO_DATA") if info is not None and kind == "vxlan" else None
-        out[_attr(link, "IFLA_IFNAME")] = {
-            "index": link["index"], "up": bool(link["flags"] & 1), "mtu": _attr(link, "IFLA_MTU"),
-            "master": _attr(link, "IFLA_MASTER"), "kind": kind,
-            "vxlan_link": data.get_attr("IFLA_VXLAN_LINK") if data is not None else None,
-            "vxlan_local": data.get_attr("IFLA_VXLAN_LOCAL") if data is not None else None}
-    return out
-
-
-def route_dev(ipr: IPRoute, names: dict, address: str) -> str | None:
-    try:
-        msg = ipr.route("get", dst=address)[0]
-    except NetlinkError:
-        return None
-    return names.get(_attr(msg, "RTA_OIF"))
 
 
 def sysctl(path: str) -> str | None:
@@ -89,17 +61,17 @@ def gather(status: dict | None, interface: str, state_dir: str) -> dict:
         facts["disk_free"] = shutil.disk_usage(state_dir).free
     except OSError:
         facts["disk_free"] = None
-    with IPRoute() as ipr:
-        facts["links"] = links(ipr)
-        names = {v["index"]: k for k, v in facts["links"].items()}
-        facts["addresses"] = {}
-        for msg in ipr.get_addr(family=2):
-            facts["addresses"].setdefault(names.get(msg["index"]), []).append(_attr(msg, "IFA_ADDRESS"))
+    with Links() as links:
+        facts["links"] = links.details()
+        facts["addresses"] = links.all_addresses()
         if status and status.get("role") == "node":
             wanted = [p["address"] for p in status.get("peers", ()) if p.get("address")]
             wanted += [str(ipaddress.ip_network(r).network_address) for r in status.get("accepted_routes", ())]
             for address in wanted:
-                dev = route_dev(ipr, names, address)
+                try:
+                    dev = links.route_to(address).ifname
+                except HostError:
+                    dev = None
                 if dev != interface:
                     facts["routes_elsewhere"].append((address, dev))
     return facts

@@ -87,6 +87,10 @@ class Links:
     def local_mtu(self, address: str) -> int | None:
         return self._call(self._local_mtu, address)
 
+    def details(self) -> dict:
+        """Every link: {name: {index, up, mtu, master, kind, vxlan_link, vxlan_local}} (doctor)."""
+        return self._call(self._details)
+
     def all_addresses(self) -> dict[str, list[str]]:
         """Every interface's addresses (IPv4 and IPv6), by interface name."""
         return self._call(self._all_addresses)
@@ -199,6 +203,19 @@ class Links:
         out: dict[str, list[str]] = {}
         for msg in self._ipr.get_addr():
             out.setdefault(names.get(msg["index"], "?"), []).append(_attr(msg, "IFA_ADDRESS"))
+        return out
+
+    def _details(self) -> dict:
+        out = {}
+        for link in self._ipr.get_links():
+            info = link.get_attr("IFLA_LINKINFO")
+            kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+            data = info.get_attr("IFLA_INFO_DATA") if kind == "vxlan" else None
+            out[_attr(link, "IFLA_IFNAME")] = {
+                "index": link["index"], "up": bool(link["flags"] & 1), "mtu": _attr(link, "IFLA_MTU"),
+                "master": _attr(link, "IFLA_MASTER"), "kind": kind,
+                "vxlan_link": data.get_attr("IFLA_VXLAN_LINK") if data is not None else None,
+                "vxlan_local": data.get_attr("IFLA_VXLAN_LOCAL") if data is not None else None}
         return out
 
     def _names(self) -> dict[int, str]:
