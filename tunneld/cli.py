@@ -130,6 +130,23 @@ def _metrics(value) -> tuple[str, int] | None:
     return resolve_ipv4(host, "--metrics"), port
 
 
+def _policy(path):
+    """--policy FILE, read and checked (again on every reload), or none."""
+    if not path:
+        return None
+    if not isinstance(path, str):
+        raise ConfigError("policy takes the path of a TOML file")
+    from .policy import parse
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the policy {path}: {exc.strerror}") from None
+    from .host.firewall import check_available
+    check_available()
+    return parse(text, path)
+
+
 def _cores() -> int:
     """The cores this process may run on (a cgroup's or taskset's share, not the machine's)."""
     return max(1, min(len(os.sched_getaffinity(0)), MAX_WORKERS))
@@ -181,14 +198,16 @@ def _advertise(s: dict, host: str, port: int) -> str:
 @click.option("--log-format", metavar="text|json", help="One line per record, as text or JSON [text].")
 @click.option("--workers", metavar="N", type=int, help="Processes carrying the node's traffic, each on a queue of "
                                                        "the interface, the node's own included [the cores].")
+@click.option("--policy", metavar="FILE", help="Admit from peers only what this TOML file allows; answers to "
+                                               "what the node opened always pass [everything admitted].")
 @click.option("--log-level", metavar="LEVEL", help="debug, info, warning or error [info].")
 def join(relay, token_, token_file, name, interface, state_dir, config, port, advertise_routes, accept_routes,
-         snat_routes, pod_cidr, metrics, log_format, workers, log_level):
+         snat_routes, pod_cidr, metrics, log_format, workers, policy, log_level):
     """Join the overlay and keep the node on it, in the foreground (systemd runs it)."""
     given = dict(relay=relay, token=token_, token_file=token_file, name=name, interface=interface,
                  state_dir=state_dir, port=port, log_level=log_level, accept_routes=accept_routes,
                  advertise_routes=list(advertise_routes) or None, snat_routes=snat_routes, pod_cidr=pod_cidr,
-                 metrics=metrics, log_format=log_format, workers=workers)
+                 metrics=metrics, log_format=log_format, workers=workers, policy=policy)
     settings = _join_settings(given, config)
     if token_:
         click.echo("tunneld: warning: --token leaves the token in the process list for every local user; "
@@ -207,7 +226,7 @@ def _join_settings(given: dict, config: str | None, token: str | None = None) ->
                {"relay": None, "token": None, "token_file": None, "name": None, "interface": DEFAULT_INTERFACE,
                 "state_dir": DEFAULT_STATE_DIR, "port": 0, "log_level": "info", "advertise_routes": [],
                 "accept_routes": False, "snat_routes": True, "pod_cidr": "", "metrics": None, "log_format": "text",
-                "workers": _cores()})
+                "workers": _cores(), "policy": None})
     if not s["relay"]:
         raise ConfigError("join needs --relay HOST:PORT, the relay's public address")
     listed = s["relay"] if isinstance(s["relay"], list) else str(s["relay"]).split(",")
@@ -252,7 +271,8 @@ def _join_settings(given: dict, config: str | None, token: str | None = None) ->
                             check_interface_name(s["interface"]), s["state_dir"], lport,
                             check_log_level(s["log_level"]), routes, s["accept_routes"] or bool(pods),
                             s["snat_routes"], tuple(dict.fromkeys(f"{ip}:{p}" for _, ip, p in relays)), pods,
-                            s["workers"], _metrics(s["metrics"]), _log_format(s["log_format"]))
+                            s["workers"], _metrics(s["metrics"]), _log_format(s["log_format"]),
+                            _policy(s["policy"]))
     from .proto.token import JoinToken, TokenError
     try:
         JoinToken.parse(text)

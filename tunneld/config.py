@@ -145,6 +145,7 @@ class JoinSettings:
     workers: int = 1  # lanes of the data path, the node's own process included (net/node_workers.py)
     metrics: tuple[str, int] | None = None  # --metrics: where Prometheus scrapes /metrics
     log_format: str = "text"  # logs.py: text or json
+    policy: object = None  # policy.Policy: what peers may open towards the node (--policy), or None
 
 
 def parse_routes(value) -> tuple[str, ...]:

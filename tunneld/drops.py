@@ -66,6 +66,7 @@ class Drop(StrEnum):
     ROUTE_REFUSED = "route_refused"
     PEER_UNENDORSED = "peer_unendorsed"  # a directory key the network lock does not endorse
     PROBE_WRONG_PATH = "probe_wrong_path"  # a probe reply from elsewhere than the probe went
+    POLICY_DENIED = "policy_denied"  # opened towards the node, and no rule of its policy allows it (policy.py)
 
     # A node's TUN side
     TUN_NOT_IPV4 = "tun_not_ipv4"

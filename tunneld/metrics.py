@@ -97,7 +97,19 @@ def _node(status: dict) -> list:
     sessions = _gauge("tunneld_sessions", "Peers the node holds a session with.")
     sessions.add_metric([], sum(1 for p in status.get("peers", ()) if p.get("session")))
     return out + [rx, tx, rxp, txp, rtt, mtu, online, session, connected, relay_rtt, iface, handshakes, peers,
-                  sessions]
+                  sessions] + _policy(status.get("policy"))
+
+
+def _policy(policy: dict | None) -> list:
+    """A node's policy (policy.py): the packets each rule admitted. What it denied is
+    tunneld_drops_total{reason="policy_denied"}; by source and port, status says."""
+    if policy is None:
+        return []
+    allowed = _counter("tunneld_policy_allowed_packets", "Packets that a policy rule admitted (those not "
+                       "answering a flow the node opened), by rule: its place in the policy file.", ["rule"])
+    for rule in policy.get("rules", ()):
+        allowed.add_metric([str(rule["rule"])], rule["packets"])
+    return [allowed]
 
 
 def _relay(status: dict) -> list:

@@ -8,12 +8,13 @@ captured from a simulated overlay, encodings the code itself produces.
 import functools
 import json
 import os
+import string
 import tempfile
 
 import pytest
 from hypothesis import given, strategies as st
 
-from tunneld import config
+from tunneld import config, policy
 from tunneld.control.directory import DirectoryMirror
 from tunneld.engine.offload import split
 from tunneld.errors import ConfigError
@@ -48,6 +49,16 @@ def _toml(data):
         return config.load_file(f.name, {"relay", "token", "name", "state_dir", "mtu"})
     finally:
         os.unlink(f.name)
+
+
+def _policy(data):
+    """A policy file as a node reads it, then the table it would write: whatever passes the
+    parser writes nothing into nft's file but checked names, prefixes and numbers."""
+    p = policy.parse(data.decode("utf-8", "surrogateescape"), "policy.toml")
+    text = policy.ruleset(p, {"a": ("100.64.0.2/32",), "w1": ("100.64.0.3/32", "198.18.2.0/24")}, "tunneld0")
+    assert set(text) <= set(string.ascii_letters + string.digits + ' \n{}.,/:;"-_@!=')
+    assert text.count('"') == 2 * text.count("comment") + 4  # the comments' and the interface's, no more
+    return p
 
 
 def _node_state(data):
@@ -127,6 +138,10 @@ def parsers():
         "--ttl": (_text(config.parse_duration), (ConfigError,), [b"24h", b"7d"]),
         "--advertise-routes": (_text(config.parse_routes), (ConfigError,), [b"198.18.0.0/16,198.19.0.0/16"]),
         "--config file": (_toml, (ConfigError,), [b'relay = "192.0.2.1:7000"\nname = "alpha"\nmtu = 1400\n']),
+        "policy file": (_policy, (ConfigError,), [b'[groups]\nw = ["w1", "198.18.4.0/24"]\n[[allow]]\n'
+                                                  b'from = ["a", "group:w", "100.64.9.0/24"]\n'
+                                                  b'ports = ["tcp/10250", "udp/8472", "tcp/30000-32767", "icmp"]\n'
+                                                  b'[[allow]]\nfrom = ["*"]\nports = ["tcp"]\nto = ["198.18.1.7"]\n']),
         "endpoint": (_text(endpoint.parse), (), [b"203.0.113.5:4000", b"[2001:db8::5]:4000"]),
         "node.json": (_node_state, (), [json.dumps({
             "relay_key": "ab" * 32, "relay": "192.0.2.1:7000", "name": "alpha", "address": "100.64.0.7",

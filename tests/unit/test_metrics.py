@@ -49,6 +49,16 @@ def test_a_nodes_peers_counters_and_gauges():
     assert got[("tunneld_handshakes_total", (("outcome", "completed"), ("with", "peer")))] == 1
     assert got[("tunneld_handshakes_total", (("outcome", "refused"), ("with", "peer")))] == 6
     assert got[("tunneld_handshakes_total", (("outcome", "sent"), ("with", "relay")))] == 0
+    assert not any(name.startswith("tunneld_policy") for name, _ in got)  # no policy, no such series
+
+
+def test_a_nodes_policy_counts_by_rule():
+    policy = {"rules": [{"rule": 1, "packets": 7}, {"rule": 2, "packets": 0}], "denied_packets": 3,
+              "denied": [{"from": "b", "proto": "tcp", "port": 22, "packets": 3}]}
+    got = samples({**NODE, "policy": policy, "drops": {"policy_denied": 3}})
+    assert got[("tunneld_policy_allowed_packets_total", (("rule", "1"),))] == 7
+    assert got[("tunneld_policy_allowed_packets_total", (("rule", "2"),))] == 0
+    assert got[("tunneld_drops_total", (("reason", "policy_denied"),))] == 3
 
 
 def test_a_relays_nodes_sessions_and_peers():

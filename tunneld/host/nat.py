@@ -14,9 +14,9 @@ turned on (net.ipv4.ip_forward) when a node advertises routes.
 from __future__ import annotations
 
 import shutil
-import subprocess
 
 from ..errors import ConfigError, HostError
+from .firewall import nft
 
 TABLE = "tunneld"
 
@@ -60,9 +60,4 @@ def enable_forwarding() -> bool:
 
 
 def _nft(ruleset: str) -> None:
-    try:
-        proc = subprocess.run(["nft", "-f", "-"], input=ruleset.encode(), capture_output=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise HostError(f"cannot run nft: {exc}") from None
-    if proc.returncode != 0:
-        raise HostError(f"nft refused tunneld's NAT rule: {proc.stderr.decode().strip().splitlines()[-1:]}")
+    nft(ruleset, "tunneld's NAT rule")
