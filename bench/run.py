@@ -173,6 +173,7 @@ NODE = ("tcp1", "tcp4", "loss1", "udp64", "rtt", "cpu")
 def measure(seconds: float, repeat: int, only=None, compare: str | None = None) -> dict:
     rows = {}
     drops = {}
+    scrapes = []
     with Lab() as lab:
         def run(name, pair, cells, pods=None, in_lab=lab, routed=None):
             if only and not any(o in name for o in only):
@@ -203,6 +204,7 @@ def measure(seconds: float, repeat: int, only=None, compare: str | None = None) 
             routed=systems.routed(lab, ov, td_relayed, "sender", "receiver"))
         drops = {n: ov.node_status(n)["drops"] for n in ov.nodes}
         drops["relay"] = ov.status(ov.relay)["drops"]
+        scrapes = [scraped(path) for path in ov.scrapes]
     if not only or any(o in f"tunneld direct{ONE_WORKER} tunneld relayed{ONE_WORKER}" for o in only):
         with Lab() as lab:  # the same build on one process per node, for the workers' gain
             _, one_direct, one_relayed = systems.tunneld(lab, extra=("--workers", "1"))
@@ -218,7 +220,15 @@ def measure(seconds: float, repeat: int, only=None, compare: str | None = None) 
             _, old_direct, old_relayed = systems.tunneld(lab, python)
             run(f"tunneld {compare} direct", old_direct, ALL, systems.vxlan(lab, old_direct), in_lab=lab)
             run(f"tunneld {compare} relayed", old_relayed, ALL, systems.vxlan(lab, old_relayed), in_lab=lab)
-    return {"rows": rows, "drops": drops}
+    return {"rows": rows, "drops": drops, "scrapes": scrapes}
+
+
+def scraped(path: str) -> int:
+    try:
+        with open(path) as f:
+            return int(f.read() or 0)
+    except (OSError, ValueError):
+        return 0
 
 
 ONE_WORKER = ", --workers 1"
@@ -488,6 +498,11 @@ def main(argv=None) -> int:
         print("\n" + rtt_line(result["rows"]))
     if workers_line(result["rows"]):
         print("\n" + workers_line(result["rows"]))
+    if result.get("scrapes"):
+        print(f"\nmetrics: the rows 'tunneld direct' and 'tunneld relayed' ran with --metrics on the relay and "
+              f"every node, each scraped every second throughout ({sum(result['scrapes'])} scrapes, "
+              f"{min(result['scrapes'])} to {max(result['scrapes'])} per daemon)"
+              + (f"; the 'tunneld {args.compare}' rows ran that revision as it was" if args.compare else ""))
     if "scale" in result:
         print("\n" + scale_line(result["scale"]))
     for c in result.get("capacity", ()):

@@ -16,6 +16,7 @@ and the PIDs of the processes doing the tunnelling (for their CPU).
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 
 from tests.lab import Lab, LabError, wait_for
@@ -144,19 +145,45 @@ def peer_path(ov: Overlay, src: str, dst: str) -> str:
 POD_CIDRS = {"pub-a": 1, "pub-b": 2, "sender": 3, "receiver": 4}  # routed mode: 198.18.N.0/24 each
 
 
+# Scrapes a daemon's /metrics every second, as a busy Prometheus would (the default is 15 s),
+# for as long as the bench runs; the count of good scrapes goes to a file.
+SCRAPE = r"""
+import sys, time, urllib.request
+good = 0
+for _ in range(4 * 3600):
+    try:
+        good += urllib.request.urlopen(sys.argv[1], timeout=2).status == 200
+        with open(sys.argv[2], "w") as f:
+            f.write(str(good))
+    except OSError:
+        pass
+    time.sleep(1)
+"""
+
+
 def tunneld(lab: Lab, python: str | None = None, extra: tuple = ()) -> tuple[Overlay, Pair, Pair]:
     """python: another release's (tests/lab/release.py), for --compare. This tree's nodes also
-    carry a pod CIDR each (join --pod-cidr, routed mode: routed() puts a pod behind it).
+    carry a pod CIDR each (join --pod-cidr, routed mode: routed() puts a pod behind it), and
+    its nodes and relay serve metrics, scraped every second (ov.scrapes: the count files).
     extra: more arguments for every join (--workers 1)."""
     ov = Overlay(lab, relay_python=python)
-    ov.start_relay(*(() if python else ("--auto-approve-routes", "198.18.0.0/16")))
+    relay_metrics = () if python else ("--metrics", f"{ov.relay.address}:9101")
+    ov.start_relay(*(() if python else ("--auto-approve-routes", "198.18.0.0/16", *relay_metrics)))
     hosts = {"pub-a": lab.public_host("pub-a"), "pub-b": lab.public_host("pub-b"),
              "sender": lab.nat_host("sender", "cone"), "receiver": lab.nat_host("receiver", "no-inbound")}
     token = ov.token()
+    ov.scrapes = []
     for name, host in hosts.items():
-        pods = () if python else ("--pod-cidr", f"198.18.{POD_CIDRS[name]}.0/24")
+        pods = () if python else ("--pod-cidr", f"198.18.{POD_CIDRS[name]}.0/24", "--metrics",
+                                  f"{host.address}:9100")
         ov.join(host, name, token, *pods, *extra, python=python)
     ov.wait_connected()
+    if python is None:
+        for ns, url in [(h.ns, f"http://{h.address}:9100/metrics") for h in hosts.values()] + [
+                (ov.relay.ns, f"http://{ov.relay.address}:9101/metrics")]:
+            count = os.path.join(lab.tmp, f"scrapes-{ns}")
+            lab.spawn(ns, sys.executable, "-c", SCRAPE, url, count)
+            ov.scrapes.append(count)
     pairs = []
     for src, dst, path in (("pub-a", "pub-b", "direct"), ("sender", "receiver", "relay")):
         ov.ping(src, ov.address(dst), count=2)  # a session first, so that no handshake is timed
