@@ -425,6 +425,14 @@ def format_status(st: dict) -> str:
         if st.get("accepted_routes") or st.get("advertised_routes"):
             lines.append(f"routes: advertised {', '.join(st['advertised_routes']) or 'none'}; "
                          f"accepted {', '.join(st['accepted_routes']) or 'none'}")
+        pol = st.get("policy")
+        if pol:
+            lines.append(f"policy {pol['file']}: " + "; ".join(
+                f"rule {r['rule']} {r['packets']}" + (f" (no peer {', '.join(r['waiting_for'])})" if r["waiting_for"]
+                                                      else "") for r in pol["rules"]) + f"; denied {pol['denied_packets']}")
+            for d in pol["denied"][:5]:
+                lines.append(f"  denied {d['packets']} from {d['from'] or d['source']} {d['proto']}"
+                             + (f"/{d['port']}" if d["port"] is not None else ""))
     drops = st.get("drops") or {}
     if drops:
         lines.append("dropped: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))

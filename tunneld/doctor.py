@@ -18,6 +18,7 @@ from .engine.mss import VXLAN_OVERHEAD
 from .kube import node_ip_problem
 
 MIN_FREE = 100 << 20  # bytes free in the state directory below which a relay is warned
+MAX_SKEW = 30.0  # seconds between the relay's clock and ours beyond which doctor says so
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,19 @@ def _relay(status: dict, facts: dict) -> list[Finding]:
                            "check etcd: etcdctl endpoint health"))
     else:
         out.append(Finding(True, f"store ({store.get('kind', 'sqlite')}) healthy"))
+    port = str(status.get("listen", "")).rpartition(":")[2]
+    bound = facts.get("listening") or {}
+    for proto in ("udp", "tcp"):
+        if proto in bound and not bound[proto]:
+            out.append(Finding(False, f"nothing listens on {proto.upper()} port {port} here",
+                               "systemctl restart tunneld-relay; ss -lunpt says what holds the port"))
+    for proto, where in facts.get("dropping", ()):
+        out.append(Finding(False, f"a firewall rule drops {proto} to port {port} ({where}): nodes behind it "
+                                  "cannot reach the relay", f"allow udp and tcp to port {port} there (nft list "
+                                                            "ruleset shows the rule)"))
+    if bound and all(bound.values()) and not facts.get("dropping"):
+        out.append(Finding(True, f"listening on UDP and TCP port {port}, no firewall rule here drops it "
+                                 "(from outside: tunneld doctor on a node says whether UDP gets through)"))
     free = facts.get("disk_free")
     if free is not None and free < MIN_FREE:
         out.append(Finding(False, f"only {free >> 20} MB free for the state directory",
@@ -94,6 +108,8 @@ def _node(status: dict, facts: dict) -> list[Finding]:
     else:
         rtt = relay.get("rtt_ms")
         out.append(Finding(True, f"relay {relay.get('endpoint')} over UDP" + (f", RTT {rtt} ms" if rtt else "")))
+    out += _clock(relay.get("clock_skew_s")) + _path_mtu(facts.get("path_mtu"), status.get("mtu"))
+    out += _policy(status.get("policy"))
     if status.get("advertised_routes") and facts.get("ip_forward") != "1":
         out.append(Finding(False, "this node advertises routes but IPv4 forwarding is off",
                            "sysctl -w net.ipv4.ip_forward=1 (and in /etc/sysctl.d/ to keep it)"))
@@ -118,6 +134,49 @@ def _node(status: dict, facts: dict) -> list[Finding]:
                 out.append(Finding(False, f"the resolver {server} in {where} is inside the overlay's range "
                                           f"{network}: DNS may go into the tunnel",
                                    "use a resolver outside the overlay, or give the relay another --network"))
+    return out
+
+
+def _clock(skew) -> list[Finding]:
+    if skew is None:
+        return []  # a relay before 0.4 does not say its time
+    if abs(skew) <= MAX_SKEW:
+        return [Finding(True, f"the relay's clock is within {max(abs(skew), 1):.0f} s of this host's")]
+    return [Finding(False, f"the relay's clock is {abs(skew):.0f} s {'ahead of' if skew > 0 else 'behind'} this "
+                           "host's: join tokens expire by the relay's clock, and the logs of the two do not "
+                           "line up", "run NTP on both hosts (timedatectl set-ntp true; timedatectl "
+                                      "timesync-status)")]
+
+
+def _path_mtu(probe: dict | None, mtu) -> list[Finding]:
+    """The underlay between us and the relay against what tunneld0's MTU needs of it."""
+    if not probe:
+        return []
+    size, relay = probe["size"], probe["address"]
+    if probe["ok"] is None:
+        return [Finding(True, f"the path MTU to the relay was not probed: {relay} answers no ping")]
+    if probe["ok"]:
+        return [Finding(True, f"{size}-byte packets with DF set reach the relay: tunneld0's {mtu} and the "
+                              f"tunnel's {size - mtu} bytes")]
+    carried = f"at most {probe['mtu']} bytes" if probe["mtu"] else f"less than {size} bytes"
+    via = f" via {probe['gateway']}" if probe.get("gateway") else ""
+    fix_mtu = probe["mtu"] or "N"
+    return [Finding(False, f"the path to the relay carries {carried} with DF set, but tunneld0's MTU {mtu} needs "
+                           f"{size}: full-size packets vanish on the way (an MTU black hole)",
+                    f"ip route replace {relay}{via} mtu {fix_mtu} (the largest size that passes: ping -M do -s "
+                    f"SIZE {relay}), then systemctl restart tunneld-node: tunneld0's MTU follows the route's")]
+
+
+def _policy(policy: dict | None) -> list[Finding]:
+    if policy is None:
+        return []
+    out = [Finding(True, f"policy {policy['file']}: {len(policy['rules'])} rules in force, "
+                         f"{policy['denied_packets']} packets denied")]
+    for rule in policy["rules"]:
+        if rule["waiting_for"]:
+            out.append(Finding(False, f"policy rule {rule['rule']} names {', '.join(rule['waiting_for'])}, which "
+                                      "no peer is called", f"check the names in {policy['file']} against tunneld "
+                                                           "status (a node not joined yet counts once it joins)"))
     return out
 
 

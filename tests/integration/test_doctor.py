@@ -1,7 +1,9 @@
 """`tunneld doctor` on real hosts in the namespace lab: each test plants one of the traps
 operators meet (flannel on the wrong interface or MTU, kubelet's --node-ip, forwarding,
-reverse-path filtering, a route or a resolver that fights the overlay, UDP blocked) and
-sees doctor name it and say how to fix it; a healthy node and the relay pass with exit 0."""
+reverse-path filtering, a route or a resolver that fights the overlay, UDP blocked, an MTU
+black hole on the way to the relay, the relay's clock off, a firewall rule on the relay
+dropping its port) and sees doctor name it and say how to fix it; a healthy node and the
+relay pass with exit 0."""
 
 import os
 import shutil
@@ -59,8 +61,10 @@ def test_a_healthy_node_and_the_relay_pass(ov):
     code, out = doctor(ov, "da")
     assert code == 0 and "BAD" not in out, out
     assert f"tunneld0 is up with {ov.address('da')}" in out and "kubelet would accept" in out
+    assert "1500-byte packets with DF set reach the relay" in out and "the relay's clock is within 1 s" in out
     code, out = doctor(ov, "relay")
     assert code == 0 and "store (sqlite) healthy" in out, out
+    assert f"listening on UDP and TCP port {ov.port}, no firewall rule here drops it" in out
 
 
 def test_a_node_whose_daemon_is_not_running(ov):
@@ -153,3 +157,39 @@ def test_a_route_that_wins_over_tunneld0(ov):
 def test_udp_to_the_relay_blocked(ov):
     code, out = doctor(ov, "dt")
     assert code == 1 and "UDP to the relay is blocked, so tunneld fell back to TCP" in out, out
+
+
+def test_an_mtu_black_hole_on_the_way_to_the_relay(ov):
+    router = ov.nodes["dt"].router  # dt's link is 1500, so tunneld0 took 1432; its NAT's uplink now carries 1400
+    ov.lab.nsexec(router.ns, "ip", "link", "set", "wan", "mtu", "1400")
+    try:
+        code, out = doctor(ov, "dt")
+        assert code == 1, out
+        assert ("the path to the relay carries at most 1400 bytes with DF set, but tunneld0's MTU 1432 needs 1500"
+                in out), out
+        assert f"ip route replace {ov.relay.address} via 198.19.{router.lan}.1 mtu 1400" in out, out
+    finally:
+        ov.lab.nsexec(router.ns, "ip", "link", "set", "wan", "mtu", "1500")
+        sh(ov, "dt", "ip", "route", "flush", "cache")
+
+
+def test_a_firewall_rule_on_the_relay_dropping_its_port(ov):
+    rule = ["-s", "198.51.100.250", "-p", "tcp", "--dport", str(ov.port), "-j", "DROP"]  # a stranger, not our nodes
+    ov.lab.nsexec(ov.relay.ns, "iptables", "-w", "5", "-I", "INPUT", *rule)
+    try:
+        code, out = doctor(ov, "relay")
+        assert code == 1 and f"a firewall rule drops tcp to port {ov.port} (table ip filter, chain INPUT)" in out, out
+    finally:
+        ov.lab.nsexec(ov.relay.ns, "iptables", "-w", "5", "-D", "INPUT", *rule)
+
+
+def test_the_relays_clock_far_behind_this_hosts():
+    with Lab() as lab:  # a relay of its own, 95 s in the past (libfaketime: its wall clock only shifts)
+        ov = Overlay(lab)
+        ov.start_relay(wrap=("faketime", "-f", "-95s"))
+        ov.join(lab.public_host("dk"), "dk", ov.token("--ttl", "1h"))
+        ov.wait_connected(timeout=60)
+        wait_for(lambda: ov.node_status("dk")["relay"]["clock_skew_s"] is not None, 20, what="a pong with the time")
+        code, out = doctor(ov, "dk")
+        assert code == 1 and "the relay's clock is 95 s behind this host's" in out, out
+        assert "timedatectl set-ntp true" in out

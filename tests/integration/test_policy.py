@@ -140,6 +140,9 @@ def test_what_the_policy_allows_passes_and_the_rest_is_denied_and_counted(ov):
     assert {("pb", "tcp", 8081), ("pc", "tcp", 8080), ("pc", "icmp", None)} <= denied, status["denied"]
     assert status["denied_packets"] >= 4
     assert ov.node_status("pa")["drops"]["policy_denied"] == status["denied_packets"]
+    text = ov.lab.nsexec(ov.hosts["pa"].ns, *tunneld_command(), "status", "--state-dir",
+                         ov.hosts["pa"].state_dir).stdout.decode()
+    assert f"policy {ov.policy}: rule 1 " in text and "from pc tcp/8080" in text, text
     # the same in Prometheus's text, for node-exporter's textfile collector
     text = ov.lab.nsexec(ov.hosts["pa"].ns, *tunneld_command(), "metrics", "--state-dir",
                          ov.hosts["pa"].state_dir).stdout.decode()

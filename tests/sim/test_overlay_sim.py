@@ -117,6 +117,14 @@ def test_bad_token_is_refused():
     assert net.nodes["mallory"].assignment is None
 
 
+def test_a_node_knows_how_far_the_relays_clock_is_from_its_own(net):
+    from tunneld.engine.effects import Env
+    net.relay.env = Env(lambda: net.now, lambda: int((net.wall - 95) * 1e9), net.rng.randbytes)  # 95 s behind
+    net.advance(12)  # a ping or two
+    skews = [node.status()["relay"]["clock_skew_s"] for node in net.nodes.values()]
+    assert all(s is not None and abs(s + 95) < 1 for s in skews), skews
+
+
 def test_expired_token_is_refused_but_registered_nodes_return():
     net = SimNet()
     token = net.token(ttl=60)

@@ -64,3 +64,45 @@ def test_not_running_and_a_relay_with_its_store_down_and_no_disk():
     relay = {"role": "relay", "listen": "192.0.2.1:7000", "store": {"kind": "etcd", "problem": "timed out"}}
     found = bad(check({"status": relay, "disk_free": 10 << 20}))
     assert len(found) == 2 and "etcd" in found[0] and "10 MB free" in found[1]
+
+
+def test_the_relays_clock_far_from_ours_is_said_and_near_is_fine():
+    def skewed(s):
+        return check(facts(status=dict(STATUS, relay=dict(STATUS["relay"], clock_skew_s=s))))
+    assert bad(skewed(-2.4)) == [] and any("within 2 s" in f.what for f in skewed(-2.4))
+    found = bad(skewed(-95.0))
+    assert found == ["the relay's clock is 95 s behind this host's: join tokens expire by the relay's clock, and "
+                     "the logs of the two do not line up"]
+    assert "ahead of" in bad(skewed(31.0))[0]
+    assert not any("clock" in f.what for f in check(facts()))  # a relay that does not say its time
+
+
+def test_the_path_to_the_relay_against_tunneld0s_mtu():
+    probe = {"address": "192.0.2.1", "size": 1500, "ok": True, "mtu": None}
+    assert bad(check(facts(path_mtu=probe))) == []
+    found = check(facts(path_mtu=dict(probe, ok=False, mtu=1400, gateway="198.19.1.1")))
+    assert bad(found) == ["the path to the relay carries at most 1400 bytes with DF set, but tunneld0's MTU 1432 "
+                          "needs 1500: full-size packets vanish on the way (an MTU black hole)"]
+    assert [f.fix for f in found if not f.ok][0].startswith("ip route replace 192.0.2.1 via 198.19.1.1 mtu 1400")
+    silent = bad(check(facts(path_mtu=dict(probe, ok=False))))  # no ICMP error came back: a black hole
+    assert silent and "less than 1500 bytes" in silent[0]
+    assert bad(check(facts(path_mtu=dict(probe, ok=None)))) == []  # the relay answers no ping: not known
+
+
+def test_a_policy_rule_naming_no_peer():
+    policy = {"file": "/etc/tunneld/policy.toml", "denied_packets": 4,
+              "rules": [{"rule": 1, "waiting_for": []}, {"rule": 2, "waiting_for": ["wokrer-1"]}]}
+    found = check(facts(status=dict(STATUS, policy=policy)))
+    assert bad(found) == ["policy rule 2 names wokrer-1, which no peer is called"]
+    assert any(f.ok and "2 rules in force, 4 packets denied" in f.what for f in found)
+
+
+def test_a_relay_not_listening_or_shut_out_by_its_own_firewall():
+    relay = {"role": "relay", "listen": "192.0.2.1:7000", "store": {"kind": "sqlite"}}
+    ok = check({"status": relay, "disk_free": 1 << 40, "listening": {"udp": True, "tcp": True}, "dropping": []})
+    assert bad(ok) == [] and any("listening on UDP and TCP port 7000" in f.what for f in ok)
+    found = bad(check({"status": relay, "disk_free": 1 << 40, "listening": {"udp": True, "tcp": False},
+                       "dropping": [("udp", "table ip filter, chain INPUT")]}))
+    assert found == ["nothing listens on TCP port 7000 here",
+                     "a firewall rule drops udp to port 7000 (table ip filter, chain INPUT): nodes behind it cannot "
+                     "reach the relay"]

@@ -187,7 +187,8 @@ class Relay(OperatorCommands):
         if kind == "ping":
             if ep != m.endpoint:
                 return  # answered by the proof that went to ep
-            self._control(m, {"t": "pong", "n": msg["n"], "ep": endpoint.format(ep)})
+            wall_ms = int(self.env.wall() * 1000)  # the node's doctor compares clocks (0.4 on)
+            self._control(m, {"t": "pong", "n": msg["n"], "ep": endpoint.format(ep), "now": wall_ms})
             if msg["v"] != self.directory.version:
                 m.dir_version = msg["v"]
                 self._sync(m, now)

@@ -8,7 +8,7 @@ Out: Transmit.send(RELAY, ...), Transmit.relay_transport(tcp), and what receive(
        (REFUSED, (code, message))  the relay refused us for good
        (DIRECTORY, msg)     a directory update (control/directory.py)
        (REVOKED, None)      the operator revoked our key
-     (pongs are the link's own business: round trip, and how the relay sees us)
+     (pongs are the link's own business: round trip, how the relay sees us, its clock)
 
     down ──(INIT; RESP ok)──> up ──(no word for RELAY_DEAD_AFTER)──> down
     While down it handshakes again after a backoff with jitter, forever, over UDP
@@ -35,14 +35,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-
 from collections import Counter
 
 from ..logs import event
 from ..control.backoff import Backoff
 from ..drops import Drop
-from ..proto import messages, wire
-from ..proto import endpoint
+from ..proto import endpoint, messages, wire
 from ..proto.endpoint import RELAY
 from ..proto.errors import ProtocolError
 from ..proto.handshake import Identity, Timestamper
@@ -123,6 +121,7 @@ class RelayLink:
         self.ping_sent = 0.0  # clock reading, for the round trip
         self.fast_pings = 0
         self.rtt: float | None = None
+        self.skew: float | None = None  # the relay's clock less ours, seconds (doctor.py)
         self.hint_at = -HINT_INTERVAL
         self.wrong_key_hints = 0
         self.seen_as = ""  # our address as the relay sees it
@@ -163,6 +162,8 @@ class RelayLink:
         if kind == "pong":
             if msg["n"] == self.ping_seq:
                 self.rtt = self.env.monotonic() - self.ping_sent
+                if type(msg.get("now")) is int:  # the relay's wall clock in ms, from 0.4 on
+                    self.skew = msg["now"] / 1000 + self.rtt / 2 - self.env.wall()
             self.seen_as = msg["ep"]
             if "proof" in msg:  # the relay saw us at a new address: show it we are there
                 self.control({"t": "ping", "n": self.ping_seq, "v": self.directory_version,
@@ -393,6 +394,6 @@ class RelayLink:
         return {"endpoint": self.endpoint or label, "relays": list(self.relays), "connected": self.up,
                 "transport": "tcp" if self.tcp else "udp",
                 "rtt_ms": None if self.rtt is None or not self.up else round(self.rtt * 1000, 3),
-                "seen_as": self.seen_as or None,
+                "clock_skew_s": None if self.skew is None else round(self.skew, 1), "seen_as": self.seen_as or None,
                 "protocol": str(self.hello) if self.hello is not None else None,
                 "problem": self.problem or None}

@@ -27,8 +27,9 @@ Messages on an established node <-> relay session (one per DATA plaintext):
 
   ping   node -> relay  {"t": "ping", "n": int, "v": int | nil, ["proof": bin8]}
                                                 v: directory version held
-  pong   relay -> node  {"t": "pong", "n": int, "ep": str, ["proof": bin8]}
-                                                ep: the node's address as seen
+  pong   relay -> node  {"t": "pong", "n": int, "ep": str, ["proof": bin8], ["now": int]}
+                                                ep: the node's address as seen; now (0.4 on):
+                                                the relay's clock, ms since the epoch
          proof (since 0.3.0, to nodes that announce "ep-proof"): the relay saw the node at a
          new address ep and sent this pong there; the node echoes proof in a ping at once,
          and only then does the relay move the node's endpoint to ep.
