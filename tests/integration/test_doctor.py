@@ -2,7 +2,7 @@
 operators meet (flannel on the wrong interface or MTU, kubelet's --node-ip, forwarding,
 reverse-path filtering, a route or a resolver that fights the overlay, UDP blocked, an MTU
 black hole on the way to the relay, the relay's clock off, a firewall rule on the relay
-dropping its port) and sees doctor name it and say how to fix it; a healthy node and the
+dropping its port, the relay's etcd down and its disk nearly full) and sees doctor name it and say how to fix it; a healthy node and the
 relay pass with exit 0."""
 
 import os
@@ -193,3 +193,25 @@ def test_the_relays_clock_far_behind_this_hosts():
         code, out = doctor(ov, "dk")
         assert code == 1 and "the relay's clock is 95 s behind this host's" in out, out
         assert "timedatectl set-ntp true" in out
+
+
+def test_a_relay_whose_store_is_down_and_whose_disk_is_nearly_full():
+    from tests.lab.relays import Etcd, Relays
+    with Lab() as lab:
+        etcd = Etcd(lab, members=1)
+        etcd.start_all()
+        r = Relays(lab, etcd, count=1)
+        state = r.hosts[0].state_dir
+        lab.run("mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tunneld-doctor-test", state)  # 8 MB of disk
+        try:
+            r.start(0)
+            etcd.stop(0)
+            wait_for(lambda: r.status(0)["store"]["problem"], 15, what="the relay to miss etcd")
+            out = lab.nsexec(r.hosts[0].ns, *tunneld_command(), "doctor", "--state-dir", state, check=False)
+            text = out.stdout.decode()
+            assert out.returncode == 1 and "the relay cannot reach its store (etcd)" in text, text
+            assert "etcdctl endpoint health" in text and "MB free for the state directory" in text, text
+            r.stop(0)
+        finally:
+            r.stop(0)
+            lab.run("umount", "-l", state, check=False)

@@ -30,6 +30,13 @@ r = urllib.request.urlopen(urllib.request.Request(sys.argv[1] + "/v3/kv/range", 
 json.load(r)
 """
 
+STATUS = r"""
+import json, sys, urllib.request
+r = urllib.request.urlopen(urllib.request.Request(sys.argv[1] + "/v3/maintenance/status", data=b"{}"), timeout=2)
+s = json.load(r)
+print(s["header"]["member_id"], s["leader"])
+"""
+
 
 class Etcd:
     def __init__(self, lab: Lab, members: int = 3):
@@ -67,6 +74,18 @@ class Etcd:
         h = self.hosts[i]
         return self.lab.nsexec(h.ns, sys.executable, "-c", HEALTH, f"http://{h.address}:2379", check=False,
                                timeout=10).returncode == 0
+
+    def leader(self) -> int:
+        """The index of the member that leads the cluster now."""
+        for i in sorted(self.procs):
+            h = self.hosts[i]
+            out = self.lab.nsexec(h.ns, sys.executable, "-c", STATUS, f"http://{h.address}:2379", check=False,
+                                  timeout=10)
+            if out.returncode == 0:
+                member, leader = out.stdout.split()
+                if member == leader:
+                    return i
+        raise LabError("no etcd member says it leads")
 
     def wait_healthy(self, timeout: float = 60) -> None:
         wait_for(lambda: all(self.healthy(i) for i in self.procs), timeout, interval=0.5, what="etcd to answer")

@@ -23,6 +23,8 @@ from .base import StoreError
 
 log = logging.getLogger("tunneld.etcd")
 
+ELECTION_WAIT = 6.0  # seconds an operation waits out a leader election (etcd's default timeout is 1 s)
+ELECTION_RETRY = 0.25
 TIMEOUT = 3.0  # one call; a member that does not answer in this time is skipped
 
 
@@ -94,20 +96,30 @@ class EtcdClient:
             await client.aclose()
 
     async def call(self, path: str, body: dict) -> dict:
-        last = "no endpoint"
-        for i in range(len(self.urls)):
-            n = (self._good + i) % len(self.urls)
-            try:
-                r = await self._http.post(self.urls[n] + path, json=body)
-            except httpx.HTTPError as exc:
-                last = f"{self.urls[n]}: {type(exc).__name__} {exc}".strip()
-                continue
-            out = self._answer(r)
-            if out is None:  # a member that lost its cluster (no leader): try the next
-                last = f"{self.urls[n]}: {r.text[:120]}"
-                continue
-            self._good = n
-            return out
+        """The first endpoint that answers, from the one that answered last. While members
+        say they have no leader (an election: the leader was lost), try again for up to
+        ELECTION_WAIT, so that an operator's command does not fail for a 2-second election."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ELECTION_WAIT
+        for passes in range(1, 100):
+            last, electing = "no endpoint", False
+            for i in range(len(self.urls)):
+                n = (self._good + i) % len(self.urls)
+                try:
+                    r = await self._http.post(self.urls[n] + path, json=body)
+                except httpx.HTTPError as exc:
+                    last = f"{self.urls[n]}: {type(exc).__name__} {exc}".strip()
+                    electing = electing or isinstance(exc, httpx.TimeoutException)  # alive, without a leader?
+                    continue
+                out = self._answer(r)
+                if out is None:  # a member that lost its cluster (no leader): try the next
+                    last, electing = f"{self.urls[n]}: {r.text[:120]}", True
+                    continue
+                self._good = n
+                return out
+            if not electing or (passes > 1 and loop.time() >= deadline):
+                break  # members gone, not electing; or the election outlasted what we wait
+            await asyncio.sleep(ELECTION_RETRY)
         raise EtcdUnavailable(f"no etcd endpoint answers ({last})")
 
     @staticmethod
