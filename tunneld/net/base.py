@@ -8,7 +8,6 @@ counts whole milliseconds, too coarse to measure a round trip on a LAN.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import signal
@@ -21,11 +20,12 @@ from time import monotonic
 from .. import logs
 from ..drops import Drop
 from ..engine.effects import Env
-from ..errors import ConfigError, TunneldError
+from ..errors import TunneldError, bind_error
 from ..logs import event
 from ..proto import aead
 from ..proto.errors import ProtocolError
 from ..proto.framing import Deframer, frame
+from . import metrics_http
 
 log = logging.getLogger("tunneld")
 
@@ -78,17 +78,6 @@ def socket_buffers(sock: socket.socket, size: int) -> None:
             sock.setsockopt(socket.SOL_SOCKET, force, size)
         except OSError:
             sock.setsockopt(socket.SOL_SOCKET, opt, size)
-
-
-def bind_error(exc: OSError, host: str, port: int, proto: str, option: str) -> ConfigError:
-    if exc.errno == errno.EADDRINUSE:
-        return ConfigError(f"{proto} port {port} is already in use on {host}; stop what holds it "
-                           f"or choose another {option}")
-    if exc.errno == errno.EADDRNOTAVAIL:
-        return ConfigError(f"{host} is not an address of this host; fix {option}")
-    if exc.errno == errno.EACCES:
-        return ConfigError(f"not allowed to bind {proto} port {port}; run as root or choose a port above 1023")
-    return ConfigError(f"cannot bind {proto} {host}:{port}: {exc.strerror}")
 
 
 class FramedStream(asyncio.Protocol):
@@ -196,7 +185,6 @@ class Daemon:
 
     async def _move_metrics(self, where) -> None:
         """--metrics moved: the new address first, then the old one closed (kept if the new fails)."""
-        from . import metrics_http  # (it imports this module)
         try:
             server = await metrics_http.start(where, self.status_now)
         except TunneldError as exc:

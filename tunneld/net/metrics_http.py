@@ -14,7 +14,7 @@ import logging
 import socket
 
 from .. import metrics
-from .base import bind_error
+from ..errors import bind_error
 
 log = logging.getLogger("tunneld")
 

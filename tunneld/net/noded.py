@@ -23,7 +23,6 @@ import shutil
 import socket
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from time import monotonic
 
 from ..config import JoinSettings
@@ -33,8 +32,7 @@ from ..engine import effects as fx
 from ..engine.node import Node, NodeConfig
 from ..engine.routes import OVERHEAD
 from ..errors import EXIT_FAILURE, EXIT_REFUSED, ConfigError, HostError
-from .. import policy
-from ..host import firewall, nat, spread
+from ..host import nat, spread
 from ..logs import event
 from ..host.cpu import has_aes
 from ..host.links import Links
@@ -48,6 +46,7 @@ from ..state import NODE_FILE, SOCKET_FILE, load_identity, load_node_state, prep
 from . import ctlsock, metrics_http, steer
 from .base import Daemon, FramedStream, real_env, udp_socket
 from .dataplane import DataPlane
+from .admission import Admission, Enforce, peers_of
 from .express import NodeSource
 from .node_workers import NodeWorkers
 
@@ -57,13 +56,6 @@ MIN_MTU = wire.MIN_OVERLAY_MTU
 TCP_CONNECT_TIMEOUT = 5.0
 TCP_QUEUE = 256
 SUBNET_ENV_EVERY = 5.0  # seconds between looks at flannel's subnet.env (--pod-cidr FILE)
-
-
-@dataclass(frozen=True)
-class Enforce:
-    """The daemon's own host change, beside the engine's: the policy for these peers (policy.py)."""
-    policy: object
-    peers: dict
 
 
 class RelayStream(FramedStream):
@@ -140,10 +132,7 @@ class NodeDaemon(Daemon):
         given = settings.pod_cidr
         self.pods: tuple[str, ...] = (given,) if given and not given.startswith("/") else ()
         self._subnet_env = (None, 0.0)  # (what we read, when we look next)
-        self.enforced = None  # the policy (policy.py) the kernel holds now
-        self._policy = None  # the policy last sent to the host thread, and the peers it was for
-        self._policy_peers: dict | None = None
-        self._policy_base: dict = {}  # counters of the tables we replaced (policy.totals)
+        self.admission = Admission(settings.interface)  # the policy file at work (--policy)
 
     async def run(self) -> tuple[int, str]:
         s = self.settings
@@ -159,11 +148,10 @@ class NodeDaemon(Daemon):
         finally:
             self._host.shutdown(wait=True)  # (it may be writing the policy)
             self.links.close()
-            if self.enforced is not None:  # nothing comes through tunneld0 while we are down
-                try:
-                    firewall.enforce(None, {}, s.interface)
-                except HostError as exc:
-                    log.warning("%s", exc)
+            try:
+                self.admission.stop()
+            except HostError as exc:
+                log.warning("%s", exc)
 
     async def _run(self, identity, token: JoinToken) -> tuple[int, str]:
         s = self.settings
@@ -173,10 +161,7 @@ class NodeDaemon(Daemon):
                               "the relay must be reachable without the overlay")
         if route.mtu - OVERHEAD < MIN_MTU:
             raise HostError(f"the path to the relay has an MTU of {route.mtu}, too small for a tunnel")
-        # Before tunneld0 carries anything: the policy, or no table left by an earlier run
-        firewall.enforce(s.policy, {}, s.interface)
-        self.enforced = self._policy = s.policy
-        self._policy_peers = {}
+        self.admission.start(s.policy)  # before tunneld0 carries anything
         remembered = load_node_state(self.state_dir, token.relay_public)
         assignment = mtu = None
         if remembered is not None:
@@ -323,21 +308,15 @@ class NodeDaemon(Daemon):
                 return
             self._host_queue.append(effect)
             peers_changed = peers_changed or isinstance(effect, fx.SetRoutes)
-        if peers_changed and self._policy is not None:
-            self._enforce(self._policy)
+        if peers_changed and self.admission.wanted is not None:
+            self._enforce(self.admission.wanted)
         self._host_wake.set()
 
-    def policy_peers(self) -> dict:
-        """The peers by name, with the sources each may send from (policy.py)."""
-        return {p.name: (f"{p.address}/32", *(f"{ipaddress.IPv4Address(net)}/{bin(mask).count('1')}" for net, mask in p.sources))
-                for p in self.engine.peers.values()}
-
     def _enforce(self, policy) -> None:
-        """The policy, for the peers as they are now, to the host thread (if it changes anything)."""
-        peers = self.policy_peers() if self.engine is not None else {}
-        if policy is not self._policy or peers != self._policy_peers:
-            self._policy, self._policy_peers = policy, peers
-            self._host_queue.append(Enforce(policy, peers))
+        """The policy, for the peers as they are now, to the host thread (if that changes anything)."""
+        change = self.admission.want(policy, peers_of(self.engine) if self.engine is not None else {})
+        if change is not None:
+            self._host_queue.append(change)
             self._host_wake.set()
 
     def _stop(self, effect: fx.Stop) -> None:
@@ -385,19 +364,7 @@ class NodeDaemon(Daemon):
         if isinstance(effect, fx.SetGateway):
             return self._gateway(effect)
         if isinstance(effect, Enforce):
-            was = self.enforced
-            before = policy.totals(firewall.listing()) if was is not None else {}
-            firewall.enforce(effect.policy, effect.peers, s.interface)
-            if effect.policy is not was:  # new rules count from zero; what was denied stays counted
-                before = {k: v for k, v in policy.add(self._policy_base, before).items() if k == "denied"}
-                self._policy_base = {}
-            self._policy_base = policy.add(self._policy_base, before)
-            self.enforced = effect.policy
-            if effect.policy is was:
-                return ""  # the same rules, for peers that came or went
-            if effect.policy is None:
-                return f"no policy: {s.interface} admits everything from peers"
-            return f"policy {effect.policy.source}: {len(effect.policy.rules)} rules, the rest denied"
+            return self.admission.apply(effect)
         if isinstance(effect, fx.SaveState):
             save_node_state(self.state_dir, effect.relay_key, self.relay_label, effect.assignment, effect.mtu,
                             effect.lock, effect.known)
@@ -568,9 +535,9 @@ class NodeDaemon(Daemon):
                                  "udp_gso": self.plane.batch.gso, "udp_gro": self.plane.gro,
                                  **(self.plane.stats + (w.stats if w else Counter()))}
             status["workers"] = [{"worker": 0, "pid": os.getpid(), "running": True}] + (w.status() if w else [])
-            if self.enforced is not None:
-                status["policy"] = policy.counters(firewall.listing(), self.enforced, self.policy_peers(),
-                                                   self._policy_base)
-                status["drops"][Drop.POLICY_DENIED] = status["policy"]["denied_packets"]
+            admitted = self.admission.status(peers_of(self.engine))
+            if admitted is not None:
+                status["policy"] = admitted
+                status["drops"][Drop.POLICY_DENIED] = admitted["denied_packets"]
             return status
         return {"error": f"unknown command {str(request.get('cmd'))[:40]!r}"}

@@ -21,7 +21,7 @@ from ..control.approvals import ApprovalError
 from ..control.registry import Registry
 from ..drops import Drop
 from ..engine.relay import Relay
-from ..errors import ConfigError
+from ..errors import ConfigError, bind_error
 from ..host.links import Links
 from ..host.notify import notify
 from ..proto.lock import format_public
@@ -34,7 +34,7 @@ from ..store.sqlite import SqliteStore
 from .shared import SharedStore, shared_identity
 from . import ctlsock, metrics_http, steer
 from .relay_workers import RelayWorkers
-from .base import READ_BATCH, Daemon, FramedStream, bind_error, real_env, udp_socket
+from .base import READ_BATCH, Daemon, FramedStream, real_env, udp_socket
 from .backlog import Backlog
 from .udpio import Batch, enable_gro, reads as udp_reads
 
