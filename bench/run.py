@@ -7,7 +7,9 @@ Rows (bench/systems.py builds each in network namespaces):
   raw veth, underlay (bridged), underlay (NATed), kernel VXLAN (no tunnel, pods only),
   wireguard-go direct, nebula direct, nebula relayed, tunneld direct, tunneld relayed (each
   node with its default workers, one per core), and tunneld direct and relayed again with
-  --workers 1 (tcp1, tcp4: the workers' gain, printed as a ratio under the table).
+  --workers 1 (tcp1, tcp4: the workers' gain, printed as a ratio under the table), and
+  tunneld direct with a policy file that admits the overlay (tcp1, tcp4, udp64, rtt: what
+  nftables and conntrack on tunneld0 cost).
 Cells, each measured `--repeat` times (min / median / max kept):
   tcp1, tcp4     node -> node iperf3 TCP, 1 and 4 streams, Gbit/s
   pod            iperf3 TCP between "pods" on a VXLAN device (flannel's) over the system
@@ -210,6 +212,13 @@ def measure(seconds: float, repeat: int, only=None, compare: str | None = None) 
             _, one_direct, one_relayed = systems.tunneld(lab, extra=("--workers", "1"))
             run(f"tunneld direct{ONE_WORKER}", one_direct, ("tcp1", "tcp4"), in_lab=lab)
             run(f"tunneld relayed{ONE_WORKER}", one_relayed, ("tcp1", "tcp4"), in_lab=lab)
+    if not only or any(o in f"tunneld direct{WITH_POLICY}" for o in only):
+        with Lab() as lab:  # the same build with a policy file: nftables and conntrack on tunneld0
+            path = os.path.join(lab.tmp, "policy.toml")
+            with open(path, "w") as f:
+                f.write('[[allow]]\nfrom = ["100.64.0.0/10"]\nports = ["tcp", "udp", "icmp"]\n')
+            _, pol_direct, _ = systems.tunneld(lab, extra=("--policy", path))
+            run(f"tunneld direct{WITH_POLICY}", pol_direct, ("tcp1", "tcp4", "udp64", "rtt"), in_lab=lab)
     if not only or any(o in "tunneld via two relays" for o in only):
         with Lab() as lab:  # a lab of its own: the relays take the addresses the single relay has
             run("tunneld via two relays", systems.tunneld_mesh(lab), NODE, in_lab=lab)
@@ -232,6 +241,7 @@ def scraped(path: str) -> int:
 
 
 ONE_WORKER = ", --workers 1"
+WITH_POLICY = ", --policy"  # every flow through a policy rule, every packet through conntrack
 
 
 def workers_line(rows: dict) -> str:
@@ -498,7 +508,7 @@ def main(argv=None) -> int:
         print("\n" + rtt_line(result["rows"]))
     if workers_line(result["rows"]):
         print("\n" + workers_line(result["rows"]))
-    if result.get("scrapes"):
+    if result.get("scrapes") and ("tunneld direct" in result["rows"] or "tunneld relayed" in result["rows"]):
         print(f"\nmetrics: the rows 'tunneld direct' and 'tunneld relayed' ran with --metrics on the relay and "
               f"every node, each scraped every second throughout ({sum(result['scrapes'])} scrapes, "
               f"{min(result['scrapes'])} to {max(result['scrapes'])} per daemon)"
