@@ -1,6 +1,8 @@
 """The relay and node engines wired together in memory: join, directory, relayed
 end-to-end traffic, restarts, refusals. No sockets, no kernel; time is simulated."""
 
+import logging
+
 import pytest
 
 from tunneld.proto import wire
@@ -418,3 +420,32 @@ def test_a_refused_name_cannot_forge_log_lines(caplog):
     # the formatter alone holds even if a message were logged raw
     raw = logging.LogRecord("tunneld.relay", logging.WARNING, __file__, 1, "refused %s", (forged,), None)
     assert "\n" not in formatter.format(raw)
+
+
+def test_a_handshake_that_never_completes_is_said_once_until_one_does(caplog):
+    net = SimNet()
+    for name in ("alpha", "bravo"):
+        net.add_node(name)
+    net.advance(2)
+    bravo = net.ios["bravo"].endpoint
+
+    def no_answers(dst, data, src):  # bravo's answers to handshakes are lost on the way
+        resp = data[:1] == bytes([wire.RESP]) or (data[:1] == bytes([wire.RELAYED]) and data[8:9] == bytes([wire.RESP]))
+        return None if src == bravo and resp else data
+
+    def failures():
+        return [r for r in caplog.records if getattr(r, "fields", {}).get("event") == "handshake_failed"]
+
+    net.tap = no_answers
+    with caplog.at_level(logging.WARNING, logger="tunneld"):
+        net.send_ip("alpha", "bravo", b"lost")
+        net.advance(30)
+        net.send_ip("alpha", "bravo", b"lost again")  # another round of attempts: not said again
+        net.advance(30)
+        assert [(r.fields["peer"], r.fields["attempts"]) for r in failures()] == [("bravo", 15)]
+        assert net.nodes["alpha"].status()["drops"]["handshake_gave_up"] == 2
+        net.tap = None
+        packet = net.send_ip("alpha", "bravo", b"through")
+        net.advance(3)
+        assert packet in net.ios["bravo"].tun
+        assert not net.nodes["alpha"].peers[net.nodes["bravo"].assignment.interface_address.ip.packed].hs_failing

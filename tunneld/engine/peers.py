@@ -68,7 +68,7 @@ PEER_SOURCE_BURST = 20.0
 class Peer:
     __slots__ = ("name", "addr", "address", "key", "online", "endpoint", "lan", "underlay_mtu", "routes",
                  "announced", "said", "problem",
-                 "keys", "hs", "hs_attempts", "hs_next", "last_ts", "queue", "unreadable_at",
+                 "keys", "hs", "hs_attempts", "hs_next", "hs_failing", "last_ts", "queue", "unreadable_at",
                  "tx_bytes", "rx_bytes", "tx_packets", "rx_packets", "last_rx", "last_tx",
                  "tx_ep", "tx_prefix", "relayed_prefix", "path", "rtt_relay", "probe_seq", "probe_at", "probes",
                  "path_mtu", "direct_mtu", "mss", "vxlan_mss", "sources")
@@ -82,6 +82,7 @@ class Peer:
         self.said: Hello | None = None  # what it announced in a handshake of its own
         self.problem = ""  # why we cannot talk to it, when its protocol range misses ours
         self.hs_attempts = 0
+        self.hs_failing = False  # the last handshake gave up: said once, until one completes
         self.hs_next = 0.0
         self.last_ts = b""
         self.queue: deque = deque(maxlen=QUEUE_LIMIT)
@@ -191,6 +192,7 @@ class PeerHandshakes:
             return
         peer.keys.install(s)
         self.counts["peer_handshakes_completed"] += 1
+        peer.hs_failing = False
         peer.last_rx = now  # the handshake itself was word from the peer
         if not self.flush(peer, now):
             self.keepalive(peer, now)  # confirms the session to the responder
@@ -236,6 +238,7 @@ class PeerHandshakes:
         peer.keys.offer(s)
         peer.reply(self.out, via, resp)
         self.counts["peer_handshakes_answered"] += 1
+        peer.hs_failing = False
 
     def _init_allowed(self, peer: Peer | None, msg: bytes, now: float, via) -> bool:
         """The relay's flood defence, on a node: under load, no Diffie-Hellman for an INIT
@@ -326,6 +329,11 @@ class PeerHandshakes:
         if peer.hs.initiation is not None and now >= peer.hs_next:
             if peer.hs_attempts >= HANDSHAKE_ATTEMPTS:
                 self.drops[Drop.HANDSHAKE_GAVE_UP] += 1
+                if not peer.hs_failing:
+                    peer.hs_failing = True
+                    log.warning("no handshake with %s after %d attempts; it starts again with the next packet",
+                                peer.name, peer.hs_attempts,
+                                extra=event("handshake_failed", peer=peer.name, attempts=peer.hs_attempts))
                 self.drops[Drop.QUEUE_DROPPED] += len(peer.queue)
                 peer.queue.clear()
                 peer.hs.stop()
