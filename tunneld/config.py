@@ -51,6 +51,18 @@ def merged(cli: dict, path: str | None, defaults: dict) -> dict:
     return settings
 
 
+def parse_port_range(text: str, where: str, error=ConfigError) -> tuple[int, int]:
+    """"N" or "FIRST-LAST": 1-65535, the first not above the last; error(where: why) if not."""
+    first, _, last = text.partition("-")
+    try:
+        lo, hi = int(first), int(last or first)
+    except ValueError:
+        raise error(f"{where}: a port is a number, a range FIRST-LAST") from None
+    if not 1 <= lo <= hi <= 65535:
+        raise error(f"{where}: ports are 1-65535, the first not above the last")
+    return lo, hi
+
+
 def parse_hostport(text, option: str, default_port: int | None = None) -> tuple[str, int]:
     if not isinstance(text, str) or not text:
         raise ConfigError(f"{option} needs HOST:PORT")

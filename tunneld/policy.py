@@ -34,6 +34,7 @@ import ipaddress
 import tomllib
 from dataclasses import dataclass
 
+from .config import parse_port_range
 from .errors import ConfigError
 
 TABLE = "tunneld_policy"  # inet: one table for whatever families tunneld0 carries
@@ -161,14 +162,7 @@ def _port(text: str, where: str) -> tuple[str, int, int]:
         if span:
             raise PolicyError(f"{where}: {text!r}: icmp has no ports")
         return proto, 0, 0
-    first, _, last = span.partition("-")
-    try:
-        lo, hi = int(first), int(last or first)
-    except ValueError:
-        raise PolicyError(f"{where}: {text!r}: a port is a number, a range FIRST-LAST") from None
-    if not 1 <= lo <= hi <= 65535:
-        raise PolicyError(f"{where}: {text!r}: ports are 1-65535, the first not above the last")
-    return proto, lo, hi
+    return (proto, *parse_port_range(span, f"{where}: {text!r}", PolicyError))
 
 
 def _valid_name(name: str) -> bool:

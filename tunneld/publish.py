@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .config import parse_port_range
 from .errors import ConfigError
 
 NAME = re.compile(r"[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?")
@@ -53,14 +54,7 @@ def parse_allow(value) -> tuple[tuple[int, int], ...]:
     out = []
     for item in items:
         text = str(item).strip()
-        first, _, last = text.partition("-")
-        try:
-            lo, hi = int(first), int(last or first)
-        except ValueError:
-            raise PublishError(f"allow-ports {text[:20]!r}: give ports as N or FIRST-LAST") from None
-        if not 1 <= lo <= hi <= 65535:
-            raise PublishError(f"allow-ports {text[:20]!r}: ports are 1-65535, the first not above the last")
-        out.append((lo, hi))
+        out.append(parse_port_range(text, f"allow-ports {text[:20]!r}", PublishError))
     return tuple(sorted(out))
 
 

@@ -95,7 +95,7 @@ class Routes:
             peer.sources = tuple(sources)
         table.sort(key=lambda t: (-t[0], t[1]))  # longest prefix first; ties go to the lower name
         self.table = [(net, mask, peer) for _, _, net, mask, peer in table]
-        self.accepted = sorted({f"{ipaddress.IPv4Address(net)}/{bin(mask).count('1')}" for net, mask, _ in self.table})
+        self.accepted = sorted({prefix_text(net, mask) for net, mask, _ in self.table})
 
 
 class OutsideOverlay:
@@ -129,6 +129,11 @@ class OutsideOverlay:
             self.known.clear()
         self.known[ep] = ok
         return ok
+
+
+def prefix_text(network: int, mask: int) -> str:
+    """A (network, mask) of the tables above as a CIDR."""
+    return f"{ipaddress.IPv4Address(network)}/{bin(mask).count('1')}"
 
 
 def longest(table: list, dst: bytes):

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import json
 import re
 import shutil
 import subprocess
 
 from ..engine.routes import OVERHEAD
 from ..errors import HostError
+from . import firewall
 from .links import Links
 
 KUBELET_FILES = ("/etc/default/kubelet", "/etc/sysconfig/kubelet", "/var/lib/kubelet/kubeadm-flags.env")
@@ -98,13 +98,8 @@ def listening(port: int) -> dict:
 def dropping(port: int) -> list[tuple[str, str]]:
     """(protocol, where) of each nftables rule (iptables' own included, as iptables-nft writes
     them) that drops or rejects packets to port: the relay's own firewall shutting it out."""
-    try:
-        proc = subprocess.run(["nft", "-j", "list", "ruleset"], capture_output=True, timeout=10)
-        items = json.loads(proc.stdout).get("nftables", ()) if proc.returncode == 0 else ()
-    except (OSError, subprocess.TimeoutExpired, ValueError):
-        return []
     out = []
-    for item in items:
+    for item in firewall.read("list", "ruleset").get("nftables", ()):
         rule = item.get("rule")
         if not rule or not any("drop" in e or "reject" in e for e in rule.get("expr", ())):
             continue

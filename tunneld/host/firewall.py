@@ -39,8 +39,13 @@ def enforce(policy, peers: dict, ifname: str) -> None:
 
 def listing() -> dict:
     """The policy table with its counters, as nft's JSON; {} if it cannot be read."""
+    return read("list", "table", "inet", TABLE)
+
+
+def read(*command: str) -> dict:
+    """What `nft -j COMMAND` says, as JSON; {} if it cannot be read (no nft, no such table)."""
     try:
-        proc = subprocess.run(["nft", "-j", "list", "table", "inet", TABLE], capture_output=True, timeout=TIMEOUT)
+        proc = subprocess.run(["nft", "-j", *command], capture_output=True, timeout=TIMEOUT)
         return json.loads(proc.stdout) if proc.returncode == 0 else {}
     except (OSError, subprocess.TimeoutExpired, ValueError):
         return {}

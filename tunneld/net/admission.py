@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import policy as rules
+from ..engine.routes import prefix_text
 from ..host import firewall
 
 
@@ -25,12 +26,8 @@ class Enforce:
 
 def peers_of(engine) -> dict:
     """The engine's peers by name, each with the sources it may send from (policy.py)."""
-    return {p.name: (f"{p.address}/32", *(f"{_address(net)}/{bin(mask).count('1')}" for net, mask in p.sources))
+    return {p.name: (f"{p.address}/32", *(prefix_text(net, mask) for net, mask in p.sources))
             for p in engine.peers.values()}
-
-
-def _address(n: int) -> str:
-    return ".".join(str(n >> s & 255) for s in (24, 16, 8, 0))
 
 
 class Admission:
@@ -70,13 +67,11 @@ class Admission:
             return f"no policy: {self.ifname} admits everything from peers"
         return f"policy {effect.policy.source}: {len(effect.policy.rules)} rules, the rest denied"
 
-    def stop(self) -> str:
+    def stop(self) -> None:
         """The daemon stops: nothing comes through tunneld0 while it is down, so no table."""
-        if self.enforced is None:
-            return ""
-        firewall.enforce(None, {}, self.ifname)
-        self.enforced = None
-        return "the policy's table removed"
+        if self.enforced is not None:
+            firewall.enforce(None, {}, self.ifname)
+            self.enforced = None
 
     def status(self, peers: dict) -> dict | None:
         if self.enforced is None:
