@@ -17,6 +17,7 @@ import click
 
 from . import __version__, logs
 from .cli_lock import lock_group
+from .cli_publish import import_frpc, publish
 from .cli_relay import revoke, routes, token
 from .config import (DEFAULT_INTERFACE, DEFAULT_NETWORK, DEFAULT_STATE_DIR, JoinSettings, ServeSettings,
                      check_log_level, merged, parse_hostport, parse_network, parse_prefixes,
@@ -92,7 +93,7 @@ def _serve_settings(given: dict, config: str | None) -> ServeSettings:
                {"listen": None, "network": DEFAULT_NETWORK, "state_dir": DEFAULT_STATE_DIR, "log_level": "info",
                 "lock": None, "auto_approve_routes": [], "store": None, "store_prefix": "/tunneld/",
                 "store_ca": None, "store_cert": None, "store_key": None, "advertise": None, "metrics": None,
-                "log_format": "text", "workers": 1})
+                "log_format": "text", "workers": 1, "publish": None, "allow_ports": None})
     if not s["listen"]:
         raise ConfigError("serve needs --listen HOST:PORT, e.g. --listen 0.0.0.0:7000")
     host, port = parse_hostport(s["listen"], "--listen")
@@ -107,10 +108,13 @@ def _serve_settings(given: dict, config: str | None) -> ServeSettings:
     auto = parse_prefixes(s["auto_approve_routes"], "--auto-approve-routes")
     advertise = _advertise(s, host, port)
     workers = _check_workers(s["workers"])
+    from . import publish
+    allow = publish.parse_allow(s["allow_ports"])
     return ServeSettings(host, port, parse_network(s["network"]), s["state_dir"],
                          check_log_level(s["log_level"]), auto, lock_public, s["store"] or None,
                          str(s["store_prefix"]), s["store_ca"], s["store_cert"], s["store_key"], advertise,
-                         workers, _metrics(s["metrics"]), _log_format(s["log_format"]))
+                         workers, _metrics(s["metrics"]), _log_format(s["log_format"]),
+                         publish.parse(s["publish"], allow, port), allow)
 
 
 MAX_WORKERS = 64
@@ -439,7 +443,7 @@ def format_status(st: dict) -> str:
     return "\n".join(lines)
 
 
-for command in (lock_group, token, revoke, routes):
+for command in (lock_group, token, revoke, routes, publish, import_frpc):
     cli.add_command(command)
 
 

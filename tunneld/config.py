@@ -136,6 +136,8 @@ class ServeSettings:
     workers: int = 1  # processes forwarding on the port (net/relay_workers.py)
     metrics: tuple[str, int] | None = None  # --metrics: where Prometheus scrapes /metrics
     log_format: str = "text"  # logs.py: text or json
+    publish: tuple = ()  # publish.Publish: nodes' services on the relay's ports ([[publish]])
+    allow_ports: tuple = ()  # ((first, last), ...): the ports a publish may take (allow-ports)
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,7 @@ class Drop(StrEnum):
     ROUTE_REFUSED = "route_refused"
     PEER_UNENDORSED = "peer_unendorsed"  # a directory key the network lock does not endorse
     PROBE_WRONG_PATH = "probe_wrong_path"  # a probe reply from elsewhere than the probe went
+    PUBLISH_NOT_SERVED = "publish_not_served"  # the relay asked for a port it does not publish here
     POLICY_DENIED = "policy_denied"  # opened towards the node, and no rule of its policy allows it (policy.py)
 
     # A node's TUN side
@@ -95,4 +96,7 @@ class Drop(StrEnum):
     MESH_INVALID = "mesh_invalid"  # failed authentication: not from a relay of this network
     MESH_NO_DESTINATION = "mesh_no_destination"  # its destination is not (or no longer) homed here
     RELAYED_HOME_UNREACHABLE = "relayed_home_unreachable"  # homed on a relay we have no address for
-    STORE_ERROR = "store_error"  # a registration the relay's store refused or could not write
+    STORE_ERROR = "store_error"
+    PUBLISH_UNKNOWN_FLOW = "publish_unknown_flow"  # a node's datagram for a flow that is not its, or gone
+    WORK_UNPROVEN = "work_unproven"  # a work connection naming no pending connection, or without k's proof
+    STREAM_FORGED = "stream_forged"  # a published connection's sealed chunk failed to open: cut  # a registration the relay's store refused or could not write

@@ -56,7 +56,7 @@ def overlay():
         lab.close()
 
 
-SHARED_TOPOLOGIES = ("overlay", "cluster", "paths_lab")  # module-scoped fixtures whose logs a failing test shows
+SHARED_TOPOLOGIES = ("overlay", "cluster", "paths_lab", "pub")  # module-scoped fixtures whose logs a failing test shows
 
 
 @pytest.fixture(autouse=True)

@@ -21,14 +21,14 @@ The send pipeline, per packet (per read, the route):
 
 The receive pipeline, receive(), per message:
   from the relay   RELAYED: to the peer its address names; anything else is the relay
-                   link's (relaylink.py): join, pongs, directory, revocation
+                   link's (relaylink.py: join, pongs, directory, revocation) or
+                   publishing's (publish_node.py: pub, open, udp)
   direct           only from an endpoint outside the overlay; DATA found by its session
                    index, INIT by the key inside it, RESP and COOKIE by our index
   from a peer      DATA is opened: an IPv4 packet from the peer's address (or from a
                    prefix we accept from it) goes to the TUN device, a probe is
                    answered; INIT, RESP and COOKIE advance handshakes (peers.py)
 Every drop is counted by reason (drops.py); nothing here raises on bad input.
-
 A peer is recognised by its session index or its key, never by its address; any
 authenticated packet teaches us where it can be reached. Peer sessions do not depend
 on the relay: while it is away they keep their keys, and direct pairs keep talking.
@@ -52,7 +52,8 @@ from .mss import clamp
 from .offload import unpartial
 from .peers import Peer, PeerHandshakes
 from .probes import Probes
-from .relaylink import DIRECTORY, JOINED, REFUSED, REVOKED, JoinRequest, RelayLink
+from .publish_node import NodePublishing
+from .relaylink import CONTROL, DIRECTORY, JOINED, REFUSED, REVOKED, JoinRequest, RelayLink
 from .routes import Mtu, OutsideOverlay, Routes, within
 from .trust import Trust
 from .sessions import IndexTable
@@ -109,6 +110,7 @@ class Node:
         self.mtu = Mtu(config.underlay_mtu, config.mtu, self.effects)
         self.trust = Trust(config.lock, config.known_keys, self.drops, env.wall)
         self.outside = OutsideOverlay()  # where direct endpoints may be
+        self.publishing = NodePublishing(self.effects, self.drops)  # what the relay publishes of ours
         if self.assignment is not None:  # from node.json: tunneld0 comes up before the relay answers
             self._assigned(self.assignment)
 
@@ -187,10 +189,8 @@ class Node:
             peer = self.table.handshakes.get(index)
             if peer is None or peer is self.relay:
                 self.drops[Drop.UNEXPECTED_RESPONSE if t == wire.RESP else Drop.UNEXPECTED_COOKIE] += 1
-            elif t == wire.RESP:
-                self.handshakes.on_resp(peer, data, now)
             else:
-                self.handshakes.on_cookie(peer, data, now)
+                self.handshakes.on_reply(peer, data, now)
         else:
             self.drops[Drop.DIRECT_BAD_TYPE] += 1
 
@@ -200,10 +200,8 @@ class Node:
             self._data(peer, self.table.sessions.get(msg[4:8]), msg, now, via)
         elif t == wire.INIT:
             self.handshakes.on_init(peer, msg, now, via)
-        elif t == wire.RESP:
-            self.handshakes.on_resp(peer, msg, now)
-        elif t == wire.COOKIE:
-            self.handshakes.on_cookie(peer, msg, now)
+        elif t == wire.RESP or t == wire.COOKIE:
+            self.handshakes.on_reply(peer, msg, now)
         else:
             self.drops[Drop.BAD_TYPE] += 1
 
@@ -269,6 +267,8 @@ class Node:
             if value["mtu"] and value["mtu"] != self.mtu.network:
                 if self._adopt_mtu(value["mtu"]) and self.assignment is not None:
                     self._save()
+        elif kind == CONTROL:
+            self.publishing.receive(value)
         elif kind == REVOKED:
             self._stop(EXIT_REFUSED, "key_revoked", REVOKED_MESSAGE)
         elif kind == REFUSED:

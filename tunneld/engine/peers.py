@@ -177,6 +177,10 @@ class PeerHandshakes:
         peer.hs_next = now + HANDSHAKE_RETRY * (0.8 + 0.4 * self.env.uniform())
         self.counts["peer_handshakes_sent"] += 1
 
+    def on_reply(self, peer: Peer, msg: bytes, now: float) -> None:
+        """A RESP or a COOKIE answering our handshake with peer."""
+        (self.on_resp if msg[0] == wire.RESP else self.on_cookie)(peer, msg, now)
+
     def on_resp(self, peer: Peer, msg: bytes, now: float) -> None:
         if peer.hs.initiation is None or msg[8:12] != peer.hs.index:
             self.drops[Drop.UNEXPECTED_RESPONSE] += 1

@@ -17,7 +17,7 @@ What it does with each message (proto/wire.py):
            decision from memory (control/registry.py), answered with the node's address
            or a refusal; a new registration only once the store holds it.
   DATA     a control message on a member's session: ping (answered with a pong and
-           whatever the member's directory lacks), bye.
+           whatever the member's directory lacks), bye; publishing's (publish_relay.py).
   MESH     from another relay of the network (engine/cluster.py, only with a shared
            store): a relayed datagram for a member homed here, or a liveness ping.
 Anything else, or anything that fails a check, is dropped and counted by reason.
@@ -113,6 +113,7 @@ class Relay(OperatorCommands):
         self._behind: set[Member] = set()  # members whose full directory waits for its interval
         self._next_seen_flush = now + SEEN_FLUSH
         self.cluster = None  # engine/cluster.py, when the store is shared by several relays
+        self.publishing = None  # engine/publish_relay.py, set by the daemon
 
     def join_cluster(self, relay_id: str, codec, now: float) -> None:
         from .cluster import Cluster
@@ -194,8 +195,8 @@ class Relay(OperatorCommands):
                 self._sync(m, now)
         elif kind == "bye":
             self._offline(m)
-        else:  # includes "revoked", which only the relay sends
-            self.drops[Drop.UNEXPECTED_CONTROL] += 1
+        elif self.publishing is None or not self.publishing.from_node(m, msg, now):
+            self.drops[Drop.UNEXPECTED_CONTROL] += 1  # includes "revoked", which only the relay sends
 
     def _control(self, m: Member, msg: dict, to=None) -> None:
         """msg on m's session, to its endpoint (or to `to`: an address it must prove it holds)."""

@@ -8,6 +8,7 @@ Out: Transmit.send(RELAY, ...), Transmit.relay_transport(tcp), and what receive(
        (REFUSED, (code, message))  the relay refused us for good
        (DIRECTORY, msg)     a directory update (control/directory.py)
        (REVOKED, None)      the operator revoked our key
+       (CONTROL, msg)       any other message: publishing's
      (pongs are the link's own business: round trip, how the relay sees us, its clock)
 
     down ──(INIT; RESP ok)──> up ──(no word for RELAY_DEAD_AFTER)──> down
@@ -73,7 +74,7 @@ WRONG_KEY_PROBLEM = ("the relay at this address does not answer to the key in th
 SILENT_PROBLEM = ("no answer from the relay after {n} attempts over UDP and TCP: check --relay, that "
                   "'tunneld serve' runs there, and that its port is open to UDP and TCP")
 
-JOINED, REFUSED, DIRECTORY, REVOKED = "joined", "refused", "directory", "revoked"
+JOINED, REFUSED, DIRECTORY, REVOKED, CONTROL = "joined", "refused", "directory", "revoked", "control"
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,7 @@ class RelayLink:
             self.drop()
             return REVOKED, None
         else:
-            self.drops[Drop.UNEXPECTED_CONTROL] += 1
+            return CONTROL, msg  # publishing's (engine/publish_node.py), or unexpected
         return None
 
     def _resp(self, data: bytes, now: float):

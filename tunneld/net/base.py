@@ -165,6 +165,12 @@ class Daemon:
             log.warning("reload: %s changes only when the daemon restarts; keeping the running value",
                         ", ".join(n.replace("_", "-") for n in kept), extra=event("reload_kept", settings=kept))
             new = replace(new, **{name: getattr(old, name) for name in kept})
+        try:
+            self.check(new)
+        except TunneldError as exc:
+            log.error("reload refused, the running config stays: %s", exc,
+                      extra=event("reload", ok=False, error=str(exc)))
+            return
         changed = [name for name in ("log_level", "log_format") if getattr(new, name) != getattr(old, name)]
         if changed:
             logs.setup(new.log_level, new.log_format)
@@ -178,6 +184,9 @@ class Daemon:
         self.settings = replace(new, metrics=old.metrics) if "metrics" in changed else new
         log.info("reloaded the config: %s", ", ".join(c.replace("_", "-") for c in changed) or "nothing changed",
                  extra=event("reload", ok=True, changed=changed))
+
+    def check(self, new) -> None:
+        """Refuse new settings (TunneldError) that cannot take effect, before anything changes."""
 
     def changed(self, old, new) -> list[str]:
         """What else the new settings change, done: the names of the settings."""

@@ -49,6 +49,7 @@ from .dataplane import DataPlane
 from .admission import Admission, Enforce, peers_of
 from .express import NodeSource
 from .node_workers import NodeWorkers
+from .publish_node import PUBLISHING, Serving
 
 log = logging.getLogger("tunneld.node")
 
@@ -133,6 +134,7 @@ class NodeDaemon(Daemon):
         self.pods: tuple[str, ...] = (given,) if given and not given.startswith("/") else ()
         self._subnet_env = (None, 0.0)  # (what we read, when we look next)
         self.admission = Admission(settings.interface)  # the policy file at work (--policy)
+        self.serving = Serving(self)  # the ports the relay publishes of ours (publish_node.py)
 
     async def run(self) -> tuple[int, str]:
         s = self.settings
@@ -225,6 +227,7 @@ class NodeDaemon(Daemon):
                 if self.workers is not None:
                     self.workers.close()
                 self.stop_base()
+                self.serving.close()
                 ctl.close()
                 try:
                     os.unlink(os.path.join(self.state_dir, SOCKET_FILE))
@@ -306,6 +309,9 @@ class NodeDaemon(Daemon):
             if isinstance(effect, fx.Stop):
                 self._stop(effect)
                 return
+            if isinstance(effect, PUBLISHING):
+                self.serving.carry(effect)
+                continue
             self._host_queue.append(effect)
             peers_changed = peers_changed or isinstance(effect, fx.SetRoutes)
         if peers_changed and self.admission.wanted is not None:
@@ -472,6 +478,7 @@ class NodeDaemon(Daemon):
 
     def tick(self, now: float) -> None:
         self.engine.tick(now)
+        self.serving.tick(now)
         if now >= self._subnet_env[1]:
             self._follow_subnet_env(now)
 
@@ -535,6 +542,7 @@ class NodeDaemon(Daemon):
                                  "udp_gso": self.plane.batch.gso, "udp_gro": self.plane.gro,
                                  **(self.plane.stats + (w.stats if w else Counter()))}
             status["workers"] = [{"worker": 0, "pid": os.getpid(), "running": True}] + (w.status() if w else [])
+            status["published"] = self.engine.publishing.status()
             admitted = self.admission.status(peers_of(self.engine))
             if admitted is not None:
                 status["policy"] = admitted

@@ -34,6 +34,8 @@ from ..store.sqlite import SqliteStore
 from .shared import SharedStore, shared_identity
 from . import ctlsock, metrics_http, steer
 from .relay_workers import RelayWorkers
+from .publish_relay import Publisher, is_work
+from .splice import plain_paused
 from .base import READ_BATCH, Daemon, FramedStream, real_env, udp_socket
 from .backlog import Backlog
 from .udpio import Batch, enable_gro, reads as udp_reads
@@ -58,6 +60,9 @@ class NodeStream(FramedStream):
         self.opened = 0.0
         self.label = "tcp"
         self.host = "tcp"  # the peer's address: its share of handshakes under load (engine/relay.py)
+        self.first = True
+        self.work = False  # a node's work connection for a published port (publish_relay.py)
+        self.splice = None  # ... once it proved itself
 
     def connection_made(self, transport):
         super().connection_made(transport)
@@ -79,8 +84,29 @@ class NodeStream(FramedStream):
         d.fresh.add(self)
         d.per_source[self.host] += 1
 
+    def data_received(self, data):
+        if self.splice is not None:
+            self.splice.sealed_in(data)
+        elif self.work or (self.first and is_work(data)):
+            self.work = True
+            self.daemon.publisher.work(self, data)
+        else:
+            super().data_received(data)
+        self.first = False
+
+    def pause_writing(self):
+        if self.splice is not None:
+            plain_paused(self.splice, True)
+
+    def resume_writing(self):
+        if self.splice is not None:
+            plain_paused(self.splice, False)
+
     def connection_lost(self, exc):
         d = self.daemon
+        if self.splice is not None:
+            self.splice.lost(self, exc)
+            return
         self.count_truncated()
         if self in d.streams:
             d.streams.discard(self)
@@ -209,6 +235,8 @@ class RelayDaemon(Daemon):
         self.workers: RelayWorkers | None = None
         self.gro = False
         self.backlog = Backlog()  # the relay: only relayed DATA is ever stale
+        self.publisher: Publisher | None = None  # published ports (publish_relay.py)
+        self._plan = None  # a reload's publishing, checked and bound by check()
 
     async def run(self) -> tuple[int, str]:
         s = self.settings
@@ -302,6 +330,11 @@ class RelayDaemon(Daemon):
                             relay_mtu=relay_mtu)
         if s.lock:
             log.info("the network is locked: only keys endorsed by %s join", format_public(s.lock))
+        self.publisher = Publisher(self, state_dir, s.listen_host, s.port)
+        added = self.publisher.load_added()
+        entries = self.publisher.check(s.publish, added, s.allow_ports)  # a bad one: exit 2, nothing bound
+        fresh = self.publisher.bind(entries)
+        self.publisher.allow = s.allow_ports
         self.writer = StoreWriter(self.engine, store)
         writer = loop.create_task(self.writer.run())
         shared = SharedStore(self, store, identity, listen) if store.shared else None
@@ -311,6 +344,7 @@ class RelayDaemon(Daemon):
         self.stats = Counter()
         self.batch = Batch(self.sock, self.drops, self.stats, relay_mtu - UDP_OVERHEAD_IPV4, lanes=True)
         server = await loop.create_server(lambda: NodeStream(self), sock=tcp_sock, backlog=1024)
+        await self.publisher.apply(entries, fresh, configured=s.publish, added=added)
         self.scrape = await metrics_http.start(s.metrics, self.status_now)
         ctl = await ctlsock.serve(os.path.join(state_dir, SOCKET_FILE), self._control)
         loop.add_reader(self.sock.fileno(), self._on_udp)
@@ -331,6 +365,7 @@ class RelayDaemon(Daemon):
             self.stop_base()
             ctl.close()
             server.close()
+            self.publisher.close()
             for stream in list(self.streams):
                 stream.transport.abort()
             self.sock.close()
@@ -393,14 +428,42 @@ class RelayDaemon(Daemon):
 
     def tick(self, now: float) -> None:
         self.engine.tick(now)
+        self.publisher.engine.tick(now)
         for stream in list(self.streams):
             if not self.engine.bound(stream) and now - stream.opened > TCP_AUTH_TIMEOUT \
                     and not stream.transport.is_closing():
                 self.drops[Drop.TCP_UNAUTHENTICATED_TIMEOUT] += 1
                 stream.transport.abort()  # connection_lost forgets it
 
+    def forget_stream(self, stream: NodeStream) -> None:
+        """stream is a work connection now (publish_relay.py), not a node's stream."""
+        if stream in self.streams:
+            self.streams.discard(stream)
+            self.fresh.discard(stream)
+            self.per_source[stream.host] -= 1
+            if self.per_source[stream.host] <= 0:
+                del self.per_source[stream.host]
+
+    def check(self, new) -> None:
+        p = self.publisher
+        entries = p.check(new.publish, p.added, new.allow_ports)
+        self._plan = (entries, p.bind(entries), new.publish, new.allow_ports)
+
+    def changed(self, old, new) -> list[str]:
+        entries, fresh, configured, allow = self._plan
+        self._plan = None
+        if configured == old.publish and allow == old.allow_ports:
+            return []
+        self.publisher.allow = allow
+        self.loop.create_task(self.publisher.apply(entries, fresh, configured=configured))
+        return ["publish"]
+
     def _control(self, request: dict):
         cmd = request.get("cmd")
+        if cmd == "publish-add" and isinstance(request.get("publish"), dict):
+            return self.publisher.add(request["publish"])
+        if cmd == "publish-remove" and isinstance(request.get("name"), str):
+            return self.publisher.remove(request["name"])
         if cmd == "status":
             status = self.engine.status(monotonic())
             status["store"] = {"kind": "etcd" if self.writer.store.shared else "sqlite",
@@ -412,6 +475,7 @@ class RelayDaemon(Daemon):
             status["offload"] = {"aead": aead.KIND, "udp_gso": self.batch.gso, "udp_gro": self.gro,
                                  **(self.stats if w is None else self.stats + w.stats)}
             status["workers"] = [] if w is None else w.status()
+            status["published"] = self.publisher.rows()
             return status
         if cmd in ("revoke", "token", "approve-route", "unapprove-route", "revoke-token") \
                 and self.engine.registry.unavailable:

@@ -46,6 +46,18 @@ Messages on an established node <-> relay session (one per DATA plaintext):
   bye    node -> relay  {"t": "bye"}                               the node is shutting down
   revoked relay -> node {"t": "revoked"}                           the operator revoked this node
 
+Publishing (0.5 on, only to and from nodes that announce "publish"; engine/publish_*.py):
+  pub    relay -> node  {"t": "pub", "s": [[name, "tcp"|"udp", port, idle s], ...]}
+                                                the node's ports the relay publishes: the node
+                                                serves these and nothing else
+  open   relay -> node  {"t": "open", "id": int, "port": int, "k": bin32, "src": str,
+                         "dst": str, "pp": 0|2, "s": str}  a client came to published TCP
+                                                service s: open a work connection
+                                                (proto/stream.py) proving k
+  shut   node -> relay  {"t": "shut", "id": int}   the service refused that connection
+  udp    both ways      {"t": "udp", "f": int, "p": int, "d": bin}   a datagram of UDP flow f
+                                                (p: the node's port; 0 from the node)
+
 decode() validates the shape of every message: a peer is authenticated, not trusted.
 Anything else raises ProtocolError.
 """
@@ -69,6 +81,8 @@ MAX_CIDR = 18  # "255.255.255.255/32"
 MAX_LAN = 8
 MAX_RELAYS = 16  # relays of one network a directory lists
 MAX_MESSAGE = 16384
+MAX_DATAGRAM = 8192  # a published UDP service's datagram, carried in a control message
+MAX_PUBLISHED = 256  # services of one node the relay may publish
 _MAX_INT = 2**63 - 1
 
 _NONE = type(None)
@@ -105,7 +119,8 @@ def _type_ok(value, kind) -> bool:
 
 
 def _check(msg, fields: dict, what: str) -> dict:
-    """Each field (kind, limit): ints 0..limit (any if 0), bytes of exactly limit, str up to limit."""
+    """Each field (kind, limit): ints 0..limit (any if 0), bytes of exactly limit (-1: 1 to
+    MAX_DATAGRAM), str up to limit."""
     if not isinstance(msg, dict):
         raise ProtocolError(f"{what}: not a map")
     for key, (kind, limit) in fields.items():
@@ -120,7 +135,7 @@ def _check(msg, fields: dict, what: str) -> dict:
             if not 0 <= value <= (limit or _MAX_INT):
                 raise ProtocolError(f"{what}: {key!r} out of range")
         elif isinstance(value, bytes):
-            if len(value) != limit:
+            if len(value) != limit and not (limit == -1 and 0 < len(value) <= MAX_DATAGRAM):
                 raise ProtocolError(f"{what}: {key!r} has the wrong length")
         elif isinstance(value, str) and len(value) > limit:
             raise ProtocolError(f"{what}: {key!r} too long")
@@ -139,6 +154,11 @@ _CONTROL = {
             "mtu": (int, 65535), "nodes": (list, 0), "gone": (list, 0)},
     "bye": {},
     "revoked": {},
+    "pub": {"s": (list, 0)},
+    "open": {"id": (int, 0), "port": (int, 65535), "k": (bytes, 32), "src": (str, MAX_ENDPOINT),
+             "dst": (str, MAX_ENDPOINT), "pp": (int, 2), "s": (str, 63)},
+    "shut": {"id": (int, 0)},
+    "udp": {"f": (int, 0), "p": (int, 65535), "d": (bytes, -1)},
 }
 
 
@@ -234,6 +254,8 @@ def decode_control(data: bytes) -> dict:
     if "proof" in msg and (msg["t"] not in ("ping", "pong") or not isinstance(msg["proof"], bytes)
                            or len(msg["proof"]) != 8):
         raise ProtocolError(f"{msg['t']}: bad proof")
+    if msg["t"] == "pub":
+        msg["s"] = _check_published(msg["s"])
     if msg["t"] == "dir":
         if len(msg["nodes"]) > MAX_NODES_PER_CHUNK or msg["i"] >= msg["c"]:
             raise ProtocolError("dir: bad chunking")
@@ -260,6 +282,17 @@ def decode_control(data: bytes) -> dict:
                 isinstance(c, bytes) and len(c) in (0, CHAIN_LEN) for c in locks):
             raise ProtocolError("dir: locks do not match the nodes")
     return msg
+
+
+def _check_published(items) -> list:
+    if len(items) > MAX_PUBLISHED:
+        raise ProtocolError("pub: too many services")
+    for e in items:
+        if not (isinstance(e, list) and len(e) == 4 and isinstance(e[0], str) and 0 < len(e[0]) <= 63
+                and e[1] in ("tcp", "udp") and all(type(v) is int for v in e[2:])
+                and 1 <= e[2] <= 65535 and 1 <= e[3] <= 86400):
+            raise ProtocolError("pub: bad service")
+    return items
 
 
 def _dir_hello(h) -> Hello:

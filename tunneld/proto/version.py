@@ -20,6 +20,8 @@ Capabilities:
               its endpoint only after that round trip from the new address
   "lanes"     (0.4.0) a node that reads DATA counters in lanes (proto/session.py): its
               peers' workers may each seal in a lane of their own
+  "publish"   (0.5.0) a node that serves the ports a relay publishes (messages.py: pub,
+              open, shut, udp); a relay sends these to no other node
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 
 PROTOCOL = 2
 MIN_PROTOCOL = 1
-CAPABILITIES: tuple[str, ...] = ("hello", "ep-proof", "lanes")
+CAPABILITIES: tuple[str, ...] = ("hello", "ep-proof", "lanes", "publish")
 
 MAX_CAPS = 16
 MAX_CAP_LEN = 32

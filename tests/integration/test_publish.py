@@ -1,0 +1,308 @@
+"""Publishing (frp's job): a node's service on the relay's public port. Real daemons in the
+namespace lab: a host outside the overlay, with no tunneld at all, reaches services of a
+node that has no inbound path, through the relay's published ports. Services come from the
+relay's config file (on a reload) and from `tunneld publish add/remove` on the running
+relay; what they must refuse is refused with one line and changes nothing."""
+
+import hashlib
+import json
+import os
+import signal
+import sys
+
+import pytest
+
+from tests.lab import Lab, tunneld_command, wait_for
+from tests.lab.overlay import Overlay
+
+MB20 = 20 * 1024 * 1024
+
+# A TCP service: each connection gets argv[3] bytes of a seeded stream, then the end. Port+1
+# answers with what it was told first: the PROXY v2 header's client address, or "none".
+SERVICE = r"""
+import hashlib, socket, sys, threading
+from tunneld.proto import proxy
+addr, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def blob():
+    sent, block = 0, 0
+    while sent < n:
+        chunk = hashlib.sha256(b"seed" + block.to_bytes(8, "big")).digest() * 2048
+        chunk = chunk[: n - sent]; sent += len(chunk); block += 1
+        yield chunk
+def serve(conn):
+    with conn:
+        for chunk in blob():
+            conn.sendall(chunk)
+def who(conn):
+    with conn:
+        conn.settimeout(5)
+        head = b""
+        while len(head) < 28:
+            b = conn.recv(28 - len(head))
+            if not b: break
+            head += b
+        got = proxy.parse(head)
+        conn.sendall(("%s:%d" % got[0] if got else "none").encode())
+def listen(p, handler):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, p)); s.listen(64)
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=handler, args=(c,), daemon=True).start()
+threading.Thread(target=listen, args=(port + 1, who), daemon=True).start()
+print("up", flush=True)
+listen(port, serve)
+"""
+
+# A UDP echo service: each datagram back, prefixed.
+ECHO = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], int(sys.argv[2])))
+while True:
+    data, peer = s.recvfrom(65535)
+    s.sendto(b"echo:" + data, peer)
+"""
+
+# The outside client: fetch everything from host:port, print length and sha256.
+FETCH = r"""
+import hashlib, socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+h = hashlib.sha256(); n = 0
+while True:
+    b = s.recv(1 << 16)
+    if not b: break
+    h.update(b); n += len(b)
+print(n, h.hexdigest())
+"""
+
+UDP_CLIENT = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1.0)
+got = 0
+for i in range(int(sys.argv[3])):
+    msg = b"hello %d" % i
+    for _ in range(3):  # UDP: a datagram may be lost; ask again, at most thrice
+        s.sendto(msg, (sys.argv[1], int(sys.argv[2])))
+        try:
+            data, _ = s.recvfrom(65535)
+        except socket.timeout:
+            continue
+        if data == b"echo:" + msg:
+            got += 1
+            break
+print(got)
+"""
+
+
+def expected(n: int) -> str:
+    h, sent, block = hashlib.sha256(), 0, 0
+    while sent < n:
+        chunk = (hashlib.sha256(b"seed" + block.to_bytes(8, "big")).digest() * 2048)[: n - sent]
+        h.update(chunk)
+        sent += len(chunk)
+        block += 1
+    return f"{n} {h.hexdigest()}"
+
+
+@pytest.fixture(scope="module")
+def pub():
+    lab = Lab()
+    try:
+        ov = Overlay(lab)
+        ov.relay_config = os.path.join(lab.tmp, "relay.toml")
+        write_config(ov, "")
+        ov.start_relay("--config", ov.relay_config)
+        token = ov.token("--ttl", "1h")
+        ov.join(lab.nat_host("hidden", "no-inbound"), "hidden", token)
+        ov.wait_connected(timeout=60)
+        ov.outside = lab.public_host("outside")  # no tunneld: a client on the internet
+        address = ov.address("hidden")
+        ns = ov.nodes["hidden"].ns
+        env = {"PYTHONPATH": os.getcwd()}
+        service = lab.spawn(ns, sys.executable, "-c", SERVICE, address, "8080", str(MB20), env=env)
+        lab.spawn(ns, sys.executable, "-c", ECHO, address, "5353")
+        wait_for(lambda: lab.nsexec(ns, "ss", "-Hltn", "sport = :8081").stdout.strip(), 10,
+                 what="the services to listen")
+        assert service.poll() is None
+        yield ov
+    finally:
+        lab.close()
+
+
+def write_config(ov, publishes: str, allow: str = '["18000-18999"]') -> None:
+    with open(ov.relay_config, "w") as f:
+        f.write(f"log-level = \"debug\"\nallow-ports = {allow}\n{publishes}")
+
+
+def reload_relay(ov) -> None:
+    os.kill(ov.relay_proc.pid, signal.SIGHUP)
+
+
+def relay_cli(ov, *args: str):
+    return ov.lab.nsexec(ov.relay.ns, *tunneld_command(), *args, "--state-dir", ov.relay.state_dir, check=False)
+
+
+def published(ov) -> dict:
+    return {r["name"]: r for r in ov.status(ov.relay)["published"]}
+
+
+def wait_serving(ov, name: str, tcp_port: int | None = None) -> dict:
+    """Until the relay publishes name, its node is there, and the node was told."""
+    def ready():
+        row = published(ov).get(name)
+        node = {r["name"] for r in ov.node_status("hidden").get("published", [])}
+        return row if row and row["node_connected"] and name in node else None
+    return wait_for(ready, 20, what=f"{name} to be published")
+
+
+def fetch(ov, port: int, timeout: float = 60) -> str:
+    return ov.lab.nsexec(ov.outside.ns, sys.executable, "-c", FETCH, ov.relay.address, str(port),
+                         timeout=timeout).stdout.decode().strip()
+
+
+def refused(ov, port: int) -> bool:
+    proc = ov.lab.nsexec(ov.outside.ns, sys.executable, "-c",
+                         "import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)",
+                         ov.relay.address, str(port), check=False)
+    return proc.returncode != 0 and b"ConnectionRefused" in proc.stderr
+
+
+WEB = '[[publish]]\nname = "web"\nnode = "hidden"\nport = 8080\nremote-port = 18080\n'
+
+
+def web(pub) -> None:
+    """The config file publishes web (the first test put it there; any test may run alone)."""
+    if "web" not in published(pub):
+        write_config(pub, WEB)
+        reload_relay(pub)
+    wait_serving(pub, "web")
+
+
+def test_tcp_service_of_a_no_inbound_node_from_the_config_file(pub):
+    web(pub)
+    assert fetch(pub, 18080) == expected(MB20)  # 20 MB, byte-exact, from outside the overlay
+    row = published(pub)["web"]
+    assert row["connections"] >= 1 and row["bytes_out"] >= MB20 and row["errors"] == 0
+    node_row = {r["name"]: r for r in pub.node_status("hidden")["published"]}["web"]
+    assert node_row["connections"] >= 1 and node_row["bytes_out"] >= MB20
+
+
+def test_udp_echo_added_on_the_command_line_then_removed(pub):
+    proc = relay_cli(pub, "publish", "add", "echo", "hidden:5353", "--remote-port", "18053", "--udp")
+    assert proc.returncode == 0, proc.stderr.decode()
+    wait_serving(pub, "echo")
+    out = pub.lab.nsexec(pub.outside.ns, sys.executable, "-c", UDP_CLIENT, pub.relay.address, "18053", "20")
+    assert int(out.stdout) == 20
+    row = published(pub)["echo"]
+    assert row["protocol"] == "udp" and row["flows"] >= 1 and row["datagrams_out"] >= 20
+    listing = relay_cli(pub, "publish", "list")
+    assert b"echo" in listing.stdout and b"udp/18053" in listing.stdout and b"command" in listing.stdout
+    assert relay_cli(pub, "publish", "remove", "echo").returncode == 0
+    assert "echo" not in published(pub)
+    assert not pub.lab.nsexec(pub.relay.ns, "ss", "-Hlun", "sport = :18053").stdout.strip()
+
+
+def test_tcp_added_on_the_command_line_works_and_removing_closes_the_port(pub):
+    proc = relay_cli(pub, "publish", "add", "small", "hidden:8080", "--remote-port", "18081")
+    assert proc.returncode == 0, proc.stderr.decode()
+    wait_serving(pub, "small")
+    assert fetch(pub, 18081) == expected(MB20)
+    saved = json.load(open(os.path.join(pub.relay.state_dir, "published.json")))
+    assert [p["name"] for p in saved] == ["small"]  # kept for the relay's next start
+    assert oct(os.stat(os.path.join(pub.relay.state_dir, "published.json")).st_mode & 0o777) == "0o600"
+    assert relay_cli(pub, "publish", "remove", "small").returncode == 0
+    assert refused(pub, 18081)
+    assert json.load(open(os.path.join(pub.relay.state_dir, "published.json"))) == []
+
+
+def test_proxy_protocol_gives_the_service_the_clients_address(pub):
+    proc = relay_cli(pub, "publish", "add", "who", "hidden:8081", "--remote-port", "18082", "--proxy-protocol", "2")
+    assert proc.returncode == 0, proc.stderr.decode()
+    wait_serving(pub, "who")
+    try:
+        text = pub.lab.nsexec(pub.outside.ns, sys.executable, "-c",
+                              "import socket,sys; s=socket.create_connection((sys.argv[1], int(sys.argv[2])), "
+                              "timeout=10); print(s.recv(100).decode())", pub.relay.address, "18082").stdout.decode()
+        assert text.strip().startswith(pub.outside.address + ":"), text  # not the node's, nor the relay's
+    finally:
+        relay_cli(pub, "publish", "remove", "who")
+
+
+def test_refusals_change_nothing(pub):
+    web(pub)
+    before = published(pub)
+    # outside allow-ports, on the command line
+    proc = relay_cli(pub, "publish", "add", "wide", "hidden:8080", "--remote-port", "2222")
+    assert proc.returncode != 0 and b"outside allow-ports" in proc.stderr
+    assert len(proc.stderr.decode().strip().splitlines()) == 1
+    # an unknown node
+    proc = relay_cli(pub, "publish", "add", "ghost", "nobody:8080", "--remote-port", "18090")
+    assert proc.returncode != 0 and b"no node named 'nobody'" in proc.stderr
+    # a port something else holds on the relay's host
+    holder = pub.lab.spawn(pub.relay.ns, sys.executable, "-c",
+                           "import socket,sys,time; s=socket.socket(); s.bind((sys.argv[1], 18091)); s.listen(); "
+                           "time.sleep(60)", pub.relay.address)
+    try:
+        wait_for(lambda: pub.lab.nsexec(pub.relay.ns, "ss", "-Hltn", "sport = :18091").stdout.strip(), 10,
+                 what="the holder to listen")
+        proc = relay_cli(pub, "publish", "add", "taken", "hidden:8080", "--remote-port", "18091")
+        assert proc.returncode != 0 and b"already in use" in proc.stderr
+    finally:
+        pub.lab.stop(holder)
+    # a port another publish took
+    proc = relay_cli(pub, "publish", "add", "again", "hidden:8080", "--remote-port", "18080")
+    assert proc.returncode != 0 and b"already taken by publish 'web'" in proc.stderr
+    # the config file: a port outside allow-ports is refused on reload, the running config stays
+    log_before = pub.lab.log("relay")
+    write_config(pub, '[[publish]]\nname = "web"\nnode = "hidden"\nport = 8080\nremote-port = 2222\n')
+    reload_relay(pub)
+    wait_for(lambda: "reload refused" in pub.lab.log("relay")[len(log_before):], 10, what="the refusal")
+    assert "outside allow-ports" in pub.lab.log("relay")[len(log_before):]
+    assert published(pub).keys() == before.keys()
+    assert fetch(pub, 18080) == expected(MB20)
+    write_config(pub, WEB)
+    reload_relay(pub)
+
+
+def test_forged_work_connections_are_dropped_and_counted(pub):
+    from tunneld.proto.framing import frame
+    from tunneld.proto.stream import work_frame
+    forged = frame(work_frame(1, os.urandom(32))) + frame(b"\x00" * 100)
+    script = ("import socket,sys; s=socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5); "
+              "s.sendall(bytes.fromhex(sys.argv[3])); print(s.recv(10))")
+    web(pub)
+    before = pub.status(pub.relay)["drops"].get("work_unproven", 0)
+    pub.lab.nsexec(pub.outside.ns, sys.executable, "-c", script, pub.relay.address, "7000", forged.hex(), check=False)
+    wait_for(lambda: pub.status(pub.relay)["drops"].get("work_unproven", 0) > before, 10, what="the drop")
+    assert fetch(pub, 18080) == expected(MB20)  # and the relay goes on serving
+
+
+def test_the_node_restarting_leaves_the_port_working(pub):
+    web(pub)
+    pub.stop_node("hidden")
+    wait_for(lambda: not published(pub)["web"]["node_connected"], 30, what="the relay to see the node gone")
+    before = published(pub)["web"]["refused"]
+    proc = pub.lab.nsexec(pub.outside.ns, sys.executable, "-c", FETCH, pub.relay.address, "18080", check=False)
+    assert proc.returncode != 0 and b"ConnectionResetError" in proc.stderr  # refused at once, not hung
+    assert published(pub)["web"]["refused"] == before + 1
+    pub.join(pub.nodes["hidden"], "hidden", pub.token("--ttl", "1h"))
+    pub.wait_connected(timeout=60)
+    wait_serving(pub, "web")
+    assert fetch(pub, 18080) == expected(MB20)
+
+
+def test_the_relay_refuses_to_start_with_a_publish_it_cannot_serve():
+    with Lab() as lab:
+        ov = Overlay(lab)
+        ov.relay_config = os.path.join(lab.tmp, "relay.toml")
+        write_config(ov, '[[publish]]\nname = "web"\nnode = "nobody"\nport = 8080\nremote-port = 18080\n')
+        proc = lab.tunneld(ov.relay, "serve", "--listen", ov.relay_endpoint, "--state-dir", ov.relay.state_dir,
+                           "--config", ov.relay_config, log_name="relay")
+        assert proc.wait(30) == 2
+        log = lab.log("relay").strip().splitlines()
+        assert "no node named 'nobody'" in log[-1]
+        write_config(ov, '[[publish]]\nname = "web"\nnode = "nobody"\nport = 8080\nremote-port = 80\n')
+        proc = lab.tunneld(ov.relay, "serve", "--listen", ov.relay_endpoint, "--state-dir", ov.relay.state_dir,
+                           "--config", ov.relay_config, log_name="relay2")
+        assert proc.wait(30) == 2
+        assert "outside allow-ports" in lab.log("relay2")
