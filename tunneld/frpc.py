@@ -1,5 +1,4 @@
-"""What replaces a frpc configuration, without I/O: `tunneld import-frpc` (work in progress:
-the command comes with publishing, which its output needs).
+"""What replaces a frpc configuration, without I/O: `tunneld import-frpc`.
 
 frp's client config (frpc.toml, frp 0.52 on; or the legacy frpc.ini) names a server and the
 proxies that publish local services on the server's ports. On tunneld the relay takes the
@@ -55,8 +54,14 @@ class Conversion:
     def render(self, source: str, node: str) -> str:
         out = [f"# tunneld's settings in place of {source} (tunneld import-frpc)", "",
                "# On the relay (relay.toml), which takes frps's place:"]
+        ports = sorted({p["remote-port"] for p in self.relay if p["remote-port"]})
+        if ports:
+            out += [f"allow-ports = {_toml([str(n) for n in ports])}  # or the range frps's allowPorts gave", ""]
         for p in self.relay:
-            out += ["[[publish]]"] + [f"{k} = {_toml(v)}" for k, v in p.items()] + [""]
+            table = ["[[publish]]"] + [f"{k} = {_toml(v)}" for k, v in p.items()]
+            if not p["remote-port"]:  # frps chose one: the operator must (a note says so)
+                table = ["# " + line for line in table]
+            out += table + [""]
         if not self.relay:
             out += ["# (nothing to publish)", ""]
         out.append(f"# On the node {node} (node.toml), which takes frpc's place:")
@@ -128,7 +133,9 @@ def _proxy(c: Conversion, p: dict, node: str, routes: list) -> None:
         return
     pub = {"name": name, "node": node, "port": port, "remote-port": remote or 0, "protocol": kind}
     version = str(flat.get("transport.proxyProtocolVersion", "")).lower()
-    if version == "v2":
+    if version and kind == "udp":
+        c.notes.append(f"{what}: PROXY protocol ({version}) is for TCP services on tunneld: not carried over")
+    elif version == "v2":
         pub["proxy-protocol"] = 2
     elif version:
         c.notes.append(f"{what}: PROXY protocol {version} is sent as v2 (tunneld speaks only v2): check that the "

@@ -97,7 +97,7 @@ def _node(status: dict) -> list:
     sessions = _gauge("tunneld_sessions", "Peers the node holds a session with.")
     sessions.add_metric([], sum(1 for p in status.get("peers", ()) if p.get("session")))
     return out + [rx, tx, rxp, txp, rtt, mtu, online, session, connected, relay_rtt, iface, handshakes, peers,
-                  sessions] + _policy(status.get("policy"))
+                  sessions] + _policy(status.get("policy")) + _published(status.get("published"))
 
 
 def _policy(policy: dict | None) -> list:
@@ -133,7 +133,34 @@ def _relay(status: dict) -> list:
     sessions.add_metric(["tcp"], tcp)
     relays = _gauge("tunneld_relay_peers_up", "Other relays of the network this relay sees up.")
     relays.add_metric([], sum(1 for r in status.get("relays", ()) if not r.get("self") and r.get("health") == "up"))
-    return out + [known, online, rx, tx, rxp, sessions, relays]
+    return out + [known, online, rx, tx, rxp, sessions, relays] + _published(status.get("published"))
+
+
+def _published(rows) -> list:
+    """Published services (publish add, [[publish]]): on the relay, each one's traffic from
+    the clients; on a node, what its services got. in: client to service; out: back."""
+    if not rows:
+        return []
+    labels = ["service", "protocol"]
+    conns = _counter("tunneld_published_connections", "Connections (TCP) and flows (UDP) a published service "
+                     "carried.", labels)
+    refused = _counter("tunneld_published_refused", "Connections and flows refused: node away, service full "
+                       "or not listening.", labels)
+    errors = _counter("tunneld_published_errors", "Connections cut, and datagrams lost, of a published service.",
+                      labels)
+    moved = _counter("tunneld_published_bytes", "Bytes a published service carried, by direction (in: from "
+                     "the clients).", labels + ["direction"])
+    active = _gauge("tunneld_published_active", "Connections and flows open now (the relay's).", labels)
+    for r in rows:
+        key = [r["name"], r["protocol"]]
+        conns.add_metric(key, r["connections"] + r["flows"])
+        refused.add_metric(key, r["refused"])
+        errors.add_metric(key, r["errors"])
+        moved.add_metric(key + ["in"], r["bytes_in"])
+        moved.add_metric(key + ["out"], r["bytes_out"])
+        if "active" in r:
+            active.add_metric(key, r["active"])
+    return [conns, refused, errors, moved, active]
 
 
 def families(status: dict) -> list:

@@ -1,6 +1,6 @@
 """Services of nodes published on the relay's public address, as the relay's config and
-`tunneld publish add` give them, checked. No I/O here. (Work in progress: the relay does
-not read them yet.)
+`tunneld publish add` give them, checked. No I/O here (net/publish_relay.py serves them).
+Without allow-ports nothing may be published: the operator opens the ports first.
 
     allow-ports = ["18000-18999", "2222"]   # what a publish may take on the relay (frps's allowPorts)
 

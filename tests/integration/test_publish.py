@@ -185,6 +185,12 @@ def test_tcp_service_of_a_no_inbound_node_from_the_config_file(pub):
     assert row["connections"] >= 1 and row["bytes_out"] >= MB20 and row["errors"] == 0
     node_row = {r["name"]: r for r in pub.node_status("hidden")["published"]}["web"]
     assert node_row["connections"] >= 1 and node_row["bytes_out"] >= MB20
+    from prometheus_client.parser import text_string_to_metric_families
+    out = relay_cli(pub, "metrics").stdout.decode()
+    series = {(x.name, x.labels.get("service"), x.labels.get("direction")): x.value
+              for f in text_string_to_metric_families(out) for x in f.samples}
+    assert series[("tunneld_published_bytes_total", "web", "out")] >= MB20
+    assert series[("tunneld_published_connections_total", "web", None)] >= 1
 
 
 def test_udp_echo_added_on_the_command_line_then_removed(pub):
@@ -306,3 +312,17 @@ def test_the_relay_refuses_to_start_with_a_publish_it_cannot_serve():
                            "--config", ov.relay_config, log_name="relay2")
         assert proc.wait(30) == 2
         assert "outside allow-ports" in lab.log("relay2")
+
+
+def test_what_the_command_line_added_survives_a_relay_restart(pub):
+    proc = relay_cli(pub, "publish", "add", "kept", "hidden:8080", "--remote-port", "18083")
+    assert proc.returncode == 0, proc.stderr.decode()
+    try:
+        pub.stop_relay()
+        pub.start_relay("--config", pub.relay_config)
+        pub.wait_connected(timeout=60)
+        row = wait_serving(pub, "kept")
+        assert row["from"] == "command"
+        assert fetch(pub, 18083) == expected(MB20)
+    finally:
+        relay_cli(pub, "publish", "remove", "kept")

@@ -56,6 +56,7 @@ class SimNodeIO:
         self.peer_routes: list[str] = []  # the peers' addresses (/32), as last installed
         self.saved = None  # the last node.json it wrote
         self.gateway = None
+        self.serving: list = []  # publishing's effects (engine/publish_node.py), in order
 
     def send(self, ep, data):
         if ep is not RELAY:
@@ -92,6 +93,8 @@ class SimNodeIO:
             self.gateway = effect
         elif isinstance(effect, fx.Stop):
             self.refusals.append((effect.code, effect.message))
+        elif type(effect).__module__ == "tunneld.engine.publish_node":
+            self.serving.append(effect)
         else:
             raise AssertionError(f"unknown effect {effect!r}")
 

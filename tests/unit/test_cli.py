@@ -170,3 +170,18 @@ def test_a_key_readable_by_others_is_refused_and_left_alone(tmp_path):
     before = key.read_bytes()
     one_line_error(tunneld("token", "--state-dir", str(state)), 2, "chmod 600")
     assert key.read_bytes() == before and oct(key.stat().st_mode & 0o777) == "0o644"
+
+
+def test_import_frpc_prints_the_settings_or_refuses_in_one_line(tmp_path):
+    good = tmp_path / "frpc.toml"
+    good.write_text('serverAddr = "203.0.113.10"\n[[proxies]]\nname = "ssh"\ntype = "tcp"\nlocalPort = 22\n'
+                    'remotePort = 6000\n[[proxies]]\nname = "web"\ntype = "http"\nlocalPort = 80\n')
+    proc = tunneld("import-frpc", str(good), "--node", "edge-1")
+    assert proc.returncode == 0, proc.stderr
+    assert 'node = "edge-1"' in proc.stdout and "remote-port = 6000" in proc.stdout
+    assert "proxy 'web' (http) is not carried over" in proc.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[[proxies]\n")
+    one_line_error(tunneld("import-frpc", str(bad)), 2, "neither frpc.toml nor frpc.ini")
+    one_line_error(tunneld("import-frpc", str(tmp_path / "missing.toml")), 2, "cannot read")
+    one_line_error(tunneld("import-frpc", str(good), "--node", "Bad Name"), 2, "--node")

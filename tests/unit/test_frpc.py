@@ -155,7 +155,11 @@ def test_the_output_is_valid_toml_for_each_side():
     text = convert(FRPC_TOML, "frpc.toml", "edge-1").render("frpc.toml", "edge-1")
     relay_part, node_part = text.split("# On the node edge-1")
     relay = tomllib.loads(relay_part)
-    assert [p["name"] for p in relay["publish"]] == ["ssh", "game", "api", "random"]
+    assert [p["name"] for p in relay["publish"]] == ["ssh", "game", "api"]  # "random" waits for a port
+    assert "# name = \"random\"" in relay_part
+    from tunneld.publish import parse, parse_allow  # what the relay will make of it
+    parsed = parse(relay["publish"], parse_allow(relay["allow-ports"]), 7000)
+    assert [(p.name, p.protocol) for p in parsed] == [("ssh", "tcp"), ("game", "udp"), ("api", "tcp")]
     node = tomllib.loads("#" + node_part)
     assert node["relay"] == "203.0.113.10:7000" and node["advertise-routes"] == ["192.168.1.20/32"]
 
@@ -196,8 +200,8 @@ bind_port = 6000
 def test_the_legacy_ini_too():
     c = convert(FRPC_INI, "frpc.ini", "edge-2")
     assert c.relay == [{"name": "ssh", "node": "edge-2", "port": 22, "remote-port": 6000, "protocol": "tcp"},
-                       {"name": "dns", "node": "edge-2", "port": 53, "remote-port": 6053, "protocol": "udp",
-                        "proxy-protocol": 2}]
+                       {"name": "dns", "node": "edge-2", "port": 53, "remote-port": 6053, "protocol": "udp"}]
+    assert any("'dns' (udp): PROXY protocol (v2) is for TCP services" in n for n in c.notes)
     assert c.node["relay"] == "198.51.100.7:7000"
     assert any("'web' (http) is not carried over" in n for n in c.notes)
     assert any(n.startswith("visitor 'secret_ssh_visitor'") for n in c.notes)

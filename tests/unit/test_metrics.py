@@ -71,3 +71,19 @@ def test_a_relays_nodes_sessions_and_peers():
     assert got[("tunneld_relay_peers_up", ())] == 1
     assert got[("tunneld_events_total", (("kind", "cookies_sent"),))] == 2
     assert got[("tunneld_info", (("name", "192.0.2.1:7000"), ("protocol", "0.4"), ("role", "relay")))] == 1
+
+
+def test_published_services_on_relay_and_node():
+    row = {"name": "web", "protocol": "tcp", "connections": 3, "flows": 0, "refused": 1, "errors": 2,
+           "bytes_in": 100, "bytes_out": 2000}
+    got = samples({**RELAY, "published": [{**row, "active": 1}]})
+    key = (("protocol", "tcp"), ("service", "web"))
+    assert got[("tunneld_published_connections_total", key)] == 3
+    assert got[("tunneld_published_bytes_total", (("direction", "out"),) + key)] == 2000
+    assert got[("tunneld_published_bytes_total", (("direction", "in"),) + key)] == 100
+    assert got[("tunneld_published_active", key)] == 1
+    assert got[("tunneld_published_refused_total", key)] == 1 and got[("tunneld_published_errors_total", key)] == 2
+    node = samples({**NODE, "published": [row]})
+    assert node[("tunneld_published_connections_total", key)] == 3
+    assert ("tunneld_published_active", key) not in node
+    assert not any(name.startswith("tunneld_published") for name, _ in samples(NODE))

@@ -1,5 +1,4 @@
-"""publish.py: the relay's [[publish]] tables and allow-ports, checked (work in progress for
-publishing; the relay does not read them yet)."""
+"""publish.py: the relay's [[publish]] tables and allow-ports, checked."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""proto/stream.py: the sealed hop of a published TCP connection (work in progress)."""
+"""proto/stream.py: the sealed hop of a published TCP connection."""
 
 import os
 

@@ -30,6 +30,7 @@ log = logging.getLogger("tunneld.node")
 PUBLISHING = (ServeTcp, ServeUdp, Served)  # the engine's effects this carries
 CONNECT_TIMEOUT = 5.0
 MAX_FLOWS = 4096
+MAX_CONNECTIONS = 8192  # TCP connections at once, all services: a relay asking for more is refused
 UDP_READS = 64
 
 
@@ -67,6 +68,10 @@ class Serving:
 
     async def _tcp(self, e: ServeTcp) -> None:
         stats, loop = self.stats[e.name], self.d.loop
+        if sum(len(live) for live in self.live.values()) >= MAX_CONNECTIONS:
+            stats["refused"] += 1
+            self.d.engine.relay.control({"t": "shut", "id": e.conn_id})
+            return
         splice = Splice(stats, self.d.drops, relay_side=False, on_end=self._ended)
         splice.name = e.name
         address = self.address()

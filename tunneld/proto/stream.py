@@ -1,5 +1,5 @@
-"""A published TCP connection's hop between the relay and the node, sealed (work in progress
-for publishing: nothing uses it yet).
+"""A published TCP connection's hop between the relay and the node, sealed (net/splice.py
+carries it).
 
     relay ──"open" {id, k: 32 random bytes} over the node's session──> node
     node ──TCP to the relay's port──> relay:
