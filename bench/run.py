@@ -24,6 +24,9 @@ And the relay's own capacity (--capacity 0 skips it): datagrams of 1,400 and 64 
 8 senders to 8 receivers through one relay, forwarded per second and in Gbit/s, with one
 worker and with as many as there are cores (serve --workers).
 
+And publishing (bench/published.py, row "published port"): a client outside the overlay
+through a port the relay publishes, next to socat forwarding the same on the relay's host.
+
 And the relay's scale: --nodes lightweight nodes (bench/swarm.py: the node engine without
 per-peer state) join one relay; the time until all have joined, its RSS and idle CPU.
 
@@ -50,6 +53,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]  # bench/'s modules, and the lab in tests/
 
+import published  # noqa: E402
 import systems  # noqa: E402
 from tests.lab import Lab, LabError  # noqa: E402
 
@@ -222,6 +226,9 @@ def measure(seconds: float, repeat: int, only=None, compare: str | None = None) 
     if not only or any(o in "tunneld via two relays" for o in only):
         with Lab() as lab:  # a lab of its own: the relays take the addresses the single relay has
             run("tunneld via two relays", systems.tunneld_mesh(lab), NODE, in_lab=lab)
+    published_rows = None
+    if not only or any(o in "published port" for o in only):
+        published_rows = published.measure(seconds, repeat)
     if compare:  # another release of tunneld, from this repository's history, in the same run
         from tests.lab.release import release_python
         python = release_python(compare)
@@ -229,7 +236,8 @@ def measure(seconds: float, repeat: int, only=None, compare: str | None = None) 
             _, old_direct, old_relayed = systems.tunneld(lab, python)
             run(f"tunneld {compare} direct", old_direct, ALL, systems.vxlan(lab, old_direct), in_lab=lab)
             run(f"tunneld {compare} relayed", old_relayed, ALL, systems.vxlan(lab, old_relayed), in_lab=lab)
-    return {"rows": rows, "drops": drops, "scrapes": scrapes}
+    return {"rows": rows, "drops": drops, "scrapes": scrapes,
+            **({"published": published_rows} if published_rows else {})}
 
 
 def scraped(path: str) -> int:
@@ -418,7 +426,7 @@ def table(result: dict) -> str:
 REFERENCES = ("raw veth", "underlay (bridged)", "underlay (NATed)", "kernel VXLAN, no tunnel")
 
 
-def chart(result: dict, path: str, title: str) -> None:
+def chart(result: dict, path: str, title: str) -> bool:
     """One panel per cell: the tunnels as bars (linear, so lengths compare), the machine's
     limits named in the axis label (they are tens of times longer)."""
     import matplotlib
@@ -426,6 +434,8 @@ def chart(result: dict, path: str, title: str) -> None:
     import matplotlib.pyplot as plt
     rows = {name: cells for name, cells in result["rows"].items() if "failed" not in cells}
     shown = [c for c in ("tcp1", "tcp4", "pod", "podr", "loss1", "udp64", "rtt") if any(c in r for r in rows.values())]
+    if not shown:  # only rows of their own (--only "published port"): the table says it all
+        return False
     fig, axes = plt.subplots(len(shown), 1, figsize=(8, 1.9 * len(shown)), constrained_layout=True)
     for ax, c in zip(axes, shown):
         names = [n for n in rows if c in rows[n] and n not in REFERENCES]
@@ -443,6 +453,7 @@ def chart(result: dict, path: str, title: str) -> None:
         ax.set_xlim(0, max(med) * 1.2)
     fig.suptitle(title, fontsize=9)
     fig.savefig(path, dpi=90)
+    return True
 
 
 def main(argv=None) -> int:
@@ -513,6 +524,8 @@ def main(argv=None) -> int:
               f"every node, each scraped every second throughout ({sum(result['scrapes'])} scrapes, "
               f"{min(result['scrapes'])} to {max(result['scrapes'])} per daemon)"
               + (f"; the 'tunneld {args.compare}' rows ran that revision as it was" if args.compare else ""))
+    if "published" in result:
+        print("\n" + published.table(result["published"]))
     if "scale" in result:
         print("\n" + scale_line(result["scale"]))
     for c in result.get("capacity", ()):
@@ -531,8 +544,8 @@ def main(argv=None) -> int:
         json.dump({"date": started, "machine": machine, "seconds": seconds, "repeat": repeat,
                    "versions": versions(), **result}, f, indent=1)
     chart_path = args.chart or os.path.join(HERE, "results", f"{stamp}.png")
-    chart(result, chart_path, title)
-    print(f"\nwrote {json_path} and {chart_path}")
+    drawn = chart(result, chart_path, title)
+    print(f"\nwrote {json_path}" + (f" and {chart_path}" if drawn else ""))
     return 0
 
 
