@@ -218,3 +218,30 @@ def test_a_file_that_is_neither_is_refused_in_one_line(text):
 def test_proxies_that_are_not_tables_are_refused():
     with pytest.raises(FrpcError):
         convert('proxies = ["ssh"]\n', "frpc.toml", "n")
+
+
+def readme_block(after: str) -> str:
+    import os
+    text = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
+    block = text[text.index(after):]
+    block = block[block.index("```toml\n") + 8:]
+    return block[:block.index("```")]
+
+
+def test_the_readmes_side_by_side_is_what_the_import_prints():
+    lines = readme_block("### Coming from frp").splitlines()
+    left = "\n".join(line[:40].rstrip() for line in lines)
+    right = "\n".join(line[40:] for line in lines)
+    relay_part, node_part = right.split("# node.toml")
+    c = convert(left, "frpc.toml", "edge-1")
+    relay = tomllib.loads(relay_part)
+    assert relay["publish"] == c.relay
+    assert relay["allow-ports"] == [str(p["remote-port"]) for p in c.relay]
+    assert tomllib.loads(node_part.split("\n", 1)[1]) == c.node
+
+
+def test_the_readmes_publish_example_is_what_the_relay_takes():
+    from tunneld.publish import parse, parse_allow
+    conf = tomllib.loads(readme_block("### Publishing a node's service"))
+    got = parse(conf["publish"], parse_allow(conf["allow-ports"]), 7000)
+    assert [(p.name, p.node, p.port, p.remote_port, p.protocol) for p in got] == [("web", "edge-1", 8080, 18080, "tcp")]
