@@ -127,7 +127,7 @@ def measure(seconds: float, repeat: int) -> dict:
                 runs[row]["up"].append(iperf(lab, client.ns, relay, data_port, seconds, False))
                 runs[row]["conns"].append(rate(lab, client.ns, relay, answer_port, seconds))
                 time.sleep(0.5)
-        errors = sum(r["errors"] for r in ov.status(ov.relay)["published"])
+        errors = {r["name"]: r["errors"] for r in ov.status(ov.relay)["published"]}
     out = {row: {c: {"min": min(v), "median": statistics.median(v), "max": max(v)} for c, v in cells.items()}
            for row, cells in runs.items()}
     return {"rows": out, "errors": errors}
@@ -146,5 +146,8 @@ def table(result: dict) -> str:
                 text += f" ({v / ref[c]['median']:.2f}x)"
             line += f"{text:>22}"
         lines.append(line)
-    lines.append(f"(connections cut with an error on the published ports during the run: {result['errors']})")
+    errors = result["errors"]
+    if isinstance(errors, dict):
+        errors = ", ".join(f"{n} {k}" for k, n in sorted(errors.items()))
+    lines.append(f"(connections cut with an error on the published ports during the run: {errors})")
     return "\n".join(lines)

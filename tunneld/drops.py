@@ -97,6 +97,7 @@ class Drop(StrEnum):
     MESH_NO_DESTINATION = "mesh_no_destination"  # its destination is not (or no longer) homed here
     RELAYED_HOME_UNREACHABLE = "relayed_home_unreachable"  # homed on a relay we have no address for
     STORE_ERROR = "store_error"
+    PUBLISH_NOT_HOMED = "publish_not_homed"  # another relay asked for a node not (or no longer) homed here
     PUBLISH_UNKNOWN_FLOW = "publish_unknown_flow"  # a node's datagram for a flow that is not its, or gone
     WORK_UNPROVEN = "work_unproven"  # a work connection naming no pending connection, or without k's proof
     STREAM_FORGED = "stream_forged"  # a published connection's sealed chunk failed to open: cut  # a registration the relay's store refused or could not write

@@ -14,6 +14,7 @@ import pytest
 from tests.lab import Lab, LabError, wait_for
 from tests.lab.overlay import transfer_between
 from tests.lab.relays import Etcd, Relays, dump
+from tests.lab.services import ECHO, FETCH, MB20, SERVICE, UDP_CLIENT, expected
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +23,11 @@ def net():
         etcd = Etcd(lab)
         etcd.start_all()
         r = Relays(lab, etcd, count=2)
-        r.start(0)
-        r.start(1)
+        config = f"{lab.tmp}/relay.toml"
+        with open(config, "w") as f:
+            f.write('allow-ports = ["18000-18999"]\n')  # for publishing
+        r.start(0, "--config", config)
+        r.start(1, "--config", config)
         token = r.token(0, "--uses", "0")  # made on relay 1 ...
         r.join(lab.nat_host("alpha", "no-inbound"), "alpha", token, [0, 1])
         r.join(lab.nat_host("bravo", "no-inbound"), "bravo", token, [1, 0])  # ... used at relay 2
@@ -54,6 +58,39 @@ def test_a_network_on_two_relays_carries_relayed_tcp_byte_exact(net):
     # relay 1 took alpha's datagrams and passed them over the mesh to relay 2, bravo's home
     assert r.status(1)["counters"].get("mesh_forwarded", 0) - before > 1000
     assert r.status(0)["counters"].get("mesh_forwarded", 0) > 100  # bravo's ACKs the other way
+
+
+def test_a_relay_publishes_a_service_of_a_node_homed_on_another(net):
+    """A client reaches bravo's services through relay 1, while bravo is homed on relay 2:
+    relay 1 asks through relay 2, and bravo's work connection comes to relay 1."""
+    lab, etcd, r = net
+    assert r.home("bravo") == r.endpoint(1)
+    address, ns = r.node_status("bravo")["address"], r.nodes["bravo"].ns
+    services = [lab.spawn(ns, sys.executable, "-c", SERVICE, address, "8080", str(MB20), env={"PYTHONPATH": "."}),
+                lab.spawn(ns, sys.executable, "-c", ECHO, address, "5353")]
+    outside = lab.public_host("outside")
+    try:
+        wait_for(lambda: lab.nsexec(ns, "ss", "-Hltn", "sport = :8080").stdout.strip(), 10, what="the service")
+        r.cli(0, "publish", "add", "web", "bravo:8080", "--remote-port", "18080")
+        r.cli(0, "publish", "add", "echo", "bravo:5353", "--remote-port", "18053", "--udp")
+
+        def published():
+            rows = {x["name"]: x for x in r.status(0)["published"]}
+            mine = {(x["name"], x["relay"]) for x in r.node_status("bravo").get("published", [])}
+            return all(x["node_connected"] for x in rows.values()) and {("web", r.endpoint(0)),
+                                                                          ("echo", r.endpoint(0))} <= mine
+        wait_for(published, 20, what="relay 1 to publish bravo's services through relay 2")
+        got = lab.nsexec(outside.ns, sys.executable, "-c", FETCH, r.hosts[0].address, "18080", timeout=60)
+        assert got.stdout.decode().strip() == expected(MB20)
+        echoed = lab.nsexec(outside.ns, sys.executable, "-c", UDP_CLIENT, r.hosts[0].address, "18053", "20")
+        assert int(echoed.stdout) == 20
+        assert r.home("bravo") == r.endpoint(1)  # it stayed where it was
+        assert r.status(0)["published"][0]["errors"] == 0
+    finally:
+        for name in ("web", "echo"):
+            r.cli(0, "publish", "remove", name, check=False)
+        for proc in services:
+            lab.stop(proc)
 
 
 def test_fifty_nodes_joining_at_two_relays_at_once_get_fifty_addresses(net):

@@ -36,8 +36,8 @@ def test_the_node_is_told_what_is_published_and_serves_only_that():
     net, pub, out = setup(WEB, DNS)
     alpha = net.nodes["alpha"]
     assert [type(e) for e in net.ios["alpha"].serving] == [Served]
-    assert alpha.publishing.services == {"web": ("tcp", 8080, 60.0), "dns": ("udp", 53, 5.0)}
-    assert net.nodes["bravo"].publishing.services == {}  # nothing of bravo's
+    assert alpha.publishing.by_relay[""] == {"web": ("tcp", 8080, 60.0), "dns": ("udp", 53, 5.0)}
+    assert net.nodes["bravo"].publishing.by_relay.get("", {}) == {}  # nothing of bravo's
     # a TCP client: the node is asked to open a work connection, with a one-time k
     conn_id = pub.tcp_open("web", "198.51.100.7:5555", "192.0.2.1:18080", net.now)
     net.deliver()
@@ -109,15 +109,15 @@ def test_limits_idle_flows_and_a_node_that_never_comes_back():
 def test_pub_is_repaired_after_a_loss_and_a_removed_service_is_unsaid():
     net, pub, _ = setup(WEB)
     alpha = net.nodes["alpha"]
-    alpha.publishing.services = {}  # as if the pub had been lost
+    alpha.publishing.by_relay = {}  # as if the pub had been lost
     net.advance(PUB_REFRESH + 1)
     pub.tick(net.now)
     net.deliver()
-    assert "web" in alpha.publishing.services
+    assert "web" in alpha.publishing.by_relay[""]
     pub.configure(())
     pub.tick(net.now)
     net.deliver()
-    assert alpha.publishing.services == {}
+    assert alpha.publishing.by_relay[""] == {}
     assert pub.tcp_open("web", "a:1", "b:2", net.now) is None
 
 
@@ -135,3 +135,31 @@ def test_a_node_that_does_not_know_publish_is_never_asked():
     assert pub.stats["web"]["refused"] == 1 and pub.stats["dns"]["refused"] == 1
     assert net.nodes["alpha"].drops == drops  # nothing it would not understand reached it
     assert not any(row["node_connected"] for row in pub.status())
+
+
+def test_a_pub_or_open_naming_a_relay_the_node_does_not_know_is_refused():
+    from tunneld.engine.publish_node import NodePublishing
+    effects, drops = [], Counter()
+    node = NodePublishing(effects, drops, lambda: ["192.0.2.1:7000", "192.0.2.2:7000"])
+    node.receive({"t": "pub", "s": [["web", "tcp", 8080, 60]], "r": "192.0.2.2:7000"}, 0.0)
+    node.receive({"t": "pub", "s": [["evil", "tcp", 22, 60]], "r": "198.51.100.66:7000"}, 0.0)
+    assert drops["publish_not_served"] == 1 and [s["name"] for s in node.status()] == ["web"]
+    opened = {"t": "open", "id": 1, "port": 8080, "k": bytes(32), "src": "a:1", "dst": "b:2", "pp": 0, "s": "web"}
+    node.receive({**opened, "at": "198.51.100.66:7000"}, 1.0)  # a work connection to a stranger: no
+    node.receive(opened, 1.0)  # the home relay did not publish web: no
+    assert drops["publish_not_served"] == 3 and not any(isinstance(e, ServeTcp) for e in effects)
+    node.receive({**opened, "at": "192.0.2.2:7000"}, 1.0)
+    assert effects[-1].at == "192.0.2.2:7000" and effects[-1].name == "web"
+    node.receive({"t": "pub", "s": [], "r": "192.0.2.1:7000"}, 100.0)  # relay 2's pubs stopped 100 s ago
+    assert node.status() == []
+
+
+def test_ids_fit_the_wire_whatever_the_random_source_says():
+    from tunneld.proto import messages
+    net, pub, _ = setup(WEB)
+    net.relay.env = net.relay.env.__class__(net.relay.env.monotonic, net.relay.env.wall_ns, lambda n: b"\xff" * n)
+    highest = RelayPublishing(net.relay, None, None)
+    highest.configure((WEB,))
+    conn_id = highest._next_id()
+    msg = {"t": "open", "id": conn_id, "port": 8080, "k": bytes(32), "src": "a:1", "dst": "b:2", "pp": 0, "s": "web"}
+    assert messages.decode_control(messages.encode(msg))["id"] == conn_id

@@ -5,6 +5,7 @@ In:  remote(kind, name, value, now)  a change the store's watch reports (our own
                                      come back too, and change nothing)
      on_mesh(data, ep, now)          a mesh message from another relay (proto/mesh.py)
      forward(src, data, now)         a RELAYED datagram whose destination is not homed here
+     control(addr, msg)              publishing's message for a node homed elsewhere
      tick(now)                       pings to the other relays; presence writes
 Out: mesh messages, SavePresence writes, directory entries for nodes homed elsewhere.
 
@@ -26,10 +27,11 @@ import struct
 from ..logs import event
 from ..control.directory import Entry, hello_list
 from ..drops import Drop
-from ..proto import endpoint, mesh, wire
+from ..proto import endpoint, mesh, messages, wire
 from ..proto.version import Hello
 from ..store.base import SavePresence
 from ..store.records import parse_node, parse_token
+from .channel import decode_control
 
 log = logging.getLogger("tunneld.relay")
 
@@ -178,6 +180,20 @@ class Cluster:
         self.relay.send(info.ep, self.mesh.seal(mesh.DATA, src.addr, data[4:8], data[8:]))
         return True
 
+    def control(self, addr: bytes, msg: dict, boot: bytes | None = None) -> bool:
+        """A publishing message for the node at addr, to the relay it is homed on (or, with
+        boot, from a node homed here to the relay that asked it); False: no such relay."""
+        info = self.by_boot.get(boot) if boot is not None else self.relays.get(self.homes.get(addr, ""))
+        if info is None or info.ep is None:
+            return False
+        self.relay.send(info.ep, self.mesh.seal(mesh.CONTROL, bytes(4), addr, messages.encode(msg)))
+        return True
+
+    def can_publish(self, name: str) -> bool:
+        """Does a node homed elsewhere announce "publish" (as its home wrote its presence)?"""
+        hello = (self.presence.get(name) or {}).get("hello")
+        return isinstance(hello, list) and len(hello) == 3 and isinstance(hello[2], list) and "publish" in hello[2]
+
     def on_mesh(self, data: bytes, ep, now: float) -> None:
         r = self.relay
         opened = self.mesh.open(data)
@@ -193,6 +209,10 @@ class Cluster:
             m.tx_bytes += len(inner)
             self.counts["mesh_forwarded"] += 1
             r.send(m.endpoint, wire.relayed_header(src) + inner)
+        elif kind == mesh.CONTROL:
+            msg = decode_control(inner, r.drops)
+            if msg is not None and r.publishing is not None:
+                r.publishing.from_mesh(boot, dst, msg, now)
         elif kind == mesh.PING:
             r.send(ep, self.mesh.seal(mesh.PONG, bytes(4), bytes(4), inner))
         elif kind == mesh.PONG and len(inner) == 8:

@@ -110,7 +110,7 @@ class Node:
         self.mtu = Mtu(config.underlay_mtu, config.mtu, self.effects)
         self.trust = Trust(config.lock, config.known_keys, self.drops, env.wall)
         self.outside = OutsideOverlay()  # where direct endpoints may be
-        self.publishing = NodePublishing(self.effects, self.drops)  # what the relay publishes of ours
+        self.publishing = NodePublishing(self.effects, self.drops, lambda: self.relay.relays)  # relays' pubs
         if self.assignment is not None:  # from node.json: tunneld0 comes up before the relay answers
             self._assigned(self.assignment)
 
@@ -268,7 +268,7 @@ class Node:
                 if self._adopt_mtu(value["mtu"]) and self.assignment is not None:
                     self._save()
         elif kind == CONTROL:
-            self.publishing.receive(value)
+            self.publishing.receive(value, now)
         elif kind == REVOKED:
             self._stop(EXIT_REFUSED, "key_revoked", REVOKED_MESSAGE)
         elif kind == REFUSED:

@@ -10,7 +10,9 @@ Out: effects, appended to the node's list in order:
      Served     the services published now: the daemon ends what they no longer cover
 
 A relay can ask only for what it published; anything else is dropped and counted
-(publish_not_served), so a node serves nothing its relay did not say it publishes.
+(publish_not_served), so a node serves nothing its relay did not say it publishes. With
+several relays, each one's pub stands on its own (it names the relay, "r"), and only a
+relay the node knows (the directory lists it) may publish or take a work connection.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from ..drops import Drop
+from .publish_relay import PUB_REFRESH
 
 STATS = ("connections", "refused", "errors", "bytes_in", "bytes_out", "flows", "datagrams_in", "datagrams_out")
 
@@ -32,6 +35,7 @@ class ServeTcp:
     dst: str  # the relay's published address
     proxy_protocol: int
     name: str
+    at: str = ""  # the relay to open the work connection to ("": our home)
 
 
 @dataclass(frozen=True)
@@ -45,51 +49,70 @@ class ServeUdp:
 
 @dataclass(frozen=True)
 class Served:
-    services: tuple  # ((name, protocol, port, idle), ...)
+    services: tuple  # ((name, protocol, port, idle), ...), of every relay that publishes
 
 
 class NodePublishing:
-    def __init__(self, effects: list, drops: Counter):
+    def __init__(self, effects: list, drops: Counter, relays=tuple):
         self.effects = effects
         self.drops = drops
-        self.services: dict[str, tuple[str, int, float]] = {}  # name -> (protocol, port, idle)
-        self.ports: dict[tuple[str, int], str] = {}  # (protocol, port) -> the first service on it
+        self.relays = relays  # () -> the relays we know ("host:port"): only they may ask
+        # by the relay that publishes ("" our home, else "host:port"): name -> (protocol, port, idle)
+        self.by_relay: dict[str, dict[str, tuple[str, int, float]]] = {}
+        self.heard: dict[str, float] = {}
         self.stats: dict[str, Counter] = {}
 
-    def _served(self, proto: str, port: int, name=None) -> str | None:
+    def _served(self, relay: str, proto: str, port: int, name=None) -> str | None:
         """The service a request is for: the one it names, if that is on the port."""
-        if name is not None and self.services.get(name, ())[:2] == (proto, port):
+        services = self.by_relay.get(relay, {})
+        if name in services and services[name][:2] == (proto, port):
             return name
-        served = self.ports.get((proto, port))
-        if served is None:
-            self.drops[Drop.PUBLISH_NOT_SERVED] += 1
-        return served
+        for n, (p, q, _) in sorted(services.items()):
+            if (p, q) == (proto, port):
+                return n
+        self.drops[Drop.PUBLISH_NOT_SERVED] += 1
+        return None
 
-    def receive(self, msg: dict) -> None:
+    def _relay(self, msg: dict, key: str) -> str | None:
+        relay = msg.get(key, "")
+        if relay and relay not in self.relays():
+            self.drops[Drop.PUBLISH_NOT_SERVED] += 1  # a relay we do not know: no
+            return None
+        return relay
+
+    def receive(self, msg: dict, now: float) -> None:
         kind = msg["t"]
         if kind == "pub":
-            self.services = {name: (proto, port, float(idle)) for name, proto, port, idle in msg["s"]}
-            self.ports = {}
-            for name, (proto, port, _) in sorted(self.services.items()):
-                self.ports.setdefault((proto, port), name)
+            relay = self._relay(msg, "r")
+            if relay is None:
+                return
+            self.by_relay[relay] = {name: (proto, port, float(idle)) for name, proto, port, idle in msg["s"]}
+            self.heard[relay] = now
+            for other in [r for r, at in self.heard.items() if r and now - at > 3 * PUB_REFRESH]:
+                del self.by_relay[other], self.heard[other]  # a relay gone: its pubs stopped
+            services = [(n, *v) for each in self.by_relay.values() for n, v in sorted(each.items())]
+            for name, *_ in services:
                 self.stats.setdefault(name, Counter({k: 0 for k in STATS}))
-            self.effects.append(Served(tuple(tuple(e) for e in msg["s"])))
+            self.effects.append(Served(tuple(services)))
         elif kind == "open":
-            name = self._served("tcp", msg["port"], msg.get("s"))
+            relay = self._relay(msg, "at")
+            name = self._served(relay, "tcp", msg["port"], msg.get("s")) if relay is not None else None
             if name is not None:
                 self.stats[name]["connections"] += 1
                 self.effects.append(ServeTcp(msg["id"], msg["k"], msg["port"], msg["src"], msg["dst"], msg["pp"],
-                                             name))
+                                             name, relay))
         elif kind == "udp":
-            name = self._served("udp", msg["p"])
+            relay = self._relay(msg, "r")
+            name = self._served(relay, "udp", msg["p"]) if relay is not None else None
             if name is not None:
                 st = self.stats[name]
                 st["datagrams_in"] += 1
                 st["bytes_in"] += len(msg["d"])
-                self.effects.append(ServeUdp(msg["f"], msg["p"], msg["d"], name, self.services[name][2]))
+                self.effects.append(ServeUdp(msg["f"], msg["p"], msg["d"], name, self.by_relay[relay][name][2]))
         else:  # "shut", which only nodes send
             self.drops[Drop.UNEXPECTED_CONTROL] += 1
 
     def status(self) -> list[dict]:
-        return [{"name": name, "protocol": proto, "port": port, **self.stats[name]}
-                for name, (proto, port, _) in sorted(self.services.items())]
+        return [{"name": name, "protocol": proto, "port": port, "relay": relay or None, **self.stats[name]}
+                for relay, services in sorted(self.by_relay.items())
+                for name, (proto, port, _) in sorted(services.items())]

@@ -7,15 +7,19 @@ In:  configure(entries)               the services now (config file and `tunneld
      tcp_open(name, src, dst)         a client connected to a published TCP port
      work(frame)                      a work connection's first frame (proto/stream.py)
      from_node(m, msg, now)           a member's control message: udp (an answer), shut
+     from_mesh(boot, addr, msg, now)  the same through another relay, either way
      tick(now)                        resend "pub" where due, end idle UDP flows
 Out: control messages on members' sessions (pub, open, udp), and the daemon's callbacks
      deliver(name, client, data)      a datagram for a client, from the service
      refused(conn_id)                 the node could not open that connection
 
-A service is served only by its node's session here: a node homed on another relay, or
-offline, or too old to know "publish", leaves the client refused and counted. The node
-serves only what the latest "pub" lists (engine/publish_node.py); pub goes again after
-every new session and every PUB_REFRESH, so that a lost one is repaired.
+A node homed here is asked over its session; one homed on another relay of the network
+through that relay (the mesh, proto/mesh.py: kind CONTROL), which passes the message on
+and sends the node's answers back (from_mesh). Such messages name this relay ("r" in
+pub and udp, "at" in open: where the work connection goes). A node offline, or too old
+to know "publish", leaves the client refused and counted. The node serves only what the
+latest "pub" of each relay lists (engine/publish_node.py); pub goes again after every new
+session or home and every PUB_REFRESH, so that a lost one is repaired.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from ..proto.stream import proves, read_work
 PUB_REFRESH = 30.0
 OPEN_TIMEOUT = 10.0  # a node that does not come back with the work connection by then: refused
 MAX_FLOWS = 4096  # UDP flows of one service at once (its max-connections when lower)
+MAX_ASKED = 65536  # flows and connections other relays asked of nodes homed here, remembered
+ASKED_IDLE = 300.0  # ... this long after their last datagram
 STATS = ("connections", "active", "refused", "errors", "bytes_in", "bytes_out", "flows", "datagrams_in",
          "datagrams_out")
 
@@ -58,8 +64,11 @@ class RelayPublishing:
         self.flows: dict[int, Flow] = {}
         self.by_client: dict[tuple, Flow] = {}  # (name, client) -> its flow
         self.pending: dict[int, Pending] = {}
-        self._ids = 0
-        self.told: dict[str, tuple] = {}  # node -> (session pub went on, when, the list it said)
+        # ids unique across relays: a node homed here answers flows of others too
+        self._ids = (int.from_bytes(relay.env.random(4), "big") & 0x7FFFFFFF) << 32  # under msgpack's 2^63
+        self.told: dict[str, tuple] = {}  # node -> (session or home pub went by, when, the list it said)
+        self.asked: dict[tuple, list] = {}  # (node address, "f" or "id", number) -> [relay's boot, when]
+        self._asked_sweep = 0.0
 
     def configure(self, entries) -> None:
         self.entries = {p.name: p for p in entries}
@@ -77,13 +86,28 @@ class RelayPublishing:
         return [[p.name, p.protocol, p.port, int(p.idle_timeout)]
                 for p in sorted(self.entries.values(), key=lambda p: p.name) if p.node == node]
 
-    def _member(self, node: str):
-        """The online member serving node's services here, if it knows "publish"."""
+    def _route(self, node: str):
+        """How node's services are reached: (member, None) homed here, (None, address)
+        homed on another relay; None: offline, or it does not know "publish"."""
         rec = self.relay.registry.by_name.get(node)
         if rec is None:
             return None
-        m = self.relay.by_addr.get(ipaddress.IPv4Address(rec.address).packed)
-        return m if m is not None and m.online and m.hello.has("publish") else None
+        addr = ipaddress.IPv4Address(rec.address).packed
+        m = self.relay.by_addr.get(addr)
+        if m is not None:
+            return (m, None) if m.online and m.hello.has("publish") else None
+        c = self.relay.cluster
+        if c is not None and c.home_of(addr) is not None and c.can_publish(node):
+            return None, addr
+        return None
+
+    def _send(self, route, msg: dict, origin: str) -> None:
+        m, addr = route
+        if m is not None:
+            self.relay._control(m, msg)
+        else:  # through its home: the message names us, where answers and work connections come
+            msg[origin] = self.relay.listen
+            self.relay.cluster.control(addr, msg)
 
     def _next_id(self) -> int:
         self._ids += 1
@@ -96,9 +120,9 @@ class RelayPublishing:
         if p is None:
             return
         st = self.stats[name]
-        m = self._member(p.node)
+        route = self._route(p.node)
         f = self.by_client.get((name, client))
-        if m is None:
+        if route is None:
             st["refused"] += 1
             return
         if f is None:
@@ -112,7 +136,7 @@ class RelayPublishing:
         f.last = now
         st["datagrams_in"] += 1
         st["bytes_in"] += len(data)
-        self.relay._control(m, {"t": "udp", "f": f.fid, "p": p.port, "d": data})
+        self._send(route, {"t": "udp", "f": f.fid, "p": p.port, "d": data}, "r")
 
     def _end_flow(self, f: Flow) -> None:
         del self.flows[f.fid]
@@ -129,16 +153,16 @@ class RelayPublishing:
         if p is None:
             return None
         st = self.stats[name]
-        m = self._member(p.node)
-        if m is None or st["active"] >= p.max_connections:
+        route = self._route(p.node)
+        if route is None or st["active"] >= p.max_connections:
             st["refused"] += 1
             return None
         conn_id = self._next_id()
         k = self.relay.env.random(32)
         self.pending[conn_id] = Pending(name, k, now + OPEN_TIMEOUT)
         st["active"] += 1
-        self.relay._control(m, {"t": "open", "id": conn_id, "port": p.port, "k": k, "src": src, "dst": dst,
-                                "pp": p.proxy_protocol, "s": name})
+        self._send(route, {"t": "open", "id": conn_id, "port": p.port, "k": k, "src": src, "dst": dst,
+                           "pp": p.proxy_protocol, "s": name}, "at")
         return conn_id
 
     def work(self, frame: bytes) -> tuple[int, bytes, str] | None:
@@ -168,27 +192,67 @@ class RelayPublishing:
     # -- from the node -------------------------------------------------------------------
 
     def from_node(self, m, msg: dict, now: float) -> bool:
+        """A member's udp (an answer) or shut: for a client here, or for another relay's."""
         kind = msg["t"]
-        if kind == "udp":
+        if kind not in ("udp", "shut"):
+            return False
+        key = (m.addr, "f" if kind == "udp" else "id", msg["f" if kind == "udp" else "id"])
+        asked = self.asked.get(key)
+        if asked is not None and self.relay.cluster is not None:
+            asked[1] = now
+            self.relay.cluster.control(m.addr, msg, boot=asked[0])
+        else:
+            self._answer(m.addr, msg, now)
+        return True
+
+    def from_mesh(self, boot: bytes, addr: bytes, msg: dict, now: float) -> None:
+        """Through another relay: its request for a node homed here (which names that relay),
+        or a node's answer to ours."""
+        kind = msg["t"]
+        if (kind == "open" and "at" in msg) or (kind in ("udp", "pub") and "r" in msg):
+            m = self.relay.by_addr.get(addr)
+            if m is None or not m.online or not m.hello.has("publish"):
+                self.relay.drops[Drop.PUBLISH_NOT_HOMED] += 1
+                return
+            if kind != "pub" and (len(self.asked) < MAX_ASKED or self._sweep(now, force=True)):
+                self.asked[(addr, "f" if kind == "udp" else "id", msg["f" if kind == "udp" else "id"])] = [boot, now]
+            self.relay._control(m, msg)
+        elif kind in ("udp", "shut"):
+            self._answer(addr, msg, now)
+        else:
+            self.relay.drops[Drop.UNEXPECTED_CONTROL] += 1
+
+    def _answer(self, addr: bytes, msg: dict, now: float) -> None:
+        """A node's (at addr) answer: a datagram for a client of ours, or a refusal."""
+        if msg["t"] == "udp":
             f = self.flows.get(msg["f"])
             p = self.entries.get(f.name) if f is not None else None
-            if p is None or p.node != m.name:
+            if p is None or not self._is(p.node, addr):
                 self.relay.drops[Drop.PUBLISH_UNKNOWN_FLOW] += 1
-                return True
+                return
             f.last = now
             st = self.stats[f.name]
             st["datagrams_out"] += 1
             st["bytes_out"] += len(msg["d"])
             self.deliver(f.name, f.client, msg["d"])
-            return True
-        if kind == "shut":
-            pending = self.pending.get(msg["id"])
-            if pending is not None and self.entries.get(pending.name) is not None \
-                    and self.entries[pending.name].node == m.name:
-                self.abandon(msg["id"])
-                self.refused(msg["id"])
-            return True
-        return False
+            return
+        pending = self.pending.get(msg["id"])
+        p = self.entries.get(pending.name) if pending is not None else None
+        if p is not None and self._is(p.node, addr):
+            self.abandon(msg["id"])
+            self.refused(msg["id"])
+
+    def _is(self, node: str, addr: bytes) -> bool:
+        rec = self.relay.registry.by_name.get(node)
+        return rec is not None and ipaddress.IPv4Address(rec.address).packed == addr
+
+    def _sweep(self, now: float, force: bool = False) -> bool:
+        """Forget what other relays asked that went quiet; True if there is room now."""
+        if force or now >= self._asked_sweep:
+            self._asked_sweep = now + 10.0
+            for key in [k for k, (_, at) in self.asked.items() if now - at > ASKED_IDLE]:
+                del self.asked[key]
+        return len(self.asked) < MAX_ASKED
 
     # -- time ----------------------------------------------------------------------------
 
@@ -198,16 +262,19 @@ class RelayPublishing:
             self.refused(conn_id)
         for f in [f for f in self.flows.values() if now - f.last > self.entries[f.name].idle_timeout]:
             self._end_flow(f)
-        for node, (session, at, said) in list(self.told.items()):
-            m = self._member(node)
-            if m is None:
+        self._sweep(now)
+        for node, (way, at, said) in list(self.told.items()):
+            route = self._route(node)
+            if route is None:
                 continue
+            m, addr = route
+            now_way = m.keys.current if m is not None else self.relay.cluster.home_of(addr)
             services = self.served_by(node)
-            if session is m.keys.current and now - at < PUB_REFRESH and services == said:
+            if way == now_way and now - at < PUB_REFRESH and services == said:
                 continue
-            self.relay._control(m, {"t": "pub", "s": services})
+            self._send(route, {"t": "pub", "s": services}, "r")
             if services:
-                self.told[node] = (m.keys.current, now, services)
+                self.told[node] = (now_way, now, services)
             else:
                 del self.told[node]  # told it serves nothing: done with it
 
@@ -216,7 +283,7 @@ class RelayPublishing:
         for p in sorted(self.entries.values(), key=lambda p: p.name):
             out.append({"name": p.name, "node": p.node, "port": p.port, "remote_port": p.remote_port,
                         "protocol": p.protocol, "proxy_protocol": p.proxy_protocol,
-                        "max_connections": p.max_connections, "node_connected": self._member(p.node) is not None,
+                        "max_connections": p.max_connections, "node_connected": self._route(p.node) is not None,
                         **self.stats[p.name]})
         return out
 

@@ -1,7 +1,8 @@
 """A node's published services at work (engine/publish_node.py checks what the relay asks):
 
   TCP  "open": connect to the service on our overlay address (the PROXY v2 header first
-       when the publish asks for it), then open a work connection to the relay's port, its
+       when the publish asks for it), then open a work connection to the port of the relay
+       that asks (our home, or the one "at" names through it), its
        first frame naming the connection and proving k, and splice the two (splice.py).
        Both are ours to open: this works with no inbound path at all.
   UDP  each flow gets a socket connected to the service; what the service answers goes
@@ -89,8 +90,9 @@ class Serving:
             if src is not None and dst is not None:
                 splice.plain.write(proxy.header(src, dst))
         self.live.setdefault(e.name, set()).add(splice)
+        relay = (endpoint.parse(e.at) if e.at else None) or self.d.relay_addr  # the relay that asks
         try:
-            sealed, _ = await asyncio.wait_for(loop.create_connection(lambda: SealedSide(splice), *self.d.relay_addr),
+            sealed, _ = await asyncio.wait_for(loop.create_connection(lambda: SealedSide(splice), *relay),
                                                CONNECT_TIMEOUT)
         except (OSError, asyncio.TimeoutError):
             splice.cut()

@@ -16,6 +16,9 @@ Mesh, type 7 (UDP, relay <-> relay, on the relays' own ports)
   kind 0: a relayed message; source and destination are overlay addresses and inner
           is what a node sent behind its RELAYED header (end-to-end encrypted: the
           relays read nothing of it). kind 1: ping, kind 2: pong (inner: 8 bytes).
+  kind 3: publishing (0.5 on): inner is a control message (messages.py: pub, open, udp,
+          shut) for the node at destination, or from it; source is zero. A relay publishing
+          a service of a node homed elsewhere reaches it this way (engine/publish_relay.py).
 
 Every relay of a network holds the network's relay key (they share one identity), so
 the mesh key is derived from it: nobody without that key can inject or read a mesh
@@ -37,7 +40,7 @@ from .aead import chachapoly
 from .replay import ReplayWindow
 
 MESH = 7
-DATA, PING, PONG = 0, 1, 2
+DATA, PING, PONG, CONTROL = 0, 1, 2, 3
 HEADER_LEN = 20
 OVERHEAD = HEADER_LEN + 8 + 16  # what a mesh hop adds to a node's inner message
 EXTRA = OVERHEAD - 8  # beyond the 8-byte RELAYED header the node already counts

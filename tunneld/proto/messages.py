@@ -57,6 +57,9 @@ Publishing (0.5 on, only to and from nodes that announce "publish"; engine/publi
   shut   node -> relay  {"t": "shut", "id": int}   the service refused that connection
   udp    both ways      {"t": "udp", "f": int, "p": int, "d": bin}   a datagram of UDP flow f
                                                 (p: the node's port; 0 from the node)
+  A relay that is not the node's home reaches it through the home (proto/mesh.py) and
+  says so: "r": "host:port" in pub and udp, "at": "host:port" in open (the work
+  connection goes there). The node's answers go to its home, which passes them back.
 
 decode() validates the shape of every message: a peer is authenticated, not trusted.
 Anything else raises ProtocolError.
@@ -256,6 +259,10 @@ def decode_control(data: bytes) -> dict:
         raise ProtocolError(f"{msg['t']}: bad proof")
     if msg["t"] == "pub":
         msg["s"] = _check_published(msg["s"])
+    for key in ("r", "at"):  # publishing through another relay: the relay that asks
+        if key in msg and (msg["t"] not in ("pub", "udp", "open") or not isinstance(msg[key], str)
+                           or not 0 < len(msg[key]) <= MAX_ENDPOINT):
+            raise ProtocolError(f"{msg['t']}: bad {key!r}")
     if msg["t"] == "dir":
         if len(msg["nodes"]) > MAX_NODES_PER_CHUNK or msg["i"] >= msg["c"]:
             raise ProtocolError("dir: bad chunking")
