@@ -437,6 +437,11 @@ def format_status(st: dict) -> str:
             for d in pol["denied"][:5]:
                 lines.append(f"  denied {d['packets']} from {d['from'] or d['source']} {d['proto']}"
                              + (f"/{d['port']}" if d["port"] is not None else ""))
+    for p in st.get("published") or ():  # on the relay: 'tunneld publish list' has more
+        where = f"{p['node']}:{p['port']} on {p['protocol']}/{p['remote_port']}" if "node" in p else \
+            f"{p['protocol']}/{p['port']}" + (f" via {p['relay']}" if p.get("relay") else "")
+        lines.append(f"published {p['name']} ({where}): {p['connections'] + p['flows']} connections, "
+                     f"in {_size(p['bytes_in'])}, out {_size(p['bytes_out'])}, {p['errors']} errors")
     drops = st.get("drops") or {}
     if drops:
         lines.append("dropped: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))

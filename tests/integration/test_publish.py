@@ -96,6 +96,7 @@ def test_tcp_service_of_a_no_inbound_node_from_the_config_file(pub):
     assert row["connections"] >= 1 and row["bytes_out"] >= MB20 and row["errors"] == 0
     node_row = {r["name"]: r for r in pub.node_status("hidden")["published"]}["web"]
     assert node_row["connections"] >= 1 and node_row["bytes_out"] >= MB20
+    assert "published web (hidden:8080 on tcp/18080)" in relay_cli(pub, "status").stdout.decode()
     from prometheus_client.parser import text_string_to_metric_families
     out = relay_cli(pub, "metrics").stdout.decode()
     series = {(x.name, x.labels.get("service"), x.labels.get("direction")): x.value
@@ -123,6 +124,8 @@ def test_tcp_added_on_the_command_line_works_and_removing_closes_the_port(pub):
     proc = relay_cli(pub, "publish", "add", "small", "hidden:8080", "--remote-port", "18081")
     assert proc.returncode == 0, proc.stderr.decode()
     wait_serving(pub, "small")
+    again = relay_cli(pub, "publish", "add", "small", "hidden:8080", "--remote-port", "18084")
+    assert again.returncode != 0 and b"'tunneld publish remove small' first" in again.stderr
     assert fetch(pub, 18081) == expected(MB20)
     saved = json.load(open(os.path.join(pub.relay.state_dir, "published.json")))
     assert [p["name"] for p in saved] == ["small"]  # kept for the relay's next start
@@ -166,6 +169,9 @@ def test_refusals_change_nothing(pub):
         assert proc.returncode != 0 and b"already in use" in proc.stderr
     finally:
         pub.lab.stop(holder)
+    # a name the config file holds
+    proc = relay_cli(pub, "publish", "add", "web", "hidden:8080", "--remote-port", "18095")
+    assert proc.returncode != 0 and b"is in the config file" in proc.stderr
     # a port another publish took
     proc = relay_cli(pub, "publish", "add", "again", "hidden:8080", "--remote-port", "18080")
     assert proc.returncode != 0 and b"already taken by publish 'web'" in proc.stderr

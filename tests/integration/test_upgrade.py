@@ -37,9 +37,9 @@ def path(ov, src, dst):
     return next(p["path"] for p in ov.node_status(src)["peers"] if p["name"] == dst)
 
 
-def mixed(lab, old_python, old_relay: bool) -> Overlay:
+def mixed(lab, old_python, old_relay: bool, *relay_args: str) -> Overlay:
     ov = Overlay(lab, relay_python=old_python if old_relay else None)
-    ov.start_relay()
+    ov.start_relay(*relay_args)
     token = ov.token("--ttl", "1h")
     for name in NODES:
         host = lab.public_host(name) if name.endswith("public") else lab.nat_host(name, "no-inbound")
@@ -74,3 +74,35 @@ def test_old_and_new_talk_both_ways_direct_and_relayed(lab, old_python, relay):
     assert peers["new-hidden"]["protocol"] == new_protocol and peers["old-hidden"]["protocol"] == old_protocol
     assert st["relay"]["protocol"] == (old_protocol if relay == "old relay" else new_protocol)
     assert not st["drops"].get("internal_error") and not ov.status(ov.relay)["drops"].get("internal_error")
+
+
+def test_a_new_relay_publishes_for_new_nodes_and_asks_nothing_of_old_ones(lab, old_python):
+    """Publishing needs the node's "publish" capability: an old node's clients are refused
+    (counted), and nothing the old node would not understand reaches it."""
+    import os
+    from tests.lab.services import FETCH, SERVICE, expected
+    config = os.path.join(lab.tmp, "relay.toml")
+    with open(config, "w") as f:
+        f.write('allow-ports = ["18000-18999"]\n')
+    ov = mixed(lab, old_python, False, "--config", config)
+    for name in ("new-hidden", "old-hidden"):
+        lab.spawn(ov.nodes[name].ns, sys.executable, "-c", SERVICE, ov.address(name), "8080", "1000000",
+                  env={"PYTHONPATH": os.getcwd()})
+        wait_for(lambda n=name: lab.nsexec(ov.nodes[n].ns, "ss", "-Hltn", "sport = :8080").stdout.strip(), 10,
+                 what="the service")
+        remote = "18080" if name.startswith("new") else "18081"
+        lab.nsexec(ov.relay.ns, sys.executable, "-m", "tunneld", "publish", "add", name, f"{name}:8080",
+                   "--remote-port", remote, "--state-dir", ov.relay.state_dir)
+    outside = lab.public_host("outside")
+    old_drops = dict(ov.node_status("old-hidden")["drops"])
+    wait_for(lambda: any(p["name"] == "new-hidden" for p in ov.node_status("new-hidden").get("published", [])), 20,
+             what="the new node to be told")
+    got = lab.nsexec(outside.ns, sys.executable, "-c", FETCH, ov.relay.address, "18080", timeout=60)
+    assert got.stdout.decode().strip() == expected(1000000)
+    refused = lab.nsexec(outside.ns, sys.executable, "-c", FETCH, ov.relay.address, "18081", check=False)
+    assert refused.returncode != 0 and b"ConnectionResetError" in refused.stderr
+    rows = {r["name"]: r for r in ov.status(ov.relay)["published"]}
+    assert rows["old-hidden"]["refused"] == 1 and not rows["old-hidden"]["node_connected"]
+    now = ov.node_status("old-hidden")["drops"]
+    for reason in ("bad_control", "unexpected_control"):  # nothing it would not understand was sent
+        assert now.get(reason, 0) == old_drops.get(reason, 0)

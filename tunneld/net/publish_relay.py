@@ -152,7 +152,9 @@ class Publisher:
             p = one(table, self.allow, self.listen_port, f"publish {str(table.get('name'))[:40]!r}")
             if p.name in {q.name for q in self.configured}:
                 raise ConfigError(f"publish {p.name!r} is in the config file; change it there and reload")
-            added = tuple(q for q in self.added if q.name != p.name) + (p,)
+            if p.name in {q.name for q in self.added}:
+                raise ConfigError(f"publish {p.name!r} exists; 'tunneld publish remove {p.name}' first")
+            added = self.added + (p,)
             entries = self.check(self.configured, added, self.allow)
             fresh = self.bind([p])
         except ConfigError as exc:

@@ -108,12 +108,7 @@ class NodeStream(FramedStream):
             self.splice.lost(self, exc)
             return
         self.count_truncated()
-        if self in d.streams:
-            d.streams.discard(self)
-            d.fresh.discard(self)
-            d.per_source[self.host] -= 1
-            if d.per_source[self.host] <= 0:
-                del d.per_source[self.host]
+        d.forget_stream(self)
         d.engine.link_closed(self)
         d.after_input()
 
@@ -436,7 +431,7 @@ class RelayDaemon(Daemon):
                 stream.transport.abort()  # connection_lost forgets it
 
     def forget_stream(self, stream: NodeStream) -> None:
-        """stream is a work connection now (publish_relay.py), not a node's stream."""
+        """stream closed, or is a work connection now (publish_relay.py): not a node's stream."""
         if stream in self.streams:
             self.streams.discard(stream)
             self.fresh.discard(stream)
