@@ -514,7 +514,8 @@ def main(argv=None) -> int:
                f"kernel {platform.release()})")
     title = f"tunneld bench, {started}, {machine}, {seconds:.0f} s x {repeat} per cell, medians"
     print(f"\n{title}\n")
-    print(table(result))
+    if result["rows"]:
+        print(table(result))
     if rtt_line(result["rows"]):
         print("\n" + rtt_line(result["rows"]))
     if workers_line(result["rows"]):

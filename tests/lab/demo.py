@@ -5,7 +5,9 @@
   natted  198.19.1.2 behind NAT   a node behind MASQUERADE (its address is not public)
   hidden  198.19.2.2 behind NAT   a node behind MASQUERADE --random-fully that accepts
                                   no unsolicited inbound at all
-Pairs go direct where the NATs allow it and through the relay where they do not.
+  outside 198.51.100.x           a host with no tunneld at all
+Pairs go direct where the NATs allow it and through the relay where they do not; then
+the relay publishes a service of hidden on its own port, and outside fetches from it.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ import shlex
 import sys
 import time
 
-from . import Lab, LabError
+import os
+
+from . import Lab, LabError, wait_for
 from .overlay import Overlay, transfer
+from .services import FETCH, SERVICE, expected
 
 TRANSFER_BYTES = 20_000_000
 
@@ -47,8 +52,12 @@ def main() -> int:
              "(MASQUERADE --random-fully, no inbound at all)")
 
         _say("\n== the relay")
-        ov.start_relay()
-        _say(f"  [relay] $ tunneld serve --listen {ov.relay_endpoint} --state-dir {ov.relay.state_dir} &")
+        config = os.path.join(lab.tmp, "relay.toml")
+        with open(config, "w") as f:
+            f.write('allow-ports = ["18000-18999"]\n')  # the ports it may publish
+        ov.start_relay("--config", config)
+        _say(f"  [relay] $ tunneld serve --listen {ov.relay_endpoint} --state-dir {ov.relay.state_dir} "
+             f"--config relay.toml &      (relay.toml: allow-ports = [\"18000-18999\"])")
         token = _cmd(lab, ov.relay, "token", "--state-dir", ov.relay.state_dir, "--ttl", "1h",
                      "--uses", str(len(hosts))).strip()
 
@@ -91,6 +100,7 @@ def main() -> int:
                  f"{TRANSFER_BYTES * 8 / elapsed / 1e6:.0f} Mbit/s, encrypted end to end, "
                  f"path {peer['path']} ({why})")
 
+        ok = ok and _publish(lab, ov, hosts["hidden"])
         if failures or not ok:
             _say("\nthe demo FAILED; logs are above")
             return 1
@@ -104,6 +114,29 @@ def main() -> int:
     finally:
         lab.close()
         _say("done: nothing is left behind")
+
+
+def _publish(lab: Lab, ov: Overlay, hidden) -> bool:
+    """frp's job: hidden's service on the relay's port, for a host with no tunneld."""
+    _say("\n== publishing: a service of hidden (no inbound) on the relay's port, for a host outside the "
+         "overlay")
+    address = ov.address("hidden")
+    lab.spawn(hidden.ns, sys.executable, "-c", SERVICE, address, "8080", str(TRANSFER_BYTES),
+              env={"PYTHONPATH": os.getcwd()})
+    _say(f"  [hidden] a service on {address}:8080 sends {TRANSFER_BYTES // 1_000_000} MB to each connection")
+    _cmd(lab, ov.relay, "publish", "add", "web", "hidden:8080", "--remote-port", "18080",
+         "--state-dir", ov.relay.state_dir)
+    wait_for(lambda: any(p["name"] == "web" for p in ov.node_status("hidden").get("published", [])), 20,
+             what="hidden to be told")
+    outside = lab.public_host("outside")
+    started = time.monotonic()
+    got = lab.nsexec(outside.ns, sys.executable, "-c", FETCH, ov.relay.address, "18080", timeout=60)
+    elapsed = time.monotonic() - started
+    ok = got.stdout.decode().strip() == expected(TRANSFER_BYTES)
+    _say(f"  [outside {outside.address}, no tunneld] fetched {ov.relay.address}:18080: "
+         f"{'byte-exact' if ok else 'MISMATCH'}, {TRANSFER_BYTES * 8 / elapsed / 1e6:.0f} Mbit/s")
+    _cmd(lab, ov.relay, "publish", "list", "--state-dir", ov.relay.state_dir)
+    return ok
 
 
 if __name__ == "__main__":
