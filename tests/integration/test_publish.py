@@ -229,6 +229,13 @@ def test_the_relay_refuses_to_start_with_a_publish_it_cannot_serve():
                            "--config", ov.relay_config, log_name="relay2")
         assert proc.wait(30) == 2
         assert "outside allow-ports" in lab.log("relay2")
+        write_config(ov, "")
+        with open(os.path.join(ov.relay.state_dir, "published.json"), "w") as f:
+            f.write('[{"name": "x"}]')  # damaged: a hand edit gone wrong
+        proc = lab.tunneld(ov.relay, "serve", "--listen", ov.relay_endpoint, "--state-dir", ov.relay.state_dir,
+                           "--config", ov.relay_config, log_name="relay3")
+        assert proc.wait(30) == 2
+        assert "published.json" in lab.log("relay3").strip().splitlines()[-1]
 
 
 def test_what_the_command_line_added_survives_a_relay_restart(pub):

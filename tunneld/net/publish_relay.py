@@ -15,6 +15,7 @@ before anything else changes, so a refused one changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -54,18 +55,18 @@ class Publisher:
         self.ports: dict[str, object] = {}  # name -> asyncio server (tcp) or socket (udp)
         self.waiting: dict[int, Splice] = {}  # connections whose node has not come back yet
         self.live: dict[str, set[Splice]] = {}
+        self.changing = asyncio.Lock()
 
     # -- what is published ---------------------------------------------------------------
 
     def load_added(self) -> tuple:
         try:
             with open(self.path) as f:
-                tables = json.load(f)
+                return tuple(Publish(**t) for t in json.load(f))  # check() holds each to the rules again
         except FileNotFoundError:
             return ()
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read {self.path}: {exc}; fix or remove it") from None
-        return tuple(Publish(**t) for t in tables)
+        except (OSError, ValueError, TypeError) as exc:
+            raise ConfigError(f"cannot read {self.path}: {str(exc)[:100]}; fix or remove it") from None
 
     def check(self, configured, added, allow) -> tuple:
         """Every service, checked against allow-ports, each other and the registry."""
@@ -125,9 +126,7 @@ class Publisher:
         port = self.ports.pop(name)
         if isinstance(port, socket.socket):
             self.d.loop.remove_reader(port.fileno())
-            port.close()
-        else:
-            port.close()
+        port.close()
         for splice in list(self.live.pop(name, ())):
             splice.cut()
         log.info("stopped publishing %s", name, extra=event("unpublished", service=name))
@@ -148,6 +147,10 @@ class Publisher:
     # -- the operator's commands ---------------------------------------------------------
 
     async def add(self, table: dict) -> dict:
+        async with self.changing:  # two commands at once: one after the other, each seeing the last
+            return await self._add(table)
+
+    async def _add(self, table: dict) -> dict:
         try:
             p = one(table, self.allow, self.listen_port, f"publish {str(table.get('name'))[:40]!r}")
             if p.name in {q.name for q in self.configured}:
@@ -164,6 +167,10 @@ class Publisher:
         return {"ok": True}
 
     async def remove(self, name: str) -> dict:
+        async with self.changing:
+            return await self._remove(name)
+
+    async def _remove(self, name: str) -> dict:
         if name in {q.name for q in self.configured}:
             return {"error": f"publish {name!r} is in the config file; remove it there and reload"}
         if name not in {q.name for q in self.added}:
