@@ -82,6 +82,26 @@ def parse_hostport(text, option: str, default_port: int | None = None) -> tuple[
     return host, port
 
 
+def parse_listen(text, option: str = "--listen") -> tuple[tuple[str, int], ...]:
+    """Several HOST:PORT, comma-separated, IPv6 in brackets ("192.0.2.1:7443,[2001:db8::1]:7443";
+    "[::]:7443" for every IPv6 address): each an address literal, none twice. (IPv6, issue 17:
+    serve does not take several yet.)"""
+    out: list[tuple[str, int]] = []
+    for item in str(text or "").split(","):
+        host, port = parse_hostport(item.strip(), option)
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            raise ConfigError(f"{option} {item.strip()[:60]!r}: give an address (IPv6 in brackets), "
+                              "not a name") from None
+        if isinstance(ip, ipaddress.IPv6Address) and not item.strip().startswith("["):
+            raise ConfigError(f"{option} {item.strip()[:60]!r}: write an IPv6 address in brackets, [{ip}]:{port}")
+        if (str(ip), port) in out:
+            raise ConfigError(f"{option} gives {item.strip()[:60]} twice")
+        out.append((str(ip), port))
+    return tuple(out)
+
+
 def resolve_ipv4(host: str, option: str) -> str:
     try:
         return str(ipaddress.IPv4Address(host))
