@@ -55,5 +55,12 @@ def l4(packet, ip: int, l4_start: int, end: int, proto: int) -> int:
     return finish(fold(s))
 
 
+def l4_v6(packet, l4_start: int, end: int, proto: int) -> int:
+    """The same inside an IPv6 packet (at offset 0): RFC 8200's pseudo-header of the 16-byte
+    source and destination, the upper-layer length and the next header."""
+    s = sum16(packet[8:40]) + ((end - l4_start) >> 16) + ((end - l4_start) & 0xFFFF) + proto
+    return finish(fold(fold(s) + sum16(packet[l4_start:end])))
+
+
 def pack(value: int) -> bytes:
     return _H.pack(value)
