@@ -250,3 +250,32 @@ def test_what_the_command_line_added_survives_a_relay_restart(pub):
         assert fetch(pub, 18083) == expected(MB20)
     finally:
         relay_cli(pub, "publish", "remove", "kept")
+
+
+def test_a_node_whose_network_drops_udp_serves_over_its_tcp_link(pub):
+    """The node's session runs over TCP (its network drops UDP): opens and UDP flows ride it,
+    and its work connections are TCP anyway."""
+    lab = pub.lab
+    pub.join(lab.nat_host("tcponly", "no-udp"), "tcponly", pub.token("--ttl", "1h"))
+    try:
+        states = pub.wait_connected(["tcponly"], timeout=60)
+        assert states["tcponly"]["relay"]["transport"] == "tcp"
+        address, ns = pub.address("tcponly"), pub.nodes["tcponly"].ns
+        lab.spawn(ns, sys.executable, "-c", SERVICE, address, "8080", str(MB20), env={"PYTHONPATH": os.getcwd()})
+        lab.spawn(ns, sys.executable, "-c", ECHO, address, "5353")
+        wait_for(lambda: lab.nsexec(ns, "ss", "-Hltn", "sport = :8080").stdout.strip(), 10, what="the service")
+        for args in (("t-web", "tcponly:8080", "--remote-port", "18180"),
+                     ("t-echo", "tcponly:5353", "--remote-port", "18153", "--udp")):
+            proc = relay_cli(pub, "publish", "add", *args)
+            assert proc.returncode == 0, proc.stderr.decode()
+        wait_for(lambda: {"t-web", "t-echo"} <= {r["name"] for r in pub.node_status("tcponly").get("published", [])},
+                 20, what="tcponly to be told")
+        assert fetch(pub, 18180) == expected(MB20)
+        out = lab.nsexec(pub.outside.ns, sys.executable, "-c", UDP_CLIENT, pub.relay.address, "18153", "20")
+        assert int(out.stdout) == 20
+    finally:
+        for name in ("t-web", "t-echo"):
+            relay_cli(pub, "publish", "remove", name)
+        pub.stop_node("tcponly")
+        del pub.nodes["tcponly"]
+        relay_cli(pub, "revoke", "tcponly")  # out of the directory: the other tests see the overlay as it was
