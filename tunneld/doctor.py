@@ -59,6 +59,13 @@ def _relay(status: dict, facts: dict) -> list[Finding]:
     if bound and all(bound.values()) and not facts.get("dropping"):
         out.append(Finding(True, f"listening on UDP and TCP port {port}, no firewall rule here drops it "
                                  "(from outside: tunneld doctor on a node says whether UDP gets through)"))
+    for p in status.get("published") or ():
+        if not p.get("node_connected"):
+            out.append(Finding(False, f"publish {p['name']}: its node {p['node']} is not connected, so clients of "
+                                      f"{p['protocol']} port {p['remote_port']} are refused",
+                               f"start tunneld-node on {p['node']} (on a node older than 0.5, upgrade it)"))
+    if status.get("published") and all(p.get("node_connected") for p in status["published"]):
+        out.append(Finding(True, f"{len(status['published'])} published services, each node connected"))
     free = facts.get("disk_free")
     if free is not None and free < MIN_FREE:
         out.append(Finding(False, f"only {free >> 20} MB free for the state directory",

@@ -208,6 +208,8 @@ def test_the_node_restarting_leaves_the_port_working(pub):
     proc = pub.lab.nsexec(pub.outside.ns, sys.executable, "-c", FETCH, pub.relay.address, "18080", check=False)
     assert proc.returncode != 0 and b"ConnectionResetError" in proc.stderr  # refused at once, not hung
     assert published(pub)["web"]["refused"] == before + 1
+    doctor = relay_cli(pub, "doctor")
+    assert doctor.returncode == 1 and b"publish web: its node hidden is not connected" in doctor.stdout
     pub.join(pub.nodes["hidden"], "hidden", pub.token("--ttl", "1h"))
     pub.wait_connected(timeout=60)
     wait_serving(pub, "web")

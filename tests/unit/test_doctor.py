@@ -106,3 +106,16 @@ def test_a_relay_not_listening_or_shut_out_by_its_own_firewall():
     assert found == ["nothing listens on TCP port 7000 here",
                      "a firewall rule drops udp to port 7000 (table ip filter, chain INPUT): nodes behind it cannot "
                      "reach the relay"]
+
+
+def test_a_published_service_whose_node_is_away_is_said():
+    status = {"role": "relay", "listen": "192.0.2.1:7000", "store": {"kind": "sqlite"},
+              "published": [{"name": "web", "node": "edge-1", "protocol": "tcp", "remote_port": 18080,
+                             "node_connected": False},
+                            {"name": "dns", "node": "edge-2", "protocol": "udp", "remote_port": 18053,
+                             "node_connected": True}]}
+    bad = [f for f in check({"status": status}) if not f.ok]
+    assert len(bad) == 1 and "publish web: its node edge-1 is not connected" in bad[0].what
+    assert "tunneld-node on edge-1" in bad[0].fix
+    status["published"][0]["node_connected"] = True
+    assert any(f.ok and "2 published services" in f.what for f in check({"status": status}))
