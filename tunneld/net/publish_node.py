@@ -156,7 +156,10 @@ class Serving:
                 if stats is not None:
                     stats["errors"] += 1
                 break
-            if stats is None or not 0 < len(data) <= MAX_DATAGRAM:
+            if stats is None or not data:
+                continue
+            if len(data) > MAX_DATAGRAM:  # larger than a control message carries: counted, not sent
+                stats["errors"] += 1
                 continue
             f.last = monotonic()
             stats["datagrams_out"] += 1
