@@ -15,6 +15,8 @@ import json
 import re
 
 from .engine.mss import VXLAN_OVERHEAD
+
+VXLAN_OVERHEAD6 = VXLAN_OVERHEAD + 20  # flannel's IPv6 VXLAN: an IPv6 outer header is 20 bytes longer
 from .errors import ConfigError, TunneldError
 from .proto.messages import valid_name
 
@@ -60,11 +62,15 @@ def _quoted(value) -> str:
     return f"'{text}'"
 
 
-def kube_env(name: str, address: str, interface: str, mtu: int) -> str:
+def kube_env(name: str, address: str, interface: str, mtu: int, address6: str | None = None) -> str:
+    """address6: the node's IPv6 overlay address, for a dual-stack cluster (IPv6, issue 17: the
+    command does not pass it yet); kubelet then gets --node-ip=<v4>,<v6>."""
     if not valid_name(name or ""):
         raise TunneldError(f"the node name {str(name)[:64]!r} from the relay is not a Kubernetes node name; "
                            "refusing to write it into kubelet's environment")
     ipaddress.IPv4Address(address)
+    if address6 is not None:
+        address6 = str(ipaddress.IPv6Address(address6))
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", interface or ""):
         raise TunneldError(f"{str(interface)[:20]!r} is not an interface name")
     annotate = f"kubectl annotate node {name} {FLANNEL_ANNOTATION}={address} --overwrite"
@@ -73,7 +79,7 @@ def kube_env(name: str, address: str, interface: str, mtu: int) -> str:
         ("TUNNELD_INTERFACE", interface),
         ("TUNNELD_MTU", int(mtu)),
         "# kubelet accepts the overlay address as its node IP; the apiserver then reaches it there",
-        ("KUBELET_EXTRA_ARGS", f"--node-ip={address}"),
+        ("KUBELET_EXTRA_ARGS", f"--node-ip={address}" + (f",{address6}" if address6 else "")),
         "# flanneld runs its VXLAN over the overlay; it sizes flannel.1 from tunneld0 by itself",
         ("FLANNELD_IFACE", interface),
         ("FLANNELD_ARGS", f"--iface={interface}"),
@@ -82,12 +88,16 @@ def kube_env(name: str, address: str, interface: str, mtu: int) -> str:
         ("FLANNEL_PUBLIC_IP_OVERWRITE", address),
         ("FLANNEL_ANNOTATE_COMMAND", annotate),
     ]
-    lines = [f"# tunneld: node {name}, {interface} {address}, MTU {int(mtu)}"]
+    if address6:  # dual-stack: flannel's IPv6 VXLAN (70 bytes of headers) over tunneld0's IPv6 address
+        settings[1:1] = [("TUNNELD_NODE_IP6", address6)]
+        settings += [("FLANNEL_MTU6", int(mtu) - VXLAN_OVERHEAD6), ("FLANNEL_PUBLIC_IPV6_OVERWRITE", address6)]
+    lines = [f"# tunneld: node {name}, {interface} {address}" + (f" {address6}" if address6 else "")
+             + f", MTU {int(mtu)}"]
     lines += [s if isinstance(s, str) else f"{s[0]}={_quoted(s[1])}" for s in settings]
     return "\n".join(lines) + "\n"
 
 
-def net_conf(mode: str, cluster_cidr: str) -> str:
+def net_conf(mode: str, cluster_cidr: str, cluster_cidr6: str | None = None) -> str:
     """kube-flannel's net-conf.json for pods over tunneld. 'vxlan': flannel's VXLAN rides the
     overlay (flanneld --iface=tunneld0). 'routed': no VXLAN inside the tunnel; each node's
     `tunneld join --pod-cidr /run/flannel/subnet.env` advertises the pod CIDR flannel leased it,
@@ -100,4 +110,11 @@ def net_conf(mode: str, cluster_cidr: str) -> str:
     backend = {"vxlan": {"Type": "vxlan", "Port": 8472}, "routed": {"Type": "extension"}}.get(mode)
     if backend is None:
         raise ConfigError(f"--net-conf {mode[:20]!r}: use vxlan or routed")
-    return json.dumps({"Network": str(network), "EnableIPv4": True, "Backend": backend}, indent=2) + "\n"
+    conf = {"Network": str(network), "EnableIPv4": True, "Backend": backend}
+    if cluster_cidr6 is not None:  # dual-stack (IPv6, issue 17: the command does not take it yet)
+        try:
+            conf.update(EnableIPv6=True, IPv6Network=str(ipaddress.IPv6Network(cluster_cidr6)))
+        except ValueError:
+            raise ConfigError(f"--cluster-cidr6 {cluster_cidr6[:50]!r} is not an IPv6 prefix like "
+                              "fd00:10:244::/56") from None
+    return json.dumps(conf, indent=2) + "\n"

@@ -63,3 +63,21 @@ def test_flannel_subnet_env_names_the_pod_cidr():
 def test_net_conf_is_flannels_json(mode, backend):
     conf = json.loads(net_conf(mode, "10.42.0.0/16"))
     assert conf == {"Network": "10.42.0.0/16", "EnableIPv4": True, "Backend": backend}
+
+
+def test_dual_stack_kubelet_and_flannel_settings(tmp_path):
+    """IPv6 (issue 17), not wired yet: with the node's IPv6 overlay address, kubelet gets both
+    addresses and flannel's IPv6 VXLAN its MTU; without it nothing changes."""
+    from tunneld.kube import node_ip_problem
+    env = sourced(kube_env("edge-1", "100.64.0.7", "tunneld0", 1380, "FD3A:5E1C:92F0::6440:7"), tmp_path)
+    assert env["KUBELET_EXTRA_ARGS"] == "--node-ip=100.64.0.7,fd3a:5e1c:92f0::6440:7"
+    assert env["TUNNELD_NODE_IP6"] == "fd3a:5e1c:92f0::6440:7"
+    assert env["FLANNEL_MTU"] == "1330" and env["FLANNEL_MTU6"] == "1310"
+    for ip in env["KUBELET_EXTRA_ARGS"].split("=", 1)[1].split(","):  # kubelet's check, for each
+        assert node_ip_problem(ip, ["100.64.0.7", "fd3a:5e1c:92f0::6440:7"]) is None
+    with pytest.raises(ValueError):
+        kube_env("edge-1", "100.64.0.7", "tunneld0", 1380, "$(touch pwned)")
+    assert "TUNNELD_NODE_IP6" not in kube_env("edge-1", "100.64.0.7", "tunneld0", 1380)
+    conf = json.loads(net_conf("vxlan", "10.244.0.0/16", "fd00:10:244::/56"))
+    assert conf["EnableIPv6"] is True and conf["IPv6Network"] == "fd00:10:244::/56"
+    assert "EnableIPv6" not in json.loads(net_conf("vxlan", "10.244.0.0/16"))
