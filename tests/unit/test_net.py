@@ -378,3 +378,16 @@ def test_the_relays_trains_hold_one_lane_each():
     # [0 0] and [1 1 1] in a train each, the last 0 alone (trains were [0 0 1 1 1 0] before)
     assert [len(s[2]) if s[0] == "gso" else 1 for s in sock.sent] == [2, 3, 1]
     assert datagrams_on_the_wire(sock) == [(d, A) for d in sent]
+
+
+def test_an_overlay_that_holds_the_relay_or_a_network_of_the_host_is_refused_by_name():
+    import ipaddress
+    from tunneld.engine.routes import overlay_conflict
+    net = ipaddress.IPv4Network("100.64.0.0/10")
+    assert overlay_conflict(net, ["192.0.2.1"], [("eth0's address", "198.51.100.0/24")]) is None
+    code, message = overlay_conflict(net, ["100.64.0.9"], [])
+    assert code == "relay_in_overlay" and "100.64.0.9 lies inside the overlay network 100.64.0.0/10" in message
+    code, message = overlay_conflict(net, ["192.0.2.1"], [("the resolver 100.64.5.5", "100.64.5.5/32")])
+    assert code == "overlay_overlaps_host" and "overlaps the resolver 100.64.5.5" in message
+    # the ranges the registry never hands out may hold the host's things (a cloud's DNS and metadata)
+    assert overlay_conflict(net, ["192.0.2.1"], [("the resolver 100.100.100.100", "100.100.100.100/32")]) is None

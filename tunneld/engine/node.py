@@ -42,7 +42,7 @@ from dataclasses import dataclass, replace
 
 from ..control.backoff import Backoff
 from ..control.directory import DirectoryMirror
-from ..control.registry import RESERVED, REVOKED_MESSAGE
+from ..control.registry import REVOKED_MESSAGE
 from ..drops import Drop
 from ..proto import endpoint, wire
 from ..proto.endpoint import RELAY
@@ -54,7 +54,7 @@ from .peers import Peer, PeerHandshakes
 from .probes import Probes
 from .publish_node import NodePublishing
 from .relaylink import CONTROL, DIRECTORY, JOINED, REFUSED, REVOKED, JoinRequest, RelayLink
-from .routes import Mtu, OutsideOverlay, Routes, within
+from .routes import Mtu, OutsideOverlay, Routes, overlay_conflict, within
 from .trust import Trust
 from .sessions import IndexTable
 
@@ -285,19 +285,10 @@ class Node:
 
     def _assigned(self, assignment: Assignment) -> None:
         net = ipaddress.IPv4Network(assignment.network)
-        inside = [a for a in self.config.protected[:1] if ipaddress.IPv4Address(a) in net]  # the relay's
-        if inside:
-            self._stop(EXIT_MISCONFIGURED, "relay_in_overlay",
-                       f"the relay's address {inside[0]} lies inside the overlay network {net}; "
-                       "give the relay an address outside it")
+        conflict = overlay_conflict(net, self.config.protected[:1], self.config.host_claims)  # [:1]: the relay's
+        if conflict is not None:
+            self._stop(EXIT_MISCONFIGURED, *conflict)
             return
-        for what, prefix in self.config.host_claims:
-            claim = ipaddress.IPv4Network(prefix)
-            if claim.overlaps(net) and not any(claim.subnet_of(r) for r in RESERVED):  # never handed out
-                self._stop(EXIT_MISCONFIGURED, "overlay_overlaps_host",
-                           f"the overlay network {net} overlaps {what} on this host; run the relay with "
-                           "another --network, clear of this host's addresses, routes and resolvers")
-                return
         self.assignment = assignment
         self.outside.set(net)
         self.effects.append(SetAddress(assignment.interface_address, self.mtu.interface))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 
+from ..control.registry import RESERVED
 from ..logs import event
 from ..drops import Drop
 from ..proto import wire
@@ -96,6 +97,24 @@ class Routes:
         table.sort(key=lambda t: (-t[0], t[1]))  # longest prefix first; ties go to the lower name
         self.table = [(net, mask, peer) for _, _, net, mask, peer in table]
         self.accepted = sorted({prefix_text(net, mask) for net, mask, _ in self.table})
+
+
+def overlay_conflict(net: ipaddress.IPv4Network, relays, host_claims) -> tuple[str, str] | None:
+    """Why this host cannot take an address in the overlay network net: (code, message), or
+    None. The relay's address inside it, or a network of the host's (address, route,
+    resolver: host_claims, (what, prefix) pairs) overlapping it, short of the ranges the
+    registry never hands out."""
+    for a in relays:
+        if ipaddress.IPv4Address(a) in net:
+            return "relay_in_overlay", (f"the relay's address {a} lies inside the overlay network {net}; "
+                                        "give the relay an address outside it")
+    for what, prefix in host_claims:
+        claim = ipaddress.IPv4Network(prefix)
+        if claim.overlaps(net) and not any(claim.subnet_of(r) for r in RESERVED):
+            return "overlay_overlaps_host", (f"the overlay network {net} overlaps {what} on this host; run the relay "
+                                             "with another --network, clear of this host's addresses, routes and "
+                                             "resolvers")
+    return None
 
 
 class OutsideOverlay:
