@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -119,9 +120,23 @@ class Overlay:
                         and len(st["peers"]) >= len(self.nodes) - 1 and all(p["online"] for p in st["peers"])):
                     return None
                 out[n] = st
+            # ... and the host routes each peer through tunneld0: the node installs the routes off its
+            # receive path, a moment after its status says the peer is there
+            for n, st in out.items():
+                for p in st["peers"]:
+                    if not self.routed(n, p["address"]):
+                        return None
             return out
 
         return wait_for(all_connected, timeout, interval=0.2, what=f"{', '.join(names)} to connect")
+
+    def routed(self, name: str, address: str) -> bool:
+        """Does node name's host send address through its tunnel interface?"""
+        got = self.lab.nsexec(self.nodes[name].ns, "ip", "-j", "route", "get", address, check=False)
+        try:
+            return json.loads(got.stdout or "[]")[0].get("dev") == self.node_status(name).get("interface", "tunneld0")
+        except (ValueError, IndexError, KeyError):
+            return False
 
     def address(self, name: str) -> str:
         return self.node_status(name)["address"]
