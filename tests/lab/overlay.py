@@ -123,8 +123,8 @@ class Overlay:
             # ... and the host routes each peer through tunneld0: the node installs the routes off its
             # receive path, a moment after its status says the peer is there
             for n, st in out.items():
-                for p in st["peers"]:
-                    if not self.routed(n, p["address"]):
+                for p in st["peers"]:  # (a relay that lies may list the node itself as a peer: not routed)
+                    if p["address"] != st["address"] and not self.routed(n, p["address"]):
                         return None
             return out
 
