@@ -183,10 +183,15 @@ def test_a_firewall_rule_on_the_relay_dropping_its_port(ov):
         ov.lab.nsexec(ov.relay.ns, "iptables", "-w", "5", "-D", "INPUT", *rule)
 
 
+LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"  # Debian's libfaketime
+
+
 def test_the_relays_clock_far_behind_this_hosts():
     with Lab() as lab:  # a relay of its own, 95 s in the past (libfaketime: its wall clock only shifts)
-        ov = Overlay(lab)
-        ov.start_relay(wrap=("faketime", "-f", "-95s"))
+        # libfaketime preloaded into the relay itself: the faketime command runs its program as a
+        # child, which stopping the command by its PID would leave running
+        ov = Overlay(lab, relay_env={"LD_PRELOAD": LIBFAKETIME, "FAKETIME": "-95s"})
+        ov.start_relay()
         ov.join(lab.public_host("dk"), "dk", ov.token("--ttl", "1h"))
         ov.wait_connected(timeout=60)
         wait_for(lambda: ov.node_status("dk")["relay"]["clock_skew_s"] is not None, 20, what="a pong with the time")

@@ -19,7 +19,8 @@ class Overlay:
     def __init__(self, lab: Lab, port: int = RELAY_PORT, relay_python: str | None = None,
                  relay_module: str | None = None, relay_env: dict | None = None):
         """relay_python: run another release's relay (tests/lab/release.py); relay_module: run
-        `python -m MODULE serve ...` instead of tunneld (tests/lab/evil_relay.py), with relay_env."""
+        `python -m MODULE serve ...` instead of tunneld (tests/lab/evil_relay.py); relay_env: the
+        relay's environment besides ours."""
         self.lab = lab
         self.port = port
         self.relay_python = relay_python
@@ -42,7 +43,7 @@ class Overlay:
                                              env={"PYTHONUNBUFFERED": "1", **self.relay_env})
         else:
             self.relay_proc = self.lab.tunneld(self.relay, *args, log_name="relay", wrap=wrap,
-                                               python=self.relay_python)
+                                               python=self.relay_python, env=self.relay_env or None)
         proc = self.relay_proc
 
         def started():
