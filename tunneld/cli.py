@@ -19,6 +19,7 @@ from . import __version__, logs
 from .cli_lock import lock_group
 from .cli_publish import import_frpc, publish
 from .cli_relay import revoke, routes, token
+from .control import overlay6
 from .config import (DEFAULT_INTERFACE, DEFAULT_NETWORK, DEFAULT_STATE_DIR, JoinSettings, ServeSettings,
                      check_log_level, merged, parse_hostport, parse_network, parse_prefixes,
                      parse_routes, resolve_ipv4)
@@ -54,6 +55,8 @@ def cli():
 @cli.command()
 @click.option("--listen", metavar="HOST:PORT", help="UDP and TCP address to serve on, e.g. 0.0.0.0:7000.")
 @click.option("--network", metavar="CIDR", help=f"Overlay addresses to hand out [{DEFAULT_NETWORK}].")
+@click.option("--network6", metavar="CIDR", help="The overlay's IPv6 prefix, /96 or larger [a random unique "
+                                                 "local /64, chosen once and kept].")
 @click.option("--state-dir", metavar="DIR", help=f"Key, node database, control socket [{DEFAULT_STATE_DIR}].")
 @click.option("--config", metavar="FILE", help="TOML file with the same settings.")
 @click.option("--log-level", metavar="LEVEL", help="debug, info, warning or error [info].")
@@ -73,10 +76,10 @@ def cli():
 @click.option("--log-format", metavar="text|json", help="One line per record, as text or JSON [text].")
 @click.option("--workers", metavar="N", type=int, help="Processes forwarding relayed traffic on the port, "
                                                        "the relay's own included [1].")
-def serve(listen, network, state_dir, config, log_level, lock, auto_approve_routes, store, store_prefix,
+def serve(listen, network, network6, state_dir, config, log_level, lock, auto_approve_routes, store, store_prefix,
           store_ca, store_cert, store_key, advertise, metrics, log_format, workers):
     """Run the relay (rendezvous and forwarder) in the foreground."""
-    given = dict(listen=listen, network=network, state_dir=state_dir, log_level=log_level, lock=lock,
+    given = dict(listen=listen, network=network, network6=network6, state_dir=state_dir, log_level=log_level, lock=lock,
                  auto_approve_routes=list(auto_approve_routes) or None, store=store, store_prefix=store_prefix,
                  store_ca=store_ca, store_cert=store_cert, store_key=store_key, advertise=advertise,
                  metrics=metrics, log_format=log_format, workers=workers)
@@ -90,7 +93,7 @@ def serve(listen, network, state_dir, config, log_level, lock, auto_approve_rout
 def _serve_settings(given: dict, config: str | None) -> ServeSettings:
     """The command line's settings over the config file's, checked; again on every reload."""
     s = merged(given, config,
-               {"listen": None, "network": DEFAULT_NETWORK, "state_dir": DEFAULT_STATE_DIR, "log_level": "info",
+               {"listen": None, "network": DEFAULT_NETWORK, "network6": None, "state_dir": DEFAULT_STATE_DIR, "log_level": "info",
                 "lock": None, "auto_approve_routes": [], "store": None, "store_prefix": "/tunneld/",
                 "store_ca": None, "store_cert": None, "store_key": None, "advertise": None, "metrics": None,
                 "log_format": "text", "workers": 1, "publish": None, "allow_ports": None})
@@ -114,7 +117,8 @@ def _serve_settings(given: dict, config: str | None) -> ServeSettings:
                          check_log_level(s["log_level"]), auto, lock_public, s["store"] or None,
                          str(s["store_prefix"]), s["store_ca"], s["store_cert"], s["store_key"], advertise,
                          workers, _metrics(s["metrics"]), _log_format(s["log_format"]),
-                         publish.parse(s["publish"], allow, port), allow)
+                         publish.parse(s["publish"], allow, port), allow,
+                         overlay6.parse_prefix(s["network6"]) if s["network6"] else None)
 
 
 MAX_WORKERS = 64
@@ -343,11 +347,12 @@ def doctor(state_dir):
                    "CIDRs routed by tunneld itself (join --pod-cidr).")
 @click.option("--cluster-cidr", metavar="CIDR", default="10.244.0.0/16", show_default=True,
               help="The cluster's pod network, for --net-conf.")
-def kube_env(state_dir, mode, cluster_cidr):
+@click.option("--cluster-cidr6", metavar="CIDR", help="The cluster's IPv6 pod network, for a dual-stack --net-conf.")
+def kube_env(state_dir, mode, cluster_cidr, cluster_cidr6):
     """Print what kubelet and flannel need on this node (shell / EnvironmentFile syntax)."""
     if mode is not None:
         from .kube import net_conf
-        click.echo(net_conf(mode, cluster_cidr), nl=False)
+        click.echo(net_conf(mode, cluster_cidr, cluster_cidr6), nl=False)
         return 0
     from .host.links import Links
     from .kube import kube_env as render, node_ip_problem
@@ -358,10 +363,12 @@ def kube_env(state_dir, mode, cluster_cidr):
     if os.path.exists(path):
         st = request(path, {"cmd": "status"})
         name, address, interface, mtu = st.get("name"), st.get("address"), st.get("interface"), st.get("mtu")
+        address6 = st.get("address6")
     else:  # the daemon is down: what it last configured is still on the interface
         saved = load_node_state(state_dir)
         name, address, interface = (saved.assignment.name, saved.assignment.address, None) if saved else (None,) * 3
         mtu = saved.mtu if saved else None
+        address6 = str(saved.assignment.address6.ip) if saved and saved.assignment.network6 else None
     if not address:
         raise TunneldError(f"this node has no overlay address yet (state dir {state_dir}); "
                            "start 'tunneld join' and let it reach the relay")
@@ -373,7 +380,9 @@ def kube_env(state_dir, mode, cluster_cidr):
     if problem or interface is None:
         raise TunneldError(f"kubelet would refuse --node-ip={address}: {problem or 'it is on no interface'}; "
                            "is 'tunneld join' running?")
-    click.echo(render(name, address, interface, mtu), nl=False)
+    if address6 and node_ip_problem(address6, local):  # not on tunneld0 (an MTU below 1280): IPv4 alone
+        address6 = None
+    click.echo(render(name, address, interface, mtu, address6), nl=False)
     return 0
 
 

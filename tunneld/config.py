@@ -158,6 +158,7 @@ class ServeSettings:
     log_format: str = "text"  # logs.py: text or json
     publish: tuple = ()  # publish.Publish: nodes' services on the relay's ports ([[publish]])
     allow_ports: tuple = ()  # ((first, last), ...): the ports a publish may take (allow-ports)
+    network6: ipaddress.IPv6Network | None = None  # --network6; None: the one the network has, or a new ULA /64
 
 
 @dataclass(frozen=True)

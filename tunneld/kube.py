@@ -63,8 +63,8 @@ def _quoted(value) -> str:
 
 
 def kube_env(name: str, address: str, interface: str, mtu: int, address6: str | None = None) -> str:
-    """address6: the node's IPv6 overlay address, for a dual-stack cluster (IPv6, issue 17: the
-    command does not pass it yet); kubelet then gets --node-ip=<v4>,<v6>."""
+    """address6: the node's IPv6 overlay address, for a dual-stack cluster; kubelet then gets
+    --node-ip=<v4>,<v6>."""
     if not valid_name(name or ""):
         raise TunneldError(f"the node name {str(name)[:64]!r} from the relay is not a Kubernetes node name; "
                            "refusing to write it into kubelet's environment")
@@ -111,7 +111,7 @@ def net_conf(mode: str, cluster_cidr: str, cluster_cidr6: str | None = None) -> 
     if backend is None:
         raise ConfigError(f"--net-conf {mode[:20]!r}: use vxlan or routed")
     conf = {"Network": str(network), "EnableIPv4": True, "Backend": backend}
-    if cluster_cidr6 is not None:  # dual-stack (IPv6, issue 17: the command does not take it yet)
+    if cluster_cidr6 is not None:  # dual-stack
         try:
             conf.update(EnableIPv6=True, IPv6Network=str(ipaddress.IPv6Network(cluster_cidr6)))
         except ValueError:

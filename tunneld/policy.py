@@ -8,6 +8,10 @@
     ports = ["tcp/10250", "udp/8472", "tcp/30000-32767", "icmp"]   # left out: everything
     to = ["198.18.1.0/24"]   # optional: only towards these (our address, our advertised prefixes)
 
+A node name covers the node's IPv4 and IPv6 overlay addresses alike, "icmp" covers ICMPv6 as
+well, and "*" any source of either family; a prefix (in from or to) covers its own family
+only, so a rule from = ["100.64.0.0/10"] admits no IPv6.
+
 Once a node has a policy, a packet that comes out of the overlay (in on tunneld0, to the node
 or through it into a prefix it advertises) is admitted if it belongs to a flow the node (or
 the network behind it) opened, including the ICMP errors about such a flow, or if an [[allow]]
@@ -148,10 +152,13 @@ def _prefixes(items, where: str) -> tuple[str, ...]:
             net = ipaddress.ip_network(item, strict=False)
         except ValueError:
             raise PolicyError(f"{where}: {item!r} is not an address or prefix") from None
-        if net.version != 4:
-            raise PolicyError(f"{where}: {item!r}: the overlay carries IPv4")
         out.append(net)
-    return tuple(str(n) for n in ipaddress.collapse_addresses(out))
+    return _collapse(out)
+
+
+def _collapse(nets) -> tuple[str, ...]:
+    """Prefixes of both families, each family's merged where they touch."""
+    return tuple(str(n) for v in (4, 6) for n in ipaddress.collapse_addresses(x for x in nets if x.version == v))
 
 
 def _port(text: str, where: str) -> tuple[str, int, int]:
@@ -184,7 +191,7 @@ def sources(rule: Rule, peers: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
             nets += [ipaddress.ip_network(p) for p in peers[name]]
         else:
             waiting.append(name)
-    return tuple(str(n) for n in ipaddress.collapse_addresses(nets)), tuple(waiting)
+    return _collapse(nets), tuple(waiting)
 
 
 def ruleset(policy: Policy | None, peers: dict, ifname: str) -> str:
@@ -196,33 +203,25 @@ def ruleset(policy: Policy | None, peers: dict, ifname: str) -> str:
     lines = []
     for rule in policy.rules:
         nets, _ = sources(rule, peers)
-        if not rule.anyone and not nets:
-            continue  # only names not known yet: it admits nothing (an empty set is not nftables')
-        match = (f"ip saddr {_set(nets)} " if nets else "") + (f"ip daddr {_set(rule.to)} " if rule.to else "")
-        tail = f'counter accept comment "rule {rule.number}"'
-        by_proto: dict[str, list] = {}
-        for proto, lo, hi in rule.ports:
-            by_proto.setdefault(proto, []).append((lo, hi))
-        if not rule.ports:
-            lines.append(match + tail)
-        for proto, spans in by_proto.items():
-            if proto == "icmp":
-                lines.append(f"{match}meta l4proto icmp {tail}")
-            elif (0, 0) in spans:
-                lines.append(f"{match}meta l4proto {proto} {tail}")
-            else:
-                ports = _set([f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in spans])
-                lines.append(f"{match}{proto} dport {ports} {tail}")
+        families = (None,) if rule.anyone and not rule.to else (4, 6)  # None: one line for both
+        for family in families:
+            lines += _lines(rule, family, [n for n in nets if _version(n) == family],
+                            [t for t in rule.to if _version(t) == family])
     body = "\n".join(f"    {line}" for line in lines)
     return head + f"""table inet {TABLE} {{
   set denied {{
     type ipv4_addr . inet_proto . inet_service; size {DENIED_LIMIT}; flags dynamic,timeout; timeout {DENIED_FOR}s; counter;
+  }}
+  set denied6 {{
+    type ipv6_addr . inet_proto . inet_service; size {DENIED_LIMIT}; flags dynamic,timeout; timeout {DENIED_FOR}s; counter;
   }}
   chain admit {{
     ct state established,related accept
 {body}
     meta l4proto {{ tcp, udp }} update @denied {{ ip saddr . meta l4proto . th dport }}
     meta l4proto != {{ tcp, udp }} update @denied {{ ip saddr . meta l4proto . 0 }}
+    meta l4proto {{ tcp, udp }} update @denied6 {{ ip6 saddr . meta l4proto . th dport }}
+    meta l4proto != {{ tcp, udp }} update @denied6 {{ ip6 saddr . meta l4proto . 0 }}
     counter drop comment "denied"
   }}
   chain input {{
@@ -235,6 +234,39 @@ def ruleset(policy: Policy | None, peers: dict, ifname: str) -> str:
   }}
 }}
 """
+
+
+def _version(prefix: str) -> int:
+    return 6 if ":" in prefix else 4
+
+
+_IP = {4: "ip", 6: "ip6"}
+_ICMP = {4: "icmp", 6: "ipv6-icmp", None: "{ icmp, ipv6-icmp }"}
+
+
+def _lines(rule: Rule, family: int | None, nets: list, to: list) -> list[str]:
+    """The nftables rules of one [[allow]] for one family (None: any, a rule from anyone to
+    anywhere): none where it names no source or destination of that family."""
+    if (not rule.anyone and not nets) or (rule.to and not to):
+        return []  # only names not known yet, or only the other family's (an empty set is not nftables')
+    ip = _IP.get(family)
+    match = (f"{ip} saddr {_set(nets)} " if nets else "") + (f"{ip} daddr {_set(to)} " if to else "")
+    tail = f'counter accept comment "rule {rule.number}"'
+    by_proto: dict[str, list] = {}
+    for proto, lo, hi in rule.ports:
+        by_proto.setdefault(proto, []).append((lo, hi))
+    if not rule.ports:
+        return [match + tail]
+    lines = []
+    for proto, spans in by_proto.items():
+        if proto == "icmp":
+            lines.append(f"{match}meta l4proto {_ICMP[family]} {tail}")
+        elif (0, 0) in spans:
+            lines.append(f"{match}meta l4proto {proto} {tail}")
+        else:
+            ports = _set([f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in spans])
+            lines.append(f"{match}{proto} dport {ports} {tail}")
+    return lines
 
 
 def _set(items) -> str:
@@ -271,7 +303,7 @@ def counters(listing: dict, policy: Policy, peers: dict, base: dict) -> dict:
     by_source = []
     for item in listing.get("nftables", ()):
         s = item.get("set")
-        if s is not None and s.get("name") == "denied":
+        if s is not None and s.get("name") in ("denied", "denied6"):
             for e in s.get("elem", ()):
                 elem = e.get("elem", {})
                 addr, proto, port = elem.get("val", {}).get("concat", ("", "", 0))

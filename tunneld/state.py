@@ -20,6 +20,7 @@ import os
 import stat
 from dataclasses import dataclass
 
+from .control import overlay6
 from .engine.effects import Assignment
 from .errors import ConfigError
 from .proto.handshake import Identity
@@ -115,7 +116,8 @@ def parse_node_state(data) -> NodeState | None:
         return None  # a pin we cannot read must not silently become no pin
     known = tuple((n, k) for n, k in ((n, _hex(v)) for n, v in (peers.items() if isinstance(peers, dict) else ()))
                   if isinstance(n, str) and k is not None)
-    return NodeState(key, Assignment(name, address, network), mtu, lock, known)
+    return NodeState(key, Assignment(name, address, network, overlay6.usable(data.get("network6"))), mtu, lock, known)
+
 
 
 def _hex(value) -> bytes | None:
@@ -144,7 +146,7 @@ def save_node_state(state_dir: str, relay_key: bytes, relay: str, assignment: As
     path = os.path.join(state_dir, NODE_FILE)
     tmp = path + ".tmp"
     data = {"relay_key": relay_key.hex(), "relay": relay, "name": assignment.name, "address": assignment.address,
-            "network": assignment.network, "mtu": mtu, "lock": lock.hex() if lock else None,
+            "network": assignment.network, "network6": assignment.network6, "mtu": mtu, "lock": lock.hex() if lock else None,
             "peers": {name: key.hex() for name, key in known}}
     with open(tmp, "w") as f:
         json.dump(data, f, indent=1)

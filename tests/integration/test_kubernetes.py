@@ -105,10 +105,10 @@ def test_kubelet_accepts_the_overlay_address_and_the_apiserver_reaches_it(cluste
     edge = cluster.nodes["edge"]
     out = lab.nsexec(edge.ns, sys.executable, "-m", "tunneld", "kube-env", "--state-dir", edge.state_dir)
     env = dict(line.split("=", 1) for line in out.stdout.decode().splitlines() if line and not line.startswith("#"))
-    address = cluster.node_status("edge")["address"]
-    assert shlex.split(env["KUBELET_EXTRA_ARGS"]) == [f"--node-ip={address}"]
+    address, address6 = cluster.node_status("edge")["address"], cluster.node_status("edge")["address6"]
+    assert shlex.split(env["KUBELET_EXTRA_ARGS"]) == [f"--node-ip={address},{address6}"]  # dual-stack
     local = [a["local"] for link in ip_json(cluster, edge.ns, "addr") for a in link["addr_info"]]
-    assert node_ip_problem(address, local) is None
+    assert node_ip_problem(address, local) is None and node_ip_problem(address6, local) is None
     assert node_ip_problem(cluster.relay.address, local) is not None  # the check does refuse
     # The apiserver on the control-plane node calls kubelet on edge, which accepts no inbound.
     sent, received = transfer_between(lab, cluster.nodes["control-plane"].ns, edge.ns, address, 10250, 2_000_000)
@@ -122,8 +122,8 @@ def test_kube_env_reads_in_a_shell(cluster):
     script = (f"set -e; eval \"$({sys.executable} -m tunneld kube-env --state-dir {node.state_dir})\"; "
               'echo "$KUBELET_EXTRA_ARGS|$FLANNELD_ARGS|$FLANNEL_MTU|$FLANNEL_ANNOTATE_COMMAND"')
     out = cluster.lab.nsexec(node.ns, "bash", "-c", script).stdout.decode().strip()
-    address = cluster.node_status("worker")["address"]
-    assert out == (f"--node-ip={address}|--iface=tunneld0|1332|kubectl annotate node worker "
+    address, address6 = cluster.node_status("worker")["address"], cluster.node_status("worker")["address6"]
+    assert out == (f"--node-ip={address},{address6}|--iface=tunneld0|1332|kubectl annotate node worker "
                    f"flannel.alpha.coreos.com/public-ip-overwrite={address} --overwrite")
 
 

@@ -18,7 +18,7 @@ from tests.lab import Lab, wait_for
 from tunneld.net import express
 from tunneld.proto import aead
 from tests.integration.test_faults import in_background
-from tests.lab.overlay import Overlay, transfer
+from tests.lab.overlay import Overlay, transfer, transfer_between
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +112,18 @@ def test_four_streams_both_ways_30_mb_arrive_byte_exact(ov, a, b, kind):
         sent, received = result(150)
         assert sent == received and sent.startswith(str(size))
     assert path(ov, a, b) == kind
+
+
+def test_ipv6_streams_over_several_lanes_arrive_byte_exact(ov):
+    """IPv6 inside the overlay takes the workers' lanes as IPv4 does (engine/inner.py)."""
+    a, b = "three", "two"
+    six = {n: ov.node_status(n)["address6"] for n in (a, b)}
+    size = 16 << 20 >> 2
+    streams = [in_background(transfer_between, ov.lab, ov.nodes[src].ns, ov.nodes[dst].ns, six[dst], 7800 + i,
+                             size, 120) for i, (src, dst) in enumerate([(a, b), (b, a), (a, b), (b, a)])]
+    for result in streams:
+        sent, received = result(150)
+        assert sent == received and sent.startswith(str(size))
 
 
 PAIRS = [("three", "one"), ("one", "three"), ("two", "one"), ("tcp", "three"), ("three", "tcp"), ("tcp", "two")]

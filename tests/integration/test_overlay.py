@@ -49,7 +49,8 @@ def test_interface_address_and_routes(overlay):
         v4 = [a for a in link["addr_info"] if a["family"] == "inet"]
         assert [(a["local"], a["prefixlen"]) for a in v4] == [(st["address"], 32)]
         assert v4[0]["scope"] == "global"  # kubelet's --node-ip check wants a global address on a local link
-        assert not [a for a in link["addr_info"] if a["family"] == "inet6"]
+        # IPv6: the overlay address alone, no link-local (tests/integration/test_ipv6.py)
+        assert [a["local"] for a in link["addr_info"] if a["family"] == "inet6"] == [st["address6"]]
         # one route per peer, never the overlay's whole range (tests/integration/test_cloud.py)
         routes = sorted(r["dst"] for r in ip_json(overlay, node, "route", "show", "dev", "tunneld0"))
         assert routes == sorted(p["address"] for p in st["peers"])

@@ -14,15 +14,17 @@ import pytest
 from tests.lab import Lab, tunneld_command, wait_for
 from tests.lab.overlay import Overlay
 
-# Listens on TCP ports (answers each connection with "hi") and echoes UDP, on every address.
+# Listens on TCP ports (answers each connection with "hi") and echoes UDP, on every address,
+# IPv4 and IPv6.
 SERVE = r"""
 import selectors, socket, sys
 sel = selectors.DefaultSelector()
 for spec in sys.argv[1:]:
     proto, port = spec.split("/")
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", int(port)))
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(("::", int(port)))
     if proto == "tcp":
         s.listen(16)
     sel.register(s, selectors.EVENT_READ, proto)
@@ -44,7 +46,7 @@ try:
         s = socket.create_connection((host, port), timeout=1.5); s.settimeout(1.5)
         print("ok" if s.recv(2) == b"hi" else "blocked")
     else:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1.0)
+        s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1.0)
         for _ in range(2):
             s.sendto(b"ping", (host, port))
             try:
@@ -148,6 +150,24 @@ def test_what_the_policy_allows_passes_and_the_rest_is_denied_and_counted(ov):
                          ov.hosts["pa"].state_dir).stdout.decode()
     assert 'tunneld_policy_allowed_packets_total{rule="1"}' in text
     assert 'tunneld_drops_total{reason="policy_denied"}' in text
+
+
+def test_ipv6_is_admitted_by_the_same_rules(ov):
+    """A node name covers its IPv6 overlay address too, "icmp" covers ICMPv6, and a prefix only
+    its own family: rule 2's 100.64.0.0/10 admits no IPv6."""
+    a6 = ov.node_status("pa")["address6"]
+    assert attempt(ov, "pb", "tcp", a6, 8080) == "ok"  # rule 1, by group
+    ping6 = ["ping", "-6", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "2", a6]
+    assert ov.lab.nsexec(ov.nodes["pb"].ns, *ping6, check=False).returncode == 0
+    assert attempt(ov, "pb", "tcp", a6, 8081) == "blocked"
+    assert attempt(ov, "pc", "tcp", a6, 8080) == "blocked"
+    assert attempt(ov, "pc", "udp", a6, 5353) == "blocked"
+    assert ov.lab.nsexec(ov.nodes["pc"].ns, *ping6, check=False).returncode != 0
+    assert attempt(ov, "pa", "tcp", ov.node_status("pc")["address6"], 8081) == "ok"  # answers to what pa opened
+    denied = {(d["from"], d["source"], d["proto"], d["port"]) for d in policy_status(ov)["denied"]}
+    pb6, pc6 = ov.node_status("pb")["address6"], ov.node_status("pc")["address6"]
+    assert {("pb", pb6, "tcp", 8081), ("pc", pc6, "tcp", 8080), ("pc", pc6, "udp", 5353),
+            ("pc", pc6, "ipv6-icmp", None)} <= denied, denied
 
 
 def test_answers_to_what_the_node_opened_pass(ov):

@@ -64,3 +64,57 @@ def setup(lab: Lab, ov: Overlay, names: list[str]) -> dict[str, Pod]:
                     "self", "permanent")
             lab.run("ip", "-n", a.node_ns, "route", "add", b.subnet, "via", vtep, "dev", "flannel.1", "onlink")
     return pods
+
+
+def setup6(lab: Lab, ov: Overlay, names: list[str]) -> dict[str, Pod]:
+    """What flanneld's vxlan backend builds for IPv6 in a dual-stack cluster:
+
+      flannel-v6.1  VXLAN, VNI 1, local = the node's IPv6 overlay address, dev tunneld0,
+                    dstport 8472, nolearning, MTU = tunneld0's MTU - 70; the subnet's ::/128
+      for every other node: neighbour, FDB entry (-> its IPv6 overlay address) and onlink
+                    route to its pod subnet, as for IPv4
+      cni6          a bridge holding the subnet's ::1, and one pod namespace behind a veth at ::2
+    Pod subnets are 2001:db8:44:N::/64 (documentation range), N from 1 in node order."""
+    pods = {}
+    for n, name in enumerate(names, start=1):
+        st = ov.node_status(name)
+        ns = ov.nodes[name].ns
+        mtu = st["mtu"] - 70
+        subnet = f"2001:db8:44:{n}::"
+        lab.run("ip", "-n", ns, "link", "add", "flannel-v6.1", "type", "vxlan", "id", "1", "local", st["address6"],
+                "dev", "tunneld0", "dstport", "8472", "nolearning")
+        lab.run("ip", "-n", ns, "link", "set", "flannel-v6.1", "mtu", str(mtu), "up")
+        lab.run("ip", "-n", ns, "addr", "add", f"{subnet}/128", "dev", "flannel-v6.1", "nodad")
+        mac = json.loads(lab.run("ip", "-n", ns, "-j", "link", "show", "flannel-v6.1").stdout)[0]["address"]
+        lab.run("ip", "-n", ns, "link", "add", "cni6", "type", "bridge")
+        lab.run("ip", "-n", ns, "addr", "add", f"{subnet}1/64", "dev", "cni6", "nodad")
+        lab.run("ip", "-n", ns, "link", "set", "cni6", "mtu", str(mtu), "up")
+        lab.sysctl(ns, "net.ipv6.conf.all.forwarding", "1")
+        pod_ns = lab.add_namespace(f"{name}-pod6")
+        lab.veth(ns, f"vethsix{n}", pod_ns, "eth0", mtu)
+        lab.run("ip", "-n", ns, "link", "set", f"vethsix{n}", "master", "cni6")
+        lab.run("ip", "-n", pod_ns, "addr", "add", f"{subnet}2/64", "dev", "eth0", "nodad")
+        lab.run("ip", "-n", pod_ns, "-6", "route", "add", "default", "via", f"{subnet}1")
+        pods[name] = Pod(name, ns, pod_ns, f"{subnet}2", f"{subnet}/64", mtu, mac, st["address6"])
+    for a in pods.values():
+        for b in pods.values():
+            if a is b:
+                continue
+            vtep = b.subnet.removesuffix("/64")
+            lab.run("ip", "-n", a.node_ns, "neigh", "add", vtep, "lladdr", b.vtep_mac, "dev", "flannel-v6.1",
+                    "nud", "permanent")
+            lab.run("bridge", "-n", a.node_ns, "fdb", "replace", b.vtep_mac, "dev", "flannel-v6.1", "dst",
+                    b.overlay_ip, "self", "permanent")
+            lab.run("ip", "-n", a.node_ns, "-6", "route", "add", b.subnet, "via", vtep, "dev", "flannel-v6.1", "onlink")
+    return pods
+
+
+def teardown6(lab: Lab, ov: Overlay, names: list[str]) -> None:
+    """Undo setup6, or what of it was done, on nodes that stay (a shared topology)."""
+    for name in names:
+        for dev in ("flannel-v6.1", "cni6"):
+            lab.nsexec(ov.nodes[name].ns, "ip", "link", "del", dev, check=False)
+        pod_ns = f"{lab.tag}-{name}-pod6"
+        if pod_ns in lab.namespaces:
+            lab.run("ip", "netns", "del", pod_ns, check=False)
+            lab.namespaces.remove(pod_ns)

@@ -15,6 +15,9 @@ from . import Host, Lab, LabError, tunneld_command, wait_for
 RELAY_PORT = 7000
 
 
+NETWORK6 = "2001:db8:64::/64"  # the lab overlay's IPv6 prefix
+
+
 class Overlay:
     def __init__(self, lab: Lab, port: int = RELAY_PORT, relay_python: str | None = None,
                  relay_module: str | None = None, relay_env: dict | None = None):
@@ -35,8 +38,12 @@ class Overlay:
     def relay_endpoint(self) -> str:
         return f"{self.relay.address}:{self.port}"
 
-    def start_relay(self, *extra: str, timeout: float = 20, wrap: tuple[str, ...] = ()) -> subprocess.Popen:
+    def start_relay(self, *extra: str, timeout: float = 20, wrap: tuple[str, ...] = (),
+                    network6: str | None = NETWORK6) -> subprocess.Popen:
+        """network6: the overlay's IPv6 prefix (None: the relay's own choice, a random ULA)."""
         args = ("serve", "--listen", self.relay_endpoint, "--state-dir", self.relay.state_dir, *extra)
+        if network6 and not (self.relay_python or self.relay_module):  # older releases know no IPv6
+            args += ("--network6", network6)
         if self.relay_module:
             self.relay_proc = self.lab.spawn(self.relay.ns, sys.executable, "-m", self.relay_module, *args,
                                              log=os.path.join(self.lab.tmp, "relay.log"),
@@ -169,7 +176,7 @@ def standard(lab: Lab) -> Overlay:
 # A sink that reports what it received: length and SHA-256 of the whole stream.
 SINK = r"""
 import hashlib, socket, sys
-srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 srv.bind((sys.argv[1], int(sys.argv[2]))); srv.listen(1); srv.settimeout(float(sys.argv[3]))
 print("listening", flush=True)
 conn, _ = srv.accept(); conn.settimeout(float(sys.argv[3]))

@@ -91,7 +91,11 @@ def test_join_request_and_replies():
         messages.decode_join_request(messages.encode({**req, "routes": [1]}))
     ok = {"ok": True, "name": "a", "address": "100.64.0.1", "network": "100.64.0.0/10", "endpoint": "x:1",
           "mtu": 1382, "relay_mtu": 1500}
-    assert messages.decode_join_reply(messages.encode(ok)) == {**ok, "hello": LEGACY}
+    assert messages.decode_join_reply(messages.encode(ok)) == {**ok, "hello": LEGACY, "network6": None}
+    v6 = {**ok, "network6": "fd3a:5e1c:92f0::/64"}  # 0.6 on; a node takes what it can use (overlay6.usable)
+    assert messages.decode_join_reply(messages.encode(v6))["network6"] == "fd3a:5e1c:92f0::/64"
+    with pytest.raises(ProtocolError):
+        messages.decode_join_reply(messages.encode({**ok, "network6": 64}))
     no = {"ok": False, "code": "bad_token", "error": "no", "retry": False, **OURS.wire()}
     assert messages.decode_join_reply(messages.encode(no)) == {**no, "hello": OURS}
     with pytest.raises(ProtocolError):

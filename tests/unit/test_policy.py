@@ -22,7 +22,9 @@ to = ["198.18.1.7"]
 from = ["later"]
 """
 
-PEERS = {"a": ("100.64.0.2/32",), "w1": ("100.64.0.3/32", "198.18.2.0/24"), "w2": ("100.64.0.4/32",)}
+PEERS = {"a": ("100.64.0.2/32", "2001:db8:64::6440:2/128"),  # a name: both overlay addresses (admission.py)
+         "w1": ("100.64.0.3/32", "2001:db8:64::6440:3/128", "198.18.2.0/24"),
+         "w2": ("100.64.0.4/32", "2001:db8:64::6440:4/128")}
 
 
 def test_the_documented_form_parses():
@@ -52,7 +54,7 @@ def test_an_empty_policy_denies_everything_not_answered():
     ("[groups]\n'X Y' = ['a']\n", "lower-case DNS name"),
     ("[[allow]]\nfrom = ['a b']\n", "neither a node name"),
     ("[[allow]]\nfrom = ['100.64.0.0/33']\n", "not an address or prefix"),
-    ("[[allow]]\nfrom = ['2001:db8::/32']\n", "the overlay carries IPv4"),
+    ("[[allow]]\nfrom = ['2001:db8::/129']\n", "not an address or prefix"),
     ("[[allow]]\nfrom = ['a']\nports = []\n", "ports is empty"),
     ("[[allow]]\nfrom = ['a']\nports = ['sctp/9']\n", "'sctp/9'"),
     ("[[allow]]\nfrom = ['a']\nports = ['tcp/0']\n", "1-65535"),
@@ -76,14 +78,23 @@ def test_the_table_admits_flows_then_the_rules_then_counts_and_drops():
     admit = lines[lines.index("chain admit {") + 1:]
     assert admit[0] == "ct state established,related accept"
     src = "ip saddr { 100.64.0.2/31, 100.64.0.4/32, 100.64.9.0/24, 198.18.2.0/24, 198.18.4.0/24 }"
-    assert admit[1:5] == [
+    src6 = "ip6 saddr { 2001:db8:64::6440:2/127, 2001:db8:64::6440:4/128 }"  # IPv6: the names' addresses alone
+    assert admit[1:8] == [
         f'{src} meta l4proto icmp counter accept comment "rule 1"',
         f'{src} tcp dport {{ 10250, 30000-32767 }} counter accept comment "rule 1"',
         f'{src} udp dport {{ 8472 }} counter accept comment "rule 1"',
-        'ip daddr { 198.18.1.7/32 } meta l4proto tcp counter accept comment "rule 2"',
+        f'{src6} meta l4proto ipv6-icmp counter accept comment "rule 1"',
+        f'{src6} tcp dport {{ 10250, 30000-32767 }} counter accept comment "rule 1"',
+        f'{src6} udp dport {{ 8472 }} counter accept comment "rule 1"',
+        'ip daddr { 198.18.1.7/32 } meta l4proto tcp counter accept comment "rule 2"',  # to: IPv4 only
     ]
     assert 'comment "rule 3"' not in text  # "later" is not a peer yet: it admits nothing
-    assert admit[7] == 'counter drop comment "denied"'
+    assert admit[8:13] == [
+        "meta l4proto { tcp, udp } update @denied { ip saddr . meta l4proto . th dport }",
+        "meta l4proto != { tcp, udp } update @denied { ip saddr . meta l4proto . 0 }",
+        "meta l4proto { tcp, udp } update @denied6 { ip6 saddr . meta l4proto . th dport }",
+        "meta l4proto != { tcp, udp } update @denied6 { ip6 saddr . meta l4proto . 0 }",
+        'counter drop comment "denied"']
     assert text.count('iifname "tunneld0" jump admit') == 2  # to the node, and forwarded into its prefixes
 
 
@@ -113,6 +124,9 @@ LISTING = {"nftables": [
         {"elem": {"val": {"concat": ["100.64.0.4", "icmp", 0]}, "counter": {"packets": 1}}},
         {"elem": {"val": {"concat": ["100.64.7.7", "udp", 53]}, "counter": {"packets": 4}}},
     ]}},
+    {"set": {"name": "denied6", "elem": [
+        {"elem": {"val": {"concat": ["2001:db8:64::6440:3", "tcp", 8081]}, "counter": {"packets": 2}}},
+    ]}},
 ]}
 
 
@@ -125,7 +139,7 @@ def test_status_counts_by_rule_and_names_the_denied_by_peer_and_port():
     assert status["rules"][1]["to"] == ["198.18.1.7/32"] and "to" not in status["rules"][0]
     assert (status["denied_packets"], status["denied_bytes"]) == (10, 901)
     assert [(d["from"], d["proto"], d["port"], d["packets"]) for d in status["denied"]] == [
-        ("", "udp", 53, 4), ("w1", "tcp", 22, 4), ("w2", "icmp", None, 1)]
+        ("", "udp", 53, 4), ("w1", "tcp", 22, 4), ("w1", "tcp", 8081, 2), ("w2", "icmp", None, 1)]
 
 
 def test_the_longest_prefix_names_the_owner():

@@ -1,5 +1,4 @@
-"""The IPv6 overlay: a network's prefix, and each node's address in it. Pure. (First piece
-of IPv6, issue 17: nothing uses it yet.)
+"""The IPv6 overlay: a network's prefix, and each node's address in it. Pure.
 
 A network's IPv6 prefix is given (serve --network6 CIDR) or chosen once when the network
 is made: a unique local /64 (RFC 4193: fd, a 40-bit random global ID, subnet 0), kept
@@ -17,6 +16,7 @@ finds a packet's peer from either address with one lookup (address4_of).
   parse_prefix(text)            --network6: a CIDR with room for 32 bits, checked
   address6(prefix, v4)          a node's IPv6 address
   address4_of(prefix, v6)       the IPv4 address an IPv6 overlay address carries, or None
+  usable(value)                 a prefix a relay sent or node.json kept, as text, or None
 """
 
 from __future__ import annotations
@@ -61,3 +61,12 @@ def address4_of(prefix: ipaddress.IPv6Network, v6: bytes | str | ipaddress.IPv6A
         return None
     offset = int.from_bytes(raw, "big") - int(prefix.network_address)  # in the prefix: 0 .. 2^32 - 1
     return offset.to_bytes(4, "big") if 0 <= offset < 2 ** 32 else None
+
+
+def usable(value) -> str | None:
+    """value as a prefix a node can take (what a relay said, what node.json kept), or None:
+    a network without IPv6, or a prefix this node will not put on tunneld0."""
+    try:
+        return str(parse_prefix(value)) if isinstance(value, str) else None
+    except ConfigError:
+        return None

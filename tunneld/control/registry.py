@@ -98,10 +98,13 @@ def allocate_from(network: ipaddress.IPv4Network, taken: set[int], start: int = 
 
 class Registry:
     def __init__(self, network: ipaddress.IPv4Network, snapshot: Snapshot | None = None, *,
-                 auto_approve: Iterable[str] = (), lock: bytes | None = None):
-        """lock: the network lock's public key (proto/lock.py): only endorsed keys join."""
+                 auto_approve: Iterable[str] = (), lock: bytes | None = None,
+                 network6: ipaddress.IPv6Network | None = None):
+        """lock: the network lock's public key (proto/lock.py): only endorsed keys join.
+        network6: the IPv6 overlay prefix (control/overlay6.py), told to joining nodes."""
         snapshot = snapshot or Snapshot()
         self.network = network
+        self.network6 = network6
         self.meta = dict(snapshot.meta)  # as the store held it at start
         self.approvals = Approvals(snapshot.routes, auto_approve)
         self.lock = ChainCache(lock) if lock else None

@@ -55,11 +55,15 @@ def l4(packet, ip: int, l4_start: int, end: int, proto: int) -> int:
     return finish(fold(s))
 
 
+def pseudo_sum6(packet, proto: int, length: int) -> int:
+    """Folded sum of an IPv6 packet's pseudo-header (RFC 8200: the 16-byte source and
+    destination, the upper-layer length and the next header), as pseudo_sum for IPv4."""
+    return fold(sum16(packet[8:40]) + (length >> 16) + (length & 0xFFFF) + proto)
+
+
 def l4_v6(packet, l4_start: int, end: int, proto: int) -> int:
-    """The same inside an IPv6 packet (at offset 0): RFC 8200's pseudo-header of the 16-byte
-    source and destination, the upper-layer length and the next header."""
-    s = sum16(packet[8:40]) + ((end - l4_start) >> 16) + ((end - l4_start) & 0xFFFF) + proto
-    return finish(fold(fold(s) + sum16(packet[l4_start:end])))
+    """The same as l4, inside an IPv6 packet (at offset 0)."""
+    return finish(fold(pseudo_sum6(packet, proto, end - l4_start) + sum16(packet[l4_start:end])))
 
 
 def pack(value: int) -> bytes:

@@ -24,6 +24,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
+from ..control.overlay6 import address6
+
 
 @dataclass(frozen=True)
 class Env:
@@ -51,6 +53,7 @@ class Transmit(Protocol):
 class SetAddress:
     interface: ipaddress.IPv4Interface
     mtu: int
+    interface6: ipaddress.IPv6Interface | None = None  # the IPv6 overlay address, where the network has one
 
 
 @dataclass(frozen=True)
@@ -75,10 +78,19 @@ class Assignment:
     name: str
     address: str
     network: str
+    network6: str | None = None  # the IPv6 prefix (0.6 on; None from older relays)
 
     @property
     def interface_address(self) -> ipaddress.IPv4Interface:
         return ipaddress.IPv4Interface(f"{self.address}/{ipaddress.IPv4Network(self.network).prefixlen}")
+
+    @property
+    def address6(self) -> ipaddress.IPv6Interface | None:
+        """The node's IPv6 overlay address, with the network's prefix length; or None."""
+        if not self.network6:
+            return None
+        net = ipaddress.IPv6Network(self.network6)
+        return ipaddress.IPv6Interface((address6(net, self.address), net.prefixlen))
 
 
 @dataclass(frozen=True)

@@ -149,6 +149,8 @@ class Joins:
             r.directory.set(m.entry())
         reply = {"ok": True, "name": m.name, "address": m.address, "network": str(r.registry.network),
                  "endpoint": endpoint.format(ep), "mtu": r.directory.mtu, "relay_mtu": r.relay_mtu, **OURS.wire()}
+        if r.registry.network6 is not None:  # 0.6 on; older nodes take no notice of it
+            reply["network6"] = str(r.registry.network6)
         resp, s = incoming.accept(index, messages.encode(reply), now, ephemeral)
         m.keys.offer(s)
         m.resp_ep = ep

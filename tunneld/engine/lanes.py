@@ -43,9 +43,9 @@ from ..drops import Drop
 from ..proto import wire
 from ..proto.endpoint import RELAY
 from ..proto.session import Session
-from .mss import clamp
+from . import inner
 from .offload import unpartial
-from .routes import OutsideOverlay, longest, within
+from .routes import OutsideOverlay, longest
 
 RETIRED = 65536  # sessions a lane remembers having dropped (never to be taken again)
 HEARD_EVERY = 1.0  # seconds between telling the engine of data from a path it does not send on
@@ -84,7 +84,7 @@ def export(node, relay_udp: bool) -> dict:
                     sessions.append([s.local_index, p.addr, s.suite, *s.keys, s.remote_index, s.confirmed,
                                      s.initiator, s.created])
     return {"relay_udp": relay_udp, "overlay": list(node.outside.overlay) if node.outside.overlay else None,
-            "peers": peers, "sessions": sessions,
+            "peers": peers, "sessions": sessions, "prefix6": node.prefix6,
             "routes": [[net, mask, peer.addr] for net, mask, peer in node.routes.table]}
 
 
@@ -107,6 +107,7 @@ class Lane:
         self.peers: dict[bytes, LanePeer] = {}
         self.sessions: dict[bytes, tuple[Session, LanePeer]] = {}
         self.routes: list = []
+        self.prefix6: bytes | None = None  # the IPv6 overlay prefix's first 12 bytes (inner.py)
         self.relay_udp = False
         self.count = 1  # lanes in all, the engine's included: lane L is ours if L % count == lane
         self.outside = OutsideOverlay()
@@ -121,6 +122,7 @@ class Lane:
     def apply(self, table: dict) -> None:
         self.relay_udp = table["relay_udp"]
         self.count = table.get("lanes", 1)
+        self.prefix6 = table.get("prefix6")
         if table["overlay"]:
             self.outside.overlay = tuple(table["overlay"])
             self.outside.known.clear()
@@ -191,16 +193,19 @@ class Lane:
         """The packets of one read from tunneld0: a lone one, or one super-packet's segments,
         which share their headers' addresses: routed once, each clamped and sealed."""
         body, meta = unpartial(packets[0])
-        if len(body) < 20 or body[0] >> 4 != 4:
+        v6 = body[0] >> 4 == 6 if body else False
+        if v6:
+            peer = self.peers.get(inner.destination6(body, self.prefix6))
+        elif len(body) < 20 or body[0] >> 4 != 4:
             self.drops[Drop.TUN_NOT_IPV4] += len(packets)
             return
-        dst = body[16:20]
-        peer = self.peers.get(dst)
+        else:
+            peer = self.peers.get(body[16:20])
+            if peer is None and self.routes:
+                peer = longest(self.routes, body[16:20])
         if peer is None:
-            peer = longest(self.routes, dst) if self.routes else None
-            if peer is None:
-                self.drops[Drop.TUN_NO_PEER] += len(packets)
-                return
+            self.drops[Drop.TUN_NO_PEER] += len(packets)
+            return
         s = peer.session
         ep = peer.ep
         if s is None or (ep is RELAY and not self.relay_udp):
@@ -213,9 +218,7 @@ class Lane:
         for i, packet in enumerate(packets):
             if i:  # the first is unpartial'd above
                 body, meta = unpartial(packet)
-            proto = body[9]
-            if proto == 6 or proto == 17:
-                body = clamp(body, mss, vxlan_mss)
+            body = inner.clamped(body, v6, mss, vxlan_mss)
             sealed = seal(body, prefix, meta)
             if sealed is None:  # our lane's counters ran out: the engine's rekey is near
                 self.handed += 1
@@ -282,9 +285,9 @@ class Lane:
             self.out.event(s.local_index, b"", RELAY)
         if not plaintext:
             return  # keepalive: the report carries last_rx
-        if plaintext[0] >> 4 == 4:
-            if len(plaintext) >= 20 and (plaintext[12:16] == peer.addr or
-                                         (peer.sources and within(plaintext[12:16], peer.sources))):
+        version = plaintext[0] >> 4
+        if version == 4 or version == 6:
+            if inner.from_peer(plaintext, peer.addr, peer.sources, self.prefix6):
                 peer.rx_bytes += len(plaintext)
                 peer.rx_packets += 1
                 if msg[1]:  # a deeper checksum, left for our kernel (wire.py)

@@ -41,20 +41,21 @@ from collections import Counter
 from dataclasses import dataclass, replace
 
 from ..control.backoff import Backoff
+from ..control import overlay6
 from ..control.directory import DirectoryMirror
 from ..control.registry import REVOKED_MESSAGE
 from ..drops import Drop
 from ..proto import endpoint, wire
 from ..proto.endpoint import RELAY
 from ..proto.handshake import Identity, Timestamper
+from . import inner
 from .effects import Assignment, Env, SaveState, SetAddress, SetGateway, Stop, Transmit
-from .mss import clamp
 from .offload import unpartial
 from .peers import Peer, PeerHandshakes
 from .probes import Probes
 from .publish_node import NodePublishing
 from .relaylink import CONTROL, DIRECTORY, JOINED, REFUSED, REVOKED, JoinRequest, RelayLink
-from .routes import Mtu, OutsideOverlay, Routes, overlay_conflict, within
+from .routes import Mtu, OutsideOverlay, Routes, overlay_conflict
 from .trust import Trust
 from .sessions import IndexTable
 
@@ -90,6 +91,7 @@ class Node:
         self.out = out
         self.env = env
         self.assignment = config.assignment
+        self.prefix6: bytes | None = None  # the IPv6 overlay prefix's first 12 bytes (inner.py)
         self.effects: list = []
         self.drops: Counter = Counter()
         self.counts: Counter = Counter()
@@ -121,24 +123,25 @@ class Node:
 
     def from_tun_train(self, packets, now: float) -> None:
         packet, meta = unpartial(packets[0])  # a checksum left to the receiver's kernel, and its place
-        if len(packet) < 20 or packet[0] >> 4 != 4:
+        v6 = packet[0] >> 4 == 6 if packet else False
+        if v6:  # to a node's IPv6 overlay address: its peer by the IPv4 address inside (inner.py)
+            peer = self.peers.get(inner.destination6(packet, self.prefix6))
+        elif len(packet) < 20 or packet[0] >> 4 != 4:
             self.drops[Drop.TUN_NOT_IPV4] += len(packets)
             return
-        dst = packet[16:20]
-        peer = self.peers.get(dst)
+        else:
+            peer = self.peers.get(packet[16:20])
+            if peer is None and self.routes.table:
+                peer = self.routes.lookup(packet[16:20])
         if peer is None:
-            peer = self.routes.lookup(dst) if self.routes.table else None
-            if peer is None:
-                self.drops[Drop.TUN_NO_PEER] += len(packets)
-                return
+            self.drops[Drop.TUN_NO_PEER] += len(packets)
+            return
         s, mss, vxlan_mss = peer.keys.current, peer.mss, peer.vxlan_mss
         sent = count = 0
         for i, raw in enumerate(packets):
             if i:  # the first is unpartial'd above
                 packet, meta = unpartial(raw)
-            proto = packet[9]
-            if proto == 6 or proto == 17:
-                packet = clamp(packet, mss, vxlan_mss)
+            packet = inner.clamped(packet, v6, mss, vxlan_mss)
             if s is None:
                 self.handshakes.queue(peer, packet, now)
                 continue
@@ -235,9 +238,8 @@ class Node:
         if not plaintext:
             return  # keepalive
         first = plaintext[0]
-        if first >> 4 == 4:
-            if len(plaintext) >= 20 and (plaintext[12:16] == peer.addr or
-                                         (peer.sources and within(plaintext[12:16], peer.sources))):
+        if first >> 4 == 4 or first >> 4 == 6:
+            if inner.from_peer(plaintext, peer.addr, peer.sources, self.prefix6):
                 peer.rx_bytes, peer.rx_packets = peer.rx_bytes + len(plaintext), peer.rx_packets + 1
                 if msg[1]:  # a deeper checksum, left for our kernel (wire.py, offload.py)
                     plaintext = bytes((wire.PARTIAL, 0, msg[1], 0, msg[2])) + plaintext
@@ -277,21 +279,23 @@ class Node:
     def _joined(self, reply: dict) -> None:
         self.mtu.relay = reply["relay_mtu"]
         mtu_changed = self._adopt_mtu(reply["mtu"])
-        assignment = Assignment(reply["name"], reply["address"], reply["network"])
+        assignment = Assignment(reply["name"], reply["address"], reply["network"], overlay6.usable(reply["network6"]))
         if assignment != self.assignment:
             self._assigned(assignment)  # saves the new MTU with it
         elif mtu_changed:
             self._save()
 
     def _assigned(self, assignment: Assignment) -> None:
-        net = ipaddress.IPv4Network(assignment.network)
+        net, net6 = ipaddress.IPv4Network(assignment.network), assignment.network6
         conflict = overlay_conflict(net, self.config.protected[:1], self.config.host_claims)  # [:1]: the relay's
+        if conflict is None and net6:
+            conflict = overlay_conflict(ipaddress.IPv6Network(net6), (), self.config.host_claims)
         if conflict is not None:
             self._stop(EXIT_MISCONFIGURED, *conflict)
             return
-        self.assignment = assignment
+        self.assignment, self.prefix6 = assignment, inner.prefix_of(net6)
         self.outside.set(net)
-        self.effects.append(SetAddress(assignment.interface_address, self.mtu.interface))
+        self.effects.append(SetAddress(assignment.interface_address, self.mtu.interface, assignment.address6))
         self.routes.install(self.peers.values(), again=True)  # a run before may have left others
         self.effects.append(SetGateway(assignment.network, self.config.routes))
         self._save()
@@ -382,10 +386,10 @@ class Node:
     def status(self) -> dict:
         a = self.assignment
         label = self.relay.endpoint or self.config.relay_label
-        return {"role": "node", "name": a.name if a else self.config.name,
-                "address": a.address if a else None, "network": a.network if a else None,
-                "mtu": self.mtu.interface, "network_mtu": self.mtu.network or None,
+        return {"role": "node", "name": a.name if a else self.config.name, "address": a.address if a else None,
+                "address6": str(a.address6.ip) if a and a.network6 else None, "network": a.network if a else None,
+                "network6": a.network6 if a else None, "mtu": self.mtu.interface, "network_mtu": self.mtu.network or None,
                 "advertised_routes": list(self.config.routes), "accepted_routes": list(self.routes.accepted),
                 "public_key": self.identity.public.hex(), "relay": self.relay.status(label),
-                "peers": [p.row(label) for p in sorted(self.peers.values(), key=lambda p: p.name)],
+                "peers": [p.row(label, a and a.network6) for p in sorted(self.peers.values(), key=lambda p: p.name)],
                 **self.trust.status(), "counters": dict(self.counts), "drops": dict(self.drops)}

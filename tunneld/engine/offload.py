@@ -37,7 +37,7 @@ import struct
 
 from ..drops import Drop
 from ..proto.wire import PARTIAL, PARTIAL_HEADER_LEN
-from .checksum import finish, ip_header, pseudo_sum, sum16
+from .checksum import finish, ip_header, pseudo_sum, pseudo_sum6, sum16
 from .segment import cut
 from . import tunnel_merge
 from .gro import ACK, PSH, Flow
@@ -180,6 +180,8 @@ def single(packet: bytes) -> list:
     if packet[0] == PARTIAL:
         _, start, offset = _PARTIAL.unpack_from(packet)
         return [_VNET.pack(NEEDS_CSUM, GSO_NONE, 0, 0, start, offset), memoryview(packet)[PARTIAL_HEADER_LEN:]]
+    if packet[0] >> 4 == 6:
+        return _single6(packet)
     ihl = (packet[0] & 0x0F) * 4
     proto = packet[9]
     if packet[6] & 0x3F or packet[7] or ihl < 20:  # a fragment: its checksum spans others
@@ -197,6 +199,18 @@ def single(packet: bytes) -> list:
     mv = memoryview(packet)
     field = _H.pack(pseudo_sum(packet, proto, len(packet) - ihl))
     return [_VNET.pack(NEEDS_CSUM, GSO_NONE, 0, 0, ihl, at - ihl), mv[:at], field, mv[at + 2:]]
+
+
+def _single6(packet: bytes) -> list:
+    """An IPv6 packet: TCP, and UDP, right after the fixed header, as NEEDS_CSUM (IPv6 UDP
+    always carries a checksum); anything else (extension headers, ICMPv6) as it is."""
+    proto = packet[6]
+    at = 56 if proto == 6 else 46 if proto == 17 else 0
+    if not at or len(packet) < at + 2:
+        return [PLAIN_HDR, packet]
+    mv = memoryview(packet)
+    field = _H.pack(pseudo_sum6(packet, proto, len(packet) - 40))
+    return [_VNET.pack(NEEDS_CSUM, GSO_NONE, 0, 0, 40, at - 40), mv[:at], field, mv[at + 2:]]
 
 
 def _merge(flow: Flow) -> list:

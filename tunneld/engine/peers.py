@@ -33,6 +33,7 @@ from collections import deque
 
 from ..logs import event
 from ..control.directory import Entry
+from ..control.overlay6 import address6
 from ..control.paths import PathState
 from ..control.ratelimit import HandshakeGuard
 from ..drops import Drop
@@ -105,10 +106,12 @@ class Peer:
         self.sources: tuple = ()  # (network, mask) pairs it may send from besides its address
         self.update(entry, now)
 
-    def row(self, relay_label: str) -> dict:
-        """This peer as `tunneld status` shows it."""
+    def row(self, relay_label: str, network6: str | None = None) -> dict:
+        """This peer as `tunneld status` shows it; its IPv6 address where both of us carry IPv6."""
         relayed = self.tx_ep is RELAY
+        v6 = network6 and self.hello.has("ipv6")
         return {"name": self.name, "address": self.address, "online": self.online,
+                "address6": str(address6(ipaddress.IPv6Network(network6), self.address)) if v6 else None,
                 "path": "relay" if relayed else "direct",
                 "endpoint": relay_label if relayed else endpoint.format(self.tx_ep),
                 "mtu": (self.path_mtu if relayed else self.direct_mtu) or None,

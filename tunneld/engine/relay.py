@@ -389,6 +389,7 @@ class Relay(OperatorCommands):
                 "home": (self.listen if m is not None and m.online else c.home_of(e.addr)) if c else None,
             })
         return {"role": "relay", "listen": self.listen, "network": str(self.registry.network),
+                "network6": str(self.registry.network6) if self.registry.network6 else None,
                 "mtu": self.directory.mtu, "relay_mtu": self.relay_mtu, "protocol": str(OURS),
                 "public_key": self.identity.public.hex(), "nodes": nodes,
                 "sessions": len(self.table),

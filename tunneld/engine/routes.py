@@ -99,7 +99,7 @@ class Routes:
         self.accepted = sorted({prefix_text(net, mask) for net, mask, _ in self.table})
 
 
-def overlay_conflict(net: ipaddress.IPv4Network, relays, host_claims) -> tuple[str, str] | None:
+def overlay_conflict(net, relays, host_claims) -> tuple[str, str] | None:
     """Why this host cannot take an address in the overlay network net: (code, message), or
     None. The relay's address inside it, or a network of the host's (address, route,
     resolver: host_claims, (what, prefix) pairs) overlapping it, short of the ranges the
@@ -109,10 +109,16 @@ def overlay_conflict(net: ipaddress.IPv4Network, relays, host_claims) -> tuple[s
             return "relay_in_overlay", (f"the relay's address {a} lies inside the overlay network {net}; "
                                         "give the relay an address outside it")
     for what, prefix in host_claims:
-        claim = ipaddress.IPv4Network(prefix)
-        if claim.overlaps(net) and not any(claim.subnet_of(r) for r in RESERVED):
+        try:
+            claim = ipaddress.ip_network(prefix)
+        except ValueError:  # a resolver with a scope (fe80::1%eth0): link-local, never an overlay's
+            continue
+        if claim.version != net.version:
+            continue
+        if claim.overlaps(net) and not any(claim.version == 4 and claim.subnet_of(r) for r in RESERVED):
+            option = "--network6" if net.version == 6 else "--network"
             return "overlay_overlaps_host", (f"the overlay network {net} overlaps {what} on this host; run the relay "
-                                             "with another --network, clear of this host's addresses, routes and "
+                                             f"with another {option}, clear of this host's addresses, routes and "
                                              "resolvers")
     return None
 

@@ -43,6 +43,7 @@ def st_w(dst, off, imm):    return insn(0x62, dst, off=off, imm=imm)        # *(
 def fetch_add_w(dst, off, src): return insn(0xC3, dst, src, off, 0x01)     # src = atomic add, the old value
 def jeq_imm(dst, imm, off): return insn(0x15, dst, off=off, imm=imm)        # if dst == imm: skip off
 def jne_imm(dst, imm, off): return insn(0x55, dst, off=off, imm=imm)
+def ja(off):                return insn(0x05, off=off)                      # skip off
 def call(helper):           return insn(0x85, imm=helper)
 def exit_():                return insn(0x95)
 

@@ -30,6 +30,8 @@ from ..errors import HostError
 
 RTPROT_TUNNELD = 199  # marks the routes tunneld installs, so that it only ever removes its own
 TXQUEUELEN = 1000
+IPV6_MIN_MTU = 1280  # below it the kernel takes IPv6 off a link
+IFA_F_NODAD = 0x02
 
 
 @dataclass(frozen=True)
@@ -69,8 +71,11 @@ class Links:
     def addresses(self, ifname: str) -> list[ipaddress.IPv4Interface]:
         return self._call(self._addresses, ifname)
 
-    def configure(self, ifname: str, interface: ipaddress.IPv4Interface, mtu: int) -> None:
-        self._call(self._configure, ifname, interface, mtu)
+    def configure(self, ifname: str, interface: ipaddress.IPv4Interface, mtu: int,
+                  interface6: ipaddress.IPv6Interface | None = None) -> bool:
+        """tunneld0 up with these addresses and MTU; False if it has no IPv6 (none given, or an
+        MTU below IPv6's 1280)."""
+        return self._call(self._configure, ifname, interface, mtu, interface6)
 
     def route_to(self, address: str) -> Route:
         return self._call(self._route_to, address)
@@ -97,7 +102,7 @@ class Links:
 
     def claims(self, exclude: str) -> list[tuple[str, str]]:
         """What the host already has, outside exclude (tunneld0): (what it is, prefix) for
-        every IPv4 address and every route; an overlay network must stay clear of them."""
+        every address and every route, IPv4 and IPv6; an overlay network must stay clear of them."""
         return self._call(self._claims, exclude)
 
     def connected_networks(self, exclude: str) -> list[str]:
@@ -125,7 +130,8 @@ class Links:
             out.append(ipaddress.IPv4Interface(f"{_attr(msg, 'IFA_ADDRESS')}/{msg['prefixlen']}"))
         return out
 
-    def _configure(self, ifname: str, interface: ipaddress.IPv4Interface, mtu: int) -> None:
+    def _configure(self, ifname: str, interface: ipaddress.IPv4Interface, mtu: int,
+                   interface6: ipaddress.IPv6Interface | None) -> bool:
         idx = self._index(ifname)
         try:
             if self._link_mtu(ifname) != mtu:
@@ -142,10 +148,26 @@ class Links:
                     self._ipr.addr("del", index=idx, address=str(present.ip), prefixlen=present.network.prefixlen)
             if own not in self._addresses(ifname):
                 self._ipr.addr("add", index=idx, address=str(own.ip), prefixlen=32)
-            _disable_ipv6(ifname)  # before the link comes up, or the kernel sends a router solicitation
+            v6 = interface6 is not None and mtu >= IPV6_MIN_MTU
+            _ipv6_sysctls(ifname, v6)  # before the link comes up, or the kernel sends a router solicitation
             self._ipr.link("set", index=idx, state="up")
+            if v6:
+                self._address6(idx, ifname, interface6)
         except NetlinkError as exc:
             raise HostError(f"cannot configure {ifname}: {os.strerror(exc.code)}") from None
+        return v6
+
+    def _address6(self, idx: int, ifname: str, interface6: ipaddress.IPv6Interface) -> None:
+        """The IPv6 overlay address with its prefix (the prefix's route goes through tunneld0:
+        a random unique local /64 clashes with nothing), and no other global one."""
+        have = [(_attr(m, "IFA_ADDRESS"), m["prefixlen"]) for m in self._ipr.get_addr(index=idx, family=socket.AF_INET6)]
+        for address, length in have:
+            if (address, length) != (str(interface6.ip), interface6.network.prefixlen):
+                self._ipr.addr("del", index=idx, address=address, prefixlen=length)
+        if (str(interface6.ip), interface6.network.prefixlen) not in have:
+            # nodad: the address is ours alone (bound to our key), and usable at once
+            self._ipr.addr("add", index=idx, address=str(interface6.ip), prefixlen=interface6.network.prefixlen,
+                           flags=IFA_F_NODAD)
 
     def _route_to(self, address: str) -> Route:
         try:
@@ -233,11 +255,16 @@ class Links:
     def _claims(self, exclude: str) -> list[tuple[str, str]]:
         out = [(f"the address {a.ip} on {name}", f"{a.ip}/32") for name, a in self._addresses_but(exclude)]
         names = self._names()
-        for msg in self._ipr.get_routes(family=socket.AF_INET, table=254):
-            name = names.get(_attr(msg, "RTA_OIF"))
-            if msg["dst_len"] and name != exclude and msg["proto"] != RTPROT_TUNNELD:
-                prefix = f"{_attr(msg, 'RTA_DST')}/{msg['dst_len']}"
-                out.append((f"the route {prefix} via {name}", prefix))
+        for msg in self._ipr.get_addr(family=socket.AF_INET6):
+            if names.get(msg["index"]) != exclude:
+                address = _attr(msg, "IFA_ADDRESS")
+                out.append((f"the address {address} on {names.get(msg['index'])}", f"{address}/128"))
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for msg in self._ipr.get_routes(family=family, table=254):
+                name = names.get(_attr(msg, "RTA_OIF"))
+                if msg["dst_len"] and name != exclude and msg["proto"] != RTPROT_TUNNELD:
+                    prefix = f"{_attr(msg, 'RTA_DST')}/{msg['dst_len']}"
+                    out.append((f"the route {prefix} via {name}", prefix))
         return out
 
     def _delete(self, ifname: str) -> None:
@@ -247,11 +274,16 @@ class Links:
             raise HostError(f"cannot delete {ifname}: {os.strerror(exc.code)}") from None
 
 
-def _disable_ipv6(ifname: str) -> None:
-    # The overlay is IPv4; IPv6 on it would only emit router solicitations we drop.
-    path = f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"
-    try:
-        with open(path, "w") as f:
-            f.write("1")
-    except OSError:
-        pass
+def _ipv6_sysctls(ifname: str, enable: bool) -> None:
+    """IPv6 on tunneld0 only with an overlay address, and then without what a LAN needs
+    (a link-local address, router solicitations, autoconfiguration): nothing but the
+    overlay's own packets leave by it."""
+    base = f"/proc/sys/net/ipv6/conf/{ifname}/"
+    settings = ([("addr_gen_mode", "1"), ("accept_ra", "0"), ("autoconf", "0"), ("router_solicitations", "0"),
+                 ("disable_ipv6", "0")] if enable else [("disable_ipv6", "1")])
+    for name, value in settings:
+        try:
+            with open(base + name, "w") as f:
+                f.write(value)
+        except OSError:
+            pass

@@ -10,9 +10,11 @@ metrics show only ever grow while the daemon runs, and start again only for new 
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from .. import policy as rules
+from ..control.overlay6 import address6
 from ..engine.routes import prefix_text
 from ..host import firewall
 
@@ -26,7 +28,10 @@ class Enforce:
 
 def peers_of(engine) -> dict:
     """The engine's peers by name, each with the sources it may send from (policy.py)."""
-    return {p.name: (f"{p.address}/32", *(prefix_text(net, mask) for net, mask in p.sources))
+    a = engine.assignment
+    prefix6 = ipaddress.IPv6Network(a.network6) if a is not None and a.network6 else None
+    return {p.name: (f"{p.address}/32", *((f"{address6(prefix6, p.address)}/128",) if prefix6 else ()),
+                     *(prefix_text(net, mask) for net, mask in p.sources))
             for p in engine.peers.values()}
 
 

@@ -359,8 +359,11 @@ class NodeDaemon(Daemon):
         """On the host thread: one change to the host; what it did, for the log."""
         s = self.settings
         if isinstance(effect, fx.SetAddress):
-            self.links.configure(s.interface, effect.interface, effect.mtu)
-            return f"{s.interface} is up with {effect.interface}, MTU {effect.mtu}"
+            v6 = self.links.configure(s.interface, effect.interface, effect.mtu, effect.interface6)
+            if effect.interface6 is not None and not v6:
+                log.warning("%s has no IPv6 overlay address: IPv6 needs an MTU of 1280, and the overlay's is %d",
+                            s.interface, effect.mtu)
+            return f"{s.interface} is up with {effect.interface}{f' and {effect.interface6}' if v6 else ''}, MTU {effect.mtu}"
         if isinstance(effect, fx.SetMtu):
             self.links.set_mtu(s.interface, effect.mtu)
             return f"{s.interface} MTU is now {effect.mtu}"

@@ -10,6 +10,7 @@ waits for its registration to be durable.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import socket
@@ -17,6 +18,7 @@ from collections import Counter
 from time import monotonic
 
 from ..config import ServeSettings
+from ..control import overlay6
 from ..control.approvals import ApprovalError
 from ..control.registry import Registry
 from ..drops import Drop
@@ -213,7 +215,7 @@ class StoreWriter:
 
 
 class RelayDaemon(Daemon):
-    RESTART_ONLY = ("listen_host", "port", "network", "state_dir", "auto_approve_routes", "lock", "store",
+    RESTART_ONLY = ("listen_host", "port", "network", "network6", "state_dir", "auto_approve_routes", "lock", "store",
                     "store_prefix", "store_ca", "store_cert", "store_key", "advertise", "workers")
 
     def __init__(self, settings: ServeSettings, reread=None):
@@ -292,6 +294,23 @@ class RelayDaemon(Daemon):
             raise bind_error(exc, s.listen_host, s.port, "TCP", "--listen") from None
         return udp, tcp
 
+    async def _network6(self, store, snapshot) -> ipaddress.IPv6Network:
+        """The network's IPv6 prefix: --network6, else the one it has, else a new random ULA
+        /64, kept from then on (every relay of a shared store takes the first one written)."""
+        s = self.settings
+        known = snapshot.meta.get("network6")
+        want = str(s.network6 or known or overlay6.new_prefix(os.urandom))
+        if store.shared:
+            known = await store.claim_meta("network6", want)
+        elif known is None or (known != want and not snapshot.nodes):
+            await store.set_meta("network6", want)
+            known = want
+        if s.network6 is not None and known != want:
+            where = f"the store {s.store}" if store.shared else "this state dir"
+            raise ConfigError(f"{where} serves --network6 {known}; run with --network6 {known} or without it "
+                              "(nodes' IPv6 addresses would change)")
+        return overlay6.parse_prefix(known)
+
     async def _serve(self, store, identity, state_dir, udp, tcp_sock) -> tuple[int, str]:
         s = self.settings
         self.sock = udp
@@ -313,6 +332,7 @@ class RelayDaemon(Daemon):
                 await store.set_meta("network", str(s.network))
             if snapshot.meta.get("listen") != s.listen_host:  # for `tunneld routes approve` with no relay running
                 await store.set_meta("listen", s.listen_host)
+        network6 = await self._network6(store, snapshot)
         self.start_base()
         loop = self.loop
         listen = f"{s.listen_host}:{s.port}"
@@ -320,7 +340,7 @@ class RelayDaemon(Daemon):
         if store.shared:
             relay_mtu -= mesh.EXTRA  # a datagram may take one more hop, relay to relay
             listen = s.advertise
-        registry = Registry(s.network, snapshot, auto_approve=s.auto_approve_routes, lock=s.lock)
+        registry = Registry(s.network, snapshot, auto_approve=s.auto_approve_routes, lock=s.lock, network6=network6)
         self.engine = Relay(identity, registry, self._send, real_env(), monotonic(), listen=listen,
                             relay_mtu=relay_mtu)
         if s.lock:
@@ -347,8 +367,8 @@ class RelayDaemon(Daemon):
             self.workers = RelayWorkers(self.worker_socks, relay_mtu)
             self.worker_socks = []
             self.workers.start(loop, self)
-        log.info("relay listening on %s (UDP and TCP), network %s, key %s",
-                 listen, s.network, identity.public.hex())
+        log.info("relay listening on %s (UDP and TCP), network %s and %s, key %s",
+                 listen, s.network, network6, identity.public.hex())
         notify("READY=1\nSTATUS=relay listening on " + listen)
         try:
             return await self.wait()

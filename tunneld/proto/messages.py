@@ -10,8 +10,9 @@ Handshake payloads (inside the Noise messages of the node <-> relay handshake):
                                                 routes: prefixes it offers to route for others;
                                                 lan: its LAN endpoints, for direct paths
   join reply    {"ok": true, "name": str, "address": str, "network": str, "endpoint": str,
-                 "mtu": int, "relay_mtu": int, HELLO}
-                                                mtu: the overlay MTU every tunneld0 should use
+                 "mtu": int, "relay_mtu": int, HELLO, ["network6": str]}
+                                                mtu: the overlay MTU every tunneld0 should use;
+                                                network6 (0.6 on): the IPv6 overlay prefix
                 {"ok": false, "code": str, "error": str, "retry": bool, HELLO}
 
   HELLO: "pv": int, "pm": int, "caps": [str, ...]   (version.py; absent from 0.1.0, which
@@ -220,6 +221,8 @@ def decode_join_reply(data: bytes) -> dict:
     _check(msg, _JOIN_OK if msg["ok"] else _JOIN_REFUSED, "join reply")
     if msg["ok"] and not valid_name(msg["name"]):
         raise ProtocolError("join reply: the name is not a node name")
+    if msg["ok"] and not isinstance(msg.setdefault("network6", None), (str, type(None))):
+        raise ProtocolError("join reply: 'network6' has the wrong type")  # what it says: node.py checks
     msg["hello"] = hello_of(msg, "join reply")
     return msg
 

@@ -22,6 +22,8 @@ Capabilities:
               peers' workers may each seal in a lane of their own
   "publish"   (0.5.0) a node that serves the ports a relay publishes (messages.py: pub,
               open, shut, udp); a relay sends these to no other node
+  "ipv6"      (0.6.0) a node with an IPv6 overlay address, which takes IPv6 packets from
+              its peers (engine/ipv6.py); status shows a peer's IPv6 address only then
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 
 PROTOCOL = 2
 MIN_PROTOCOL = 1
-CAPABILITIES: tuple[str, ...] = ("hello", "ep-proof", "lanes", "publish")
+CAPABILITIES: tuple[str, ...] = ("hello", "ep-proof", "lanes", "publish", "ipv6")
 
 MAX_CAPS = 16
 MAX_CAP_LEN = 32
