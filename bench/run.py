@@ -132,12 +132,15 @@ def cpu_seconds(pids) -> float:
 
 
 def with_loss(lab: Lab, pair: systems.Pair, fn):
+    """fn() while the server's host drops 1 % of the UDP it receives, of either family."""
     rule = ["INPUT", "-p", "udp", "-m", "statistic", "--mode", "random", "--probability", "0.01", "-j", "DROP"]
-    lab.nsexec(pair.server_ns, "iptables", "-w", "5", "-I", *rule)
+    for tables in ("iptables", "ip6tables"):
+        lab.nsexec(pair.server_ns, tables, "-w", "5", "-I", *rule)
     try:
         return fn()
     finally:
-        lab.nsexec(pair.server_ns, "iptables", "-w", "5", "-D", *rule)
+        for tables in ("iptables", "ip6tables"):
+            lab.nsexec(pair.server_ns, tables, "-w", "5", "-D", *rule)
 
 
 def measure_pair(lab: Lab, pair: systems.Pair, cells, seconds: float, repeat: int, pods=None, routed=None) -> dict:
@@ -223,6 +226,11 @@ def measure(seconds: float, repeat: int, only=None, compare: str | None = None) 
                 f.write('[[allow]]\nfrom = ["100.64.0.0/10"]\nports = ["tcp", "udp", "icmp"]\n')
             _, pol_direct, _ = systems.tunneld(lab, extra=("--policy", path))
             run(f"tunneld direct{WITH_POLICY}", pol_direct, ("tcp1", "tcp4", "udp64", "rtt"), in_lab=lab)
+    if not only or any(o in f"tunneld direct{IPV6} tunneld direct{IPV4_BESIDE}" for o in only):
+        with Lab() as lab:  # a relay on both families: the overlay MTU counts IPv6's header
+            six, four = systems.tunneld6(lab)
+            run(f"tunneld direct{IPV6}", six, NODE, in_lab=lab)
+            run(f"tunneld direct{IPV4_BESIDE}", four, NODE, in_lab=lab)
     if not only or any(o in "tunneld via two relays" for o in only):
         with Lab() as lab:  # a lab of its own: the relays take the addresses the single relay has
             run("tunneld via two relays", systems.tunneld_mesh(lab), NODE, in_lab=lab)
@@ -250,6 +258,8 @@ def scraped(path: str) -> int:
 
 ONE_WORKER = ", --workers 1"
 WITH_POLICY = ", --policy"  # every flow through a policy rule, every packet through conntrack
+IPV6 = ", IPv6 underlay"  # IPv6-only hosts, direct over IPv6
+IPV4_BESIDE = ", IPv4 beside IPv6"  # IPv4-only hosts on the same dual-stack relay (the same MTU)
 
 
 def workers_line(rows: dict) -> str:

@@ -11,6 +11,8 @@ and the PIDs of the processes doing the tunnelling (for their CPU).
                  over VXLAN on tunneld0, and routed (each node's pod CIDR, no VXLAN)
   tunneld mesh   two no-inbound NATs homed on two relays of one network (etcd): relay to
                  relay, one hop
+  tunneld6       a relay on IPv4 and IPv6: two IPv6-only hosts direct over IPv6, and two
+                 IPv4-only hosts direct over IPv4 beside them (the same overlay MTU)
 """
 
 from __future__ import annotations
@@ -195,6 +197,29 @@ def tunneld(lab: Lab, python: str | None = None, extra: tuple = ()) -> tuple[Ove
         pair.cleanup.append(lambda s=src, d=dst, p=path: _check_path(ov, s, d, p))
         pairs.append(pair)
     return ov, pairs[0], pairs[1]
+
+
+def tunneld6(lab: Lab) -> tuple[Pair, Pair]:
+    """Direct pairs on a relay that listens on IPv4 and IPv6 (so the overlay MTU counts IPv6's
+    header for both): two hosts with IPv6 alone, going direct over IPv6, and two with IPv4
+    alone beside them, going direct over IPv4."""
+    ov = Overlay(lab, relay_ipv6=True)
+    ov.start_relay()
+    token = ov.token()
+    hosts = {"six-a": lab.public_host("six-a", ipv4=False), "six-b": lab.public_host("six-b", ipv4=False),
+             "four-a": lab.public_host("four-a"), "four-b": lab.public_host("four-b")}
+    for name, host in hosts.items():
+        ov.join(host, name, token, relay=ov.relay_endpoint6 if name.startswith("six") else None)
+    ov.wait_connected()
+    pairs = []
+    for src, dst in (("six-a", "six-b"), ("four-a", "four-b")):
+        ov.ping(src, ov.address(dst), count=2)
+        wait_for(lambda: peer_path(ov, src, dst) == "direct", 30, what=f"{src} -> {dst} to be direct")
+        pair = Pair(hosts[src].ns, hosts[dst].ns, ov.address(dst), ov.address(src), "tunneld0",
+                    [ov.node_procs[src].pid, ov.node_procs[dst].pid])
+        pair.cleanup.append(lambda s=src, d=dst: _check_path(ov, s, d, "direct"))
+        pairs.append(pair)
+    return pairs[0], pairs[1]
 
 
 def _check_path(ov: Overlay, src: str, dst: str, path: str) -> None:

@@ -8,6 +8,7 @@ operator's mistake. The names of commands and options are a contract (README,
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import socket
@@ -21,9 +22,10 @@ from .cli_publish import import_frpc, publish
 from .cli_relay import revoke, routes, token
 from .control import overlay6
 from .config import (DEFAULT_INTERFACE, DEFAULT_NETWORK, DEFAULT_STATE_DIR, JoinSettings, ServeSettings,
-                     check_log_level, merged, parse_hostport, parse_network, parse_prefixes,
-                     parse_routes, resolve_ipv4)
+                     check_log_level, merged, parse_hostport, parse_listen, parse_network, parse_prefixes,
+                     parse_routes, resolve_all, resolve_ipv4, routable)
 from .errors import EXIT_USAGE, ConfigError, TunneldError
+from .proto import endpoint
 from .state import SOCKET_FILE
 
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -99,8 +101,7 @@ def _serve_settings(given: dict, config: str | None) -> ServeSettings:
                 "log_format": "text", "workers": 1, "publish": None, "allow_ports": None})
     if not s["listen"]:
         raise ConfigError("serve needs --listen HOST:PORT, e.g. --listen 0.0.0.0:7000")
-    host, port = parse_hostport(s["listen"], "--listen")
-    host = resolve_ipv4(host, "--listen")
+    (host, port), *more = parse_listen(s["listen"])
     lock_public = None
     if s["lock"]:
         from .proto.lock import LockError, parse_public
@@ -118,7 +119,7 @@ def _serve_settings(given: dict, config: str | None) -> ServeSettings:
                          str(s["store_prefix"]), s["store_ca"], s["store_cert"], s["store_key"], advertise,
                          workers, _metrics(s["metrics"]), _log_format(s["log_format"]),
                          publish.parse(s["publish"], allow, port), allow,
-                         overlay6.parse_prefix(s["network6"]) if s["network6"] else None)
+                         overlay6.parse_prefix(s["network6"]) if s["network6"] else None, tuple(more))
 
 
 MAX_WORKERS = 64
@@ -175,11 +176,18 @@ def _advertise(s: dict, host: str, port: int) -> str:
             raise ConfigError("--store-cert and --store-key go together")
     if s["advertise"]:
         ahost, aport = parse_hostport(s["advertise"], "--advertise")
-        return f"{resolve_ipv4(ahost, '--advertise')}:{aport}"
-    if s["store"] and host == "0.0.0.0":
+        return endpoint.format((_literal6(ahost) or resolve_ipv4(ahost, "--advertise"), aport))
+    if s["store"] and host in ("0.0.0.0", "::"):
         raise ConfigError("with --store, give --advertise HOST:PORT: the address nodes and the other relays "
-                          "reach this relay at (--listen 0.0.0.0 does not say)")
-    return f"{host}:{port}"
+                          f"reach this relay at (--listen {endpoint.format((host, port))} does not say)")
+    return endpoint.format((host, port))
+
+
+def _literal6(host: str) -> str | None:
+    try:
+        return str(ipaddress.IPv6Address(host))
+    except ValueError:
+        return None
 
 
 @cli.command()
@@ -237,13 +245,7 @@ def _join_settings(given: dict, config: str | None, token: str | None = None) ->
                 "workers": _cores(), "policy": None})
     if not s["relay"]:
         raise ConfigError("join needs --relay HOST:PORT, the relay's public address")
-    listed = s["relay"] if isinstance(s["relay"], list) else str(s["relay"]).split(",")
-    relays = []
-    for text in (str(r).strip() for r in listed):
-        rhost, rp = parse_hostport(text, "--relay")
-        relays.append((rhost, resolve_ipv4(rhost, "--relay"), rp))
-    if not relays:
-        raise ConfigError("join needs --relay HOST:PORT, the relay's public address")
+    relays = _relays(s["relay"])
     host, rport = relays[0][0], relays[0][2]
     if token is not None:
         s["token"], s["token_file"] = token, None
@@ -278,7 +280,7 @@ def _join_settings(given: dict, config: str | None, token: str | None = None) ->
     settings = JoinSettings(host, relays[0][1], rport, text, node_name,
                             check_interface_name(s["interface"]), s["state_dir"], lport,
                             check_log_level(s["log_level"]), routes, s["accept_routes"] or bool(pods),
-                            s["snat_routes"], tuple(dict.fromkeys(f"{ip}:{p}" for _, ip, p in relays)), pods,
+                            s["snat_routes"], tuple(dict.fromkeys(endpoint.format((ip, p)) for _, ip, p in relays)), pods,
                             s["workers"], _metrics(s["metrics"]), _log_format(s["log_format"]),
                             _policy(s["policy"]))
     from .proto.token import JoinToken, TokenError
@@ -384,6 +386,25 @@ def kube_env(state_dir, mode, cluster_cidr, cluster_cidr6):
         address6 = None
     click.echo(render(name, address, interface, mtu, address6), nl=False)
     return 0
+
+
+def _relays(value) -> list[tuple[str, str, int]]:
+    """--relay: (as given, address, port) for every address of every relay given, in order; a
+    name's addresses in Happy Eyeballs' order (IPv6 first, the families taking turns), those
+    this host has no route to left out."""
+    from .control.eyeballs import order
+    listed = value if isinstance(value, list) else str(value).split(",")
+    relays, unroutable = [], []
+    for text in (str(r).strip() for r in listed):
+        rhost, rp = parse_hostport(text, "--relay")
+        for ip, _ in order((ip, rp) for ip in resolve_all(rhost, "--relay")):
+            (relays if routable(ip) else unroutable).append((rhost, ip, rp))
+    if not relays:
+        if unroutable:
+            raise ConfigError(f"no route from this host to the relay at {', '.join(ip for _, ip, _ in unroutable)}; "
+                              "check the host's network (IPv4 and IPv6)")
+        raise ConfigError("join needs --relay HOST:PORT, the relay's public address")
+    return relays
 
 
 def _pod_cidr(value, routes: tuple[str, ...]) -> str:

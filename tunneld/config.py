@@ -83,23 +83,56 @@ def parse_hostport(text, option: str, default_port: int | None = None) -> tuple[
 
 
 def parse_listen(text, option: str = "--listen") -> tuple[tuple[str, int], ...]:
-    """Several HOST:PORT, comma-separated, IPv6 in brackets ("192.0.2.1:7443,[2001:db8::1]:7443";
-    "[::]:7443" for every IPv6 address): each an address literal, none twice. (IPv6, issue 17:
-    serve does not take several yet.)"""
+    """Where the relay serves: HOST:PORT, or one of each family comma-separated, IPv6 in
+    brackets ("192.0.2.1:7443,[2001:db8::1]:7443"). "[::]:PORT" alone is every address of
+    both families; a name is its IPv4 address (as before IPv6)."""
     out: list[tuple[str, int]] = []
-    for item in str(text or "").split(","):
-        host, port = parse_hostport(item.strip(), option)
+    for item in (i.strip() for i in str(text or "").split(",")):
+        host, port = parse_hostport(item, option)
         try:
             ip = ipaddress.ip_address(host)
         except ValueError:
-            raise ConfigError(f"{option} {item.strip()[:60]!r}: give an address (IPv6 in brackets), "
-                              "not a name") from None
-        if isinstance(ip, ipaddress.IPv6Address) and not item.strip().startswith("["):
-            raise ConfigError(f"{option} {item.strip()[:60]!r}: write an IPv6 address in brackets, [{ip}]:{port}")
+            ip = ipaddress.IPv4Address(resolve_ipv4(host, option))
+        if isinstance(ip, ipaddress.IPv6Address) and not item.startswith("["):
+            raise ConfigError(f"{option} {item[:60]!r}: write an IPv6 address in brackets, [{ip}]:{port}")
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+            raise ConfigError(f"{option} {item[:60]!r}: write an IPv4 address as such, {ip.ipv4_mapped}:{port}")
         if (str(ip), port) in out:
-            raise ConfigError(f"{option} gives {item.strip()[:60]} twice")
+            raise ConfigError(f"{option} gives {item[:60]} twice")
+        if any(":" in h for h, _ in out) == (ip.version == 6) and out:
+            raise ConfigError(f"{option} gives two IPv{ip.version} addresses; give one address of each "
+                              "family at most ([::]:PORT for all of them)")
         out.append((str(ip), port))
+    if out == [("::", out[0][1])]:
+        out.insert(0, ("0.0.0.0", out[0][1]))  # [::] alone: IPv4 too, on a socket of its own
     return tuple(out)
+
+
+def resolve_all(host: str, option: str) -> list[str]:
+    """A literal address, or every address a name has, of both families, as the resolver
+    orders them."""
+    try:
+        return [str(ipaddress.ip_address(host))]
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, socket.AF_UNSPEC, socket.SOCK_DGRAM)
+    except socket.gaierror as exc:
+        raise ConfigError(f"{option}: cannot resolve {host!r} ({exc.strerror}); give an address or fix DNS") from None
+    return list(dict.fromkeys(str(ipaddress.ip_address(i[4][0])) for i in infos
+                              if i[0] in (socket.AF_INET, socket.AF_INET6)))
+
+
+def routable(address: str) -> bool:
+    """Whether this host has a route to address (a UDP connect sends nothing): a name's
+    IPv6 address is no use to a host without IPv6, nor an IPv4 one to a host without IPv4."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.connect((address, 9))
+        return True
+    except OSError:
+        return False
 
 
 def resolve_ipv4(host: str, option: str) -> str:
@@ -159,6 +192,7 @@ class ServeSettings:
     publish: tuple = ()  # publish.Publish: nodes' services on the relay's ports ([[publish]])
     allow_ports: tuple = ()  # ((first, last), ...): the ports a publish may take (allow-ports)
     network6: ipaddress.IPv6Network | None = None  # --network6; None: the one the network has, or a new ULA /64
+    listen_more: tuple = ()  # ((host, port),): --listen's address of the other family, if it gives one
 
 
 @dataclass(frozen=True)

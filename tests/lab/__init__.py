@@ -18,9 +18,16 @@ NAT kinds (iptables in the router's namespace):
   "no-udp"      MASQUERADE, and all UDP is dropped both ways
 Several hosts can share one NAT's LAN (nat_host(..., behind=another_host)).
 
+IPv6 where a host asks for it (ipv6=True; ipv4=False for a host with no IPv4 at all): each
+segment has a /64 of 2001:db8::/32 beside its IPv4 one, and a NAT router routes a /64 of its
+own to its LAN, unNATed (as ISPs delegate a prefix), its hosts' IPv6 open to the internet:
+
+    relay 2001:db8:0:1::1        public nodes 2001:db8:0:2::N      NAT routers' WAN 2001:db8:0:3::N
+    the LAN of NAT router N      2001:db8:1:N::/64, the router ::1, its hosts ::2, ::3 ...
+
 Addresses come only from ranges reserved for documentation and testing, and nothing
 leaves the namespaces:
-  "public" underlay   192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24 (RFC 5737)
+  "public" underlay   192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24 (RFC 5737); IPv6 2001:db8::/32 (RFC 3849)
   LANs behind NAT     198.19.0.0/16 (RFC 2544's benchmarking range)
   pod networks        198.18.0.0/16 (likewise)
   the overlay         100.64.0.0/10 (RFC 6598), tunneld's default
@@ -47,6 +54,7 @@ BRIDGES = {
     "pub": ("br-pub", "198.51.100.254", 24),
     "nat": ("br-nat", "203.0.113.254", 24),
 }
+GATEWAYS6 = {"relay": "2001:db8:0:1::fe", "pub": "2001:db8:0:2::fe", "nat": "2001:db8:0:3::fe"}  # /64 each
 
 
 class LabError(Exception):
@@ -60,6 +68,7 @@ class Host:
     public: str  # the address the internet sees it as (the NAT's, behind one)
     router: "Host | None" = None
     state_dir: str = ""
+    address6: str = ""  # its global IPv6 address, where it has IPv6
     procs: list = field(default_factory=list)
     lan: int = 0  # a router's LAN number N (198.19.N.0/24), and how many hosts it has
     hosts: int = 0
@@ -77,6 +86,7 @@ class Lab:
         self.tmp = tempfile.mkdtemp(prefix=f"tunneld-{self.tag}-")
         self._nat_count = 0
         self._pub_count = 0
+        self._pub6_count = 0
         self.inet: str | None = None
 
     # -- plumbing ----------------------------------------------------------------------
@@ -117,40 +127,60 @@ class Lab:
         if self.inet is None:
             self.inet = self.add_namespace("inet")
             self.sysctl(self.inet, "net.ipv4.ip_forward", "1")
-            for bridge, address, prefix in BRIDGES.values():
+            self.sysctl(self.inet, "net.ipv6.conf.all.forwarding", "1")
+            for segment, (bridge, address, prefix) in BRIDGES.items():
                 self.run("ip", "-n", self.inet, "link", "add", bridge, "type", "bridge")
                 self.addr(self.inet, bridge, f"{address}/{prefix}")
+                self.addr6(self.inet, bridge, f"{GATEWAYS6[segment]}/64")
                 self.run("ip", "-n", self.inet, "link", "set", bridge, "up")
         return self.inet
 
-    def _attach(self, ns: str, dev: str, segment: str, address: str, mtu: int | None) -> None:
+    def addr6(self, ns: str, dev: str, cidr: str) -> None:
+        """An IPv6 address usable at once (no duplicate address detection: the lab's are unique)."""
+        self.run("ip", "-n", ns, "addr", "add", cidr, "dev", dev, "nodad")
+
+    def _attach(self, ns: str, dev: str, segment: str, address: str | None, mtu: int | None,
+                address6: str | None = None) -> None:
         inet = self.internet()
         bridge, gateway, prefix = BRIDGES[segment]
         port = f"p{len(self.namespaces)}"
         self.veth(ns, dev, inet, port, mtu)
         self.run("ip", "-n", inet, "link", "set", port, "master", bridge)
-        self.addr(ns, dev, f"{address}/{prefix}")
-        self.run("ip", "-n", ns, "route", "add", "default", "via", gateway)
+        if address:
+            self.addr(ns, dev, f"{address}/{prefix}")
+            self.run("ip", "-n", ns, "route", "add", "default", "via", gateway)
+        if address6:
+            self.addr6(ns, dev, f"{address6}/64")
+            self.run("ip", "-n", ns, "-6", "route", "add", "default", "via", GATEWAYS6[segment])
 
     def public_host(self, short: str, segment: str = "pub", address: str | None = None,
-                    mtu: int | None = None) -> Host:
+                    mtu: int | None = None, ipv6: bool = False, ipv4: bool = True) -> Host:
+        """ipv6: a global IPv6 address too; ipv4=False: IPv6 alone, no IPv4 address at all."""
         ns = self.add_namespace(short)
-        if address is None:
+        if address is None and ipv4:
             if segment == "relay":
                 address = "192.0.2.1"
             else:
                 self._pub_count += 1
                 address = f"198.51.100.{10 + self._pub_count}"
-        self._attach(ns, "eth0", segment, address, mtu)
-        return Host(ns, address, address, state_dir=self._state_dir(short))
+        address6 = None
+        if ipv6 or not ipv4:
+            self._pub6_count += segment != "relay"
+            address6 = "2001:db8:0:1::1" if segment == "relay" else f"2001:db8:0:2::{10 + self._pub6_count:x}"
+        self._attach(ns, "eth0", segment, address if ipv4 else None, mtu, address6)
+        return Host(ns, address or address6, address or address6, state_dir=self._state_dir(short),
+                    address6=address6 or "")
 
     def nat_host(self, short: str, kind: str = "cone", lan_mtu: int | None = None,
-                 behind: Host | None = None) -> Host:
-        """A host on a LAN behind a NAT router: a new router, or the router of `behind`."""
+                 behind: Host | None = None, ipv6: bool = False) -> Host:
+        """A host on a LAN behind a NAT router: a new router, or the router of `behind`.
+        ipv6: the router routes an IPv6 /64 to its LAN, and the host has a public IPv6 address."""
         if behind is not None:
             router = behind.router
         else:
             router = self._nat_router(short, kind, lan_mtu)
+            if ipv6:
+                self._route6(router)
         router.hosts += 1
         n, i = router.lan, router.hosts + 1
         hns = self.add_namespace(short)
@@ -159,7 +189,22 @@ class Lab:
         lan_host = f"198.19.{n}.{i}"
         self.addr(hns, "eth0", f"{lan_host}/24")
         self.run("ip", "-n", hns, "route", "add", "default", "via", f"198.19.{n}.1")
-        return Host(hns, lan_host, router.public, router=router, state_dir=self._state_dir(short))
+        address6 = ""
+        if router.address6:
+            address6 = f"2001:db8:1:{n:x}::{i:x}"
+            self.addr6(hns, "eth0", f"{address6}/64")
+            self.run("ip", "-n", hns, "-6", "route", "add", "default", "via", f"2001:db8:1:{n:x}::1")
+        return Host(hns, lan_host, router.public, router=router, state_dir=self._state_dir(short), address6=address6)
+
+    def _route6(self, router: Host) -> None:
+        """IPv6 through a NAT router: a WAN address, and a /64 routed to its LAN (no NAT)."""
+        n = router.lan
+        router.address6 = f"2001:db8:0:3::{10 + n:x}"
+        self.addr6(router.ns, "wan", f"{router.address6}/64")
+        self.run("ip", "-n", router.ns, "-6", "route", "add", "default", "via", GATEWAYS6["nat"])
+        self.addr6(router.ns, "lan", f"2001:db8:1:{n:x}::1/64")
+        self.sysctl(router.ns, "net.ipv6.conf.all.forwarding", "1")
+        self.run("ip", "-n", self.internet(), "-6", "route", "add", f"2001:db8:1:{n:x}::/64", "via", router.address6)
 
     def _nat_router(self, short: str, kind: str, lan_mtu: int | None) -> Host:
         if kind not in ("cone", "symmetric", "no-inbound", "no-udp"):

@@ -20,16 +20,16 @@ NETWORK6 = "2001:db8:64::/64"  # the lab overlay's IPv6 prefix
 
 class Overlay:
     def __init__(self, lab: Lab, port: int = RELAY_PORT, relay_python: str | None = None,
-                 relay_module: str | None = None, relay_env: dict | None = None):
+                 relay_module: str | None = None, relay_env: dict | None = None, relay_ipv6: bool = False):
         """relay_python: run another release's relay (tests/lab/release.py); relay_module: run
         `python -m MODULE serve ...` instead of tunneld (tests/lab/evil_relay.py); relay_env: the
-        relay's environment besides ours."""
+        relay's environment besides ours; relay_ipv6: the relay listens on IPv6 too."""
         self.lab = lab
         self.port = port
         self.relay_python = relay_python
         self.relay_module = relay_module
         self.relay_env = relay_env or {}
-        self.relay = lab.public_host("relay", "relay")
+        self.relay = lab.public_host("relay", "relay", ipv6=relay_ipv6)
         self.relay_proc: subprocess.Popen | None = None
         self.nodes: dict[str, Host] = {}
         self.node_procs: dict[str, subprocess.Popen] = {}
@@ -38,10 +38,15 @@ class Overlay:
     def relay_endpoint(self) -> str:
         return f"{self.relay.address}:{self.port}"
 
+    @property
+    def relay_endpoint6(self) -> str:
+        return f"[{self.relay.address6}]:{self.port}"
+
     def start_relay(self, *extra: str, timeout: float = 20, wrap: tuple[str, ...] = (),
                     network6: str | None = NETWORK6) -> subprocess.Popen:
         """network6: the overlay's IPv6 prefix (None: the relay's own choice, a random ULA)."""
-        args = ("serve", "--listen", self.relay_endpoint, "--state-dir", self.relay.state_dir, *extra)
+        listen = self.relay_endpoint + (f",{self.relay_endpoint6}" if self.relay.address6 else "")
+        args = ("serve", "--listen", listen, "--state-dir", self.relay.state_dir, *extra)
         if network6 and not (self.relay_python or self.relay_module):  # older releases know no IPv6
             args += ("--network6", network6)
         if self.relay_module:
@@ -87,13 +92,15 @@ class Overlay:
                                prefix, "--state-dir", self.relay.state_dir, check=False)
 
     def join(self, host: Host, name: str, token: str | None = None, *extra: str,
-             wrap: tuple[str, ...] = (), python: str | None = None, env: dict | None = None) -> subprocess.Popen:
+             wrap: tuple[str, ...] = (), python: str | None = None, env: dict | None = None,
+             relay: str | None = None) -> subprocess.Popen:
+        """relay: --relay's value [the relay's IPv4 address]."""
         # In a file, as the README says: a token in argv is readable by every local user.
         token_file = os.path.join(self.lab.tmp, f"{name}.token")
         fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write((token or self.token()) + "\n")
-        proc = self.lab.tunneld(host, "join", "--relay", self.relay_endpoint, "--token-file", token_file,
+        proc = self.lab.tunneld(host, "join", "--relay", relay or self.relay_endpoint, "--token-file", token_file,
                                 "--name", name, "--state-dir", host.state_dir, *extra, log_name=name, wrap=wrap,
                                 python=python, env=env)
         self.nodes[name] = host

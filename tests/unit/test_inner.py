@@ -77,3 +77,14 @@ def test_node_json_keeps_the_ipv6_prefix_and_drops_one_it_cannot_use(tmp_path):
                         1432)
         kept = load_node_state(str(tmp_path)).assignment
         assert kept.network6 is None and kept.address6 is None and kept.address == "100.64.0.7"
+
+
+def test_a_direct_endpoint_inside_either_overlay_range_is_refused():
+    from tunneld.engine.routes import OutsideOverlay
+    outside = OutsideOverlay()
+    outside.set(ipaddress.IPv4Network("100.64.0.0/10"), NET6)
+    assert outside.allows(("198.51.100.7", 4000)) and outside.allows(("2001:db8:0:2::b", 4000))
+    assert not outside.allows(("100.64.0.9", 4000))
+    assert not outside.allows(("2001:db8:64::6440:9", 4000))  # the tunnel inside the tunnel, over IPv6
+    assert not outside.allows(("::ffff:100.64.0.9", 4000))  # IPv4 in IPv6's clothes
+    assert not outside.allows(("not an address", 4000))

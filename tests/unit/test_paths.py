@@ -103,3 +103,20 @@ def test_hearing_again_from_a_path_that_had_gone_quiet_reports_the_change():
     assert p.direct(paths.DIRECT_TIMEOUT + 1) is None
     assert p.replied(A, 0.002, paths.DIRECT_TIMEOUT + 1)  # the same endpoint, usable again: a change
     assert not p.replied(A, 0.002, paths.DIRECT_TIMEOUT + 2)
+
+
+def test_ipv6_is_preferred_unless_it_is_much_slower():
+    six = ("2001:db8:1:1::2", 4000)
+    p = PathState()
+    p.set_candidates([A, six], 0.0)
+    p.replied(A, 0.0010, 0.1)  # IPv4 answers first
+    assert p.direct(0.1) == A
+    p.replied(six, 0.0015, 0.1)  # IPv6 a little slower: still better (no NAT on the way)
+    assert p.direct(0.1) == six
+    p.replied(A, 0.0009, 0.2)  # IPv4 a little faster does not take it back
+    assert p.direct(0.2) == six
+    q = PathState()
+    q.set_candidates([A, six], 0.0)
+    q.replied(A, 0.001, 0.1)
+    q.replied(six, 0.002, 0.1)  # twice as slow: IPv4 stays
+    assert q.direct(0.1) == A

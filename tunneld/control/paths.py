@@ -13,6 +13,8 @@ the holes: both sides send at once, each NAT then lets the other's packets in.
     relayed: probe every candidate FAST_INTERVAL apart FAST_TRIES times (punching),
              then every SLOW_INTERVAL, so that a path that heals is found again
     direct:  probe the chosen endpoint every KEEPALIVE (liveness, NAT mappings)
+    Of two endpoints that answer, the faster is chosen, an IPv6 one's round trip counting
+    half (no NAT on the way): IPv6 wins unless it is over 1.6 times slower.
 
 The caller sends the probes due() names and reports what it hears; direct() says
 where data goes now (None: the relay).
@@ -26,6 +28,11 @@ SLOW_INTERVAL = 15.0
 KEEPALIVE = 2.5
 DIRECT_TIMEOUT = 6.0
 MAX_CANDIDATES = 12
+IPV6_WEIGHT = 0.5  # an IPv6 path's round trip counts this much against an IPv4 one's
+
+
+def _weight(endpoint) -> float:
+    return IPV6_WEIGHT if endpoint is not None and ":" in endpoint[0] else 1.0
 
 
 class PathState:
@@ -72,10 +79,13 @@ class PathState:
         return after != before
 
     def _better(self, endpoint: tuple) -> bool:
-        # Prefer the faster of two working endpoints (a LAN address over the NAT's, say).
+        # Prefer the faster of two working endpoints (a LAN address over the NAT's, say), and
+        # IPv6 over IPv4 unless it is much slower: no NAT on the way, no mapping to expire.
         current = self.rtt.get(self.chosen)
         new = self.rtt.get(endpoint)
-        return current is not None and new is not None and new < current * 0.8
+        if current is None or new is None:
+            return False
+        return new * _weight(endpoint) < current * _weight(self.chosen) * 0.8
 
     def direct(self, now: float) -> tuple | None:
         ep = self.chosen

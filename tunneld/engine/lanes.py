@@ -37,6 +37,7 @@ elsewhere(data, ep) for a datagram of another lane (or none: the engine's).
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter
 
 from ..drops import Drop
@@ -70,12 +71,15 @@ def lane_of(data: bytes) -> int:
 
 def export(node, relay_udp: bool) -> dict:
     """The workers' table: peers (where and how their data goes), the sessions of peers that
-    read lanes, the accepted routes, the overlay, and whether the relay is ours to send to."""
+    read lanes, the accepted routes, the overlay, and whether the relay is ours to send to
+    (not over TCP, nor over IPv6)."""
     peers, sessions = [], []
     for p in node.peers.values():
         lanes = p.hello.has("lanes")
         cur = p.keys.current
-        send = cur.local_index if lanes and cur is not None and cur.confirmed else None
+        # workers have an IPv4 socket only: the engine sends to an IPv6 endpoint itself
+        v6 = p.tx_ep is not RELAY and ":" in p.tx_ep[0]
+        send = cur.local_index if lanes and cur is not None and cur.confirmed and not v6 else None
         peers.append([p.addr, None if p.tx_ep is RELAY else list(p.tx_ep), p.tx_prefix, p.mss, p.vxlan_mss,
                       [list(x) for x in p.sources], send])
         if lanes:
@@ -84,6 +88,7 @@ def export(node, relay_udp: bool) -> dict:
                     sessions.append([s.local_index, p.addr, s.suite, *s.keys, s.remote_index, s.confirmed,
                                      s.initiator, s.created])
     return {"relay_udp": relay_udp, "overlay": list(node.outside.overlay) if node.outside.overlay else None,
+            "overlay6": node.assignment.network6 if node.outside.overlay6 else None,  # text: 128-bit ints
             "peers": peers, "sessions": sessions, "prefix6": node.prefix6,
             "routes": [[net, mask, peer.addr] for net, mask, peer in node.routes.table]}
 
@@ -125,6 +130,8 @@ class Lane:
         self.prefix6 = table.get("prefix6")
         if table["overlay"]:
             self.outside.overlay = tuple(table["overlay"])
+            six = ipaddress.IPv6Network(table["overlay6"]) if table.get("overlay6") else None
+            self.outside.overlay6 = (int(six.network_address), int(six.netmask)) if six else None
             self.outside.known.clear()
         peers = {}
         for addr, ep, prefix, mss, vxlan_mss, sources, _ in table["peers"]:

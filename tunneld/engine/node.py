@@ -81,6 +81,7 @@ class NodeConfig:
     known_keys: tuple = ()  # ((name, key), ...): each peer's key as we last accepted it (node.json)
     host_claims: tuple = ()  # ((what, prefix), ...): the host's addresses, routes and resolvers
     relays: tuple[str, ...] = ()  # "host:port" of every relay given (--relay A,B,C), the first our home
+    ipv6: bool = True  # our host reaches IPv6 endpoints: peers' IPv6 candidates are tried
 
 
 class Node:
@@ -294,7 +295,7 @@ class Node:
             self._stop(EXIT_MISCONFIGURED, *conflict)
             return
         self.assignment, self.prefix6 = assignment, inner.prefix_of(net6)
-        self.outside.set(net)
+        self.outside.set(net, ipaddress.IPv6Network(net6) if net6 else None)
         self.effects.append(SetAddress(assignment.interface_address, self.mtu.interface, assignment.address6))
         self.routes.install(self.peers.values(), again=True)  # a run before may have left others
         self.effects.append(SetGateway(assignment.network, self.config.routes))
@@ -347,7 +348,8 @@ class Node:
         for addr, e in entries.items():
             peer = self.peers.get(addr)
             if peer is None:
-                peer = self.peers[addr] = Peer(e, self.table, self.identity, self.config.suite, self.env, now)
+                peer = self.peers[addr] = Peer(e, self.table, self.identity, self.config.suite, self.env, now,
+                                               self.config.ipv6)
                 self.peers_by_key[e.key] = peer
             else:
                 peer.update(e, now)

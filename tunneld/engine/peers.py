@@ -72,9 +72,12 @@ class Peer:
                  "keys", "hs", "hs_attempts", "hs_next", "hs_failing", "last_ts", "queue", "unreadable_at",
                  "tx_bytes", "rx_bytes", "tx_packets", "rx_packets", "last_rx", "last_tx",
                  "tx_ep", "tx_prefix", "relayed_prefix", "path", "rtt_relay", "probe_seq", "probe_at", "probes",
-                 "path_mtu", "direct_mtu", "mss", "vxlan_mss", "sources")
+                 "path_mtu", "direct_mtu", "mss", "vxlan_mss", "sources", "ipv6")
 
-    def __init__(self, entry: Entry, table: IndexTable, identity: Identity, suite: int, env: Env, now: float):
+    def __init__(self, entry: Entry, table: IndexTable, identity: Identity, suite: int, env: Env, now: float,
+                 ipv6: bool = True):
+        """ipv6: our host reaches IPv6 endpoints (its candidates of that family are tried)."""
+        self.ipv6 = ipv6
         self.addr = entry.addr
         self.address = str(ipaddress.IPv4Address(entry.addr))
         self.key = entry.key
@@ -129,9 +132,9 @@ class Peer:
 
     def candidates(self) -> list[tuple]:
         """Where it may be reached directly: the address the relay sees, then its LAN addresses
-        (those a peer may be sent to at all)."""
+        (those a peer may be sent to at all; IPv6 ones only when our host has IPv6)."""
         eps = [endpoint.parse(self.endpoint), *(endpoint.parse(a) for a in self.lan)]
-        return [ep for ep in eps if ep is not None and endpoint.reachable(ep)]
+        return [ep for ep in eps if ep is not None and endpoint.reachable(ep) and (self.ipv6 or ":" not in ep[0])]
 
     @property
     def hello(self) -> Hello:

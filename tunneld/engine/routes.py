@@ -44,7 +44,8 @@ class Routes:
                  drops):
         self.advertised = tuple(advertised)
         self.accept = accept
-        self.protected = NEVER_ROUTED + tuple(ipaddress.IPv4Network(a, strict=False) for a in protected)
+        self.protected = NEVER_ROUTED + tuple(ipaddress.IPv4Network(a, strict=False) for a in protected
+                                              if ":" not in a)  # accepted routes are IPv4
         self.effects = effects
         self.drops = drops
         self.table: list[tuple[int, int, object]] = []  # (network, mask, peer), longest first
@@ -105,7 +106,7 @@ def overlay_conflict(net, relays, host_claims) -> tuple[str, str] | None:
     resolver: host_claims, (what, prefix) pairs) overlapping it, short of the ranges the
     registry never hands out."""
     for a in relays:
-        if ipaddress.IPv4Address(a) in net:
+        if ipaddress.ip_address(a).version == net.version and ipaddress.ip_address(a) in net:
             return "relay_in_overlay", (f"the relay's address {a} lies inside the overlay network {net}; "
                                         "give the relay an address outside it")
     for what, prefix in host_claims:
@@ -124,20 +125,22 @@ def overlay_conflict(net, relays, host_claims) -> tuple[str, str] | None:
 
 
 class OutsideOverlay:
-    """A direct endpoint may not lie inside the overlay: that would tunnel the tunnel.
-    known caches the answer per endpoint (the hot path's test)."""
+    """A direct endpoint may not lie inside the overlay (IPv4 or IPv6): that would tunnel
+    the tunnel. known caches the answer per endpoint (the hot path's test)."""
 
-    __slots__ = ("overlay", "known")
+    __slots__ = ("overlay", "overlay6", "known")
     LIMIT = 1024
 
     def __init__(self, network: ipaddress.IPv4Network | None = None):
         self.overlay: tuple[int, int] | None = None  # (network, mask)
+        self.overlay6: tuple[int, int] | None = None  # the same of the IPv6 prefix
         self.known: dict[tuple, bool] = {}
         if network is not None:
             self.set(network)
 
-    def set(self, network: ipaddress.IPv4Network) -> None:
+    def set(self, network: ipaddress.IPv4Network, network6: ipaddress.IPv6Network | None = None) -> None:
         self.overlay = (int(network.network_address), int(network.netmask))
+        self.overlay6 = (int(network6.network_address), int(network6.netmask)) if network6 else None
         self.known.clear()
 
     def allows(self, ep: tuple) -> bool:
@@ -146,10 +149,13 @@ class OutsideOverlay:
 
     def check(self, ep: tuple) -> bool:
         try:
-            n = int(ipaddress.IPv4Address(ep[0]))
+            ip = ipaddress.ip_address(ep[0])
         except (ValueError, TypeError, IndexError):
             return False
-        ok = self.overlay is None or n & self.overlay[1] != self.overlay[0]
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        inside = self.overlay6 if ip.version == 6 else self.overlay
+        ok = inside is None or int(ip) & inside[1] != inside[0]
         if len(self.known) > self.LIMIT:
             self.known.clear()
         self.known[ep] = ok

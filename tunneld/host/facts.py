@@ -13,8 +13,10 @@ import re
 import shutil
 import subprocess
 
+from ..engine.inner import IPV6_EXTRA
 from ..engine.routes import OVERHEAD
 from ..errors import HostError
+from ..proto import endpoint
 from . import firewall
 from .links import Links
 
@@ -58,7 +60,7 @@ def resolvers() -> list[tuple[str, str]]:
 
 
 def df_probe(address: str, size: int) -> dict:
-    """Whether size-byte IPv4 packets with DF set reach address and come back (ICMP echo).
+    """Whether size-byte packets with DF set reach address (IPv4 or IPv6) and come back (ICMP echo).
     ok None: not known (no ping, or the host answers no ping at all); mtu: what an ICMP
     error on the way, or the kernel's cached path MTU, said."""
     def ping(*extra: str):
@@ -70,7 +72,7 @@ def df_probe(address: str, size: int) -> dict:
     out = {"address": address, "size": size, "ok": None, "mtu": None}
     if shutil.which("ping") is None:
         return out
-    big = ping("-M", "do", "-s", str(size - 28))  # 20 bytes of IPv4 header and 8 of ICMP
+    big = ping("-M", "do", "-s", str(size - (48 if ":" in address else 28)))  # the IP header, 8 bytes of ICMP
     if big is None:
         return out
     if big.returncode == 0:
@@ -141,9 +143,10 @@ def gather(status: dict | None, interface: str, state_dir: str) -> dict:
     with Links() as links:
         facts["links"] = links.details()
         facts["addresses"] = links.all_addresses()
-        relay = str((status or {}).get("relay", {}).get("endpoint") or "").rpartition(":")[0]
+        relay_ep = endpoint.parse((status or {}).get("relay", {}).get("endpoint"))
+        relay = relay_ep[0] if relay_ep else ""
         if role == "node" and relay and status.get("mtu"):
-            facts["path_mtu"] = df_probe(relay, status["mtu"] + OVERHEAD)
+            facts["path_mtu"] = df_probe(relay, status["mtu"] + OVERHEAD + (IPV6_EXTRA if ":" in relay else 0))
             try:
                 facts["path_mtu"]["gateway"] = links.route_to(relay).gateway
             except HostError:

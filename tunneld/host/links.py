@@ -6,7 +6,7 @@ The narrow interface the daemons use:
   set_routes(ifname, prefixes)       exactly these prefixes through it (tunneld's routes only)
   route_to(address)                  which interface and MTU the kernel uses to reach it
   local_mtu(address)                 the MTU of the interface holding address (or of the
-                                     default route's, for 0.0.0.0)
+                                     default route's, for 0.0.0.0 and ::)
 Configuration is idempotent: an address already in place is left alone, because
 deleting and re-adding it would flush routes that others (flannel) hang on it.
 
@@ -32,6 +32,8 @@ RTPROT_TUNNELD = 199  # marks the routes tunneld installs, so that it only ever 
 TXQUEUELEN = 1000
 IPV6_MIN_MTU = 1280  # below it the kernel takes IPv6 off a link
 IFA_F_NODAD = 0x02
+IFA_F_DADFAILED = 0x08
+IFA_F_TENTATIVE = 0x40
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,10 @@ class Links:
 
     def addresses(self, ifname: str) -> list[ipaddress.IPv4Interface]:
         return self._call(self._addresses, ifname)
+
+    def addresses6(self, ifname: str) -> list[ipaddress.IPv6Address]:
+        """The interface's global IPv6 addresses (no link-local, none still in DAD)."""
+        return self._call(self._addresses6, ifname)
 
     def configure(self, ifname: str, interface: ipaddress.IPv4Interface, mtu: int,
                   interface6: ipaddress.IPv6Interface | None = None) -> bool:
@@ -128,6 +134,14 @@ class Links:
         out = []
         for msg in self._ipr.get_addr(index=self._index(ifname), family=socket.AF_INET):
             out.append(ipaddress.IPv4Interface(f"{_attr(msg, 'IFA_ADDRESS')}/{msg['prefixlen']}"))
+        return out
+
+    def _addresses6(self, ifname: str) -> list[ipaddress.IPv6Address]:
+        out = []
+        for msg in self._ipr.get_addr(index=self._index(ifname), family=socket.AF_INET6):
+            flags = _attr(msg, "IFA_FLAGS") or msg["flags"]
+            if msg["scope"] == 0 and not flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED):
+                out.append(ipaddress.IPv6Address(_attr(msg, "IFA_ADDRESS")))
         return out
 
     def _configure(self, ifname: str, interface: ipaddress.IPv4Interface, mtu: int,
@@ -212,11 +226,12 @@ class Links:
             raise HostError(f"cannot set the routes through {ifname}: {os.strerror(exc.code)}") from None
 
     def _local_mtu(self, address: str) -> int | None:
-        if address == "0.0.0.0":
-            defaults = self._ipr.get_default_routes(family=socket.AF_INET)
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        if address in ("0.0.0.0", "::"):
+            defaults = self._ipr.get_default_routes(family=family)
             oifs = [_attr(r, "RTA_OIF") for r in defaults if _attr(r, "RTA_OIF")]
         else:
-            oifs = [m["index"] for m in self._ipr.get_addr(family=socket.AF_INET, address=address)]
+            oifs = [m["index"] for m in self._ipr.get_addr(family=family, address=address)]
         mtus = [int(_attr(self._ipr.get_links(i)[0], "IFLA_MTU")) for i in oifs]
         return min(mtus) if mtus else None
 

@@ -32,6 +32,7 @@ log = logging.getLogger("tunneld")
 SOCKET_BUFFER = 4 << 20
 IP_MTU_DISCOVER = 10  # <linux/in.h>; Python's socket module does not always export these
 IP_PMTUDISC_DONT = 0
+IPV6_MTU_DISCOVER = 23  # <linux/in6.h>
 TICK = 0.25
 READ_BATCH = 256  # messages per readiness callback, so one busy socket cannot starve the others
 
@@ -53,20 +54,42 @@ def run(coro):
 
 
 def udp_socket(host: str, port: int, option: str, reuseport: bool = False) -> socket.socket:
-    """reuseport: one of several sockets on the port (the relay's workers, net/steer.py)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    """reuseport: one of several sockets on the port (the relay's workers, net/steer.py).
+    An IPv6 host (it holds colons) makes an IPv6-only socket: IPv4 has a socket of its own."""
+    v6 = ":" in host
+    sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
     sock.setblocking(False)
     if reuseport:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     # No DF on the outer packets: should a path be smaller than the overlay MTU assumes (a
     # smaller node just joined), routers fragment rather than drop, and nothing stalls.
-    sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
+    # (IPv6 routers never fragment: the sender does, to the link's MTU.)
+    if v6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IP_PMTUDISC_DONT)
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
     socket_buffers(sock, SOCKET_BUFFER)
     try:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
         raise bind_error(exc, host, port, "UDP", option) from None
+    return sock
+
+
+def tcp_socket(host: str, port: int, option: str = "--listen") -> socket.socket:
+    """A TCP socket bound (not listening yet) to host:port, of host's family (IPv6 only)."""
+    v6 = ":" in host
+    sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if v6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise bind_error(exc, host, port, "TCP", option) from None
     return sock
 
 

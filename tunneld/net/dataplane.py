@@ -41,16 +41,20 @@ WRITE_BATCH = 64  # packets held for merging before they go to the TUN device
 
 
 class DataPlane:
-    def __init__(self, tun_fd: int, tunnel: bool, sock: socket.socket, mtu: int, drops: Counter, error):
+    def __init__(self, tun_fd: int, tunnel: bool, sock: socket.socket, mtu: int, drops: Counter, error,
+                 sock6: socket.socket | None = None):
+        """sock6: the node's IPv6 socket (its reads come to on_udp(sock=sock6); the batch sends
+        to IPv6 endpoints by it), or None."""
         self.fd = tun_fd
         self.tunnel = tunnel  # the UDP-tunnel header's size on every read and write
         self.vnet_len = VNET_TNL_LEN if tunnel else VNET_HDR_LEN
         self.sock = sock
         self.gro = enable_gro(sock)
+        self.gro6 = enable_gro(sock6) if sock6 is not None else False
         self.backlog = Backlog()
         self.drops = drops
         self.stats: Counter = Counter()  # offload at work, counted per batch (never per packet)
-        self.batch = Batch(sock, drops, self.stats, mtu - wire.UDP_OVERHEAD_IPV4)
+        self.batch = Batch(sock, drops, self.stats, mtu - wire.UDP_OVERHEAD_IPV4, sock6=sock6)
         self.coalescer = Coalescer(tunnel)
         self.coalescing = False
         self.error = error  # called for an exception out of the engine: counted, never fatal
@@ -123,10 +127,12 @@ class DataPlane:
             self.write(bufs)
         self.batch.flush()
 
-    def on_udp(self, receive, relay: tuple | None, first=None, now: float = 0.0) -> None:
-        """first: a read the express path handed back (_express.c), and its time."""
+    def on_udp(self, receive, relay: tuple | None, first=None, now: float = 0.0, sock=None) -> None:
+        """first: a read the express path handed back (_express.c), and its time. sock: the
+        IPv6 socket's turn (the IPv4 one's when None)."""
         now = now or monotonic()
-        sock, gro, coalescer, error = self.sock, self.gro, self.coalescer, self.error
+        coalescer, error = self.coalescer, self.error
+        sock, gro = (self.sock, self.gro) if sock is None else (sock, self.gro6)
         self.backlog.keep = relay or ()  # the relay's DATA is its link's control: never stale
         reads = udp_reads(sock, gro, self.drops, self.stats, READ_BATCH, self.backlog)
         if first is not None:

@@ -64,7 +64,7 @@ class NodeWorkers:
         if engine.table.version == self.version and not force:
             return
         self.version = engine.table.version
-        table = export(engine, relay_udp=not d.use_tcp)
+        table = export(engine, relay_udp=not d.use_tcp and ":" not in d.relay_addr[0])
         table["relay"] = list(d.relay_addr)
         table["lanes"] = self.count
         broadcast(self.ctls, b"T" + msgpack.packb(table))

@@ -23,12 +23,14 @@ import shutil
 import socket
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from time import monotonic
 
 from ..config import JoinSettings
 from ..control.registry import RouteError, check_routes
 from ..drops import Drop
 from ..engine import effects as fx
+from ..engine.inner import IPV6_EXTRA
 from ..engine.node import Node, NodeConfig
 from ..engine.routes import OVERHEAD
 from ..errors import EXIT_FAILURE, EXIT_REFUSED, ConfigError, HostError
@@ -117,8 +119,10 @@ class NodeDaemon(Daemon):
         self.tun: Tun | None = None
         self.links: Links | None = None
         self.sock: socket.socket | None = None
+        self.sock6: socket.socket | None = None  # IPv6 paths: the relay's, and peers' (the engine's own)
+        self.ipv6 = False  # an IPv6 socket and a route for it off this host
         self.relay_addr = (settings.relay_ip, settings.relay_port)
-        self.relay_label = f"{settings.relay_ip}:{settings.relay_port}"
+        self.relay_label = endpoint.format(self.relay_addr)
         self.ready = False
         self.use_tcp = False
         self.stream: RelayStream | None = None
@@ -161,7 +165,7 @@ class NodeDaemon(Daemon):
         if route.ifname == s.interface:
             raise ConfigError(f"the route to the relay {s.relay_ip} goes through {s.interface} itself; "
                               "the relay must be reachable without the overlay")
-        if route.mtu - OVERHEAD < MIN_MTU:
+        if route.mtu - IPV6_EXTRA - OVERHEAD < MIN_MTU:
             raise HostError(f"the path to the relay has an MTU of {route.mtu}, too small for a tunnel")
         self.admission.start(s.policy)  # before tunneld0 carries anything
         remembered = load_node_state(self.state_dir, token.relay_public)
@@ -186,7 +190,12 @@ class NodeDaemon(Daemon):
         host_worker = loop.create_task(self._host_worker())
         try:
             self.sock = udp_socket("0.0.0.0", s.port, "--port", reuseport=bool(self.tun.queues))
+            self.sock6 = self._socket6(self.sock.getsockname()[1])
             lan = self._lan_endpoints(route.ifname, self.sock.getsockname()[1])
+            if self.sock6 is not None or ":" in s.relay_ip:
+                route = self._underlay6(route, lan)
+                if mtu is not None and mtu > route.mtu - OVERHEAD:
+                    mtu = None
             # The relay first: node.py checks it lies outside the overlay.
             others = tuple(endpoint.parse(r)[0] for r in s.relays[1:])
             protected = (s.relay_ip, *others, *([route.gateway] if route.gateway else []),
@@ -198,10 +207,11 @@ class NodeDaemon(Daemon):
                                 protected, lan,
                                 self.relay_label, chain=chain, lock=pinned, known_keys=known,
                                 host_claims=(*self.links.claims(s.interface), *resolvers()),
-                                relays=s.relays or (self.relay_label,))
+                                relays=s.relays or (self.relay_label,), ipv6=self.ipv6)
             self.engine = Node(identity, token.relay_public, config, self, real_env(), monotonic())
             self._start_workers(route.mtu)
-            self.plane = DataPlane(self.tun.fd, self.tun.tunnel, self.sock, route.mtu, self.drops, self.internal_error)
+            self.plane = DataPlane(self.tun.fd, self.tun.tunnel, self.sock, route.mtu, self.drops, self.internal_error,
+                                   self.sock6)
             source = NodeSource(self.engine, lambda: self.workers.count if self.workers else 1,
                                 lambda: None if self.use_tcp else self.relay_addr, self.after_input,
                                 self.internal_error)
@@ -211,6 +221,8 @@ class NodeDaemon(Daemon):
             self.scrape = await metrics_http.start(s.metrics, self.status_now)
             ctl = await ctlsock.serve(os.path.join(self.state_dir, SOCKET_FILE), self._control)
             loop.add_reader(self.sock.fileno(), on_udp)
+            if self.sock6 is not None:
+                loop.add_reader(self.sock6.fileno(), self._on_udp6)
             loop.add_reader(self.tun.fd, on_tun)
             log.info("joining relay %s as %s via %s (underlay MTU %d)",
                      self.relay_label, s.name, route.ifname, route.mtu)
@@ -223,6 +235,8 @@ class NodeDaemon(Daemon):
                 if self.engine.connected and code == 0:
                     self.engine.bye()
                 loop.remove_reader(self.sock.fileno())
+                if self.sock6 is not None:
+                    loop.remove_reader(self.sock6.fileno())
                 loop.remove_reader(self.tun.fd)
                 if self.workers is not None:
                     self.workers.close()
@@ -238,8 +252,9 @@ class NodeDaemon(Daemon):
             host_worker.cancel()
             if self.stream is not None and self.stream.transport is not None:
                 self.stream.transport.abort()
-            if self.sock is not None:
-                self.sock.close()
+            for sock in (self.sock, self.sock6):
+                if sock is not None:
+                    sock.close()
             self.tun.close()  # the interface persists, with its address and routes
 
     # -- Transmit: what the engine sends, at once -----------------------------------------
@@ -436,15 +451,44 @@ class NodeDaemon(Daemon):
             log.warning("the kernel refused the flow-steering program for %s (%s): flows go to the workers "
                         "by their hash", self.settings.interface, exc)
 
+    def _socket6(self, port: int) -> socket.socket | None:
+        """Our IPv6 socket, on our IPv4 socket's port where it is free; None on a host without
+        IPv6."""
+        for p in dict.fromkeys((port, 0)):
+            try:
+                return udp_socket("::", p, "--port")
+            except (ConfigError, OSError):
+                continue
+        log.info("no IPv6 socket on this host: peers and relays are reached over IPv4 only")
+        return None
+
     def _lan_endpoints(self, underlay: str, port: int) -> tuple[str, ...]:
-        """Where neighbours on our LAN may reach us directly: the underlay interface's addresses.
-        (Only that interface's: an address routed over the overlay itself, cni0's say, must
-        never become a direct path.)"""
+        """Where peers may reach us directly besides what the relay sees: the underlay
+        interface's IPv4 addresses (our LAN's neighbours), and the global IPv6 addresses of
+        the interface IPv6 leaves by (no NAT in the way). Only those interfaces': an address
+        routed over the overlay itself, cni0's say, must never become a direct path."""
         out = []
         for iface in self.links.addresses(underlay):
             if not (iface.ip.is_loopback or iface.ip.is_link_local):
                 out.append(f"{iface.ip}:{port}")
+        if self.sock6 is not None:
+            port6 = self.sock6.getsockname()[1]
+            try:
+                out6 = self.links.route_to(self.settings.relay_ip if ":" in self.settings.relay_ip else "2000::")
+            except HostError:
+                out6 = None  # no IPv6 route off this host
+            if out6 is not None and out6.ifname != self.settings.interface:
+                self.ipv6 = True
+                out += [endpoint.format((str(a), port6)) for a in self.links.addresses6(out6.ifname)]
         return tuple(out[:8])
+
+    def _underlay6(self, route, lan: tuple[str, ...]):
+        """Our underlay MTU as the overlay must count it: 20 bytes less where a path of ours may
+        be IPv6 (to the relay, or a peer reaching an IPv6 address of ours), its header being
+        that much larger than IPv4's; the overlay MTU then fits either."""
+        if ":" in self.settings.relay_ip or any(ep.startswith("[") for ep in lan):
+            return replace(route, mtu=route.mtu - IPV6_EXTRA)
+        return route
 
     def _stream(self) -> RelayStream:
         stream = self.stream
@@ -471,6 +515,13 @@ class NodeDaemon(Daemon):
         """The socket's reads (from first, one the express path handed back)."""
         w = self.workers
         self.plane.on_udp(self.engine.receive if w is None else w.receive, self.relay_addr, first, now)
+        if self.engine.effects:
+            self.after_input()
+
+    def _on_udp6(self) -> None:
+        """The IPv6 socket's reads: the Python path (the express path reads IPv4 only)."""
+        w = self.workers
+        self.plane.on_udp(self.engine.receive if w is None else w.receive, self.relay_addr, sock=self.sock6)
         if self.engine.effects:
             self.after_input()
 

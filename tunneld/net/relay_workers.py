@@ -25,6 +25,7 @@ log = logging.getLogger("tunneld.relay")
 class RelayWorkers:
     def __init__(self, socks: list[socket.socket], mtu: int):
         self.procs, self.ctls = [], []
+        self.v6 = bool(socks) and socks[0].family == socket.AF_INET6  # the family the workers forward
         for sock in socks:
             proc, ctl = spawn("tunneld.net.relay_worker", [sock.fileno(), mtu], (sock.fileno(),))
             sock.close()  # the worker's now
@@ -50,8 +51,10 @@ class RelayWorkers:
         if engine.table_version == self.version:
             return
         self.version = engine.table_version
+        # members on the workers' socket's family only: the others' datagrams (to and from
+        # the relay's socket of the other family) are the relay's own process's to forward
         table = [[ep[0], ep[1], m.addr, m.relayed_prefix] for ep, m in engine.by_endpoint.items()
-                 if ep.__class__ is tuple and engine.by_addr.get(m.addr) is m]
+                 if ep.__class__ is tuple and engine.by_addr.get(m.addr) is m and (":" in ep[0]) == self.v6]
         broadcast(self.ctls, b"T" + msgpack.packb(table))
 
     def _on_ctl(self, i: int) -> None:

@@ -22,15 +22,16 @@ from ..control import overlay6
 from ..control.approvals import ApprovalError
 from ..control.registry import Registry
 from ..drops import Drop
+from ..engine.inner import IPV6_EXTRA
 from ..engine.relay import Relay
-from ..errors import ConfigError, bind_error
+from ..errors import ConfigError
 from ..host.links import Links
 from ..host.notify import notify
 from ..proto.lock import format_public
 from ..proto.wire import UDP_OVERHEAD_IPV4
 from ..state import DB_FILE, SOCKET_FILE, load_identity, prepare_dir
 from ..store.base import Register, StoreError
-from ..proto import aead, mesh
+from ..proto import aead, endpoint, mesh
 from ..store.etcd import open_store
 from ..store.sqlite import SqliteStore
 from .shared import SharedStore, shared_identity
@@ -38,7 +39,7 @@ from . import ctlsock, metrics_http, steer
 from .relay_workers import RelayWorkers
 from .publish_relay import Publisher, is_work
 from .splice import plain_paused
-from .base import READ_BATCH, Daemon, FramedStream, real_env, udp_socket
+from .base import READ_BATCH, Daemon, FramedStream, real_env, tcp_socket, udp_socket
 from .backlog import Backlog
 from .udpio import Batch, enable_gro, reads as udp_reads
 
@@ -71,7 +72,7 @@ class NodeStream(FramedStream):
         d = self.daemon
         self.opened = monotonic()
         peer = transport.get_extra_info("peername")
-        self.label = f"tcp:{peer[0]}:{peer[1]}" if peer else "tcp"
+        self.label = f"tcp:{endpoint.format(peer[:2])}" if peer else "tcp"
         self.host = peer[0] if peer else "tcp"
         d.fresh = {s for s in d.fresh if s in d.streams and not d.engine.bound(s)}  # at most MAX_UNAUTHENTICATED
         if len(d.streams) >= MAX_STREAMS or len(d.fresh) >= MAX_UNAUTHENTICATED:
@@ -227,6 +228,7 @@ class RelayDaemon(Daemon):
         self.engine: Relay | None = None
         self.writer: StoreWriter | None = None
         self.sock: socket.socket | None = None
+        self.other: socket.socket | None = None  # --listen's address of the other family's UDP socket
         self.batch: Batch | None = None
         self.worker_socks: list[socket.socket] = []
         self.workers: RelayWorkers | None = None
@@ -239,6 +241,15 @@ class RelayDaemon(Daemon):
         s = self.settings
         # Bind first: a wrong --listen must fail before anything is written to the state dir.
         udp, tcp = self._bind()
+        more = []  # the other family's address, if --listen gives one: (udp, tcp)
+        try:
+            for host, port in s.listen_more:
+                more.append(self._bind_more(host, port))
+        except ConfigError:
+            for sock in (udp, tcp, *(x for pair in more for x in pair)):
+                sock.close()
+            self._close_worker_socks()
+            raise
         try:  # closing twice is harmless: _serve closes them too when it stops
             state_dir = prepare_dir(s.state_dir)
             if s.store:
@@ -256,12 +267,12 @@ class RelayDaemon(Daemon):
                 except StoreError as exc:
                     raise ConfigError(str(exc)) from None
             try:
-                return await self._serve(store, identity, state_dir, udp, tcp)
+                return await self._serve(store, identity, state_dir, udp, tcp, more)
             finally:
                 await store.close()
         finally:
-            udp.close()
-            tcp.close()
+            for sock in (udp, tcp, *(x for pair in more for x in pair)):
+                sock.close()
             self._close_worker_socks()
 
     def _close_worker_socks(self) -> None:
@@ -283,16 +294,24 @@ class RelayDaemon(Daemon):
             raise
         if self.worker_socks and not steer.attach(udp, s.workers):
             log.warning("the kernel refused the steering program; the relay's workers share by the kernel's hash")
-        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            tcp.bind((s.listen_host, s.port))
-        except OSError as exc:
-            tcp.close()
+            tcp = tcp_socket(s.listen_host, s.port)
+        except ConfigError:
             udp.close()
             self._close_worker_socks()
-            raise bind_error(exc, s.listen_host, s.port, "TCP", "--listen") from None
+            raise
         return udp, tcp
+
+    @staticmethod
+    def _bind_more(host: str, port: int) -> tuple[socket.socket, socket.socket]:
+        """The other family's UDP and TCP sockets (served by this process: workers share the
+        first address's port only)."""
+        udp = udp_socket(host, port, "--listen")
+        try:
+            return udp, tcp_socket(host, port)
+        except ConfigError:
+            udp.close()
+            raise
 
     async def _network6(self, store, snapshot) -> ipaddress.IPv6Network:
         """The network's IPv6 prefix: --network6, else the one it has, else a new random ULA
@@ -311,9 +330,10 @@ class RelayDaemon(Daemon):
                               "(nodes' IPv6 addresses would change)")
         return overlay6.parse_prefix(known)
 
-    async def _serve(self, store, identity, state_dir, udp, tcp_sock) -> tuple[int, str]:
+    async def _serve(self, store, identity, state_dir, udp, tcp_sock, more) -> tuple[int, str]:
         s = self.settings
         self.sock = udp
+        self.other = more[0][0] if more else None
         try:
             snapshot = await store.load()
         except StoreError as exc:
@@ -335,8 +355,10 @@ class RelayDaemon(Daemon):
         network6 = await self._network6(store, snapshot)
         self.start_base()
         loop = self.loop
-        listen = f"{s.listen_host}:{s.port}"
-        relay_mtu = self._underlay_mtu(s.listen_host)
+        listen = endpoint.format((s.listen_host, s.port))
+        relay_mtu = min(self._underlay_mtu(h) for h, _ in ((s.listen_host, s.port), *s.listen_more))
+        if any(":" in h for h, _ in ((s.listen_host, s.port), *s.listen_more)):
+            relay_mtu -= IPV6_EXTRA  # nodes over IPv6: the path's header is 20 bytes larger
         if store.shared:
             relay_mtu -= mesh.EXTRA  # a datagram may take one more hop, relay to relay
             listen = s.advertise
@@ -356,19 +378,26 @@ class RelayDaemon(Daemon):
         if shared is not None:
             await shared.start()
         self.gro = enable_gro(self.sock)
+        other_gro = enable_gro(self.other) if self.other is not None else False
+        v4, v6 = ((self.sock, self.other) if self.sock.family == socket.AF_INET else (self.other, self.sock))
         self.stats = Counter()
-        self.batch = Batch(self.sock, self.drops, self.stats, relay_mtu - UDP_OVERHEAD_IPV4, lanes=True)
-        server = await loop.create_server(lambda: NodeStream(self), sock=tcp_sock, backlog=1024)
+        self.batch = Batch(v4 or self.sock, self.drops, self.stats, relay_mtu - UDP_OVERHEAD_IPV4, lanes=True,
+                           sock6=v6)
+        servers = [await loop.create_server(lambda: NodeStream(self), sock=t, backlog=1024)
+                   for t in (tcp_sock, *(tcp for _, tcp in more))]
         await self.publisher.apply(entries, fresh, configured=s.publish, added=added)
         self.scrape = await metrics_http.start(s.metrics, self.status_now)
         ctl = await ctlsock.serve(os.path.join(state_dir, SOCKET_FILE), self._control)
-        loop.add_reader(self.sock.fileno(), self._on_udp)
+        loop.add_reader(self.sock.fileno(), self._on_udp, self.sock, self.gro)
+        if self.other is not None:
+            loop.add_reader(self.other.fileno(), self._on_udp, self.other, other_gro)
         if self.worker_socks:
             self.workers = RelayWorkers(self.worker_socks, relay_mtu)
             self.worker_socks = []
             self.workers.start(loop, self)
         log.info("relay listening on %s (UDP and TCP), network %s and %s, key %s",
-                 listen, s.network, network6, identity.public.hex())
+                 ", ".join(endpoint.format(a) for a in ((s.listen_host, s.port), *s.listen_more)), s.network,
+                 network6, identity.public.hex())
         notify("READY=1\nSTATUS=relay listening on " + listen)
         try:
             return await self.wait()
@@ -377,9 +406,12 @@ class RelayDaemon(Daemon):
             if self.workers is not None:
                 self.workers.close()
             loop.remove_reader(self.sock.fileno())
+            if self.other is not None:
+                loop.remove_reader(self.other.fileno())
             self.stop_base()
             ctl.close()
-            server.close()
+            for server in servers:
+                server.close()
             self.publisher.close()
             for stream in list(self.streams):
                 stream.transport.abort()
@@ -412,12 +444,12 @@ class RelayDaemon(Daemon):
         else:
             ep.write(data)
 
-    def _on_udp(self) -> None:
+    def _on_udp(self, sock: socket.socket, gro: bool) -> None:
         """The relay's hot path: read (GRO trains cut apart) -> engine.receive rewrites the
-        4-byte address field and sends on -> a train to one node leaves in one sendmsg."""
+        4-byte address field and sends on -> a train to one node leaves in one sendmsg (by
+        the socket of the node's family: the relay bridges IPv4 and IPv6)."""
         now = monotonic()
         deadline = now + SLICE
-        sock, gro = self.sock, self.gro
         receive = self.engine.receive
         batch = self.batch
         batch.active = True

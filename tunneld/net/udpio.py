@@ -54,8 +54,11 @@ def enable_gro(sock: socket.socket) -> bool:
 
 def receive_batch(sock: socket.socket, gro: bool):
     """One read: a list of datagrams, the sender's address, and the time the kernel took it in
-    (0.0 where it did not say). Raises like recvmsg."""
+    (0.0 where it did not say). Raises like recvmsg. An IPv6 socket's sender comes as
+    (host, port), as an IPv4 one's does (proto/endpoint.py)."""
     data, anc, _flags, addr = sock.recvmsg(65535, _CMSG_SPACE)
+    if len(addr) > 2:
+        addr = addr[:2]
     size = 0
     at = 0.0
     for level, kind, value in anc:
@@ -113,12 +116,14 @@ class Batch:
     """Outgoing datagrams, held while `active` and sent by flush(); sent at once otherwise."""
 
     def __init__(self, sock: socket.socket, drops, stats, max_segment: int = ETHERNET_SEGMENT,
-                 lanes: bool = False):
+                 lanes: bool = False, sock6: socket.socket | None = None):
         """max_segment: the largest datagram that may join a train, what one frame of the
         underlay carries (its MTU less the IPv4 and UDP headers). lanes: a train holds DATA
         of one lane only (the relay's: it forwards several senders' processes to one node,
-        whose kernel steers a train to a process by its first datagram's lane)."""
+        whose kernel steers a train to a process by its first datagram's lane). sock6: where
+        datagrams to IPv6 endpoints leave (None: they cannot)."""
         self.sock = sock
+        self.sock6 = sock6
         self.lanes = lanes
         self.lane = 0
         self.max_segment = max_segment
@@ -168,8 +173,9 @@ class Batch:
             for b in bufs:
                 self._sendto(b, self.addr)
             return
+        sock = self.sock6 if self.sock6 is not None and ":" in self.addr[0] else self.sock
         try:
-            self.sock.sendmsg(bufs, [(SOL_UDP, UDP_SEGMENT, _H.pack(self.size))], 0, self.addr)
+            sock.sendmsg(bufs, [(SOL_UDP, UDP_SEGMENT, _H.pack(self.size))], 0, self.addr)
             self.stats["udp_gso_sends"] += 1
         except BlockingIOError:
             self.drops[Drop.UDP_SEND_FULL] += len(bufs)
@@ -188,7 +194,7 @@ class Batch:
 
     def _sendto(self, data: bytes, addr) -> None:
         try:
-            self.sock.sendto(data, addr)
+            (self.sock6 if self.sock6 is not None and ":" in addr[0] else self.sock).sendto(data, addr)
         except BlockingIOError:
             self.drops[Drop.UDP_SEND_FULL] += 1
         except OSError:
