@@ -92,6 +92,65 @@ def test_a_super_packet_is_cut_into_valid_segments():
         assert l4_ok(kernel_completes(single(s)))
 
 
+SRC6 = bytes.fromhex("20010db8006400000000000064400001")  # the lab overlay's IPv6 addresses
+DST6 = bytes.fromhex("20010db8006400000000000064400002")
+
+
+def tso6_read(payload: bytes, gso_size: int, seq: int = 1000, flags: int = 0x18, options: bytes = b"") -> bytes:
+    """An IPv6 TCP super-packet (TUN_F_TSO6) as the TUN device hands it over."""
+    thl = 20 + len(options)
+    tcp = bytearray(struct.pack("!HHIIBBHHH", 40000, 10250, seq, 99, (thl // 4) << 4, flags, 501, 0, 0) + options)
+    ip = struct.pack("!IHBB16s16s", 0x60000000, thl + len(payload), 6, 64, SRC6, DST6)
+    pkt = bytearray(ip + bytes(tcp) + payload)
+    pkt[56:58] = struct.pack("!H", offload.pseudo_sum6(pkt, 6, len(pkt) - 40))
+    return struct.pack("=BBHHHH", NEEDS_CSUM, offload.GSO_TCPV6, 40 + thl, gso_size, 40, 16) + bytes(pkt)
+
+
+def l4_ok6(pkt: bytes) -> bool:
+    pseudo = pkt[8:40] + struct.pack("!I", len(pkt) - 40) + b"\x00\x00\x00" + bytes([pkt[6]])
+    return ref_sum(pseudo + pkt[40:]) == 0xFFFF
+
+
+def test_an_ipv6_super_packet_is_cut_into_valid_segments():
+    payload = os.urandom(10_000)
+    segs, reason = split(tso6_read(payload, 1368, seq=2**32 - 3000, flags=0x98, options=TS_OPTION))
+    assert reason == ""
+    assert [len(s) - 72 for s in segs] == [1368] * 7 + [10_000 - 7 * 1368]
+    assert b"".join(s[72:] for s in segs) == payload
+    for i, s in enumerate(segs):
+        assert s[:4] == b"\x60\x00\x00\x00" and s[8:40] == SRC6 + DST6
+        assert struct.unpack_from("!H", s, 4)[0] == len(s) - 40  # the payload length
+        assert struct.unpack_from("!I", s, 44)[0] == (2**32 - 3000 + 1368 * i) % 2**32
+        first, last = i == 0, i == len(segs) - 1
+        assert s[53] == 0x10 | (0x80 if first else 0) | (0x08 if last else 0), "CWR first, PSH last"
+        assert s[60:72] == TS_OPTION
+        assert l4_ok6(kernel_completes(single(s)))  # the receiver's write: the kernel completes it
+    bad = bytearray(tso6_read(payload, 1368))
+    bad[VNET_HDR_LEN + 6] = 0  # a hop-by-hop header before TCP: not ours to cut
+    assert split(bytes(bad)) == ([], "tun_gso_malformed")
+
+
+def test_ipv6_segments_merge_into_one_write_the_kernel_can_resegment():
+    payload = os.urandom(8 * 1368)
+    segs, _ = split(tso6_read(payload, 1368, flags=0x10, options=TS_OPTION))
+    c = Coalescer()
+    for seg in segs:
+        c.add(seg)
+    (write,) = c.flush()
+    raw = b"".join(bytes(b) for b in write)
+    flags, gso, hdr_len, gso_size, start, off = struct.unpack_from("=BBHHHH", raw)
+    assert (flags, gso, hdr_len, gso_size, start, off) == (NEEDS_CSUM, offload.GSO_TCPV6, 72, 1368, 40, 16)
+    assert struct.unpack_from("!H", raw, VNET_HDR_LEN + 4)[0] == len(raw) - VNET_HDR_LEN - 40
+    again, _ = split(raw)  # what the kernel's segmentation makes of it: the segments we had
+    assert [a[:56] + a[58:] for a in again] == [s[:56] + s[58:] for s in segs]
+    other = bytearray(segs[3])
+    other[8:24] = DST6  # another flow (its source differs) in between: nothing merges across it
+    c.add(segs[0])
+    c.add(bytes(other))
+    c.add(segs[1])
+    assert len(c.flush()) == 2  # segs 0 and 1 merged (in order), the stranger alone
+
+
 def test_a_plain_read_passes_and_a_deeper_partial_checksum_travels_with_its_place():
     pkt = tcp_packet(b"hello", 5)
     assert split(struct.pack("=BBHHHH", 0, 0, 0, 0, 0, 0) + pkt) == ([pkt], "")
@@ -163,7 +222,8 @@ def test_a_vxlan_super_packet_that_lies_about_its_headers_is_dropped():
 
 def test_garbage_reads_are_dropped_by_reason():
     assert split(b"\x00" * 5)[1] == "tun_short"
-    assert split(struct.pack("=BBHHHH", 0, 4, 0, 1000, 0, 0) + bytes(100))[1] == "tun_gso_unsupported"
+    assert split(struct.pack("=BBHHHH", 0, 3, 0, 1000, 0, 0) + bytes(100))[1] == "tun_gso_unsupported"  # UFO
+    assert split(struct.pack("=BBHHHH", 0, 4, 0, 1000, 0, 0) + bytes(100))[1] == "tun_gso_malformed"  # not IPv6
     assert split(struct.pack("=BBHHHH", 1, 1, 0, 1000, 20, 16) + bytes(100))[1] == "tun_gso_malformed"
 
 

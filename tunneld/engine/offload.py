@@ -12,7 +12,7 @@ virtio-net header (10 bytes, host byte order), before every packet on the TUN fd
   | flags 1 | gso_type | hdr_len 2 | gso_size 2| csum_start | csum_offset |
   +---------+----------+-----------+-----------+------------+-------------+
   flags 1 = NEEDS_CSUM: the L4 checksum at csum_start + csum_offset holds only
-  the pseudo-header sum; gso_type 1 = TCPV4 (| 0x80 ECN): split into gso_size.
+  the pseudo-header sum; gso_type 1 = TCPV4, 4 = TCPV6 (| 0x80 ECN): split into gso_size.
 
   split(buf)          read side: header + packet -> MTU-sized IPv4 packets
   Coalescer.add(pkt)  write side: consecutive in-order TCP segments of a flow are
@@ -38,7 +38,7 @@ import struct
 from ..drops import Drop
 from ..proto.wire import PARTIAL, PARTIAL_HEADER_LEN
 from .checksum import finish, ip_header, pseudo_sum, pseudo_sum6, sum16
-from .segment import cut
+from .segment import cut, cut6
 from . import tunnel_merge
 from .gro import ACK, PSH, Flow
 from .tunnel_split import GSO_UDP_TUNNEL_IPV4, VNET_TNL_LEN, split_udp_tunnel4, tunnel_offsets
@@ -47,6 +47,7 @@ VNET_HDR_LEN = 10
 NEEDS_CSUM = 1
 GSO_NONE = 0
 GSO_TCPV4 = 1
+GSO_TCPV6 = 4
 GSO_ECN = 0x80
 _VNET = struct.Struct("=BBHHHH")
 _H = struct.Struct("!H")
@@ -73,6 +74,8 @@ def split(buf: bytes, vnet_len: int = VNET_HDR_LEN) -> tuple[list[bytes], str]:
         return [], Drop.TUN_GSO_UNSUPPORTED
     if gso_type == GSO_TCPV4:
         return _split_tcp4(memoryview(buf)[vnet_len:], gso_size)
+    if gso_type == GSO_TCPV6:
+        return _split_tcp6(memoryview(buf)[vnet_len:], gso_size)
     if gso_type == GSO_UDP_TUNNEL_IPV4 | GSO_TCPV4 and vnet_len >= VNET_TNL_LEN:
         outer_th, inner_nh = tunnel_offsets(buf)
         return split_udp_tunnel4(memoryview(buf)[vnet_len:], gso_size, outer_th, inner_nh, csum_start)
@@ -82,8 +85,11 @@ def split(buf: bytes, vnet_len: int = VNET_HDR_LEN) -> tuple[list[bytes], str]:
 def _complete(packet: bytes, start: int, offset: int) -> bytes:
     """A partial checksum in the packet's own TCP/UDP header goes as it is (the receiver
     completes it); one deeper in goes with its place (wire.PARTIAL)."""
-    ihl = (packet[0] & 0x0F) * 4
-    if start == ihl and ((packet[9] == 6 and offset == 16) or (packet[9] == 17 and offset == 6)):
+    if packet[0] >> 4 == 6:  # IPv6: TCP or UDP right after the fixed header (offload._single6)
+        ihl, proto = 40, packet[6]
+    else:
+        ihl, proto = (packet[0] & 0x0F) * 4, packet[9]
+    if start == ihl and ((proto == 6 and offset == 16) or (proto == 17 and offset == 6)):
         return packet
     if start + offset + 2 > len(packet) or start > 255 or offset > 255:
         return _complete_here(packet, start, offset)
@@ -119,9 +125,21 @@ def _split_tcp4(pkt: memoryview, gso_size: int) -> tuple[list[bytes], str]:
     return cut(pkt, gso_size, 0, ihl, h), ""
 
 
+def _split_tcp6(pkt: memoryview, gso_size: int) -> tuple[list[bytes], str]:
+    n = len(pkt)
+    if pkt[0] >> 4 != 6 or pkt[6] != 6 or n < 60:  # TCP right after the fixed header, nothing else
+        return [], Drop.TUN_GSO_MALFORMED
+    h = 40 + (pkt[52] >> 4) * 4
+    if h > n or h < 60:
+        return [], Drop.TUN_GSO_MALFORMED
+    return cut6(pkt, gso_size, h), ""
+
+
 # What a later segment of a flow may change in its headers (gro.py): the IPv4 total length,
-# id and checksum, the TCP sequence number and checksum.
+# id and checksum, the TCP sequence number and checksum; over IPv6 the payload length, the
+# TCP sequence number and checksum.
 _VARY = (2, 3, 4, 5, 10, 11, 24, 25, 26, 27, 36, 37)
+_VARY6 = (4, 5, 44, 45, 46, 47, 56, 57)
 
 
 class Coalescer:
@@ -136,19 +154,30 @@ class Coalescer:
         self.tflows: dict = {}
 
     def add(self, packet: bytes) -> None:
-        # The hot case first, in as few steps as Python allows: the next segment of a flow.
-        flow = self.flows.get(packet[12:24]) if packet[9] == 6 else None
+        # The hot case first, in as few steps as Python allows: the next segment of a flow
+        # (its key: addresses and ports, IPv4's 12 bytes or IPv6's 36).
+        if packet[0] >> 4 == 6:
+            key, tcp = packet[8:44], packet[6] == 6
+        else:
+            key, tcp = packet[12:24], packet[9] == 6
+        flow = self.flows.get(key) if tcp else None
         if flow is not None and not flow.closed and flow.join(packet):
             return
-        # The first segment of a flow: an IPv4 packet without options or fragmentation
-        # carrying a TCP segment with data and only ACK (and PSH).
-        if (packet[0] == 0x45 and packet[9] == 6 and not (packet[6] & 0x3F or packet[7])
+        # The first segment of a flow: an IPv4 packet without options or fragmentation (or
+        # an IPv6 one, TCP right after its fixed header) carrying a TCP segment with data
+        # and only ACK (and PSH).
+        if (packet[0] == 0x45 and tcp and not (packet[6] & 0x3F or packet[7])
                 and len(packet) >= 40 and (packet[33] == ACK or packet[33] == ACK | PSH)):
             h = 20 + (packet[32] >> 4) * 4
-            size = len(packet) - h
-            if size > 0 and h >= 40:
-                flow = Flow(packet, 0, 20, h, MAX_SUPER, _VARY)
-                self.flows[packet[12:24]] = flow
+            if len(packet) > h >= 40:
+                flow = self.flows[key] = Flow(packet, 0, 20, h, MAX_SUPER, _VARY)
+                self.items.append(flow)
+                return
+        elif (tcp and packet[0] >> 4 == 6 and len(packet) >= 60
+              and (packet[53] == ACK or packet[53] == ACK | PSH)):
+            h = 40 + (packet[52] >> 4) * 4
+            if len(packet) > h >= 60:
+                flow = self.flows[key] = Flow(packet, 0, 40, h, MAX_SUPER, _VARY6)
                 self.items.append(flow)
                 return
         if packet[0] == PARTIAL:
@@ -156,8 +185,8 @@ class Coalescer:
                 return
             self.items.append(single(packet))
             return
-        if packet[9] == 6 and len(packet) >= 24:
-            flow = self.flows.pop(packet[12:24], None)  # keep the flow's order: what follows starts anew
+        if tcp:
+            flow = self.flows.pop(key, None)  # keep the flow's order: what follows starts anew
             if flow is not None:
                 flow.closed = True
         self.items.append(single(packet))
@@ -166,7 +195,9 @@ class Coalescer:
         out = []
         for item in self.items:
             if item.__class__ is Flow:
-                out.append(tunnel_merge.merge(item, single) if item.first[0] == PARTIAL else _merge(item))
+                first = item.first[0]
+                out.append(tunnel_merge.merge(item, single) if first == PARTIAL else
+                           _merge6(item) if first >> 4 == 6 else _merge(item))
             else:
                 out.append(item)
         self.items = []
@@ -211,6 +242,21 @@ def _single6(packet: bytes) -> list:
     mv = memoryview(packet)
     field = _H.pack(pseudo_sum6(packet, proto, len(packet) - 40))
     return [_VNET.pack(NEEDS_CSUM, GSO_NONE, 0, 0, 40, at - 40), mv[:at], field, mv[at + 2:]]
+
+
+def _merge6(flow: Flow) -> list:
+    first = flow.first
+    if len(flow.parts) == 1:
+        return single(first)
+    h = len(first) - len(flow.parts[0])
+    hdr = bytearray(first[:h])
+    total = flow.total
+    _H.pack_into(hdr, 4, total - 40)
+    if flow.psh:
+        hdr[53] |= PSH
+    _H.pack_into(hdr, 56, pseudo_sum6(hdr, 6, total - 40))
+    vnet = _VNET.pack(NEEDS_CSUM, GSO_TCPV6, h, flow.size, 40, 16)
+    return [vnet, hdr, *flow.parts]
 
 
 def _merge(flow: Flow) -> list:

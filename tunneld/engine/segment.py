@@ -1,6 +1,8 @@
 """Cutting a TCP super-packet into the segments the kernel would have sent, in one place.
 
-Both super-packets the TUN device hands over end in one TCPv4 stream cut at gso_size:
+The super-packets the TUN device hands over end in one TCP stream cut at gso_size: over
+IPv4 (cut), or over IPv6 (cut6: only the payload length, sequence number and flags vary;
+no header checksum, and the TCP checksum stays the partial one the receiver completes):
 a plain one (offload.py), and one inside a UDP tunnel, flannel's VXLAN (tunnel_split.py):
 
   [outer IPv4 | UDP | VXLAN | Ethernet] | IPv4 at nh | TCP at th | payload ... (h: headers end)
@@ -82,5 +84,31 @@ def cut(pkt: memoryview, gso_size: int, nh: int, th: int, h: int, outer_th: int 
         if off == h:
             hdr[at_flags] = middle
         ident = (ident + 1) & 0xFFFF
+        seq += gso_size
+    return out
+
+
+def cut6(pkt: memoryview, gso_size: int, h: int) -> list[bytes]:
+    """An IPv6 TCP super-packet's segments (TCP right after the fixed header, at 40; its
+    headers end at h)."""
+    n = len(pkt)
+    hdr = bytearray(pkt[:h])
+    seq = _I.unpack_from(hdr, 44)[0]
+    flags = hdr[53]
+    last = n - gso_size
+    hdr[53] = flags & ~_PSH_FIN if last > h else flags
+    middle = flags & ~(_CWR | _PSH_FIN)
+    pack_h, pack_i, join = _H.pack_into, _I.pack_into, b"".join
+    out = []
+    size = h - 40 + gso_size
+    for off in range(h, n, gso_size):
+        if off >= last:
+            size = n - off + h - 40
+            hdr[53] = flags & ~_CWR if off > h else flags
+        pack_h(hdr, 4, size)
+        pack_i(hdr, 44, seq & 0xFFFFFFFF)
+        out.append(join((hdr, pkt[off : off + gso_size])))
+        if off == h:
+            hdr[53] = middle
         seq += gso_size
     return out

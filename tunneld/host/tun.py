@@ -28,6 +28,7 @@ IFF_MULTI_QUEUE = 0x0100
 MAX_QUEUES = 256  # the kernel's limit per device
 TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04  # IPv6 inside the overlay (offload.py splits both)
 TUN_F_UDP_TUNNEL_GSO = 0x080  # Linux 6.17 on: VXLAN super-packets (engine/tunnel_split.py)
 TUN_F_UDP_TUNNEL_GSO_CSUM = 0x100
 OFFLOADS = ("all", "tcp", "none")  # what Tun.open asks the kernel for (TUNNELD_OFFLOAD)
@@ -105,10 +106,13 @@ class Tun:
         # cutting TCP into MTU-sized packets only for us to encrypt each. A kernel without
         # UDP-tunnel offload refuses its flags (EINVAL): then TCP alone, as before.
         # (Both settings are the device's: every queue reads and writes alike.)
+        # IPv6 TCP (TSO6) only without UDP-tunnel offload: with both, the kernel would hand
+        # over VXLAN super-packets carrying IPv6 TCP (flannel-v6.1's), which offload.py does
+        # not cut; without TSO6 it segments those itself.
         tcp = TUN_F_CSUM | TUN_F_TSO4
         if offload == "all" and _offload(fd, tcp | TUN_F_UDP_TUNNEL_GSO | TUN_F_UDP_TUNNEL_GSO_CSUM, VNET_TNL_LEN):
             self.offload = self.tunnel = True
-        elif offload in ("all", "tcp") and _offload(fd, tcp, VNET_HDR_LEN):
+        elif offload in ("all", "tcp") and _offload(fd, tcp | TUN_F_TSO6, VNET_HDR_LEN):
             self.offload = True
         else:
             _offload(fd, 0, VNET_HDR_LEN)
