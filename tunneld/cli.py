@@ -438,7 +438,8 @@ def _ms(v) -> str:
 def format_status(st: dict) -> str:
     lines = []
     if st.get("role") == "relay":
-        lines.append(f"relay on {st['listen']}, network {st['network']}, overlay MTU {st['mtu']}")
+        six = f" and {st['network6']}" if st.get("network6") else ""
+        lines.append(f"relay on {st['listen']}, network {st['network']}{six}, overlay MTU {st['mtu']}")
         lines.append(f"{'NODE':<20} {'ADDRESS':<15} {'CONNECTED':<9}  {'ENDPOINT':<21} ROUTES")
         for n in st["nodes"]:
             lines.append(f"{n['name']:<20} {n['address']:<15} {'yes' if n['connected'] else 'no':<9}  "
@@ -446,7 +447,8 @@ def format_status(st: dict) -> str:
     else:
         r = st["relay"]
         workers = len(st.get("workers") or ()) or 1
-        lines.append(f"node {st['name']} {st['address'] or '(no address yet)'} on {st['interface']}, "
+        six = f" {st['address6']}" if st.get("address6") else ""
+        lines.append(f"node {st['name']} {st['address'] or '(no address yet)'}{six} on {st['interface']}, "
                      f"MTU {st['mtu']}" + (f", {workers} workers" if workers > 1 else ""))
         lines.append(f"relay {r['endpoint']} {'connected' if r['connected'] else 'NOT connected'} "
                      f"over {r['transport'].upper()}, rtt {_ms(r['rtt_ms'])}")

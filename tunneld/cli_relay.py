@@ -8,6 +8,7 @@ refuses a state dir that holds no relay, rather than make a new relay there.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import os
 import time
@@ -53,7 +54,10 @@ def _offline_registry(state_dir: str):
     from .control.registry import Registry
     store = _open_store(state_dir)
     snapshot = asyncio.run(store.load())
-    return store, Registry(parse_network(snapshot.meta.get("network") or DEFAULT_NETWORK), snapshot)
+    from .control.overlay6 import usable
+    network6 = usable(snapshot.meta.get("network6"))
+    return store, Registry(parse_network(snapshot.meta.get("network") or DEFAULT_NETWORK), snapshot,
+                           network6=ipaddress.IPv6Network(network6) if network6 else None)
 
 
 def _offline_change(state_dir: str, change, missing: str) -> None:

@@ -235,9 +235,9 @@ def parse_prefixes(value, option: str) -> tuple[str, ...]:
     out = []
     for text in (t.strip() for item in items for t in str(item).split(",") if t.strip()):
         try:
-            out.append(str(ipaddress.IPv4Network(text, strict=True)))
+            out.append(str(ipaddress.ip_network(text, strict=True)))
         except ValueError:
-            raise ConfigError(f"{option} {text[:24]!r} is not an IPv4 prefix like 198.18.0.0/16") from None
+            raise ConfigError(f"{option} {text[:40]!r} is not a prefix like 198.18.0.0/16 or 2001:db8:70::/64") from None
     return tuple(out)
 
 

@@ -7,7 +7,7 @@ import ipaddress
 import json
 import sys
 
-from tests.lab import Lab
+from tests.lab import Lab, wait_for
 from tests.lab.overlay import NETWORK6, Overlay, transfer_between
 
 NODES = ("public", "natted", "hidden")
@@ -39,6 +39,10 @@ def test_every_node_has_an_ipv6_overlay_address_that_carries_its_ipv4_one(overla
         assert {p["name"]: p["address6"] for p in st["peers"]} == {p: address6(overlay, p) for p in NODES if p != name}
     relay = overlay.status(overlay.relay)
     assert relay["network6"] == NETWORK6
+    text = overlay.lab.nsexec(overlay.nodes["hidden"].ns, sys.executable, "-m", "tunneld", "status", "--state-dir",
+                              overlay.nodes["hidden"].state_dir).stdout.decode()
+    st = overlay.node_status("hidden")
+    assert f"node hidden {st['address']} {st['address6']} on tunneld0" in text, text
 
 
 def test_every_node_pings_every_other_over_ipv6(overlay):
@@ -143,5 +147,42 @@ def test_the_network6_is_kept_and_a_different_one_is_refused():
             assert r.returncode == 2 and len(err.splitlines()) == 1 and says in err, err
         ov.start_relay(network6=None)  # nothing changed
         assert ov.status(ov.relay)["network6"] == chosen
+    finally:
+        lab.close()
+
+
+def test_an_ipv6_prefix_behind_a_gateway_is_reached_once_approved():
+    """A node advertises an IPv6 LAN (2001:db8:70::/64) behind it; once the operator approves
+    it on the relay, a node that accepts routes reaches the LAN's host over overlay IPv6,
+    routed (never masqueraded): the LAN host sees the overlay address and answers it."""
+    lab = Lab()
+    try:
+        ov = Overlay(lab)
+        ov.start_relay()
+        token = ov.token()
+        gw, client = lab.public_host("gw6"), lab.public_host("cl6")
+        lan = lab.add_namespace("gw6lan")
+        lab.veth(gw.ns, "lan0", lan, "eth0")
+        lab.addr6(gw.ns, "lan0", "2001:db8:70::1/64")
+        lab.addr6(lan, "eth0", "2001:db8:70::2/64")
+        lab.run("ip", "-n", lan, "-6", "route", "add", "default", "via", "2001:db8:70::1")
+        ov.join(gw, "gw6", token, "--advertise-routes", "2001:db8:70::/64")
+        ov.join(client, "cl6", token, "--accept-routes")
+        ov.wait_connected()
+        assert ping6(ov, "cl6", "2001:db8:70::2", count=1).returncode != 0  # not approved yet
+        r = ov.approve("gw6", "2001:db8:70::/64")
+        assert r.returncode == 0, r.stderr.decode()
+        wait_for(lambda: ov.node_status("cl6")["accepted_routes"] == ["2001:db8:70::/64"], 20,
+                 what="the client to accept the IPv6 prefix")
+        routes = json.loads(lab.nsexec(client.ns, "ip", "-j", "-6", "route", "show", "dev", "tunneld0").stdout)
+        assert "2001:db8:70::/64" in [x["dst"] for x in routes]
+        r = ping6(ov, "cl6", "2001:db8:70::2")
+        assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
+        sent, received = transfer_between(lab, client.ns, lan, "2001:db8:70::2", 7300, 4_000_000)
+        assert sent == received and sent.startswith("4000000 ")
+        # routed, not masqueraded: the LAN host reaches the client's own overlay address too
+        r = lab.nsexec(lan, "ping", "-6", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "2",
+                       ov.node_status("cl6")["address6"], check=False)
+        assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
     finally:
         lab.close()

@@ -62,6 +62,9 @@ def test_a_node_with_ipv6_alone_joins_over_ipv6(six):
     seen = {n["name"]: n["endpoint"] for n in six.status(six.relay)["nodes"]}
     assert seen["six"].startswith(f"[{six.nodes['six'].address6}]:"), seen
     assert not seen["four"].startswith("["), seen
+    text = six.lab.nsexec(six.nodes["six"].ns, sys.executable, "-m", "tunneld", "metrics", "--state-dir",
+                          six.nodes["six"].state_dir).stdout.decode()
+    assert f'tunneld_relay_connected{{relay="{six.relay_endpoint6}",transport="udp"}} 1.0' in text, text[:2000]
     # no IPv4 outside the overlay: the host has none
     assert "inet " not in six.lab.nsexec(six.nodes["six"].ns, "ip", "-4", "addr", "show", "dev", "eth0").stdout.decode()
 

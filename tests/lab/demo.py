@@ -19,7 +19,7 @@ import time
 import os
 
 from . import Lab, LabError, wait_for
-from .overlay import Overlay, transfer
+from .overlay import NETWORK6, Overlay, transfer
 from .services import FETCH, SERVICE, expected
 
 TRANSFER_BYTES = 20_000_000
@@ -56,8 +56,8 @@ def main() -> int:
         with open(config, "w") as f:
             f.write('allow-ports = ["18000-18999"]\n')  # the ports it may publish
         ov.start_relay("--config", config)
-        _say(f"  [relay] $ tunneld serve --listen {ov.relay_endpoint} --state-dir {ov.relay.state_dir} "
-             f"--config relay.toml &      (relay.toml: allow-ports = [\"18000-18999\"])")
+        _say(f"  [relay] $ tunneld serve --listen {ov.relay_endpoint} --network6 {NETWORK6} --state-dir "
+             f"{ov.relay.state_dir} --config relay.toml &      (relay.toml: allow-ports = [\"18000-18999\"])")
         token = _cmd(lab, ov.relay, "token", "--state-dir", ov.relay.state_dir, "--ttl", "1h",
                      "--uses", str(len(hosts))).strip()
 
@@ -80,6 +80,14 @@ def main() -> int:
                 summary = r.stdout.decode().strip().splitlines()[-1] if r.returncode == 0 else "FAILED"
                 failures += r.returncode != 0
                 _say(f"  {src:>6} -> {dst:<6} {ov.address(dst):<12} {summary}")
+        _say("\n== ... and over its IPv6 overlay address (the IPv4 one in the last 32 bits)")
+        for src, dst in (("public", "hidden"), ("hidden", "natted")):
+            six = ov.node_status(dst)["address6"]
+            r = lab.nsexec(hosts[src].ns, "ping", "-6", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "2", six,
+                           check=False)
+            summary = r.stdout.decode().strip().splitlines()[-1] if r.returncode == 0 else "FAILED"
+            failures += r.returncode != 0
+            _say(f"  {src:>6} -> {dst:<6} {six:<21} {summary}")
 
         _say("\n== status")
         _cmd(lab, ov.relay, "status", "--state-dir", ov.relay.state_dir)

@@ -10,6 +10,7 @@ end of a datagram socketpair, so that a case writes what the kernel would hand t
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import struct
@@ -218,6 +219,35 @@ def case_what_c_does_not_carry_goes_to_python_as_read():
         except BlockingIOError:
             pass
     assert a.plane.express.counts["express_sent"] == 0
+
+
+def ipv6(src: bytes, dst: bytes, nh: int, body: bytes) -> bytes:
+    return struct.pack("!IHBB16s16s", 0x60000000, len(body), nh, 64, src, dst) + body
+
+
+def case_ipv6_from_the_peers_overlay_address_is_written_in_c():
+    """IPv6 inside the overlay: sent by the Python path (C seals IPv4 only), opened in C and
+    written to tunneld0 exactly as offload.single writes it (TCP and UDP with the kernel left
+    to complete their checksum); a source other than the peer's IPv6 overlay address goes to
+    the engine, which drops it as spoofed."""
+    a, b = pair()
+    a.run_slow = True
+    src, dst = (ipaddress.IPv6Address(n.engine.status()["address6"]).packed for n in (a, b))
+    cases = [ipv6(src, dst, 58, b"\x80\x00\x00\x00\x00\x01\x00\x01" + b"p" * 56),
+             ipv6(src, dst, 17, struct.pack("!HHHH", 5000, 9999, 44, 0x1234) + b"u" * 36),
+             ipv6(src, dst, 6, struct.pack("!HHIIBBHHH", 40000, 10250, 7, 1, 0x50, 0x10, 65535, 0, 0) + b"t" * 100)]
+    engine_saw = []  # what the C code left to the engine, opened
+    opened = b.engine._opened
+    b.engine._opened = lambda *args: (engine_saw.append(args[2]), opened(*args))
+    for packet in cases:
+        got = through(a, b, packet)
+        assert got == [b"".join(bytes(x) for x in single(packet))], (packet.hex(), [g.hex() for g in got])
+    assert b.plane.express.counts["express_received"] == len(cases) and not b.handed_udp and not engine_saw
+    forged = ipv6(ipaddress.IPv6Address("2001:db8:64::6440:99").packed, dst, 58, b"\x80" + bytes(63))
+    before = b.engine.drops["spoofed_source"]
+    assert through(a, b, forged) == []
+    assert b.engine.drops["spoofed_source"] == before + 1 and engine_saw == [forged]
+    assert not a.errors and not b.errors
 
 
 def case_super_packets_are_cut_as_the_python_path_cuts_them():

@@ -34,6 +34,7 @@ from tunneld.store.base import StoreError
 from tunneld.store.memory import MemoryStore, run_now
 
 NETWORK = ipaddress.IPv4Network("100.64.0.0/10")
+NETWORK6 = ipaddress.IPv6Network("2001:db8:64::/64")
 
 
 class SimNodeIO:
@@ -85,7 +86,7 @@ class SimNodeIO:
             self.mtus.append(effect.mtu)
         elif isinstance(effect, fx.SetRoutes):  # the peers' own addresses apart from advertised prefixes
             network = ipaddress.IPv4Network(self.net.network)
-            self.peer_routes = [p for p in effect.prefixes if ipaddress.IPv4Network(p).subnet_of(network)]
+            self.peer_routes = [p for p in effect.prefixes if ":" not in p and ipaddress.IPv4Network(p).subnet_of(network)]
             self.routes = [p for p in effect.prefixes if p not in self.peer_routes]
         elif isinstance(effect, fx.SaveState):
             self.saved = effect
@@ -127,7 +128,8 @@ class SimNet:
         return Env(lambda: self.now, lambda: int(self.wall * 1e9), self.rng.randbytes)
 
     def _new_relay(self) -> Relay:
-        registry = Registry(self.network, run_now(self.store.load()), auto_approve=self.auto_approve, lock=self.lock)
+        registry = Registry(self.network, run_now(self.store.load()), auto_approve=self.auto_approve, lock=self.lock,
+                            network6=NETWORK6)
         return Relay(self.relay_identity, registry, self._relay_send, self.env(), self.now, listen="192.0.2.1:7000")
 
     @property
@@ -256,6 +258,11 @@ def public_pair() -> tuple["SimNet", Node, Node]:
     net.send_ip("b", "a")
     net.advance(3)
     return net, net.nodes["a"], net.nodes["b"]
+
+
+def ipv6_packet(src: str, dst: str, payload: bytes, proto: int = 17) -> bytes:
+    header = bytes([0x60, 0, 0, 0]) + len(payload).to_bytes(2, "big") + bytes([proto, 64])
+    return header + ipaddress.IPv6Address(src).packed + ipaddress.IPv6Address(dst).packed + payload
 
 
 def ipv4_packet(src: str, dst: str, payload: bytes, proto: int = 17) -> bytes:

@@ -99,7 +99,7 @@ def test_routes_go_when_the_gateway_goes():
 
 def test_bad_routes_are_refused_by_the_relay():
     for route, words in (("100.64.0.0/16", "overlaps the overlay"), ("0.0.0.0/0", "default route"),
-                         ("198.18.0.1/16", "not an IPv4 prefix")):
+                         ("198.18.0.1/16", "not a prefix like")):
         net = SimNet()
         net.add_node("gw", routes=(route,))
         net.advance(2)

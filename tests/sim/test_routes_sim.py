@@ -46,7 +46,7 @@ def test_approvals_refuse_what_would_capture_the_relay_or_the_overlay_or_unknown
     net.advance(2)
     for name, prefix, words in (("gw", "192.0.2.0/24", "relay's address"), ("gw", "100.64.0.0/12", "overlay"),
                                 ("gw", "0.0.0.0/0", "default route"), ("ghost", "198.18.0.0/16", "no node named"),
-                                ("gw", "198.18.0.1/16", "not an IPv4 prefix")):
+                                ("gw", "198.18.0.1/16", "not a prefix like")):
         with pytest.raises(ApprovalError, match=words):
             net.relay.approve_route(name, prefix)
     assert net.relay.writes == type(net.relay.writes)()  # nothing to store
@@ -74,3 +74,41 @@ def test_auto_approval_stays_clear_of_explicit_approvals():
     net.relay.approve_route("gw", "198.18.0.0/16")  # explicit: the other's overlap stops
     settle(net)
     assert routes_of(net, "outside") == ["198.18.0.0/16", "198.19.0.0/16"]
+
+
+def test_ipv6_prefixes_are_approved_routed_and_source_checked_like_ipv4_ones():
+    from tests.sim.simnet import ipv6_packet
+    net = SimNet(auto_approve=("2001:db8:70::/48",))
+    net.add_node("gw", routes=("2001:db8:70::/64", "198.18.0.0/16"))
+    net.add_node("mallory", routes=("2001:db8:71::/64",))  # not approved: it goes nowhere
+    outside = net.add_node("outside", accept_routes=True, protected=("192.0.2.1", "2001:db8:0:2::/64"))
+    net.advance(3)
+    assert routes_of(net, "outside") == ["2001:db8:70::/64"]  # IPv4's 198.18.0.0/16: not approved
+    assert outside.status()["accepted_routes"] == ["2001:db8:70::/64"]
+    me = outside.status()["address6"]
+    # outside -> a host behind gw, through gw
+    net.nodes["outside"].from_tun(ipv6_packet(me, "2001:db8:70::5", b"to the lan"), net.now)
+    net.advance(1)
+    assert any(p.endswith(b"to the lan") for p in net.ios["gw"].tun)
+    # gw speaks for its prefix, and for no other
+    gw = net.nodes["gw"]
+    before = outside.drops["spoofed_source"]
+    gw.from_tun(ipv6_packet("2001:db8:70::5", me, b"from the lan"), net.now)
+    gw.from_tun(ipv6_packet("2001:db8:71::5", me, b"forged"), net.now)
+    net.advance(1)
+    got = [p for p in net.ios["outside"].tun if p.endswith((b"from the lan", b"forged"))]
+    assert [p[-12:] for p in got] == [b"from the lan"] and outside.drops["spoofed_source"] == before + 1
+
+
+def test_ipv6_prefixes_that_would_capture_the_hosts_or_the_overlays_are_refused():
+    """The node refuses one over its own network whatever the relay approved; the relay
+    refuses one inside the overlay's IPv6 prefix, and link-local ones, at the join."""
+    net = SimNet(auto_approve=("::/0",))
+    net.add_node("mallory", routes=("2001:db8:0:2::/64", "2001:db8:99::/64"))
+    outside = net.add_node("outside", accept_routes=True, protected=("192.0.2.1", "2001:db8:0:2::/64"))
+    for name, prefix in (("inside", "2001:db8:64::/96"), ("local", "fe80::/64")):
+        net.add_node(name, routes=(prefix,))
+    net.advance(3)
+    assert routes_of(net, "outside") == ["2001:db8:99::/64"]
+    assert outside.drops["route_refused"] >= 1
+    assert [code for code, _ in net.ios["inside"].refusals + net.ios["local"].refusals] == ["bad_route"] * 2

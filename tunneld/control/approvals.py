@@ -21,7 +21,20 @@ from typing import Iterable
 
 from ..store.base import SaveRoutes
 
-Net = ipaddress.IPv4Network
+Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _order(p: Net) -> tuple:
+    return p.version, p  # IPv4 and IPv6 prefixes do not compare: each family apart
+
+
+def overlaps(a: Net, b: Net) -> bool:
+    """a and b share addresses (never across families; ipaddress does not check that)."""
+    return a.version == b.version and a.overlaps(b)
+
+
+def within(a: Net, b: Net) -> bool:
+    return a.version == b.version and a.subnet_of(b)
 
 
 class ApprovalError(ValueError):
@@ -30,14 +43,15 @@ class ApprovalError(ValueError):
 
 def _net(text: str, what: str = "the prefix") -> Net:
     try:
-        return Net(text, strict=True)
+        return ipaddress.ip_network(text, strict=True)
     except ValueError:
-        raise ApprovalError(f"{what} {text[:24]!r} is not an IPv4 prefix like 198.18.0.0/16") from None
+        raise ApprovalError(f"{what} {text[:40]!r} is not a prefix like 198.18.0.0/16 or 2001:db8:70::/64") from None
 
 
 class Approvals:
     def __init__(self, approved: dict[str, tuple[str, ...]] | None = None, auto: Iterable[str] = ()):
-        self.approved: dict[str, tuple[Net, ...]] = {n: tuple(Net(p) for p in ps) for n, ps in (approved or {}).items()}
+        self.approved: dict[str, tuple[Net, ...]] = {n: tuple(ipaddress.ip_network(p) for p in ps)
+                                                     for n, ps in (approved or {}).items()}
         self.auto = tuple(_net(p, "auto-approve-routes") for p in auto)
 
     def effective(self, name: str, advertised: Iterable[str]) -> tuple[str, ...]:
@@ -46,30 +60,32 @@ class Approvals:
         others = [p for n, ps in self.approved.items() if n != name for p in ps]
         out = []
         for text in advertised:
-            prefix = Net(text)
-            if any(prefix.subnet_of(a) for a in own) or (
-                    any(prefix.subnet_of(a) for a in self.auto) and not any(prefix.overlaps(o) for o in others)):
+            prefix = ipaddress.ip_network(text)
+            if any(within(prefix, a) for a in own) or (
+                    any(within(prefix, a) for a in self.auto) and not any(overlaps(prefix, o) for o in others)):
                 out.append(text)
         return tuple(out)
 
-    def approve(self, name: str, text: str, overlay: Net, relay_addresses: Iterable[str]) -> SaveRoutes:
+    def approve(self, name: str, text: str, overlay: Net, relay_addresses: Iterable[str],
+                overlay6: Net | None = None) -> SaveRoutes:
         prefix = _net(text)
         if prefix.prefixlen == 0:
-            raise ApprovalError("the default route 0.0.0.0/0 cannot be approved")
-        if prefix.overlaps(overlay):
-            raise ApprovalError(f"{prefix} overlaps the overlay network {overlay}")
+            raise ApprovalError(f"the default route {prefix} cannot be approved")
+        for net in (overlay, overlay6):
+            if net is not None and overlaps(prefix, net):
+                raise ApprovalError(f"{prefix} overlaps the overlay network {net}")
         for a in relay_addresses:
-            if ipaddress.IPv4Address(a) in prefix:
+            if ipaddress.ip_address(a).version == prefix.version and ipaddress.ip_address(a) in prefix:
                 raise ApprovalError(f"{prefix} holds the relay's address {a}: nodes would lose their way to it")
         for other, prefixes in sorted(self.approved.items()):
-            clash = next((p for p in prefixes if p.overlaps(prefix)), None)
+            clash = next((p for p in prefixes if overlaps(p, prefix)), None)
             if other != name and clash is not None:
                 raise ApprovalError(f"{prefix} overlaps {clash}, approved for {other}; "
                                     f"run 'tunneld routes unapprove {other} {clash}' first")
         mine = self.approved.get(name, ())
         if prefix in mine:
             return SaveRoutes(name, tuple(str(p) for p in mine))
-        self.approved[name] = tuple(sorted((*mine, prefix)))
+        self.approved[name] = tuple(sorted((*mine, prefix), key=_order))
         return SaveRoutes(name, tuple(str(p) for p in self.approved[name]))
 
     def unapprove(self, name: str, text: str) -> SaveRoutes | None:
@@ -86,7 +102,7 @@ class Approvals:
 
     def replace(self, name: str, texts: Iterable[str]) -> None:
         """What another relay of the network approved for name (all of it)."""
-        prefixes = tuple(sorted(Net(t) for t in texts))
+        prefixes = tuple(sorted((ipaddress.ip_network(t) for t in texts), key=_order))
         if prefixes:
             self.approved[name] = prefixes
         else:

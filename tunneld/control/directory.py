@@ -35,18 +35,23 @@ class Entry:
     online: bool
     endpoint: str  # as the relay observes it, "" when unknown
     mtu: int = 0  # the node's underlay MTU, 0 when unknown
-    routes: tuple = ()  # prefixes (CIDR strings) the node routes for others
+    routes: tuple = ()  # prefixes (CIDR strings) the node routes for others, IPv4 and IPv6
     lan: tuple = ()  # endpoints on its own LAN, direct-path candidates for its neighbours
     hello: Hello = LEGACY  # the protocol range and capabilities it announced when it joined
     lock: bytes = b""  # its network-lock chain (proto/lock.py), empty if it has none
 
     def wire(self) -> list:
-        return [self.name, self.addr, self.key, self.online, self.endpoint, self.mtu, list(self.routes),
-                list(self.lan)]
+        """The 8-list every release reads: its IPv4 prefixes only (routes6 carries the rest)."""
+        return [self.name, self.addr, self.key, self.online, self.endpoint, self.mtu,
+                [r for r in self.routes if ":" not in r], list(self.lan)]
+
+    def routes6(self) -> list:
+        return [r for r in self.routes if ":" in r]
 
     def size(self) -> int:
-        """Bytes this entry takes in a message (its hello included)."""
-        return len(encode(self.wire())) + len(encode(hello_list(self.hello))) + len(encode(self.lock))
+        """Bytes this entry takes in a message (its hello, lock and IPv6 prefixes included)."""
+        return (len(encode(self.wire())) + len(encode(hello_list(self.hello))) + len(encode(self.lock))
+                + len(encode(self.routes6())))
 
 
 def hello_list(h: Hello) -> list:
@@ -77,6 +82,8 @@ def _message(version: int, base: int | None, i: int, count: int, mtu: int, entri
     msg = {"t": "dir", "v": version, "base": base, "i": i, "c": count, "mtu": mtu,
            "nodes": [e.wire() for e in entries], "gone": gone,
            "hellos": [hello_list(e.hello) for e in entries], "locks": [e.lock for e in entries]}
+    if any(":" in r for e in entries for r in e.routes):  # IPv6 prefixes (since 0.6.0; older nodes ignore it)
+        msg["routes6"] = [e.routes6() for e in entries]
     if relays:  # several relays serve the network (since 0.4.0; older nodes ignore it)
         msg["relays"] = relays
     return msg
@@ -236,7 +243,9 @@ class DirectoryMirror:
         self.relays = msg.get("relays") or self.relays
         hellos = msg.get("hellos") or [LEGACY] * len(msg["nodes"])
         locks = msg.get("locks") or [b""] * len(msg["nodes"])
-        nodes = [Entry(*n, hello, lock) for n, hello, lock in zip(msg["nodes"], hellos, locks)]
+        routes6 = msg.get("routes6") or [()] * len(msg["nodes"])
+        nodes = [Entry(*n[:6], (*n[6], *r6), n[7], hello, lock)
+                 for n, hello, lock, r6 in zip(msg["nodes"], hellos, locks, routes6)]
         if msg["base"] is not None:
             if msg["base"] != self.version:
                 return False  # our next ping reports our version; the relay sends a snapshot

@@ -44,24 +44,33 @@ class RouteError(ValueError):
     """A prefix a node may not advertise; the message names the fix."""
 
 
-def check_routes(texts: Iterable[str], overlay: ipaddress.IPv4Network | None = None) -> tuple[str, ...]:
-    """The prefixes a node may offer to route: real IPv4 prefixes, not the default route,
-    not inside or around the overlay; normalised, sorted, without duplicates; else RouteError.
-    The command line checks them with this as the relay does."""
+NOT_ROUTABLE6 = tuple(ipaddress.IPv6Network(p) for p in ("::/8", "fe80::/10", "ff00::/8"))  # and ::ffff:0:0/96
+
+
+def check_routes(texts: Iterable[str], overlay: ipaddress.IPv4Network | None = None,
+                 overlay6: ipaddress.IPv6Network | None = None) -> tuple[str, ...]:
+    """The prefixes a node may offer to route: real IPv4 or IPv6 prefixes, not the default
+    route, not inside or around the overlay (either range), no link-local or multicast
+    IPv6; normalised, sorted (IPv4 first), without duplicates; else RouteError. The command
+    line checks them with this as the relay does."""
     out = set()
     for text in texts:
         try:
-            prefix = ipaddress.IPv4Network(text, strict=True)
+            prefix = ipaddress.ip_network(text, strict=True)
         except ValueError:
-            raise RouteError(f"--advertise-routes {text[:20]!r} is not an IPv4 prefix like 198.18.0.0/16") from None
+            raise RouteError(f"--advertise-routes {text[:40]!r} is not a prefix like 198.18.0.0/16 "
+                             "or 2001:db8:70::/64") from None
         if prefix.prefixlen == 0:
-            raise RouteError("--advertise-routes may not carry the default route 0.0.0.0/0")
-        if overlay is not None and prefix.overlaps(overlay):
-            raise RouteError(f"--advertise-routes {prefix} overlaps the overlay network {overlay}")
+            raise RouteError(f"--advertise-routes may not carry the default route {prefix}")
+        if prefix.version == 6 and any(prefix.overlaps(n) for n in NOT_ROUTABLE6):
+            raise RouteError(f"--advertise-routes {prefix} is link-local, multicast or reserved IPv6")
+        for net in (overlay, overlay6):
+            if net is not None and net.version == prefix.version and prefix.overlaps(net):
+                raise RouteError(f"--advertise-routes {prefix} overlaps the overlay network {net}")
         out.add(prefix)
     if len(out) > MAX_ROUTES:
         raise RouteError(f"--advertise-routes takes at most {MAX_ROUTES} prefixes; summarise them")
-    return tuple(str(p) for p in sorted(out))
+    return tuple(str(p) for p in sorted(out, key=lambda p: (p.version, p)))
 
 
 # Inside 100.64.0.0/10 but never handed out: clouds run their own services there (Alibaba
@@ -255,7 +264,7 @@ class Registry:
         """The write for an approval (control/approvals.py), or ApprovalError."""
         if name not in self.by_name:
             raise ApprovalError(f"no node named {name[:64]!r} on this relay; see 'tunneld routes list'")
-        return self.approvals.approve(name, prefix, self.network, relay_addresses)
+        return self.approvals.approve(name, prefix, self.network, relay_addresses, self.network6)
 
     def issue_token(self, relay_public: bytes, ttl: float | None, now: float,
                     random: Callable[[int], bytes], uses: int = 1) -> tuple[JoinToken, AddToken]:

@@ -13,9 +13,12 @@ the same, and the last 4 are the key the data path already finds peers by:
   prefix_of(network6)          the 12 bytes, or None (a network without IPv6)
   destination6(packet, prefix) the peer's IPv4 address (4 bytes) an IPv6 packet to an
                                overlay address is for, or None
-  from_peer(packet, addr, sources, prefix)  the inner-source check: an IPv4 packet from the
-                               peer's address or a prefix we accept from it, or an IPv6
-                               packet from the peer's IPv6 overlay address
+  peer6(packet, prefix, peers, table6)  the peer an IPv6 packet goes to: by its overlay
+                               address, else by an IPv6 prefix we accept from it (routes.py)
+  from_peer(packet, addr, sources, prefix, sources6)  the inner-source check: an IPv4
+                               packet from the peer's address or a prefix we accept from it,
+                               or an IPv6 packet from the peer's IPv6 overlay address or an
+                               IPv6 prefix we accept from it
   clamped(packet, v6, mss, vxlan_mss)  a TCP SYN's MSS cut to what the path carries (mss.py);
                                an IPv6 segment carries IPV6_EXTRA bytes less than IPv4's
 """
@@ -25,7 +28,7 @@ from __future__ import annotations
 import ipaddress
 
 from .mss import clamp, clamp6
-from .routes import within
+from .routes import longest, within
 
 IPV6_EXTRA = 20  # an IPv6 header's 40 bytes against IPv4's 20
 
@@ -42,10 +45,20 @@ def destination6(packet: bytes, prefix: bytes | None) -> bytes | None:
     return packet[36:40]
 
 
-def from_peer(packet: bytes, addr: bytes, sources, prefix: bytes | None) -> bool:
+def peer6(packet: bytes, prefix: bytes | None, peers: dict, table6: list):
+    peer = peers.get(destination6(packet, prefix))
+    if peer is None and table6 and len(packet) >= 40:
+        peer = longest(table6, packet[24:40])
+    return peer
+
+
+def from_peer(packet: bytes, addr: bytes, sources, prefix: bytes | None, sources6=()) -> bool:
     if packet[0] >> 4 == 4:
         return len(packet) >= 20 and (packet[12:16] == addr or bool(sources and within(packet[12:16], sources)))
-    return prefix is not None and len(packet) >= 40 and packet[8:20] == prefix and packet[20:24] == addr
+    if len(packet) < 40:
+        return False
+    return (prefix is not None and packet[8:20] == prefix and packet[20:24] == addr) or bool(
+        sources6 and within(packet[8:24], sources6))
 
 
 def clamped(packet: bytes, v6: bool, mss: int, vxlan_mss: int) -> bytes:

@@ -172,7 +172,7 @@ class Joins:
         if problem is not None:  # retry: the fix is an upgrade, after which it should just work
             return Refusal("protocol_version", problem, retry=True), None
         try:
-            request["routes"] = check_routes(request["routes"], r.registry.network)
+            request["routes"] = check_routes(request["routes"], r.registry.network, r.registry.network6)
         except RouteError as exc:
             return Refusal("bad_route", str(exc)), None
         if request["mtu"] < wire.MIN_UNDERLAY_MTU:  # it would shrink every node's MTU with its own

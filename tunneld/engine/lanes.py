@@ -46,7 +46,7 @@ from ..proto.endpoint import RELAY
 from ..proto.session import Session
 from . import inner
 from .offload import unpartial
-from .routes import OutsideOverlay, longest
+from .routes import OutsideOverlay, longest, prefix_text
 
 RETIRED = 65536  # sessions a lane remembers having dropped (never to be taken again)
 HEARD_EVERY = 1.0  # seconds between telling the engine of data from a path it does not send on
@@ -90,16 +90,19 @@ def export(node, relay_udp: bool) -> dict:
     return {"relay_udp": relay_udp, "overlay": list(node.outside.overlay) if node.outside.overlay else None,
             "overlay6": node.assignment.network6 if node.outside.overlay6 else None,  # text: 128-bit ints
             "peers": peers, "sessions": sessions, "prefix6": node.prefix6,
-            "routes": [[net, mask, peer.addr] for net, mask, peer in node.routes.table]}
+            "routes": [[net, mask, peer.addr] for net, mask, peer in node.routes.table],
+            # IPv6 prefixes as text (128-bit integers do not fit msgpack), each peer's with it
+            "routes6": [[prefix_text(net, mask, 6), peer.addr] for net, mask, peer in node.routes.table6]}
 
 
 class LanePeer:
-    __slots__ = ("addr", "ep", "prefix", "mss", "vxlan_mss", "sources", "session",
+    __slots__ = ("addr", "ep", "prefix", "mss", "vxlan_mss", "sources", "sources6", "session",
                  "rx_bytes", "tx_bytes", "rx_packets", "tx_packets", "last_rx", "last_tx", "heard_at", "unread_at")
 
     def __init__(self, addr: bytes):
         self.addr = addr
         self.session: Session | None = None  # what we seal with, in our lane
+        self.sources6: tuple = ()
         self.rx_bytes = self.tx_bytes = self.rx_packets = self.tx_packets = 0
         self.last_rx = self.last_tx = 0.0
         self.heard_at = self.unread_at = -HEARD_EVERY
@@ -112,6 +115,7 @@ class Lane:
         self.peers: dict[bytes, LanePeer] = {}
         self.sessions: dict[bytes, tuple[Session, LanePeer]] = {}
         self.routes: list = []
+        self.routes6: list = []  # the same of IPv6 prefixes (routes.py)
         self.prefix6: bytes | None = None  # the IPv6 overlay prefix's first 12 bytes (inner.py)
         self.relay_udp = False
         self.count = 1  # lanes in all, the engine's included: lane L is ours if L % count == lane
@@ -163,6 +167,15 @@ class Lane:
         self.peers, self.sessions = peers, sessions
         self.version += 1
         self.routes = [(net, mask, peers[addr]) for net, mask, addr in table["routes"] if addr in peers]
+        for p in peers.values():
+            p.sources6 = ()
+        routes6 = []
+        for text, addr in table.get("routes6", ()):
+            if addr in peers:
+                net = ipaddress.IPv6Network(text)
+                routes6.append((int(net.network_address), int(net.netmask), peers[addr]))
+                peers[addr].sources6 += ((int(net.network_address), int(net.netmask)),)
+        self.routes6 = routes6
         if self.limbo:
             self._retry()
 
@@ -202,7 +215,7 @@ class Lane:
         body, meta = unpartial(packets[0])
         v6 = body[0] >> 4 == 6 if body else False
         if v6:
-            peer = self.peers.get(inner.destination6(body, self.prefix6))
+            peer = inner.peer6(body, self.prefix6, self.peers, self.routes6)
         elif len(body) < 20 or body[0] >> 4 != 4:
             self.drops[Drop.TUN_NOT_IPV4] += len(packets)
             return
@@ -294,7 +307,7 @@ class Lane:
             return  # keepalive: the report carries last_rx
         version = plaintext[0] >> 4
         if version == 4 or version == 6:
-            if inner.from_peer(plaintext, peer.addr, peer.sources, self.prefix6):
+            if inner.from_peer(plaintext, peer.addr, peer.sources, self.prefix6, peer.sources6):
                 peer.rx_bytes += len(plaintext)
                 peer.rx_packets += 1
                 if msg[1]:  # a deeper checksum, left for our kernel (wire.py)

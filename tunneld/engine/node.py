@@ -126,7 +126,7 @@ class Node:
         packet, meta = unpartial(packets[0])  # a checksum left to the receiver's kernel, and its place
         v6 = packet[0] >> 4 == 6 if packet else False
         if v6:  # to a node's IPv6 overlay address: its peer by the IPv4 address inside (inner.py)
-            peer = self.peers.get(inner.destination6(packet, self.prefix6))
+            peer = inner.peer6(packet, self.prefix6, self.peers, self.routes.table6)
         elif len(packet) < 20 or packet[0] >> 4 != 4:
             self.drops[Drop.TUN_NOT_IPV4] += len(packets)
             return
@@ -240,7 +240,7 @@ class Node:
             return  # keepalive
         first = plaintext[0]
         if first >> 4 == 4 or first >> 4 == 6:
-            if inner.from_peer(plaintext, peer.addr, peer.sources, self.prefix6):
+            if inner.from_peer(plaintext, peer.addr, peer.sources, self.prefix6, peer.sources6):
                 peer.rx_bytes, peer.rx_packets = peer.rx_bytes + len(plaintext), peer.rx_packets + 1
                 if msg[1]:  # a deeper checksum, left for our kernel (wire.py, offload.py)
                     plaintext = bytes((wire.PARTIAL, 0, msg[1], 0, msg[2])) + plaintext
@@ -295,6 +295,8 @@ class Node:
             self._stop(EXIT_MISCONFIGURED, *conflict)
             return
         self.assignment, self.prefix6 = assignment, inner.prefix_of(net6)
+        if net6:  # no peer's IPv6 prefix may take over the overlay's own (routes.py)
+            self.routes.protected6 += (ipaddress.IPv6Network(net6),)
         self.outside.set(net, ipaddress.IPv6Network(net6) if net6 else None)
         self.effects.append(SetAddress(assignment.interface_address, self.mtu.interface, assignment.address6))
         self.routes.install(self.peers.values(), again=True)  # a run before may have left others

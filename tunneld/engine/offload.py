@@ -196,8 +196,7 @@ class Coalescer:
         for item in self.items:
             if item.__class__ is Flow:
                 first = item.first[0]
-                out.append(tunnel_merge.merge(item, single) if first == PARTIAL else
-                           _merge6(item) if first >> 4 == 6 else _merge(item))
+                out.append(tunnel_merge.merge(item, single) if first == PARTIAL else _merge(item))
             else:
                 out.append(item)
         self.items = []
@@ -244,33 +243,25 @@ def _single6(packet: bytes) -> list:
     return [_VNET.pack(NEEDS_CSUM, GSO_NONE, 0, 0, 40, at - 40), mv[:at], field, mv[at + 2:]]
 
 
-def _merge6(flow: Flow) -> list:
-    first = flow.first
-    if len(flow.parts) == 1:
-        return single(first)
-    h = len(first) - len(flow.parts[0])
-    hdr = bytearray(first[:h])
-    total = flow.total
-    _H.pack_into(hdr, 4, total - 40)
-    if flow.psh:
-        hdr[53] |= PSH
-    _H.pack_into(hdr, 56, pseudo_sum6(hdr, 6, total - 40))
-    vnet = _VNET.pack(NEEDS_CSUM, GSO_TCPV6, h, flow.size, 40, 16)
-    return [vnet, hdr, *flow.parts]
-
-
 def _merge(flow: Flow) -> list:
+    """A flow's segments as one TCP super-packet (TCPV4, or TCPV6: IPv6's fixed header has no
+    checksum, its payload length where IPv4 has its total length)."""
     first = flow.first
     if len(flow.parts) == 1:
         return single(first)
     h = len(first) - len(flow.parts[0])
     hdr = bytearray(first[:h])
     total = flow.total
-    _H.pack_into(hdr, 2, total)
-    hdr[10:12] = b"\x00\x00"
-    _H.pack_into(hdr, 10, ip_header(hdr[:20]))
+    v6 = first[0] >> 4 == 6
+    th = 40 if v6 else 20
+    if v6:
+        _H.pack_into(hdr, 4, total - 40)
+    else:
+        _H.pack_into(hdr, 2, total)
+        hdr[10:12] = b"\x00\x00"
+        _H.pack_into(hdr, 10, ip_header(hdr[:20]))
     if flow.psh:
-        hdr[33] |= PSH
-    _H.pack_into(hdr, 36, pseudo_sum(hdr, 6, total - 20))
-    vnet = _VNET.pack(NEEDS_CSUM, GSO_TCPV4, h, flow.size, 20, 16)
+        hdr[th + 13] |= PSH
+    _H.pack_into(hdr, th + 16, (pseudo_sum6 if v6 else pseudo_sum)(hdr, 6, total - th))
+    vnet = _VNET.pack(NEEDS_CSUM, GSO_TCPV6 if v6 else GSO_TCPV4, h, flow.size, th, 16)
     return [vnet, hdr, *flow.parts]

@@ -9,6 +9,7 @@ import ipaddress
 import logging
 
 from ..logs import event
+from ..proto import endpoint
 
 
 log = logging.getLogger("tunneld.relay")
@@ -47,8 +48,8 @@ class OperatorCommands:
 
     def approve_route(self, name: str, prefix: str) -> None:
         """ApprovalError if the relay refuses it (control/approvals.py)."""
-        host = self.listen.rpartition(":")[0]
-        write = self.registry.approve_route(name, prefix, [host] if host else [])
+        ep = endpoint.parse(self.listen)  # (none for 0.0.0.0: the relay's address is not known here)
+        write = self.registry.approve_route(name, prefix, [ep[0]] if ep else [])
         self.writes.append(write)
         self.approvals_changed()
 

@@ -72,7 +72,7 @@ class Peer:
                  "keys", "hs", "hs_attempts", "hs_next", "hs_failing", "last_ts", "queue", "unreadable_at",
                  "tx_bytes", "rx_bytes", "tx_packets", "rx_packets", "last_rx", "last_tx",
                  "tx_ep", "tx_prefix", "relayed_prefix", "path", "rtt_relay", "probe_seq", "probe_at", "probes",
-                 "path_mtu", "direct_mtu", "mss", "vxlan_mss", "sources", "ipv6")
+                 "path_mtu", "direct_mtu", "mss", "vxlan_mss", "sources", "sources6", "ipv6")
 
     def __init__(self, entry: Entry, table: IndexTable, identity: Identity, suite: int, env: Env, now: float,
                  ipv6: bool = True):
@@ -107,6 +107,7 @@ class Peer:
         self.direct_mtu = 0  # likewise direct (no relay header; no relay link on the way)
         self.mss = self.vxlan_mss = 0xFFFF  # clamp limits for SYNs towards it, direct and inside VXLAN
         self.sources: tuple = ()  # (network, mask) pairs it may send from besides its address
+        self.sources6: tuple = ()  # the same of IPv6 prefixes
         self.update(entry, now)
 
     def row(self, relay_label: str, network6: str | None = None) -> dict:

@@ -2,7 +2,7 @@
 
 Routes. A node may route for others into prefixes it advertises (a gateway); a node
 that accepts routes takes each peer's prefixes (those the operator approved on the
-relay) into a longest-prefix table, and from then on also accepts packets from those
+relay) into a longest-prefix table (one per family), and from then on also accepts packets from those
 prefixes from that peer. Whatever the relay says, a prefix is refused and counted if
 it overlaps what the host itself needs (`protected`: the relay's address, the host's
 connected networks and its gateway), a prefix we advertise ourselves, or the addresses
@@ -34,6 +34,7 @@ log = logging.getLogger("tunneld.node")
 OVERHEAD = wire.UDP_OVERHEAD_IPV4 + wire.TUNNEL_OVERHEAD  # underlay MTU - overlay MTU
 NEVER_ROUTED = tuple(ipaddress.IPv4Network(p) for p in ("0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16",
                                                           "224.0.0.0/4", "240.0.0.0/4"))
+NEVER_ROUTED6 = tuple(ipaddress.IPv6Network(p) for p in ("::/8", "fe80::/10", "ff00::/8"))
 TCPIP_HEADERS = 40
 
 
@@ -44,11 +45,13 @@ class Routes:
                  drops):
         self.advertised = tuple(advertised)
         self.accept = accept
-        self.protected = NEVER_ROUTED + tuple(ipaddress.IPv4Network(a, strict=False) for a in protected
-                                              if ":" not in a)  # accepted routes are IPv4
+        nets = [ipaddress.ip_network(a, strict=False) for a in protected]
+        self.protected = NEVER_ROUTED + tuple(n for n in nets if n.version == 4)
+        self.protected6 = NEVER_ROUTED6 + tuple(n for n in nets if n.version == 6)
         self.effects = effects
         self.drops = drops
         self.table: list[tuple[int, int, object]] = []  # (network, mask, peer), longest first
+        self.table6: list[tuple[int, int, object]] = []  # the same of IPv6 prefixes (128-bit integers)
         self.accepted: list[str] = []
         self.installed: tuple[str, ...] | None = None
 
@@ -67,9 +70,9 @@ class Routes:
         """Accepting peers' prefixes turned on or off (a reload): the table rebuilt or emptied."""
         self.accept = accept
         if not accept:
-            self.table, self.accepted = [], []
+            self.table, self.table6, self.accepted = [], [], []
             for peer in peers:
-                peer.sources = ()
+                peer.sources = peer.sources6 = ()
         self.update(peers)
 
     def install(self, peers, again: bool = False) -> None:
@@ -82,22 +85,29 @@ class Routes:
             self.effects.append(SetRoutes(want))
 
     def _accept(self, peers) -> None:
-        own = [ipaddress.IPv4Network(r) for r in self.advertised]
-        table = []
+        own = [ipaddress.ip_network(r) for r in self.advertised]
+        tables: dict[int, list] = {4: [], 6: []}
         for peer in peers:
-            sources = []
+            sources: dict[int, list] = {4: [], 6: []}
             for text in peer.routes:
-                prefix = ipaddress.IPv4Network(text)
-                if any(prefix.overlaps(p) for p in self.protected) or any(prefix.overlaps(o) for o in own):
+                try:
+                    prefix = ipaddress.ip_network(text)
+                except ValueError:
+                    prefix = None
+                protected = self.protected6 if prefix is not None and prefix.version == 6 else self.protected
+                if prefix is None or any(overlaps(prefix, p) for p in protected) or any(overlaps(prefix, o) for o in own):
                     self.drops[Drop.ROUTE_REFUSED] += 1
                     continue  # it would capture what the host needs, or loop with our own
                 entry = (int(prefix.network_address), int(prefix.netmask))
-                sources.append(entry)
-                table.append((prefix.prefixlen, peer.name, *entry, peer))
-            peer.sources = tuple(sources)
-        table.sort(key=lambda t: (-t[0], t[1]))  # longest prefix first; ties go to the lower name
-        self.table = [(net, mask, peer) for _, _, net, mask, peer in table]
-        self.accepted = sorted({prefix_text(net, mask) for net, mask, _ in self.table})
+                sources[prefix.version].append(entry)
+                tables[prefix.version].append((prefix.prefixlen, peer.name, *entry, peer))
+            peer.sources, peer.sources6 = tuple(sources[4]), tuple(sources[6])
+        for table in tables.values():
+            table.sort(key=lambda t: (-t[0], t[1]))  # longest prefix first; ties go to the lower name
+        self.table = [(net, mask, peer) for _, _, net, mask, peer in tables[4]]
+        self.table6 = [(net, mask, peer) for _, _, net, mask, peer in tables[6]]
+        self.accepted = sorted({prefix_text(net, mask) for net, mask, _ in self.table}) + sorted(
+            {prefix_text(net, mask, 6) for net, mask, _ in self.table6})
 
 
 def overlay_conflict(net, relays, host_claims) -> tuple[str, str] | None:
@@ -162,9 +172,14 @@ class OutsideOverlay:
         return ok
 
 
-def prefix_text(network: int, mask: int) -> str:
+def prefix_text(network: int, mask: int, version: int = 4) -> str:
     """A (network, mask) of the tables above as a CIDR."""
-    return f"{ipaddress.IPv4Address(network)}/{bin(mask).count('1')}"
+    return f"{ipaddress.ip_address(network) if version == 4 else ipaddress.IPv6Address(network)}/{bin(mask).count('1')}"
+
+
+def overlaps(a, b) -> bool:
+    """Prefixes that share addresses (never across families: ipaddress does not check)."""
+    return a.version == b.version and a.overlaps(b)
 
 
 def longest(table: list, dst: bytes):

@@ -112,7 +112,7 @@ class Links:
         return self._call(self._claims, exclude)
 
     def connected_networks(self, exclude: str) -> list[str]:
-        """The IPv4 networks of every interface but exclude (tunneld0): what the host reaches
+        """The networks (IPv4, and global IPv6) of every interface but exclude (tunneld0): what the host reaches
         without a router, and no overlay route may take over."""
         return self._call(self._connected_networks, exclude)
 
@@ -206,9 +206,10 @@ class Links:
     def _routes(self, ifname: str) -> list[str]:
         idx = self._index(ifname)
         out = []
-        for msg in self._ipr.get_routes(family=socket.AF_INET, oif=idx, proto=RTPROT_TUNNELD):
-            if _attr(msg, "RTA_OIF") == idx and msg["proto"] == RTPROT_TUNNELD:
-                out.append(f"{_attr(msg, 'RTA_DST')}/{msg['dst_len']}")
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for msg in self._ipr.get_routes(family=family, oif=idx, proto=RTPROT_TUNNELD):
+                if _attr(msg, "RTA_OIF") == idx and msg["proto"] == RTPROT_TUNNELD:
+                    out.append(f"{_attr(msg, 'RTA_DST')}/{msg['dst_len']}")
         return sorted(out)
 
     def _set_routes(self, ifname: str, prefixes: list[str]) -> None:
@@ -218,10 +219,12 @@ class Links:
         try:
             for prefix in sorted(have - want):
                 dst, length = prefix.split("/")
-                self._ipr.route("del", dst=dst, dst_len=int(length), oif=idx, proto=RTPROT_TUNNELD)
+                self._ipr.route("del", dst=dst, dst_len=int(length), oif=idx, proto=RTPROT_TUNNELD,
+                                family=socket.AF_INET6 if ":" in dst else socket.AF_INET)
             for prefix in sorted(want - have):
                 dst, length = prefix.split("/")
-                self._ipr.route("replace", dst=dst, dst_len=int(length), oif=idx, proto=RTPROT_TUNNELD)
+                self._ipr.route("replace", dst=dst, dst_len=int(length), oif=idx, proto=RTPROT_TUNNELD,
+                                family=socket.AF_INET6 if ":" in dst else socket.AF_INET)
         except NetlinkError as exc:
             raise HostError(f"cannot set the routes through {ifname}: {os.strerror(exc.code)}") from None
 
@@ -265,7 +268,11 @@ class Links:
                 for msg in self._ipr.get_addr(family=socket.AF_INET) if names.get(msg["index"]) != exclude]
 
     def _connected_networks(self, exclude: str) -> list[str]:
-        return sorted({str(a.network) for _, a in self._addresses_but(exclude)})
+        """The networks of every address not on exclude: IPv4, and global IPv6."""
+        names = self._names()
+        six = {str(ipaddress.IPv6Interface(f"{_attr(m, 'IFA_ADDRESS')}/{m['prefixlen']}").network)
+               for m in self._ipr.get_addr(family=socket.AF_INET6) if m["scope"] == 0 and names.get(m["index"]) != exclude}
+        return sorted({str(a.network) for _, a in self._addresses_but(exclude)}) + sorted(six)
 
     def _claims(self, exclude: str) -> list[tuple[str, str]]:
         out = [(f"the address {a.ip} on {name}", f"{a.ip}/32") for name, a in self._addresses_but(exclude)]

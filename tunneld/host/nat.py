@@ -45,9 +45,9 @@ def remove() -> None:
     _nft(f"table ip {TABLE}\ndelete table ip {TABLE}\n")
 
 
-def enable_forwarding() -> bool:
-    """Turn IPv4 forwarding on; True if it was off."""
-    path = "/proc/sys/net/ipv4/ip_forward"
+def enable_forwarding(ipv6: bool = False) -> bool:
+    """Turn IPv4 (or IPv6) forwarding on; True if it was off."""
+    path = "/proc/sys/net/ipv6/conf/all/forwarding" if ipv6 else "/proc/sys/net/ipv4/ip_forward"
     try:
         with open(path) as f:
             if f.read().strip() == "1":
@@ -55,7 +55,8 @@ def enable_forwarding() -> bool:
         with open(path, "w") as f:
             f.write("1")
     except OSError as exc:
-        raise HostError(f"cannot turn on IPv4 forwarding for the advertised routes: {exc.strerror}") from None
+        raise HostError(f"cannot turn on IPv{6 if ipv6 else 4} forwarding for the advertised routes: "
+                        f"{exc.strerror}") from None
     return True
 
 

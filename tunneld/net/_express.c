@@ -17,7 +17,8 @@
                 the peer's address, in a session of `recv` whose endpoint it came from, of
                 our lane, not stale by the backlog's rules (backlog.py), is opened (relayed:
                 source.relay_heard(session, now) at most every RELAY_HEARD_EVERY); an IPv4 packet from
-                the peer's own address (or a prefix it may send from) goes to tunneld0
+                the peer's own address (or a prefix it may send from), or an IPv6 one from its
+                IPv6 overlay address (prefix6 + its IPv4 address), goes to tunneld0
                 as offload.single() writes it, TCP in a GRO train by way of the coalescer, a
                 keepalive only counts. Anything else opened goes to source.opened(session,
                 peer, plaintext, msg, ep, now) (ep None: the relay), the engine's own code
@@ -35,7 +36,8 @@
      endpoint: 4 address bytes + 2 port bytes, big-endian; sources: the peer's accepted
      prefixes as (network, mask) pairs of 4 bytes each, big-endian; overlay: (network, mask)
      or None; routes: the accepted prefixes as (network, mask, peer address), 12 bytes each,
-     longest first -> (send, recv, overlay, lane, count, routes)
+     longest first; prefix6: the IPv6 overlay prefix's first 12 bytes, or None
+     -> (send, recv, overlay, lane, count, routes, prefix6)
    relay(endpoint or None)   where the relay speaks from (None: not over UDP); only RELAYED
                              DATA from there is ours, and the tables are taken again
 
@@ -99,6 +101,8 @@ typedef struct {
     long loaded;                          /* the source's version our tables are of */
     double relay_heard_at;                /* when we last told source.relay_heard */
     uint32_t ov_net, ov_mask;
+    unsigned char prefix6[12];            /* the IPv6 overlay prefix's first 12 bytes (engine/inner.py) */
+    int has_p6;
     int has_ov, lane, count, has_relay, limit;
     unsigned char relay[6];
     unsigned long long sent, received;    /* packets that took the express path */
@@ -254,11 +258,17 @@ static int Express_init(Express *self, PyObject *args, PyObject *kw) {
 }
 
 static int load(Express *self, PyObject *tables) {
-    PyObject *send, *recv, *overlay, *routes;
+    PyObject *send, *recv, *overlay, *routes, *prefix6;
     int lane, count;
-    if (!PyArg_ParseTuple(tables, "O!O!OiiS", &PyDict_Type, &send, &PyDict_Type, &recv, &overlay, &lane, &count,
-                          &routes))
+    if (!PyArg_ParseTuple(tables, "O!O!OiiSO", &PyDict_Type, &send, &PyDict_Type, &recv, &overlay, &lane, &count,
+                          &routes, &prefix6))
         return -1;
+    if (prefix6 != Py_None && !(PyBytes_Check(prefix6) && PyBytes_GET_SIZE(prefix6) == 12)) {
+        PyErr_SetString(PyExc_ValueError, "prefix6: 12 bytes or None");
+        return -1;
+    }
+    self->has_p6 = prefix6 != Py_None;
+    if (self->has_p6) memcpy(self->prefix6, PyBytes_AS_STRING(prefix6), 12);
     if (PyBytes_GET_SIZE(routes) % 12) {
         PyErr_SetString(PyExc_ValueError, "routes: (network, mask, peer address), 12 bytes each");
         return -1;
@@ -622,7 +632,8 @@ static PyObject *Express_on_tun(Express *self, PyObject *unused) {
 static int write_tun(Express *self, const unsigned char *q, Py_ssize_t n, const unsigned char *meta) {
     unsigned char hdr[64] = {0};
     unsigned char field[2];
-    int ihl = (q[0] & 0x0F) * 4, proto = q[9], at = 0;
+    int v6 = q[0] >> 4 == 6;
+    int ihl = v6 ? 40 : (q[0] & 0x0F) * 4, proto = v6 ? q[6] : q[9], at = 0;
     if (meta[0]) {  /* a deeper checksum, its place from the DATA header (wire.py): the kernel's */
         uint16_t start = meta[0], offset = meta[1];
         hdr[0] = NEEDS_CSUM;
@@ -632,7 +643,7 @@ static int write_tun(Express *self, const unsigned char *q, Py_ssize_t n, const 
         if (writev(self->tun, v, 2) < 0) return bump(self->drops, self->tun_write_error);
         return 0;
     }
-    if (!((q[6] & 0x3F) || q[7] || ihl < 20)) {
+    if (v6 || !((q[6] & 0x3F) || q[7] || ihl < 20)) {  /* IPv6: TCP or UDP right after its header */
         if (proto == 6) {
             at = ihl + 16;
         } else if (proto == 17) {
@@ -650,7 +661,9 @@ static int write_tun(Express *self, const unsigned char *q, Py_ssize_t n, const 
         hdr[0] = NEEDS_CSUM;
         memcpy(hdr + 6, &start, 2);
         memcpy(hdr + 8, &offset, 2);
-        put16(field, fold(be16(q + 12) + be16(q + 14) + be16(q + 16) + be16(q + 18) + proto + (uint32_t)(n - ihl)));
+        uint32_t sum = proto + (uint32_t)(n - ihl);
+        for (int i = v6 ? 8 : 12; i < (v6 ? 40 : 20); i += 2) sum += be16(q + i);  /* the pseudo-header's addresses */
+        put16(field, fold(sum));
         iov[k].iov_base = (void *)q;
         iov[k++].iov_len = at;
         iov[k].iov_base = field;
@@ -760,10 +773,12 @@ static int udp_one(Express *self, const unsigned char *d, Py_ssize_t n, const st
     const unsigned char *q = (const unsigned char *)PyBytes_AS_STRING(plaintext);
     const unsigned char meta[2] = {d[1], d[2]};
     if (m == 0) goto done;  /* a keepalive: last_rx is all it says */
-    if (q[0] >> 4 == 4 && m >= 20 && (!memcmp(q + 12, PyBytes_AS_STRING(addr), 4) || within(q + 12, sources))) {
+    if ((q[0] >> 4 == 4 && m >= 20 && (!memcmp(q + 12, PyBytes_AS_STRING(addr), 4) || within(q + 12, sources))) ||
+        (q[0] >> 4 == 6 && m >= 40 && self->has_p6 && !memcmp(q + 8, self->prefix6, 12) &&
+         !memcmp(q + 20, PyBytes_AS_STRING(addr), 4))) {  /* IPv6: from the peer's overlay address */
         if (add_attr(peer, s_rx_bytes, m) < 0 || add_attr(peer, s_rx_packets, 1) < 0)
             r = -1;
-        else if (train && (q[9] == 6 || meta[0] || PyList_GET_SIZE(self->pending)))
+        else if (train && ((q[0] >> 4 == 6 ? q[6] : q[9]) == 6 || meta[0] || PyList_GET_SIZE(self->pending)))
             r = keep(self, plaintext, meta);
         else
             r = write_tun(self, q, m, meta);

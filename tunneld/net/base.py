@@ -70,12 +70,7 @@ def udp_socket(host: str, port: int, option: str, reuseport: bool = False) -> so
     else:
         sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
     socket_buffers(sock, SOCKET_BUFFER)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise bind_error(exc, host, port, "UDP", option) from None
-    return sock
+    return bound(sock, host, port, "UDP", option)
 
 
 def tcp_socket(host: str, port: int, option: str = "--listen") -> socket.socket:
@@ -85,11 +80,16 @@ def tcp_socket(host: str, port: int, option: str = "--listen") -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if v6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    return bound(sock, host, port, "TCP", option)
+
+
+def bound(sock: socket.socket, host: str, port: int, proto: str, option: str) -> socket.socket:
+    """sock bound to host:port; closed, and a ConfigError naming option, where it cannot be."""
     try:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise bind_error(exc, host, port, "TCP", option) from None
+        raise bind_error(exc, host, port, proto, option) from None
     return sock
 
 

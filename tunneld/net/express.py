@@ -83,7 +83,7 @@ class NodeSource:
             ep = relay_ep if p.tx_ep is RELAY else ep6(p.tx_ep)
             if ep is not None:
                 recv[index] = (s, s.open, p, p.addr, ep, packed(p.sources))
-        return send, recv, node.outside.overlay, 0, self.lanes(), routes(node.routes.table)
+        return send, recv, node.outside.overlay, 0, self.lanes(), routes(node.routes.table), node.prefix6
 
     def opened(self, s, peer, plaintext: bytes, msg: bytes, ep, now: float) -> None:
         try:
@@ -123,7 +123,7 @@ class LaneSource:
             ep = relay_ep if p.ep is RELAY else ep6(p.ep)
             if s.confirmed and ep is not None:
                 recv[index] = (s, s.open, p, p.addr, ep, packed(p.sources))
-        return send, recv, lane.outside.overlay, lane.lane, lane.count, routes(lane.routes)
+        return send, recv, lane.outside.overlay, lane.lane, lane.count, routes(lane.routes), lane.prefix6
 
     def opened(self, s, peer, plaintext: bytes, msg: bytes, ep, now: float) -> None:
         try:

@@ -412,9 +412,12 @@ class NodeDaemon(Daemon):
         """As a gateway into the advertised prefixes: forwarding on, overlay traffic masqueraded."""
         if effect.prefixes:
             said = []
-            if nat.enable_forwarding():
-                said.append("turned on IPv4 forwarding for the advertised routes")
-            masqueraded = [p for p in effect.prefixes if p not in self.pods]  # pods keep their addresses
+            for v6 in {":" in p for p in effect.prefixes}:
+                if nat.enable_forwarding(v6):
+                    said.append(f"turned on IPv{6 if v6 else 4} forwarding for the advertised routes")
+            # pods keep their addresses; IPv6 prefixes too (routed, never masqueraded: the
+            # network behind routes the overlay's IPv6 prefix back through this node)
+            masqueraded = [p for p in effect.prefixes if p not in self.pods and ":" not in p]
             if self.settings.snat_routes and masqueraded:
                 nat.masquerade(effect.network, masqueraded, self.settings.interface)
                 said.append(f"masquerading overlay traffic into {', '.join(masqueraded)}")

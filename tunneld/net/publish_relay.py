@@ -26,13 +26,14 @@ from time import monotonic
 
 from ..drops import Drop
 from ..engine.publish_relay import RelayPublishing
-from ..errors import ConfigError, bind_error
+from ..errors import ConfigError
 from ..logs import event
 from ..proto import endpoint
 from ..proto.messages import MAX_DATAGRAM
 from ..proto.stream import WORK, WORK_LEN
 from ..proto.errors import ProtocolError
 from ..publish import Publish, check_together, one
+from .base import bound
 from .splice import PlainSide, Splice, reset
 
 log = logging.getLogger("tunneld.relay")
@@ -291,11 +292,7 @@ def _bound(host: str, port: int, protocol: str) -> socket.socket:
     sock.setblocking(False)
     if tcp:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise bind_error(exc, host, port, protocol.upper(), "remote-port") from None
+    bound(sock, host, port, protocol.upper(), "remote-port")
     if tcp:
         sock.listen(512)
     return sock

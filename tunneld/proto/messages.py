@@ -42,6 +42,8 @@ Messages on an established node <-> relay session (one per DATA plaintext):
          base nil: chunk i of c of a full snapshot at version v; else a delta from base to v.
          hellos (since 0.2.0, absent before): what each of "nodes" announced, in order.
          locks (since 0.3.0, absent before): each of "nodes"' network-lock chain, or empty.
+         routes6 (since 0.6.0, only when a node has any): each of "nodes"' IPv6 prefixes; the
+         entry's own routes list holds its IPv4 ones alone, all an older node can read.
          relays (since 0.4.0, only when several relays serve the network): ["host:port", ...],
          every live relay, the sender first; a node fails over to them.
   bye    node -> relay  {"t": "bye"}                               the node is shutting down
@@ -81,7 +83,7 @@ MAX_ENDPOINT = 64
 MAX_ERROR = 400
 MAX_NODES_PER_CHUNK = 64
 MAX_ROUTES = 16
-MAX_CIDR = 18  # "255.255.255.255/32"
+MAX_CIDR = 43  # "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128" (before 0.6: 18, IPv4's longest)
 MAX_LAN = 8
 MAX_RELAYS = 16  # relays of one network a directory lists
 MAX_MESSAGE = 16384
@@ -285,6 +287,14 @@ def decode_control(data: bytes) -> dict:
             if not isinstance(relays, list):
                 raise ProtocolError("dir: relays is not a list")
             msg["relays"] = list(_check_strings(relays, MAX_RELAYS, MAX_ENDPOINT, "dir relays"))
+        routes6 = msg.get("routes6")  # each node's IPv6 prefixes (0.6 on; older nodes ignore it)
+        if routes6 is None:
+            msg["routes6"] = [()] * len(msg["nodes"])
+        elif not isinstance(routes6, list) or len(routes6) != len(msg["nodes"]) or not all(
+                isinstance(r, list) for r in routes6):
+            raise ProtocolError("dir: routes6 do not match the nodes")
+        else:
+            msg["routes6"] = [tuple(_check_strings(r, MAX_ROUTES, MAX_CIDR, "dir routes6")) for r in routes6]
         locks = msg.get("locks")
         if locks is None:
             msg["locks"] = [b""] * len(msg["nodes"])
