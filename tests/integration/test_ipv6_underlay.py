@@ -118,6 +118,20 @@ def test_the_mtu_counts_the_ipv6_header_and_full_size_packets_pass(six):
         assert r.returncode == 0, f"{src} -> {dst}: {r.stdout.decode()}{r.stderr.decode()}"
 
 
+def test_ipv6_inside_over_ipv6_underneath(six):
+    """The overlay's IPv6 on a direct IPv6 path: full-size DF packets, and 20 MB byte-exact."""
+    six.ping("six", six.address("dual"), count=2)
+    wait_for(lambda: peer(six, "six", "dual")["path"] == "direct", 30, what="six and dual to go direct")
+    dual6 = six.node_status("dual")["address6"]
+    mtu = six.node_status("six")["mtu"]
+    r = six.lab.nsexec(six.nodes["six"].ns, "ping", "-6", "-n", "-q", "-c", "2", "-W", "2", "-M", "do", "-s",
+                       str(mtu - 48), dual6, check=False)
+    assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
+    sent, received = transfer_between(six.lab, six.nodes["six"].ns, six.nodes["dual"].ns, dual6, 7400, 20_000_000)
+    assert sent == received and sent.startswith("20000000 ")
+    assert peer(six, "six", "dual")["path"] == "direct"
+
+
 def test_every_endpoint_status_shows_parses_back(six):
     seen = [n["endpoint"] for n in six.status(six.relay)["nodes"]]
     for name in six.nodes:

@@ -93,6 +93,30 @@ def test_a_relay_publishes_a_service_of_a_node_homed_on_another(net):
             lab.stop(proc)
 
 
+def test_the_relays_share_one_ipv6_prefix_and_carry_ipv6_routes_across(net):
+    """Without --network6 the first relay chose a unique local /64 and the second took it from
+    etcd; a member's IPv6 prefix, approved on relay 1, reaches a node homed on relay 2 (in
+    the presence record's field of its own, beside the IPv4 one)."""
+    lab, etcd, r = net
+    (six,) = {r.status(i)["network6"] for i in (0, 1)} | {r.node_status(n)["network6"] for n in ("alpha", "bravo")}
+    assert six.startswith("fd") and six.endswith("::/64")
+    token = r.token(0, "--uses", "2")
+    r.join(lab.public_host("gw6"), "gw6", token, [0, 1], "--advertise-routes", "198.18.91.0/24,2001:db8:91::/64")
+    r.join(lab.public_host("cl6"), "cl6", token, [1, 0], "--accept-routes")
+    try:
+        r.wait_connected(["gw6", "cl6"])
+        for prefix in ("198.18.91.0/24", "2001:db8:91::/64"):
+            r.cli(0, "routes", "approve", "gw6", prefix)
+        wait_for(lambda: r.node_status("cl6")["accepted_routes"] == ["198.18.91.0/24", "2001:db8:91::/64"], 20,
+                 what="the node on relay 2 to accept both of gw6's prefixes")
+        assert r.home("gw6") == r.endpoint(0) and r.home("cl6") == r.endpoint(1)
+    finally:
+        for name in ("gw6", "cl6"):
+            proc = r.node_procs.pop(name, None)
+            if proc is not None:
+                lab.stop(proc)
+
+
 def test_fifty_nodes_joining_at_two_relays_at_once_get_fifty_addresses(net):
     lab, etcd, r = net
     token = r.token(0, "--uses", "50")

@@ -132,7 +132,7 @@ class Cluster:
                 r.moved_away(m)  # it joined another relay since: that one is its home now
             self.homes[addr] = v["relay"]
             r.directory.set(Entry(name, addr, record.public_key, True, str(v.get("ep", "")), int(v.get("mtu", 0)),
-                                  tuple(v.get("routes", ())), tuple(v.get("lan", ())), Hello(*v["hello"][:2],
+                                  (*v.get("routes", ()), *v.get("routes6", ())), tuple(v.get("lan", ())), Hello(*v["hello"][:2],
                                   frozenset(v["hello"][2])), record.lock or b""))
             return
         self.homes.pop(addr, None)
@@ -239,8 +239,9 @@ class Cluster:
             if m is None:
                 continue
             if m.online and r.by_addr.get(m.addr) is m:
-                changes[m.name] = {"relay": self.id, "ep": e.endpoint, "mtu": e.mtu, "routes": list(e.routes),
-                                   "lan": list(e.lan), "hello": hello_list(e.hello)}
+                # IPv6 prefixes apart (0.6 on): a relay before them reads "routes" as IPv4, for its nodes
+                changes[m.name] = {"relay": self.id, "ep": e.endpoint, "mtu": e.mtu, "routes": e.wire()[6],
+                                   "routes6": e.routes6(), "lan": list(e.lan), "hello": hello_list(e.hello)}
                 self.homed.add(m.name)
             elif m.name in self.homed:
                 self.homed.discard(m.name)

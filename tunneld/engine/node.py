@@ -10,8 +10,8 @@ Out:  Transmit.send(ep, data), write_tun(packet)   at once, never blocking
                               daemon carries out off the receive path
 
 The send pipeline, per packet (per read, the route):
-  1. route    the destination names the peer (a dict lookup), or falls in a prefix a
-              peer advertises (routes.py, with accept_routes)
+  1. route    the destination names the peer (a dict lookup; IPv6: the IPv4 address in
+              its last 32 bits, inner.py), or falls in a prefix a peer advertises
   2. clamp    a TCP SYN's MSS is cut to what the path carries (mss.py)
   3. session  the peer's current session; else the packet waits, and a handshake
               starts (peers.py)
@@ -25,8 +25,8 @@ The receive pipeline, receive(), per message:
                    publishing's (publish_node.py: pub, open, udp)
   direct           only from an endpoint outside the overlay; DATA found by its session
                    index, INIT by the key inside it, RESP and COOKIE by our index
-  from a peer      DATA is opened: an IPv4 packet from the peer's address (or from a
-                   prefix we accept from it) goes to the TUN device, a probe is
+  from a peer      DATA is opened: an IPv4 or IPv6 packet from the peer's address (or
+                   from a prefix we accept from it) goes to the TUN device, a probe is
                    answered; INIT, RESP and COOKIE advance handshakes (peers.py)
 Every drop is counted by reason (drops.py); nothing here raises on bad input.
 A peer is recognised by its session index or its key, never by its address; any
