@@ -55,7 +55,8 @@ def cli():
 
 
 @cli.command()
-@click.option("--listen", metavar="HOST:PORT", help="UDP and TCP address to serve on, e.g. 0.0.0.0:7000.")
+@click.option("--listen", metavar="HOST:PORT[,[V6]:PORT]", help="UDP and TCP addresses to serve on, one of each "
+                                                              "family, e.g. 0.0.0.0:7000 or [::]:7000 for all.")
 @click.option("--network", metavar="CIDR", help=f"Overlay addresses to hand out [{DEFAULT_NETWORK}].")
 @click.option("--network6", metavar="CIDR", help="The overlay's IPv6 prefix, /96 or larger [a random unique "
                                                  "local /64, chosen once and kept].")
@@ -95,8 +96,8 @@ def serve(listen, network, network6, state_dir, config, log_level, lock, auto_ap
 def _serve_settings(given: dict, config: str | None) -> ServeSettings:
     """The command line's settings over the config file's, checked; again on every reload."""
     s = merged(given, config,
-               {"listen": None, "network": DEFAULT_NETWORK, "network6": None, "state_dir": DEFAULT_STATE_DIR, "log_level": "info",
-                "lock": None, "auto_approve_routes": [], "store": None, "store_prefix": "/tunneld/",
+               {"listen": None, "network": DEFAULT_NETWORK, "network6": None, "state_dir": DEFAULT_STATE_DIR,
+                "log_level": "info", "lock": None, "auto_approve_routes": [], "store": None, "store_prefix": "/tunneld/",
                 "store_ca": None, "store_cert": None, "store_key": None, "advertise": None, "metrics": None,
                 "log_format": "text", "workers": 1, "publish": None, "allow_ports": None})
     if not s["listen"]:
@@ -191,8 +192,9 @@ def _literal6(host: str) -> str | None:
 
 
 @cli.command()
-@click.option("--relay", metavar="HOST:PORT[,HOST:PORT]", help="The relay's public address; several relays "
-                                                             "of one network comma-separated.")
+@click.option("--relay", metavar="HOST:PORT[,HOST:PORT]", help="The relay's public address (IPv6 in brackets; a "
+                                                             "name: all its addresses, IPv6 first); several "
+                                                             "relays of one network comma-separated.")
 @click.option("--token", "token_", metavar="TOKEN", help="A join token from 'tunneld token'.")
 @click.option("--token-file", metavar="FILE", help="A file holding the join token.")
 @click.option("--name", metavar="NAME", help="This node's name [the host name].")
@@ -280,7 +282,8 @@ def _join_settings(given: dict, config: str | None, token: str | None = None) ->
     settings = JoinSettings(host, relays[0][1], rport, text, node_name,
                             check_interface_name(s["interface"]), s["state_dir"], lport,
                             check_log_level(s["log_level"]), routes, s["accept_routes"] or bool(pods),
-                            s["snat_routes"], tuple(dict.fromkeys(endpoint.format((ip, p)) for _, ip, p in relays)), pods,
+                            s["snat_routes"], tuple(dict.fromkeys(endpoint.format((ip, p)) for _, ip, p in relays)),
+                            pods,
                             s["workers"], _metrics(s["metrics"]), _log_format(s["log_format"]),
                             _policy(s["policy"]))
     from .proto.token import JoinToken, TokenError

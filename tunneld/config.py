@@ -237,7 +237,8 @@ def parse_prefixes(value, option: str) -> tuple[str, ...]:
         try:
             out.append(str(ipaddress.ip_network(text, strict=True)))
         except ValueError:
-            raise ConfigError(f"{option} {text[:40]!r} is not a prefix like 198.18.0.0/16 or 2001:db8:70::/64") from None
+            raise ConfigError(f"{option} {text[:40]!r} is not a prefix like 198.18.0.0/16 "
+                              "or 2001:db8:70::/64") from None
     return tuple(out)
 
 

@@ -161,3 +161,15 @@ def test_the_readmes_policies_parse():
     assert len(blocks) == 4
     for block in blocks:
         parse(block, "README.md")
+
+
+def test_rules_per_family_anyone_and_ipv6_prefixes():
+    p = parse('[[allow]]\nfrom = ["*"]\nports = ["icmp", "tcp/22"]\n'
+              '[[allow]]\nfrom = ["a", "2001:db8:9::/64"]\nto = ["2001:db8:70::/64"]\n', "p.toml")
+    lines = [line.strip() for line in ruleset(p, PEERS, "tunneld0").splitlines()]
+    assert 'meta l4proto { icmp, ipv6-icmp } counter accept comment "rule 1"' in lines  # "*": both families
+    assert 'tcp dport { 22 } counter accept comment "rule 1"' in lines
+    # towards an IPv6 prefix: the IPv6 sources alone (a's IPv4 address cannot reach it)
+    assert [line for line in lines if line.endswith('"rule 2"')] == [
+        'ip6 saddr { 2001:db8:9::/64, 2001:db8:64::6440:2/128 } ip6 daddr { 2001:db8:70::/64 } '
+        'counter accept comment "rule 2"']

@@ -131,8 +131,9 @@ class Cluster:
             if m is not None and m.online:
                 r.moved_away(m)  # it joined another relay since: that one is its home now
             self.homes[addr] = v["relay"]
+            routes = (*v.get("routes", ()), *v.get("routes6", ()))
             r.directory.set(Entry(name, addr, record.public_key, True, str(v.get("ep", "")), int(v.get("mtu", 0)),
-                                  (*v.get("routes", ()), *v.get("routes6", ())), tuple(v.get("lan", ())), Hello(*v["hello"][:2],
+                                  routes, tuple(v.get("lan", ())), Hello(*v["hello"][:2],
                                   frozenset(v["hello"][2])), record.lock or b""))
             return
         self.homes.pop(addr, None)

@@ -95,7 +95,7 @@ class Routes:
                 except ValueError:
                     prefix = None
                 protected = self.protected6 if prefix is not None and prefix.version == 6 else self.protected
-                if prefix is None or any(overlaps(prefix, p) for p in protected) or any(overlaps(prefix, o) for o in own):
+                if prefix is None or any(overlaps(prefix, p) for p in (*protected, *own)):
                     self.drops[Drop.ROUTE_REFUSED] += 1
                     continue  # it would capture what the host needs, or loop with our own
                 entry = (int(prefix.network_address), int(prefix.netmask))

@@ -378,7 +378,8 @@ class NodeDaemon(Daemon):
             if effect.interface6 is not None and not v6:
                 log.warning("%s has no IPv6 overlay address: IPv6 needs an MTU of 1280, and the overlay's is %d",
                             s.interface, effect.mtu)
-            return f"{s.interface} is up with {effect.interface}{f' and {effect.interface6}' if v6 else ''}, MTU {effect.mtu}"
+            six = f" and {effect.interface6}" if v6 else ""
+            return f"{s.interface} is up with {effect.interface}{six}, MTU {effect.mtu}"
         if isinstance(effect, fx.SetMtu):
             self.links.set_mtu(s.interface, effect.mtu)
             return f"{s.interface} MTU is now {effect.mtu}"

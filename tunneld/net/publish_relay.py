@@ -288,7 +288,8 @@ def _table(p: Publish) -> dict:
 
 def _bound(host: str, port: int, protocol: str) -> socket.socket:
     tcp = protocol == "tcp"
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
     sock.setblocking(False)
     if tcp:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -216,8 +216,8 @@ class StoreWriter:
 
 
 class RelayDaemon(Daemon):
-    RESTART_ONLY = ("listen_host", "port", "network", "network6", "state_dir", "auto_approve_routes", "lock", "store",
-                    "store_prefix", "store_ca", "store_cert", "store_key", "advertise", "workers")
+    RESTART_ONLY = ("listen_host", "port", "listen_more", "network", "network6", "state_dir", "auto_approve_routes",
+                    "lock", "store", "store_prefix", "store_ca", "store_cert", "store_key", "advertise", "workers")
 
     def __init__(self, settings: ServeSettings, reread=None):
         super().__init__(reread)
