@@ -132,6 +132,27 @@ def test_ipv6_inside_over_ipv6_underneath(six):
     assert peer(six, "six", "dual")["path"] == "direct"
 
 
+def test_a_direct_ipv6_path_takes_the_workers(six):
+    """Four streams over a direct IPv6 path spread over both nodes' workers (each has one
+    beside its own process, each with an IPv6 socket of the node's port), byte-exact."""
+    from tests.integration.test_faults import in_background
+    six.ping("six", six.address("dual"), count=2)
+    wait_for(lambda: peer(six, "six", "dual")["path"] == "direct", 30, what="six and dual to go direct")
+    def carried(n):  # what each worker beside the node's own process received
+        return {w["worker"]: w["rx_bytes"] for w in six.node_status(n)["workers"] if w["worker"]}
+
+    before = {n: carried(n) for n in ("six", "dual")}
+    assert all(len(b) == 1 for b in before.values()), before
+    streams = [in_background(transfer_between, six.lab, six.nodes[a].ns, six.nodes[b].ns, six.address(b), 7500 + i,
+                             4 << 20, 60) for i, (a, b) in enumerate([("six", "dual"), ("dual", "six")] * 2)]
+    for result in streams:
+        sent, received = result(90)
+        assert sent == received and sent.startswith(str(4 << 20))
+
+    wait_for(lambda: all(carried(n)[w] > before[n][w] for n in before for w in before[n]), 5,
+             what="the worker of each node to receive over IPv6")
+
+
 def test_every_endpoint_status_shows_parses_back(six):
     seen = [n["endpoint"] for n in six.status(six.relay)["nodes"]]
     for name in six.nodes:

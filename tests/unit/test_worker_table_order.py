@@ -46,7 +46,7 @@ def test_new_keys_reach_the_workers_before_the_packet_that_lets_the_peer_use_the
         d.plane = type("Plane", (), {})()
         d.plane.batch = Recorder(theirs)
         w = NodeWorkers.__new__(NodeWorkers)
-        w.ctls, w.count, w.daemon, w.version = [ours], 2, d, -1
+        w.ctls, w.count, w.daemon, w.version, w.udp6 = [ours], 2, d, -1, False
         w.sync(force=True)
         d.workers = w
         d.plane.batch.send(b"", None)  # take the first table

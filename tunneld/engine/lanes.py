@@ -69,16 +69,16 @@ def lane_of(data: bytes) -> int:
     return 0
 
 
-def export(node, relay_udp: bool) -> dict:
+def export(node, relay_udp: bool, udp6: bool = False) -> dict:
     """The workers' table: peers (where and how their data goes), the sessions of peers that
     read lanes, the accepted routes, the overlay, and whether the relay is ours to send to
-    (not over TCP, nor over IPv6)."""
+    (not over TCP, nor over IPv6 unless udp6: the workers have IPv6 sockets)."""
     peers, sessions = [], []
     for p in node.peers.values():
         lanes = p.hello.has("lanes")
         cur = p.keys.current
-        # workers have an IPv4 socket only: the engine sends to an IPv6 endpoint itself
-        v6 = p.tx_ep is not RELAY and ":" in p.tx_ep[0]
+        # workers without an IPv6 socket leave an IPv6 endpoint to the engine
+        v6 = not udp6 and p.tx_ep is not RELAY and ":" in p.tx_ep[0]
         send = cur.local_index if lanes and cur is not None and cur.confirmed and not v6 else None
         peers.append([p.addr, None if p.tx_ep is RELAY else list(p.tx_ep), p.tx_prefix, p.mss, p.vxlan_mss,
                       [list(x) for x in p.sources], send])

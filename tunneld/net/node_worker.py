@@ -47,10 +47,12 @@ CONTROL_READS = 64
 
 
 class NodeWorker:
-    def __init__(self, lane: int, sock: socket.socket, tun_fd: int, tunnel: bool, ctl: socket.socket, mtu: int):
+    def __init__(self, lane: int, sock: socket.socket, tun_fd: int, tunnel: bool, ctl: socket.socket, mtu: int,
+                 sock6: socket.socket | None = None):
         self.ctl = ctl
         self.drops: Counter = Counter()
-        self.plane = DataPlane(tun_fd, tunnel, sock, mtu, self.drops, self.error)
+        self.sock6 = sock6  # our IPv6 socket of the node's IPv6 port, read on the Python path
+        self.plane = DataPlane(tun_fd, tunnel, sock, mtu, self.drops, self.error, sock6)
         self.lane = Lane(lane, self)
         self.relay: tuple | None = None
         self.done: asyncio.Future | None = None
@@ -64,6 +66,8 @@ class NodeWorker:
         source = LaneSource(self.lane, lambda: self.relay, self.error)
         on_tun, on_udp = self.plane.use_express(source, self.on_tun, self.on_udp) or (self.on_tun, self.on_udp)
         loop.add_reader(self.plane.sock.fileno(), on_udp)
+        if self.sock6 is not None:
+            loop.add_reader(self.sock6.fileno(), self.on_udp6)
         loop.add_reader(self.plane.fd, on_tun)
         self._next_report = loop.call_later(REPORT_EVERY, self.report)
         try:
@@ -136,6 +140,10 @@ class NodeWorker:
         self.on_ctl()
         self.plane.on_udp(self.lane.receive, self.relay, first, now)
 
+    def on_udp6(self) -> None:
+        self.on_ctl()
+        self.plane.on_udp(self.lane.receive, self.relay, sock=self.sock6)
+
     def on_tun(self, first=None, now: float = 0.0) -> None:
         self.plane.on_tun(self.lane.from_tun_train, first, now)
 
@@ -165,9 +173,13 @@ def unhand(msg: bytes) -> tuple[bytes, object]:
 
 
 def main(argv: list[str]) -> int:
-    """python -m tunneld.net.node_worker LANE UDP_FD TUN_FD MTU TUNNEL CONTROL_FD (the node starts it, procs.py)."""
-    lane, udp_fd, tun_fd, mtu, tunnel, ctl_fd = (int(a) for a in argv)
+    """python -m tunneld.net.node_worker LANE UDP_FD TUN_FD MTU TUNNEL UDP6_FD CONTROL_FD (the node starts
+    it, procs.py; UDP6_FD -1: no IPv6 socket)."""
+    lane, udp_fd, tun_fd, mtu, tunnel, udp6_fd, ctl_fd = (int(a) for a in argv)
     sock = socket.socket(fileno=udp_fd)
+    sock6 = socket.socket(fileno=udp6_fd) if udp6_fd >= 0 else None
+    if sock6 is not None:
+        sock6.setblocking(False)
     ctl = socket.socket(fileno=ctl_fd)
     sock.setblocking(False)
     ctl.setblocking(False)
@@ -176,7 +188,7 @@ def main(argv: list[str]) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     logs.setup("info", os.environ.get(logs.ENV, "text"))  # as the node logs
-    run(NodeWorker(lane, sock, tun_fd, bool(tunnel), ctl, mtu).main())
+    run(NodeWorker(lane, sock, tun_fd, bool(tunnel), ctl, mtu, sock6).main())
     return 0
 
 

@@ -34,11 +34,15 @@ CONTROL_READS = 256
 
 
 class NodeWorkers:
-    def __init__(self, socks: list[socket.socket], queues: list[int], tunnel: bool, mtu: int):
+    def __init__(self, socks: list[socket.socket], queues: list[int], tunnel: bool, mtu: int,
+                 socks6: list[socket.socket] = ()):
+        """socks6: each worker's IPv6 socket of the node's IPv6 port (or none at all)."""
         self.procs, self.ctls = [], []
+        self.udp6 = bool(socks6)  # the workers send and receive IPv6 too
         for lane, (sock, queue) in enumerate(zip(socks, queues), start=1):
-            proc, ctl = spawn("tunneld.net.node_worker", [lane, sock.fileno(), queue, mtu, int(tunnel)],
-                              (sock.fileno(), queue))
+            six = socks6[lane - 1].fileno() if socks6 else -1
+            proc, ctl = spawn("tunneld.net.node_worker", [lane, sock.fileno(), queue, mtu, int(tunnel), six],
+                              (sock.fileno(), queue, *((six,) if six >= 0 else ())))
             self.procs.append(proc)
             self.ctls.append(ctl)
         self.count = len(self.procs) + 1  # lanes, ours included
@@ -64,7 +68,7 @@ class NodeWorkers:
         if engine.table.version == self.version and not force:
             return
         self.version = engine.table.version
-        table = export(engine, relay_udp=not d.use_tcp and ":" not in d.relay_addr[0])
+        table = export(engine, relay_udp=not d.use_tcp and (self.udp6 or ":" not in d.relay_addr[0]), udp6=self.udp6)
         table["relay"] = list(d.relay_addr)
         table["lanes"] = self.count
         broadcast(self.ctls, b"T" + msgpack.packb(table))

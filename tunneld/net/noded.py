@@ -190,7 +190,7 @@ class NodeDaemon(Daemon):
         host_worker = loop.create_task(self._host_worker())
         try:
             self.sock = udp_socket("0.0.0.0", s.port, "--port", reuseport=bool(self.tun.queues))
-            self.sock6 = self._socket6(self.sock.getsockname()[1])
+            self.sock6 = self._socket6(self.sock.getsockname()[1], reuseport=bool(self.tun.queues))
             lan = self._lan_endpoints(route.ifname, self.sock.getsockname()[1])
             if self.sock6 is not None or ":" in s.relay_ip:
                 route = self._underlay6(route, lan)
@@ -436,13 +436,14 @@ class NodeDaemon(Daemon):
             return
         port = self.sock.getsockname()[1]
         socks = [udp_socket("0.0.0.0", port, "--port", reuseport=True) for _ in queues]
+        socks6 = self._worker_socks6(len(queues))
         if steer.attach(self.sock, len(queues) + 1, node=True):
-            self.workers = NodeWorkers(socks, queues, self.tun.tunnel, mtu)
+            self.workers = NodeWorkers(socks, queues, self.tun.tunnel, mtu, socks6)
         else:
             log.warning("the kernel refused the steering program (SO_ATTACH_REUSEPORT_CBPF): running 1 worker")
         for fd in queues:
             os.close(fd)  # the workers' now, or nobody's
-        for sock in socks:
+        for sock in (*socks, *socks6):
             sock.close()
         if self.workers is None:
             return
@@ -455,12 +456,29 @@ class NodeDaemon(Daemon):
             log.warning("the kernel refused the flow-steering program for %s (%s): flows go to the workers "
                         "by their hash", self.settings.interface, exc)
 
-    def _socket6(self, port: int) -> socket.socket | None:
+    def _worker_socks6(self, count: int) -> list[socket.socket]:
+        """The workers' IPv6 sockets, steered by lane as the IPv4 ones (none: IPv6 peers stay
+        with the node's own process)."""
+        if self.sock6 is None or not self.ipv6:
+            return []
+        socks = []
+        try:
+            for _ in range(count):
+                socks.append(udp_socket("::", self.sock6.getsockname()[1], "--port", reuseport=True))
+            if steer.attach(self.sock6, count + 1, node=True):
+                return socks
+        except ConfigError as exc:
+            log.warning("no IPv6 sockets for the workers (%s): IPv6 peers stay with the node's process", exc)
+        for sock in socks:
+            sock.close()
+        return []
+
+    def _socket6(self, port: int, reuseport: bool) -> socket.socket | None:
         """Our IPv6 socket, on our IPv4 socket's port where it is free; None on a host without
-        IPv6."""
+        IPv6. reuseport: the first of a group, the workers' after it (as the IPv4 one)."""
         for p in dict.fromkeys((port, 0)):
             try:
-                return udp_socket("::", p, "--port")
+                return udp_socket("::", p, "--port", reuseport=reuseport)
             except (ConfigError, OSError):
                 continue
         log.info("no IPv6 socket on this host: peers and relays are reached over IPv4 only")
