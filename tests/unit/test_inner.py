@@ -88,3 +88,17 @@ def test_a_direct_endpoint_inside_either_overlay_range_is_refused():
     assert not outside.allows(("2001:db8:64::6440:9", 4000))  # the tunnel inside the tunnel, over IPv6
     assert not outside.allows(("::ffff:100.64.0.9", 4000))  # IPv4 in IPv6's clothes
     assert not outside.allows(("not an address", 4000))
+
+
+def test_route_names_the_peer_of_either_family_and_tells_no_ip_apart():
+    peers = {B: "b"}
+    table6 = [(int(ipaddress.IPv6Address("2001:db8:70::")), (2**128 - 1) ^ (2**64 - 1), "gw")]
+    assert inner.route(v6(overlay(A), overlay(B)), PREFIX, peers, [], table6) == ("b", True)
+    assert inner.route(v6(overlay(A), ipaddress.IPv6Address("2001:db8:70::5").packed), PREFIX, peers, [],
+                       table6) == ("gw", True)
+    assert inner.route(v6(overlay(A), ipaddress.IPv6Address("2001:db8:71::5").packed), PREFIX, peers, [],
+                       table6) == (None, True)
+    v4 = bytes([0x45]) + bytes(11) + A + B
+    assert inner.route(v4, PREFIX, peers, [], table6) == ("b", False)
+    assert inner.route(b"\x10" + bytes(40), PREFIX, peers, [], table6) == (None, None)
+    assert inner.route(b"", PREFIX, peers, [], table6) == (None, None)

@@ -13,8 +13,10 @@ the same, and the last 4 are the key the data path already finds peers by:
   prefix_of(network6)          the 12 bytes, or None (a network without IPv6)
   destination6(packet, prefix) the peer's IPv4 address (4 bytes) an IPv6 packet to an
                                overlay address is for, or None
-  peer6(packet, prefix, peers, table6)  the peer an IPv6 packet goes to: by its overlay
-                               address, else by an IPv6 prefix we accept from it (routes.py)
+  route(packet, prefix, peers, table, table6)  (the peer a packet from tunneld0 goes to, or
+                               None; whether it is IPv6, None for no IP packet at all): by
+                               its address (IPv6: the IPv4 one inside), else by a prefix we
+                               accept from the peer (routes.py, a table per family)
   from_peer(packet, addr, sources, prefix, sources6)  the inner-source check: an IPv4
                                packet from the peer's address or a prefix we accept from it,
                                or an IPv6 packet from the peer's IPv6 overlay address or an
@@ -45,11 +47,18 @@ def destination6(packet: bytes, prefix: bytes | None) -> bytes | None:
     return packet[36:40]
 
 
-def peer6(packet: bytes, prefix: bytes | None, peers: dict, table6: list):
-    peer = peers.get(destination6(packet, prefix))
-    if peer is None and table6 and len(packet) >= 40:
-        peer = longest(table6, packet[24:40])
-    return peer
+def route(packet: bytes, prefix: bytes | None, peers: dict, table: list, table6: list) -> tuple:
+    if packet and packet[0] >> 4 == 6:
+        peer = peers.get(destination6(packet, prefix))
+        if peer is None and table6 and len(packet) >= 40:
+            peer = longest(table6, packet[24:40])
+        return peer, True
+    if len(packet) < 20 or packet[0] >> 4 != 4:
+        return None, None
+    peer = peers.get(packet[16:20])
+    if peer is None and table:
+        peer = longest(table, packet[16:20])
+    return peer, False
 
 
 def from_peer(packet: bytes, addr: bytes, sources, prefix: bytes | None, sources6=()) -> bool:

@@ -46,7 +46,7 @@ from ..proto.endpoint import RELAY
 from ..proto.session import Session
 from . import inner
 from .offload import unpartial
-from .routes import OutsideOverlay, longest, prefix_text
+from .routes import OutsideOverlay, prefix_text
 
 RETIRED = 65536  # sessions a lane remembers having dropped (never to be taken again)
 HEARD_EVERY = 1.0  # seconds between telling the engine of data from a path it does not send on
@@ -213,18 +213,9 @@ class Lane:
         """The packets of one read from tunneld0: a lone one, or one super-packet's segments,
         which share their headers' addresses: routed once, each clamped and sealed."""
         body, meta = unpartial(packets[0])
-        v6 = body[0] >> 4 == 6 if body else False
-        if v6:
-            peer = inner.peer6(body, self.prefix6, self.peers, self.routes6)
-        elif len(body) < 20 or body[0] >> 4 != 4:
-            self.drops[Drop.TUN_NOT_IPV4] += len(packets)
-            return
-        else:
-            peer = self.peers.get(body[16:20])
-            if peer is None and self.routes:
-                peer = longest(self.routes, body[16:20])
+        peer, v6 = inner.route(body, self.prefix6, self.peers, self.routes, self.routes6)
         if peer is None:
-            self.drops[Drop.TUN_NO_PEER] += len(packets)
+            self.drops[Drop.TUN_NOT_IPV4 if v6 is None else Drop.TUN_NO_PEER] += len(packets)
             return
         s = peer.session
         ep = peer.ep

@@ -124,18 +124,9 @@ class Node:
 
     def from_tun_train(self, packets, now: float) -> None:
         packet, meta = unpartial(packets[0])  # a checksum left to the receiver's kernel, and its place
-        v6 = packet[0] >> 4 == 6 if packet else False
-        if v6:  # to a node's IPv6 overlay address: its peer by the IPv4 address inside (inner.py)
-            peer = inner.peer6(packet, self.prefix6, self.peers, self.routes.table6)
-        elif len(packet) < 20 or packet[0] >> 4 != 4:
-            self.drops[Drop.TUN_NOT_IPV4] += len(packets)
-            return
-        else:
-            peer = self.peers.get(packet[16:20])
-            if peer is None and self.routes.table:
-                peer = self.routes.lookup(packet[16:20])
+        peer, v6 = inner.route(packet, self.prefix6, self.peers, self.routes.table, self.routes.table6)
         if peer is None:
-            self.drops[Drop.TUN_NO_PEER] += len(packets)
+            self.drops[Drop.TUN_NOT_IPV4 if v6 is None else Drop.TUN_NO_PEER] += len(packets)
             return
         s, mss, vxlan_mss = peer.keys.current, peer.mss, peer.vxlan_mss
         sent = count = 0

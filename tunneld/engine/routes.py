@@ -55,10 +55,6 @@ class Routes:
         self.accepted: list[str] = []
         self.installed: tuple[str, ...] | None = None
 
-    def lookup(self, dst: bytes):
-        """The peer whose accepted prefix holds dst, longest prefix first; None if none."""
-        return longest(self.table, dst)
-
     def update(self, peers) -> None:
         """Rebuild the table from the peers' advertised prefixes; SetRoutes if what goes
         through tunneld0 changed."""

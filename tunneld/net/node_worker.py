@@ -28,6 +28,7 @@ import signal
 import socket
 import sys
 from collections import Counter
+from functools import partial
 from time import monotonic
 
 import msgpack
@@ -67,7 +68,7 @@ class NodeWorker:
         on_tun, on_udp = self.plane.use_express(source, self.on_tun, self.on_udp) or (self.on_tun, self.on_udp)
         loop.add_reader(self.plane.sock.fileno(), on_udp)
         if self.sock6 is not None:
-            loop.add_reader(self.sock6.fileno(), self.on_udp6)
+            loop.add_reader(self.sock6.fileno(), partial(self.on_udp, sock=self.sock6))
         loop.add_reader(self.plane.fd, on_tun)
         self._next_report = loop.call_later(REPORT_EVERY, self.report)
         try:
@@ -132,17 +133,14 @@ class NodeWorker:
                     self.error()
                 self.plane.batch.flush()
 
-    def on_udp(self, first=None, now: float = 0.0) -> None:
-        """The socket's reads (from first, one the express path handed back). The table
-        first: a session the node's process made before its peer could use it (sent to us
-        before the handshake's answer left) is there before the peer's data. (The express
-        path carries only sessions the table brought already.)"""
+    def on_udp(self, first=None, now: float = 0.0, sock=None) -> None:
+        """The socket's reads (from first, one the express path handed back; sock: the IPv6
+        socket's, on the Python path). The table first: a session the node's process made
+        before its peer could use it (sent to us before the handshake's answer left) is
+        there before the peer's data. (The express path carries only sessions the table
+        brought already.)"""
         self.on_ctl()
-        self.plane.on_udp(self.lane.receive, self.relay, first, now)
-
-    def on_udp6(self) -> None:
-        self.on_ctl()
-        self.plane.on_udp(self.lane.receive, self.relay, sock=self.sock6)
+        self.plane.on_udp(self.lane.receive, self.relay, first, now, sock)
 
     def on_tun(self, first=None, now: float = 0.0) -> None:
         self.plane.on_tun(self.lane.from_tun_train, first, now)

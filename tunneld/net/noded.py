@@ -24,6 +24,7 @@ import socket
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from functools import partial
 from time import monotonic
 
 from ..config import JoinSettings
@@ -222,7 +223,7 @@ class NodeDaemon(Daemon):
             ctl = await ctlsock.serve(os.path.join(self.state_dir, SOCKET_FILE), self._control)
             loop.add_reader(self.sock.fileno(), on_udp)
             if self.sock6 is not None:
-                loop.add_reader(self.sock6.fileno(), self._on_udp6)
+                loop.add_reader(self.sock6.fileno(), partial(self._on_udp, sock=self.sock6))
             loop.add_reader(self.tun.fd, on_tun)
             log.info("joining relay %s as %s via %s (underlay MTU %d)",
                      self.relay_label, s.name, route.ifname, route.mtu)
@@ -533,17 +534,11 @@ class NodeDaemon(Daemon):
             if self.use_tcp:
                 self.engine.transport_lost(monotonic())
 
-    def _on_udp(self, first=None, now: float = 0.0) -> None:
-        """The socket's reads (from first, one the express path handed back)."""
+    def _on_udp(self, first=None, now: float = 0.0, sock=None) -> None:
+        """The socket's reads (from first, one the express path handed back); sock: the IPv6
+        socket's, always on this Python path (the express path reads IPv4 only)."""
         w = self.workers
-        self.plane.on_udp(self.engine.receive if w is None else w.receive, self.relay_addr, first, now)
-        if self.engine.effects:
-            self.after_input()
-
-    def _on_udp6(self) -> None:
-        """The IPv6 socket's reads: the Python path (the express path reads IPv4 only)."""
-        w = self.workers
-        self.plane.on_udp(self.engine.receive if w is None else w.receive, self.relay_addr, sock=self.sock6)
+        self.plane.on_udp(self.engine.receive if w is None else w.receive, self.relay_addr, first, now, sock)
         if self.engine.effects:
             self.after_input()
 
